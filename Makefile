@@ -1,0 +1,37 @@
+# The two commands of the README:
+#   make run   install what is missing, build, start the embedded stack (Ctrl-C stops it)
+#   make test  install what is missing, build, run the whole test suite under ctest
+# Other targets: build, asan, tsan, fuzz, bench, clean.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: run test setup build asan tsan fuzz bench clean
+
+setup:
+	@bash tools/setup.sh
+
+build: setup
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	@exec bash tools/run-stack.sh $(BUILD)
+
+test: setup
+	@bash tests/run-all.sh
+
+asan: setup
+	@cmake -S . -B build-asan -DIB_SANITIZE_ADDRESS=ON >/dev/null && cmake --build build-asan -j $(JOBS)
+
+tsan: setup
+	@cmake -S . -B build-tsan -DIB_SANITIZE_THREAD=ON >/dev/null && cmake --build build-tsan -j $(JOBS)
+
+fuzz: setup
+	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -DIB_FUZZ=ON >/dev/null && cmake --build build-fuzz -j $(JOBS)
+
+bench: build
+	@bash perf/bench-engine.sh $(BUILD)
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz

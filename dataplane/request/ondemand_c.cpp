@@ -1,0 +1,391 @@
+// ondemand_c: simdjson On-Demand behind a C interface (include/ibrain/ondemand_c.h).
+// Error-code style throughout (.get(x)), no exceptions thrown from here.
+#include "ibrain/ondemand_c.h"
+
+#include <simdjson.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string_view>
+#include <vector>
+
+using namespace simdjson;
+
+struct ib_json_parser {
+    ondemand::parser parser;
+    size_t max_doc;
+    std::vector<char> scratch;          // padded copy when the caller's buffer has no padding
+    std::vector<ib_chat_message_t> msgs;
+    std::vector<ib_span_t> parts;
+};
+
+static_assert(IB_JSON_PADDING >= SIMDJSON_PADDING, "IB_JSON_PADDING must cover simdjson's padding");
+
+extern "C" ib_json_parser_t *ib_json_parser_new(size_t max_doc_bytes)
+{
+    ib_json_parser *p = new (std::nothrow) ib_json_parser();
+    if (p == nullptr)
+        return nullptr;
+    p->max_doc = max_doc_bytes;
+    if (p->parser.allocate(max_doc_bytes) != SUCCESS) {
+        delete p;
+        return nullptr;
+    }
+    return p;
+}
+
+extern "C" void ib_json_parser_free(ib_json_parser_t *p) { delete p; }
+
+namespace {
+
+int fail(ib_json_error_t *err, const char *param, const char *fmt, const char *a = "", const char *b = "")
+{
+    err->status = 400;
+    if (param != nullptr) {
+        snprintf(err->param_buf, sizeof(err->param_buf), "%s", param);
+        err->param = err->param_buf;
+    } else {
+        err->param = nullptr;
+    }
+    snprintf(err->message, sizeof(err->message), fmt, a, b);
+    return -1;
+}
+
+const char *type_name(ondemand::value &v)
+{
+    ondemand::json_type t;
+    if (v.type().get(t) != SUCCESS)
+        return "invalid JSON";
+    switch (t) {
+    case ondemand::json_type::array: return "an array";
+    case ondemand::json_type::object: return "an object";
+    case ondemand::json_type::number: return "a number";
+    case ondemand::json_type::string: return "a string";
+    case ondemand::json_type::boolean: return "a boolean";
+    case ondemand::json_type::null: return "null";
+    }
+    return "unknown";
+}
+
+// Maps a simdjson error met while walking to the OpenAI-style message.
+int json_fail(ib_json_error_t *err, error_code e, const char *where)
+{
+    switch (e) {
+    case INCORRECT_TYPE:
+        return fail(err, where, "'%s' has the wrong type", where);
+    case EMPTY:
+        return fail(err, nullptr, "request body is empty");
+    default:
+        return fail(err, where, "request body is not valid JSON (%s)", error_message(e));
+    }
+}
+
+ib_span_t span(std::string_view sv) { return ib_span_t{sv.data(), sv.size()}; }
+
+// Reads a message's "content": string, null, or array of parts.
+int parse_content(ib_json_parser *p, ondemand::value v, const char *where, ib_chat_message_t *m, ib_json_error_t *err)
+{
+    ondemand::json_type t;
+    if (auto e = v.type().get(t))
+        return json_fail(err, e, where);
+    m->first_part = (uint32_t)p->parts.size();
+    m->nparts = 0;
+    if (t == ondemand::json_type::null)
+        return 0;
+    if (t == ondemand::json_type::string) {
+        std::string_view sv;
+        if (auto e = v.get_string().get(sv))
+            return json_fail(err, e, where);
+        p->parts.push_back(span(sv));
+        m->nparts = 1;
+        return 0;
+    }
+    if (t != ondemand::json_type::array)
+        return fail(err, where, "'%s' must be a string, null or an array of content parts, not %s", where, type_name(v));
+    ondemand::array arr;
+    if (auto e = v.get_array().get(arr))
+        return json_fail(err, e, where);
+    for (auto el : arr) {
+        ondemand::object part;
+        if (auto e = el.get_object().get(part))
+            return e == INCORRECT_TYPE ? fail(err, where, "'%s' parts must be objects", where) : json_fail(err, e, where);
+        std::string_view type, text;
+        bool have_text = false;
+        for (auto f : part) {
+            std::string_view key;
+            if (auto e = f.unescaped_key().get(key))
+                return json_fail(err, e, where);
+            if (key == "type") {
+                if (auto e = f.value().get_string().get(type))
+                    return json_fail(err, e, where);
+            } else if (key == "text") {
+                if (auto e = f.value().get_string().get(text))
+                    return json_fail(err, e, where);
+                have_text = true;
+            }
+        }
+        if (type.empty())
+            return fail(err, where, "every part of '%s' needs a string 'type'", where);
+        if (type == "text") {
+            if (!have_text)
+                return fail(err, where, "a 'text' part of '%s' needs a string 'text'", where);
+            p->parts.push_back(span(text));
+            m->nparts++;
+        }
+        // Other part types (image_url, input_audio ...) carry no prompt text for routing.
+    }
+    return 0;
+}
+
+int parse_messages(ib_json_parser *p, ondemand::value v, ib_json_error_t *err)
+{
+    ondemand::array arr;
+    if (auto e = v.get_array().get(arr))
+        return e == INCORRECT_TYPE ? fail(err, "messages", "'messages' must be an array, not %s", type_name(v))
+                                   : json_fail(err, e, "messages");
+    char where[64];
+    for (auto el : arr) {
+        size_t i = p->msgs.size();
+        snprintf(where, sizeof(where), "messages[%zu]", i);
+        ondemand::object obj;
+        if (auto e = el.get_object().get(obj))
+            return e == INCORRECT_TYPE ? fail(err, where, "'%s' must be an object", where) : json_fail(err, e, where);
+        ib_chat_message_t m{};
+        bool have_role = false, have_content = false;
+        for (auto f : obj) {
+            std::string_view key;
+            if (auto e = f.unescaped_key().get(key))
+                return json_fail(err, e, where);
+            if (key == "role") {
+                std::string_view role;
+                snprintf(where, sizeof(where), "messages[%zu].role", i);
+                if (auto e = f.value().get_string().get(role))
+                    return json_fail(err, e, where);
+                m.role = span(role);
+                have_role = true;
+            } else if (key == "content") {
+                snprintf(where, sizeof(where), "messages[%zu].content", i);
+                if (parse_content(p, f.value(), where, &m, err) != 0)
+                    return -1;
+                have_content = true;
+            }
+        }
+        if (!have_role || m.role.len == 0) {
+            snprintf(where, sizeof(where), "messages[%zu].role", i);
+            return fail(err, where, "'%s' is required", where);
+        }
+        if (!have_content)
+            m.first_part = (uint32_t)p->parts.size();
+        p->msgs.push_back(m);
+    }
+    if (p->msgs.empty())
+        return fail(err, "messages", "'messages' must not be empty");
+    return 0;
+}
+
+int parse_prompt(ib_json_parser *p, ondemand::value v, ib_json_error_t *err)
+{
+    ondemand::json_type t;
+    if (auto e = v.type().get(t))
+        return json_fail(err, e, "prompt");
+    if (t == ondemand::json_type::string) {
+        std::string_view sv;
+        if (auto e = v.get_string().get(sv))
+            return json_fail(err, e, "prompt");
+        p->parts.push_back(span(sv));
+        return 0;
+    }
+    if (t != ondemand::json_type::array)
+        return fail(err, "prompt", "'prompt' must be a string or an array of strings, not %s", type_name(v));
+    ondemand::array arr;
+    if (auto e = v.get_array().get(arr))
+        return json_fail(err, e, "prompt");
+    for (auto el : arr) {
+        std::string_view sv;
+        if (auto e = el.get_string().get(sv))
+            return e == INCORRECT_TYPE ? fail(err, "prompt", "'prompt' must be a string or an array of strings")
+                                       : json_fail(err, e, "prompt");
+        p->parts.push_back(span(sv));
+    }
+    if (p->parts.empty())
+        return fail(err, "prompt", "'prompt' must not be empty");
+    return 0;
+}
+
+int parse_max_tokens(ondemand::value v, const char *key, int64_t *out, ib_json_error_t *err)
+{
+    ondemand::json_type t;
+    if (auto e = v.type().get(t))
+        return json_fail(err, e, key);
+    if (t == ondemand::json_type::null)
+        return 0;
+    int64_t n;
+    if (v.get_int64().get(n) != SUCCESS || n < 0)
+        return fail(err, key, "'%s' must be a non-negative integer", key);
+    *out = n;
+    return 0;
+}
+
+int parse_stream_options(ondemand::value v, int *include_usage, ib_json_error_t *err)
+{
+    ondemand::object obj;
+    if (auto e = v.get_object().get(obj)) {
+        if (e == INCORRECT_TYPE && v.is_null())
+            return 0;
+        return e == INCORRECT_TYPE ? fail(err, "stream_options", "'stream_options' must be an object")
+                                   : json_fail(err, e, "stream_options");
+    }
+    for (auto f : obj) {
+        std::string_view key;
+        if (auto e = f.unescaped_key().get(key))
+            return json_fail(err, e, "stream_options");
+        if (key == "include_usage") {
+            bool b;
+            if (f.value().get_bool().get(b) != SUCCESS)
+                return fail(err, "stream_options.include_usage", "'stream_options.include_usage' must be a boolean");
+            *include_usage = b;
+        }
+    }
+    return 0;
+}
+
+// Points the parser at <body>, copying it into padded scratch when the caller's buffer is short.
+error_code start(ib_json_parser *p, const char *body, size_t len, size_t capacity, ondemand::document &doc)
+{
+    if (len > p->max_doc)
+        return CAPACITY;
+    if (capacity < len + SIMDJSON_PADDING) {
+        if (p->scratch.size() < len + SIMDJSON_PADDING)
+            p->scratch.resize(len + SIMDJSON_PADDING);
+        if (len != 0)
+            memcpy(p->scratch.data(), body, len);
+        memset(p->scratch.data() + len, 0, SIMDJSON_PADDING);
+        body = p->scratch.data();
+        capacity = len + SIMDJSON_PADDING;
+    }
+    return p->parser.iterate(body, len, capacity).get(doc);
+}
+
+} // namespace
+
+extern "C" int ib_oai_parse(ib_json_parser_t *p, ib_api_kind_t kind, const char *body, size_t len, size_t capacity,
+                            ib_oai_request_t *out, ib_json_error_t *err)
+{
+    memset(out, 0, sizeof(*out));
+    out->kind = kind;
+    out->max_tokens = -1;
+    p->msgs.clear();
+    p->parts.clear();
+    if (len == 0)
+        return fail(err, nullptr, "request body is empty; expected a JSON object");
+
+    ondemand::document doc;
+    if (auto e = start(p, body, len, capacity, doc))
+        return e == CAPACITY ? fail(err, nullptr, "request body is too large to parse") : json_fail(err, e, nullptr);
+    ondemand::object obj;
+    if (auto e = doc.get_object().get(obj))
+        return e == INCORRECT_TYPE ? fail(err, nullptr, "request body must be a JSON object") : json_fail(err, e, nullptr);
+
+    bool have_body_key = false;
+    for (auto f : obj) {
+        std::string_view key;
+        if (auto e = f.unescaped_key().get(key))
+            return json_fail(err, e, nullptr);
+        ondemand::value v;
+        if (auto e = f.value().get(v))
+            return json_fail(err, e, nullptr);
+        if (key == "model") {
+            std::string_view sv;
+            if (auto e = v.get_string().get(sv))
+                return e == INCORRECT_TYPE ? fail(err, "model", "'model' must be a string, not %s", type_name(v))
+                                           : json_fail(err, e, "model");
+            out->model = span(sv);
+        } else if (key == "messages" && kind == IB_API_CHAT) {
+            if (parse_messages(p, v, err) != 0)
+                return -1;
+            have_body_key = true;
+        } else if (key == "prompt" && kind == IB_API_COMPLETION) {
+            if (parse_prompt(p, v, err) != 0)
+                return -1;
+            have_body_key = true;
+        } else if (key == "stream") {
+            ondemand::json_type t;
+            if (auto e = v.type().get(t))
+                return json_fail(err, e, "stream");
+            if (t != ondemand::json_type::null) {
+                bool b;
+                if (v.get_bool().get(b) != SUCCESS)
+                    return fail(err, "stream", "'stream' must be a boolean, not %s", type_name(v));
+                out->stream = b;
+            }
+        } else if (key == "stream_options") {
+            if (parse_stream_options(v, &out->include_usage, err) != 0)
+                return -1;
+        } else if (key == "max_tokens" || key == "max_completion_tokens") {
+            if (parse_max_tokens(v, key == "max_tokens" ? "max_tokens" : "max_completion_tokens", &out->max_tokens, err) != 0)
+                return -1;
+        } else if (key == "user" || key == "session_id" || key == "isolation_id") {
+            const char *name = key == "user" ? "user" : (key == "session_id" ? "session_id" : "isolation_id");
+            std::string_view sv;
+            ondemand::json_type t;
+            if (auto e = v.type().get(t))
+                return json_fail(err, e, name);
+            if (t == ondemand::json_type::null)
+                continue;
+            if (v.get_string().get(sv) != SUCCESS)
+                return fail(err, name, "'%s' must be a string, not %s", name, type_name(v));
+            if (key == "user")
+                out->user = span(sv);
+            else
+                out->session_id = span(sv);
+        }
+    }
+    const char *trailing;
+    if (doc.current_location().get(trailing) == SUCCESS)
+        return fail(err, nullptr, "request body has trailing content after the JSON object");
+    if (out->model.len == 0)
+        return fail(err, "model", "'model' is required");
+    if (!have_body_key)
+        return kind == IB_API_CHAT ? fail(err, "messages", "'messages' is required") : fail(err, "prompt", "'prompt' is required");
+    out->messages = p->msgs.data();
+    out->nmessages = (uint32_t)p->msgs.size();
+    out->parts = p->parts.data();
+    out->nparts = (uint32_t)p->parts.size();
+    return 0;
+}
+
+extern "C" int ib_json_pointer_string(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, ib_span_t *out)
+{
+    ondemand::document doc;
+    if (start(p, doc_bytes, len, len, doc) != SUCCESS)
+        return -1;
+    ondemand::value v;
+    error_code e = doc.at_pointer(ptr).get(v);
+    if (e == NO_SUCH_FIELD || e == INDEX_OUT_OF_BOUNDS)
+        return 1;
+    if (e != SUCCESS)
+        return -1;
+    if (v.is_null())
+        return 1;
+    std::string_view sv;
+    if (v.get_string().get(sv) != SUCCESS)
+        return -1;
+    *out = span(sv);
+    return 0;
+}
+
+extern "C" int ib_json_pointer_int(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, int64_t *out)
+{
+    ondemand::document doc;
+    if (start(p, doc_bytes, len, len, doc) != SUCCESS)
+        return -1;
+    ondemand::value v;
+    error_code e = doc.at_pointer(ptr).get(v);
+    if (e == NO_SUCH_FIELD || e == INDEX_OUT_OF_BOUNDS)
+        return 1;
+    if (e != SUCCESS)
+        return -1;
+    if (v.is_null())
+        return 1;
+    return v.get_int64().get(*out) == SUCCESS ? 0 : -1;
+}

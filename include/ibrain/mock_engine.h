@@ -1,0 +1,161 @@
+/*
+ * ib-mock-engine: an OpenAI-compatible inference engine simulator with a real prefix KV
+ * cache model and a timing model, for ibrain's tests, demos and benchmarks.
+ *
+ * The scheduler (ib_sched_*) is the engine's timing model and holds no HTTP state:
+ *
+ *   submit -> [waiting: all max_seqs slots busy] -> [prefill queue] -> prefill -> decode -> done
+ *
+ *  - a sequence holds one of <max_seqs> slots from admission to its last token; others wait
+ *    in FIFO order (overload shows up as queueing delay, as in a real engine);
+ *  - prefill is one compute unit shared by all sequences, FIFO: a prefill takes
+ *    overhead + uncached_prompt_tokens x prefill cost, where the uncached part is what the
+ *    prefix cache does not hold when the prefill starts; its blocks enter the cache when it
+ *    ends, and the first token is out;
+ *  - then one token per inter-token latency: itl + itl_per_seq x sequences decoding.
+ *
+ * All times are in ns on the caller's monotonic clock; the engine's event loop drives it
+ * with ib_sched_next_deadline() and ib_sched_run().
+ */
+#ifndef IBRAIN_MOCK_ENGINE_H
+#define IBRAIN_MOCK_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "ibrain/chat.h"
+#include "ibrain/prefix_cache.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- types ---- */
+
+typedef struct ib_sched_config {
+    uint32_t max_seqs;              /* concurrent sequences (slots) */
+    uint32_t block_tokens;          /* KV block size in tokens */
+    uint32_t cache_blocks;          /* prefix cache capacity in blocks */
+    uint64_t cache_ttl_ns;          /* 0: blocks never expire */
+    uint64_t overhead_ns;           /* fixed cost of every prefill */
+    uint64_t prefill_ns_per_token;  /* cost of one uncached prompt token */
+    uint64_t itl_ns;                /* inter-token latency with one sequence decoding */
+    uint64_t itl_ns_per_seq;        /* added per other sequence decoding */
+} ib_sched_config_t;
+
+typedef enum ib_seq_state {
+    IB_SEQ_NEW = 0,
+    IB_SEQ_WAITING,     /* for a slot */
+    IB_SEQ_QUEUED,      /* has a slot, waits for the prefill unit */
+    IB_SEQ_PREFILLING,
+    IB_SEQ_DECODING,
+    IB_SEQ_DONE,        /* finished or cancelled: the scheduler holds no reference */
+} ib_seq_state_t;
+
+typedef struct ib_seq ib_seq_t;
+
+/** Called for each token; <last> on the final one, after which the sequence is DONE. */
+typedef void (*ib_seq_token_cb)(ib_seq_t *seq, uint32_t index, int last);
+
+struct ib_seq {
+    /* set by the caller before submit */
+    const uint64_t *hashes;   /* block hash chain of the rendered prompt */
+    size_t nblocks;
+    uint32_t prompt_tokens;
+    uint32_t max_tokens;      /* >= 1 */
+    ib_seq_token_cb on_token;
+    void *owner;
+    /* read-only for the caller */
+    ib_seq_state_t state;
+    uint32_t cached_tokens;   /* prompt tokens served from the prefix cache */
+    uint32_t generated;
+    uint64_t submit_ns, first_token_ns;
+    /* private */
+    uint64_t _deadline_ns;
+    uint32_t _heap_idx;
+    ib_seq_t *_prev, *_next;  /* waiting / prefill FIFO */
+};
+
+typedef struct ib_seq_fifo {
+    ib_seq_t *head, *tail;
+    uint32_t count;
+} ib_seq_fifo_t;
+
+typedef struct ib_sched {
+    ib_sched_config_t cfg;
+    ib_prefix_cache_t cache;
+    ib_seq_fifo_t waiting;    /* no slot yet */
+    ib_seq_fifo_t queued;     /* slot held, waiting for the prefill unit */
+    ib_seq_t *prefilling;     /* on the prefill unit, or NULL */
+    uint32_t slots_used;      /* admitted sequences (queued + prefilling + decoding) */
+    uint32_t decoding;
+    ib_seq_t **heap;          /* timers: prefill end and next token, by deadline */
+    uint32_t heap_len, heap_cap;
+    /* counters */
+    uint64_t query_tokens;    /* prompt tokens looked up in the prefix cache */
+    uint64_t hit_tokens;      /* of which found cached */
+    uint64_t prompt_tokens;   /* prompt tokens prefilled (hit or not) */
+    uint64_t generation_tokens;
+    uint64_t finished;
+    uint64_t cancelled;
+} ib_sched_t;
+
+/* ---- functions ---- */
+
+/** 0, or -1 when out of memory / cfg invalid (max_seqs, block_tokens, cache_blocks > 0). */
+int ib_sched_init(ib_sched_t *s, const ib_sched_config_t *cfg);
+void ib_sched_destroy(ib_sched_t *s);
+
+/** Admits <seq> (state NEW, fields set) at <now_ns>. 0, or -1 when out of memory. */
+int ib_sched_submit(ib_sched_t *s, ib_seq_t *seq, uint64_t now_ns);
+
+/** Drops <seq> wherever it is (a client went away); no more callbacks. Idempotent. */
+void ib_sched_cancel(ib_sched_t *s, ib_seq_t *seq, uint64_t now_ns);
+
+/** Fires every event due at <now_ns> (callbacks run from here). */
+void ib_sched_run(ib_sched_t *s, uint64_t now_ns);
+
+/** Deadline of the next event, or UINT64_MAX when idle. */
+uint64_t ib_sched_next_deadline(const ib_sched_t *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- the engine process (tools/mock_engine/engine.c) ---- */
+
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ib_engine_config {
+    const char *listen;         /* "HOST:PORT"; port 0 picks a free one */
+    const char *port_file;      /* where the bound port is written once listening, or NULL */
+    const char *model;          /* the one model name served */
+    const char *engine_id;      /* sent as X-Engine-Id; defaults to HOST:PORT */
+    ib_chat_template_t chat_template;
+    uint32_t bytes_per_token;   /* token count approximation: ceil(bytes / this) */
+    uint32_t max_model_len;     /* prompt + max_tokens limit, in tokens */
+    uint32_t default_max_tokens;
+    size_t max_body_bytes;
+    uint32_t drain_timeout_ms;  /* on SIGTERM/SIGINT: finish streams for at most this long */
+    ib_sched_config_t sched;
+} ib_engine_config_t;
+
+typedef struct ib_engine ib_engine_t; /* opaque: owns the event loop, the scheduler, HTTP state */
+
+/** Defaults for every field (listen 127.0.0.1:8000, model "mock", ChatML, 4 bytes/token ...). */
+void ib_engine_config_defaults(ib_engine_config_t *cfg);
+
+/** Binds the listener and builds the engine. NULL with a message on stderr on failure. */
+ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg);
+
+/** Serves until SIGINT/SIGTERM, then drains. Returns the process exit code. */
+int ib_engine_run(ib_engine_t *eng);
+
+void ib_engine_destroy(ib_engine_t *eng);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* IBRAIN_MOCK_ENGINE_H */

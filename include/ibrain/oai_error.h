@@ -1,0 +1,28 @@
+/*
+ * OpenAI-style error bodies:
+ *   {"error":{"message":"...","type":"invalid_request_error","param":"model","code":"model_not_found"}}
+ * and the JSON string escaping they need.
+ */
+#ifndef IBRAIN_OAI_ERROR_H
+#define IBRAIN_OAI_ERROR_H
+
+#include <stddef.h>
+#include "ibrain/chat.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Appends <s>[0..n) to <b> as JSON string contents (no quotes). 0, or -1 on OOM. */
+int ib_json_escape(ib_buf_t *b, const char *s, size_t n);
+
+/**
+ * Appends an OpenAI error object to <b>. <param> and <code> may be NULL (rendered as null).
+ * <type> is e.g. "invalid_request_error", "not_found_error", "server_error". 0, or -1 on OOM.
+ */
+int ib_oai_error_json(ib_buf_t *b, const char *message, const char *type, const char *param, const char *code);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,105 @@
+/*
+ * ondemand_c: the C face of simdjson's On-Demand API, as ibrain uses it.
+ *
+ * Two jobs: parse an OpenAI request body (chat completions or completions) once, in place,
+ * into spans that point into the parser's own string buffer; and read single values out
+ * of small JSON documents by JSON pointer (response chunks, usage objects).
+ *
+ * Padding: simdjson reads up to IB_JSON_PADDING bytes past the end of the document. When
+ * the caller's buffer has that many spare bytes (capacity >= len + IB_JSON_PADDING) the
+ * body is parsed where it lies; otherwise it is copied into the parser's scratch buffer.
+ *
+ * Lifetime: every span a parse returns stays valid until the next call on the same parser.
+ * A parser is single-threaded: one per thread.
+ */
+#ifndef IBRAIN_ONDEMAND_C_H
+#define IBRAIN_ONDEMAND_C_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- types ---- */
+
+#define IB_JSON_PADDING 64
+
+/** A byte range that is not NUL-terminated. */
+typedef struct ib_span {
+    const char *ptr;
+    size_t len;
+} ib_span_t;
+
+typedef enum ib_api_kind {
+    IB_API_CHAT = 1,       /* POST /v1/chat/completions */
+    IB_API_COMPLETION = 2, /* POST /v1/completions */
+} ib_api_kind_t;
+
+/** One chat message: role and the text parts of its content, in order. */
+typedef struct ib_chat_message {
+    ib_span_t role;
+    uint32_t first_part; /* index into ib_oai_request_t.parts */
+    uint32_t nparts;     /* 0 when content is null or empty */
+} ib_chat_message_t;
+
+/** What ibrain and the mock engine need to know of an OpenAI request. */
+typedef struct ib_oai_request {
+    ib_api_kind_t kind;
+    ib_span_t model;
+    const ib_chat_message_t *messages; /* chat: the messages, in order */
+    uint32_t nmessages;
+    const ib_span_t *parts; /* chat: content text parts; completions: prompt strings */
+    uint32_t nparts;
+    int stream;             /* "stream": true */
+    int include_usage;      /* "stream_options": {"include_usage": true} */
+    int64_t max_tokens;     /* max_tokens / max_completion_tokens, -1 when absent */
+    ib_span_t user;         /* "user", empty when absent */
+    ib_span_t session_id;   /* "session_id" or "isolation_id", empty when absent */
+} ib_oai_request_t;
+
+/** Why a parse failed: an HTTP status, an OpenAI error message, and the field it names. */
+typedef struct ib_json_error {
+    int status;        /* 400 */
+    const char *param; /* the offending field ("messages[2].content"), static or in msg */
+    char param_buf[64];
+    char message[192];
+} ib_json_error_t;
+
+typedef struct ib_json_parser ib_json_parser_t; /* opaque: owns simdjson state and scratch */
+
+/* ---- functions ---- */
+
+/**
+ * Creates a parser for documents of at most <max_doc_bytes>. NULL when out of memory.
+ */
+ib_json_parser_t *ib_json_parser_new(size_t max_doc_bytes);
+void ib_json_parser_free(ib_json_parser_t *p);
+
+/**
+ * Parses an OpenAI request body of <kind>. <capacity> is the size of the buffer behind
+ * <body> (>= len); pass len when unknown. Returns 0 and fills <out>, or -1 and fills <err>.
+ * Checks: valid JSON object; "model" a non-empty string; chat: "messages" a non-empty array
+ * of objects with a string "role" and "content" a string, null or an array of
+ * {"type":"text","text":...} parts; completions: "prompt" a string or an array of strings;
+ * "stream" a boolean; max tokens a non-negative integer. Unknown keys are skipped.
+ */
+int ib_oai_parse(ib_json_parser_t *p, ib_api_kind_t kind, const char *body, size_t len, size_t capacity,
+                 ib_oai_request_t *out, ib_json_error_t *err);
+
+/**
+ * Reads the string at JSON pointer <ptr> (RFC 6901, e.g. "/choices/0/delta/content") of the
+ * document <doc>. Returns 0 with <out> set (unescaped, valid until the next call), 1 when
+ * the pointer does not exist or is null, -1 when the document is invalid or the value is
+ * not a string.
+ */
+int ib_json_pointer_string(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, ib_span_t *out);
+
+/** Same for an integer value. */
+int ib_json_pointer_int(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int64_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,802 @@
+/*
+ * ib-mock-engine's HTTP side, on libh2o's evloop: OpenAI routes, SSE streaming, metrics.
+ * The timing and cache model is the scheduler (sched.c); this file turns its token
+ * callbacks into responses.
+ *
+ * Lifetime of a completion: its state (struct stream) is allocated from the request's
+ * memory pool with a dispose callback, so it lives exactly as long as h2o keeps the
+ * request. Whatever ends first (last token sent, client gone, connection closed) the
+ * dispose callback cancels the sequence in the scheduler and frees what it owns.
+ */
+#include "ibrain/mock_engine.h"
+#include "ibrain/hashchain.h"
+#include "ibrain/oai_error.h"
+#include "ibrain/ondemand_c.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <h2o.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- metrics ---- */
+
+enum route { R_CHAT, R_COMPLETIONS, R_MODELS, R_HEALTH, R_METRICS, R_OTHER, R__COUNT };
+static const char *const route_names[R__COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/models",
+                                                  "/health", "/metrics", "other"};
+static const int status_codes[] = {200, 400, 404, 405, 413, 500, 503};
+#define NSTATUS (sizeof(status_codes) / sizeof(status_codes[0]))
+static const double ttft_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+#define NTTFT (sizeof(ttft_buckets) / sizeof(ttft_buckets[0]))
+
+typedef struct engine_metrics {
+    uint64_t http[R__COUNT][NSTATUS + 1]; /* last column: any other status */
+    uint64_t ttft_bucket[NTTFT + 1];
+    double ttft_sum_s;
+    uint64_t ttft_count;
+    uint64_t streams_active;
+    uint64_t disconnects;
+} engine_metrics_t;
+
+struct ib_engine {
+    ib_engine_config_t cfg;
+    ib_sched_t sched;
+    ib_json_parser_t *json;
+    ib_buf_t prompt;          /* render scratch */
+    ib_buf_t scratch;         /* response scratch */
+    ib_buf_t model_json;      /* the model name, JSON-escaped */
+    char engine_id[128];
+    uint64_t next_id;
+    uint64_t started_unix;
+    int listen_fd;
+    int stopping;
+    uint64_t stop_deadline_ns;
+    engine_metrics_t m;
+    h2o_evloop_t *loop;
+    h2o_globalconf_t h2o_config;
+    h2o_context_t h2o_ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_socket_t *listen_sock;
+    h2o_socket_t *signal_sock;
+};
+
+struct handler {
+    h2o_handler_t super;
+    ib_engine_t *eng;
+};
+
+/* A completion in flight. Allocated from req->pool (see the file comment). */
+struct stream {
+    h2o_generator_t gen;      /* first: h2o hands it back to proceed/stop */
+    ib_engine_t *eng;
+    h2o_req_t *req;
+    ib_seq_t seq;
+    uint64_t *hashes;
+    ib_api_kind_t kind;
+    int streaming, include_usage, explicit_max;
+    int started, inflight, final_queued, final_sent;
+    ib_buf_t bufs[2];         /* [cur] is being filled; [!cur] is in flight */
+    int cur;
+    ib_buf_t text;            /* non-streaming: the generated text */
+    uint64_t id;
+    uint64_t created;
+    uint32_t vocab_seed;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void ib_engine_config_defaults(ib_engine_config_t *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen = "127.0.0.1:8000";
+    cfg->model = "mock";
+    cfg->chat_template = IB_TEMPLATE_CHATML;
+    cfg->bytes_per_token = 4;
+    cfg->max_model_len = 131072;
+    cfg->default_max_tokens = 64;
+    cfg->max_body_bytes = 8u << 20;
+    cfg->drain_timeout_ms = 5000;
+    cfg->sched = (ib_sched_config_t){
+        .max_seqs = 256,
+        .block_tokens = 16,
+        .cache_blocks = 65536,
+        .cache_ttl_ns = 0,
+        .overhead_ns = 2000000,        /* 2 ms */
+        .prefill_ns_per_token = 20000, /* 20 us: 50k prompt tokens/s */
+        .itl_ns = 10000000,            /* 10 ms */
+        .itl_ns_per_seq = 20000,       /* +20 us per other decoding sequence */
+    };
+}
+
+/* ---- responses ---- */
+
+static void count_http(ib_engine_t *eng, enum route r, int status)
+{
+    size_t k = 0;
+    while (k < NSTATUS && status_codes[k] != status)
+        k++;
+    eng->m.http[r][k]++;
+}
+
+static void add_header(h2o_req_t *req, const h2o_token_t *tok, const char *v, size_t n)
+{
+    h2o_add_header(&req->pool, &req->res.headers, tok, NULL, v, n);
+}
+
+static void add_engine_header(ib_engine_t *eng, h2o_req_t *req)
+{
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-engine-id"), 0, NULL, eng->engine_id,
+                          strlen(eng->engine_id));
+}
+
+/* X-Cached-Tokens: prompt tokens the engine's prefix cache served (the value must live in
+ * the request's pool: h2o keeps the pointer, not a copy). */
+static void add_cached_tokens_header(h2o_req_t *req, uint32_t cached)
+{
+    char *v = h2o_mem_alloc_pool(&req->pool, 16);
+    int n = snprintf(v, 16, "%u", cached);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-cached-tokens"), 0, NULL, v, (size_t)n);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 503: return "Service Unavailable";
+    default: return "Internal Server Error";
+    }
+}
+
+/* Sends <body> as a complete response with an explicit Content-Length (keeps the
+ * connection alive; see DEPS.md on h2o). */
+static void send_body(ib_engine_t *eng, h2o_req_t *req, enum route r, int status, const char *ctype, const char *body,
+                      size_t len)
+{
+    count_http(eng, r, status);
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    req->res.content_length = len;
+    add_header(req, H2O_TOKEN_CONTENT_TYPE, ctype, strlen(ctype));
+    add_engine_header(eng, req);
+    h2o_send_inline(req, body, len);
+}
+
+static void send_error(ib_engine_t *eng, h2o_req_t *req, enum route r, int status, const char *msg, const char *type,
+                       const char *param, const char *code)
+{
+    ib_buf_reset(&eng->scratch);
+    if (ib_oai_error_json(&eng->scratch, msg, type, param, code) != 0) {
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\"}}";
+        send_body(eng, req, r, 500, "application/json", oom, sizeof(oom) - 1);
+        return;
+    }
+    send_body(eng, req, r, status, "application/json", eng->scratch.ptr, eng->scratch.len);
+}
+
+/* ---- completions ---- */
+
+/* Four-byte tokens, so that generated text counts like prompt text (bytes_per_token 4). */
+static const char vocab[16][5] = {" the", " and", " for", " you", " are", " was", " not", " but",
+                                  " all", " can", " her", " one", " our", " out", " day", " get"};
+
+static const char *token_text(const struct stream *st, uint32_t i)
+{
+    return vocab[(st->vocab_seed + i * 7u) & 15u];
+}
+
+static int bprintf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bprintf(ib_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    for (int tries = 0; tries < 2; tries++) {
+        size_t room = b->cap - b->len;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->ptr ? b->ptr + b->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return -1;
+        if ((size_t)n < room) {
+            b->len += (size_t)n;
+            return 0;
+        }
+        if (ib_buf_reserve(b, (size_t)n + 1) != 0)
+            return -1;
+    }
+    return -1;
+}
+
+static const char *finish_reason(const struct stream *st) { return st->explicit_max ? "length" : "stop"; }
+
+static int append_usage(ib_buf_t *b, const struct stream *st)
+{
+    return bprintf(b,
+                   "\"usage\":{\"prompt_tokens\":%u,\"completion_tokens\":%u,\"total_tokens\":%u,"
+                   "\"prompt_tokens_details\":{\"cached_tokens\":%u}}",
+                   st->seq.prompt_tokens, st->seq.generated, st->seq.prompt_tokens + st->seq.generated,
+                   st->seq.cached_tokens);
+}
+
+/* Appends the SSE event(s) for token <i> to the fill buffer. */
+static int append_sse(struct stream *st, uint32_t i, int last)
+{
+    ib_engine_t *eng = st->eng;
+    ib_buf_t *b = &st->bufs[st->cur];
+    const char *tok = token_text(st, i);
+    const char *fin_open = last ? "\"" : "", *fin = last ? finish_reason(st) : "null", *fin_close = last ? "\"" : "";
+    int rc;
+    if (st->kind == IB_API_CHAT)
+        rc = bprintf(b,
+                     "data: {\"id\":\"chatcmpl-%s-%llu\",\"object\":\"chat.completion.chunk\",\"created\":%llu,"
+                     "\"model\":\"%.*s\",\"choices\":[{\"index\":0,\"delta\":{%s\"content\":\"%s\"},\"logprobs\":null,"
+                     "\"finish_reason\":%s%s%s}]}\n\n",
+                     eng->engine_id, (unsigned long long)st->id, (unsigned long long)st->created,
+                     (int)eng->model_json.len, eng->model_json.ptr, i == 0 ? "\"role\":\"assistant\"," : "", tok,
+                     fin_open, fin, fin_close);
+    else
+        rc = bprintf(b,
+                     "data: {\"id\":\"cmpl-%s-%llu\",\"object\":\"text_completion\",\"created\":%llu,\"model\":\"%.*s\","
+                     "\"choices\":[{\"index\":0,\"text\":\"%s\",\"logprobs\":null,\"finish_reason\":%s%s%s}]}\n\n",
+                     eng->engine_id, (unsigned long long)st->id, (unsigned long long)st->created,
+                     (int)eng->model_json.len, eng->model_json.ptr, tok, fin_open, fin, fin_close);
+    if (rc == 0 && last && st->include_usage)
+        rc = bprintf(b, "data: {\"id\":\"%s-%s-%llu\",\"object\":\"%s\",\"created\":%llu,\"model\":\"%.*s\",\"choices\":[],",
+                     st->kind == IB_API_CHAT ? "chatcmpl" : "cmpl", eng->engine_id, (unsigned long long)st->id,
+                     st->kind == IB_API_CHAT ? "chat.completion.chunk" : "text_completion",
+                     (unsigned long long)st->created, (int)eng->model_json.len, eng->model_json.ptr) ||
+             append_usage(b, st) || bprintf(b, "}\n\n");
+    if (rc == 0 && last)
+        rc = bprintf(b, "data: [DONE]\n\n");
+    return rc;
+}
+
+static void start_stream_response(struct stream *st)
+{
+    h2o_req_t *req = st->req;
+    req->res.status = 200;
+    req->res.reason = "OK";
+    add_header(req, H2O_TOKEN_CONTENT_TYPE, H2O_STRLIT("text/event-stream"));
+    add_header(req, H2O_TOKEN_CACHE_CONTROL, H2O_STRLIT("no-cache"));
+    add_engine_header(st->eng, req);
+    add_cached_tokens_header(req, st->seq.cached_tokens);
+    count_http(st->eng, st->kind == IB_API_CHAT ? R_CHAT : R_COMPLETIONS, 200);
+    h2o_start_response(req, &st->gen);
+    st->started = 1;
+}
+
+/* Hands the fill buffer to h2o unless a send is already in flight (proceed comes back). */
+static void flush_stream(struct stream *st)
+{
+    if (st->inflight || st->final_sent)
+        return;
+    ib_buf_t *b = &st->bufs[st->cur];
+    if (b->len == 0 && !st->final_queued)
+        return;
+    h2o_iovec_t v = h2o_iovec_init(b->ptr, b->len);
+    st->cur ^= 1;
+    ib_buf_reset(&st->bufs[st->cur]);
+    st->inflight = 1;
+    if (st->final_queued)
+        st->final_sent = 1;
+    h2o_send(st->req, &v, 1, st->final_queued ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+static void on_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    (void)req;
+    struct stream *st = (struct stream *)gen;
+    st->inflight = 0;
+    flush_stream(st);
+}
+
+static void on_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    (void)req;
+    struct stream *st = (struct stream *)gen;
+    if (st->seq.state != IB_SEQ_DONE) {
+        st->eng->m.disconnects++;
+        ib_sched_cancel(&st->eng->sched, &st->seq, now_ns());
+    }
+}
+
+static void send_full_completion(struct stream *st)
+{
+    ib_engine_t *eng = st->eng;
+    ib_buf_t *b = &eng->scratch;
+    ib_buf_reset(b);
+    int rc;
+    if (st->kind == IB_API_CHAT)
+        rc = bprintf(b,
+                     "{\"id\":\"chatcmpl-%s-%llu\",\"object\":\"chat.completion\",\"created\":%llu,\"model\":\"%.*s\","
+                     "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"%.*s\"},"
+                     "\"logprobs\":null,\"finish_reason\":\"%s\"}],",
+                     eng->engine_id, (unsigned long long)st->id, (unsigned long long)st->created,
+                     (int)eng->model_json.len, eng->model_json.ptr, (int)st->text.len, st->text.ptr, finish_reason(st));
+    else
+        rc = bprintf(b,
+                     "{\"id\":\"cmpl-%s-%llu\",\"object\":\"text_completion\",\"created\":%llu,\"model\":\"%.*s\","
+                     "\"choices\":[{\"index\":0,\"text\":\"%.*s\",\"logprobs\":null,\"finish_reason\":\"%s\"}],",
+                     eng->engine_id, (unsigned long long)st->id, (unsigned long long)st->created,
+                     (int)eng->model_json.len, eng->model_json.ptr, (int)st->text.len, st->text.ptr, finish_reason(st));
+    rc = rc || append_usage(b, st) || bprintf(b, "}");
+    enum route r = st->kind == IB_API_CHAT ? R_CHAT : R_COMPLETIONS;
+    if (rc != 0) {
+        send_error(eng, st->req, r, 500, "out of memory", "server_error", NULL, NULL);
+        return;
+    }
+    add_cached_tokens_header(st->req, st->seq.cached_tokens);
+    send_body(eng, st->req, r, 200, "application/json", b->ptr, b->len);
+}
+
+static void record_ttft(ib_engine_t *eng, const ib_seq_t *seq)
+{
+    double s = (double)(seq->first_token_ns - seq->submit_ns) / 1e9;
+    size_t k = 0;
+    while (k < NTTFT && s > ttft_buckets[k])
+        k++;
+    eng->m.ttft_bucket[k]++;
+    eng->m.ttft_sum_s += s;
+    eng->m.ttft_count++;
+}
+
+static void on_token(ib_seq_t *seq, uint32_t index, int last)
+{
+    struct stream *st = seq->owner;
+    if (index == 0)
+        record_ttft(st->eng, seq);
+    if (!st->streaming) {
+        if (ib_buf_append(&st->text, token_text(st, index), 4) != 0 && !last)
+            return;
+        if (last)
+            send_full_completion(st);
+        return;
+    }
+    if (!st->started)
+        start_stream_response(st);
+    if (append_sse(st, index, last) != 0) {
+        /* Out of memory: end the stream; the client sees it cut short. */
+        ib_sched_cancel(&st->eng->sched, seq, now_ns());
+        last = 1;
+    }
+    if (last)
+        st->final_queued = 1;
+    flush_stream(st);
+}
+
+static void on_stream_dispose(void *p)
+{
+    struct stream *st = p;
+    ib_engine_t *eng = st->eng;
+    if (st->seq.state != IB_SEQ_DONE && st->seq.state != IB_SEQ_NEW)
+        ib_sched_cancel(&eng->sched, &st->seq, now_ns());
+    free(st->hashes);
+    ib_buf_free(&st->bufs[0]);
+    ib_buf_free(&st->bufs[1]);
+    ib_buf_free(&st->text);
+    eng->m.streams_active--;
+}
+
+static void handle_completion(ib_engine_t *eng, h2o_req_t *req, ib_api_kind_t kind)
+{
+    enum route r = kind == IB_API_CHAT ? R_CHAT : R_COMPLETIONS;
+    ib_oai_request_t oreq;
+    ib_json_error_t jerr;
+    if (ib_oai_parse(eng->json, kind, req->entity.base, req->entity.len, req->entity.len, &oreq, &jerr) != 0) {
+        send_error(eng, req, r, jerr.status, jerr.message, "invalid_request_error", jerr.param, NULL);
+        return;
+    }
+    if (oreq.model.len != strlen(eng->cfg.model) || memcmp(oreq.model.ptr, eng->cfg.model, oreq.model.len) != 0) {
+        char msg[192];
+        snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.", (int)(oreq.model.len > 100 ? 100 : oreq.model.len),
+                 oreq.model.ptr);
+        send_error(eng, req, r, 404, msg, "invalid_request_error", "model", "model_not_found");
+        return;
+    }
+    if (oreq.max_tokens == 0) {
+        send_error(eng, req, r, 400, "max_tokens must be at least 1", "invalid_request_error",
+                   "max_tokens", NULL);
+        return;
+    }
+    ib_buf_reset(&eng->prompt);
+    if (ib_chat_render(eng->cfg.chat_template, &oreq, &eng->prompt) != 0) {
+        send_error(eng, req, r, 500, "out of memory", "server_error", NULL, NULL);
+        return;
+    }
+    uint64_t prompt_tokens = (eng->prompt.len + eng->cfg.bytes_per_token - 1) / eng->cfg.bytes_per_token;
+    if (prompt_tokens == 0)
+        prompt_tokens = 1;
+    uint64_t max_tokens = oreq.max_tokens > 0 ? (uint64_t)oreq.max_tokens : eng->cfg.default_max_tokens;
+    if (prompt_tokens + max_tokens > eng->cfg.max_model_len) {
+        char msg[192];
+        snprintf(msg, sizeof(msg),
+                 "This model's maximum context length is %u tokens. However, you requested %llu tokens "
+                 "(%llu in the prompt, %llu for the completion).",
+                 eng->cfg.max_model_len, (unsigned long long)(prompt_tokens + max_tokens),
+                 (unsigned long long)prompt_tokens, (unsigned long long)max_tokens);
+        send_error(eng, req, r, 400, msg, "invalid_request_error", kind == IB_API_CHAT ? "messages" : "prompt",
+                   "context_length_exceeded");
+        return;
+    }
+
+    struct stream *st = h2o_mem_alloc_shared(&req->pool, sizeof(*st), on_stream_dispose);
+    memset(st, 0, sizeof(*st));
+    st->gen.proceed = on_proceed;
+    st->gen.stop = on_stop;
+    st->eng = eng;
+    st->req = req;
+    st->kind = kind;
+    st->streaming = oreq.stream;
+    st->include_usage = oreq.include_usage;
+    st->explicit_max = oreq.max_tokens > 0;
+    st->id = ++eng->next_id;
+    st->created = (uint64_t)time(NULL);
+    st->vocab_seed = (uint32_t)st->id;
+    eng->m.streams_active++;
+
+    size_t block_bytes = (size_t)eng->cfg.sched.block_tokens * eng->cfg.bytes_per_token;
+    size_t nblocks = eng->prompt.len / block_bytes;
+    if (nblocks > 0) {
+        st->hashes = malloc(nblocks * sizeof(*st->hashes));
+        if (st->hashes == NULL) {
+            send_error(eng, req, r, 500, "out of memory", "server_error", NULL, NULL);
+            return;
+        }
+        ib_hashchain(eng->prompt.ptr, eng->prompt.len, block_bytes, st->hashes, nblocks);
+    }
+    st->seq.hashes = st->hashes;
+    st->seq.nblocks = nblocks;
+    st->seq.prompt_tokens = (uint32_t)prompt_tokens;
+    st->seq.max_tokens = (uint32_t)max_tokens;
+    st->seq.on_token = on_token;
+    st->seq.owner = st;
+    ib_sched_submit(&eng->sched, &st->seq, now_ns());
+}
+
+/* ---- other routes ---- */
+
+static void handle_models(ib_engine_t *eng, h2o_req_t *req)
+{
+    ib_buf_t *b = &eng->scratch;
+    ib_buf_reset(b);
+    if (bprintf(b,
+                "{\"object\":\"list\",\"data\":[{\"id\":\"%.*s\",\"object\":\"model\",\"created\":%llu,"
+                "\"owned_by\":\"ib-mock-engine\",\"max_model_len\":%u}]}",
+                (int)eng->model_json.len, eng->model_json.ptr, (unsigned long long)eng->started_unix,
+                eng->cfg.max_model_len) != 0) {
+        send_error(eng, req, R_MODELS, 500, "out of memory", "server_error", NULL, NULL);
+        return;
+    }
+    send_body(eng, req, R_MODELS, 200, "application/json", b->ptr, b->len);
+}
+
+static int metric(ib_buf_t *b, const char *name, const char *type, const char *help)
+{
+    return bprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static int render_metrics(ib_engine_t *eng, ib_buf_t *b)
+{
+    const ib_sched_t *s = &eng->sched;
+    const char *m = eng->cfg.model; /* label value: model names are plain identifiers */
+    int rc = 0;
+#define COUNTER(name, help, v)                                                                                          \
+    rc = rc || metric(b, name, "counter", help) || bprintf(b, name "{model_name=\"%s\"} %llu\n", m, (unsigned long long)(v))
+#define GAUGE(name, help, v)                                                                                            \
+    rc = rc || metric(b, name, "gauge", help) || bprintf(b, name "{model_name=\"%s\"} %llu\n", m, (unsigned long long)(v))
+    COUNTER("ib_engine_prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache (vLLM: prefix_cache_queries).", s->query_tokens);
+    COUNTER("ib_engine_prefix_cache_hits_total",
+            "Prompt tokens found in the prefix cache (vLLM: prefix_cache_hits).", s->hit_tokens);
+    COUNTER("ib_engine_prompt_tokens_total", "Prompt tokens processed.", s->prompt_tokens);
+    COUNTER("ib_engine_generation_tokens_total", "Tokens generated.", s->generation_tokens);
+    COUNTER("ib_engine_requests_finished_total", "Sequences that generated all their tokens.", s->finished);
+    COUNTER("ib_engine_requests_cancelled_total", "Sequences dropped because the client went away.", s->cancelled);
+    COUNTER("ib_engine_cache_evicted_blocks_total", "Prefix cache blocks evicted (LRU).", s->cache.evicted);
+    COUNTER("ib_engine_cache_expired_blocks_total", "Prefix cache blocks dropped after their TTL.", s->cache.expired);
+    GAUGE("ib_engine_num_requests_running", "Sequences holding a slot (prefill queue, prefill, decode).",
+          s->slots_used);
+    GAUGE("ib_engine_num_requests_waiting", "Sequences waiting for a slot.", s->waiting.count);
+    GAUGE("ib_engine_cache_blocks_used", "Blocks held by the prefix cache.", s->cache.used);
+    GAUGE("ib_engine_cache_blocks_capacity", "Prefix cache capacity in blocks.", s->cache.capacity);
+    GAUGE("ib_engine_block_size_tokens", "KV cache block size in tokens.", s->cfg.block_tokens);
+    rc = rc || metric(b, "ib_engine_time_to_first_token_seconds", "histogram",
+                      "Model time from admission to the first token.");
+    uint64_t cum = 0;
+    for (size_t k = 0; k <= NTTFT && !rc; k++) {
+        cum += eng->m.ttft_bucket[k];
+        if (k < NTTFT)
+            rc = bprintf(b, "ib_engine_time_to_first_token_seconds_bucket{model_name=\"%s\",le=\"%g\"} %llu\n", m,
+                         ttft_buckets[k], (unsigned long long)cum);
+        else
+            rc = bprintf(b, "ib_engine_time_to_first_token_seconds_bucket{model_name=\"%s\",le=\"+Inf\"} %llu\n", m,
+                         (unsigned long long)cum);
+    }
+    rc = rc || bprintf(b, "ib_engine_time_to_first_token_seconds_sum{model_name=\"%s\"} %.9f\n", m, eng->m.ttft_sum_s) ||
+         bprintf(b, "ib_engine_time_to_first_token_seconds_count{model_name=\"%s\"} %llu\n", m,
+                 (unsigned long long)eng->m.ttft_count);
+    rc = rc || metric(b, "ib_engine_http_requests_total", "counter", "HTTP requests answered, by route and status.");
+    for (int r = 0; r < R__COUNT && !rc; r++)
+        for (size_t k = 0; k <= NSTATUS && !rc; k++)
+            if (eng->m.http[r][k] != 0)
+                rc = bprintf(b, "ib_engine_http_requests_total{route=\"%s\",status=\"%s%d\"} %llu\n", route_names[r],
+                             k < NSTATUS ? "" : "other", k < NSTATUS ? status_codes[k] : 0,
+                             (unsigned long long)eng->m.http[r][k]);
+    rc = rc || metric(b, "ib_engine_client_disconnects_total", "counter", "Streams whose client went away early.") ||
+         bprintf(b, "ib_engine_client_disconnects_total %llu\n", (unsigned long long)eng->m.disconnects);
+#undef COUNTER
+#undef GAUGE
+    return rc;
+}
+
+static void handle_metrics(ib_engine_t *eng, h2o_req_t *req)
+{
+    ib_buf_t *b = &eng->scratch;
+    ib_buf_reset(b);
+    count_http(eng, R_METRICS, 200); /* counted before rendering so the scrape sees itself */
+    eng->m.http[R_METRICS][0]--;
+    if (render_metrics(eng, b) != 0) {
+        send_error(eng, req, R_METRICS, 500, "out of memory", "server_error", NULL, NULL);
+        return;
+    }
+    send_body(eng, req, R_METRICS, 200, "text/plain; version=0.0.4; charset=utf-8", b->ptr, b->len);
+}
+
+static int path_is(h2o_req_t *req, const char *p)
+{
+    return h2o_memis(req->path_normalized.base, req->path_normalized.len, p, strlen(p));
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    ib_engine_t *eng = ((struct handler *)self)->eng;
+    int is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
+    int is_post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
+    struct {
+        const char *path;
+        enum route r;
+        int post;
+    } routes[] = {{"/v1/chat/completions", R_CHAT, 1}, {"/v1/completions", R_COMPLETIONS, 1}, {"/v1/models", R_MODELS, 0},
+                  {"/health", R_HEALTH, 0},           {"/metrics", R_METRICS, 0}};
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (!path_is(req, routes[i].path))
+            continue;
+        if (routes[i].post ? !is_post : !is_get) {
+            add_header(req, H2O_TOKEN_ALLOW, routes[i].post ? "POST" : "GET", routes[i].post ? 4 : 3);
+            send_error(eng, req, routes[i].r, 405, "method not allowed", "invalid_request_error", NULL, NULL);
+            return 0;
+        }
+        if (eng->stopping && routes[i].post) {
+            send_error(eng, req, routes[i].r, 503, "engine is shutting down", "server_error", NULL, NULL);
+            return 0;
+        }
+        switch (routes[i].r) {
+        case R_CHAT: handle_completion(eng, req, IB_API_CHAT); break;
+        case R_COMPLETIONS: handle_completion(eng, req, IB_API_COMPLETION); break;
+        case R_MODELS: handle_models(eng, req); break;
+        case R_HEALTH: send_body(eng, req, R_HEALTH, 200, "application/json", H2O_STRLIT("{\"status\":\"ok\"}")); break;
+        default: handle_metrics(eng, req); break;
+        }
+        return 0;
+    }
+    send_error(eng, req, R_OTHER, 404, "no such route", "invalid_request_error", NULL, NULL);
+    return 0;
+}
+
+/* ---- sockets and loop ---- */
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    ib_engine_t *eng = listener->data;
+    if (err != NULL)
+        return;
+    for (int i = 0; i < 64; i++) { /* drain the backlog in one wake-up */
+        h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+        if (sock == NULL)
+            return;
+        int one = 1;
+        setsockopt(h2o_socket_get_fd(sock), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        h2o_accept(&eng->accept_ctx, sock);
+    }
+}
+
+static void on_signal(h2o_socket_t *sock, const char *err)
+{
+    ib_engine_t *eng = sock->data;
+    (void)err;
+    h2o_buffer_consume(&sock->input, sock->input->size);
+    if (!eng->stopping) {
+        eng->stopping = 1;
+        eng->stop_deadline_ns = now_ns() + (uint64_t)eng->cfg.drain_timeout_ms * 1000000ull;
+        if (eng->listen_sock != NULL) {
+            h2o_socket_read_stop(eng->listen_sock);
+            h2o_socket_close(eng->listen_sock);
+            eng->listen_sock = NULL;
+        }
+    }
+}
+
+static int parse_hostport(const char *s, struct sockaddr_in *sa)
+{
+    char host[64];
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || (size_t)(colon - s) >= sizeof(host))
+        return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || port < 0 || port > 65535)
+        return -1;
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    if (strcmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
+    return inet_pton(AF_INET, host[0] ? host : "0.0.0.0", &sa->sin_addr) == 1 ? 0 : -1;
+}
+
+static int write_port_file(const char *path, unsigned port)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "%u\n", port);
+    if (fclose(f) != 0)
+        return -1;
+    return rename(tmp, path);
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
+{
+    ib_engine_t *eng = calloc(1, sizeof(*eng));
+    if (eng == NULL)
+        return NULL;
+    eng->cfg = *cfg;
+    eng->listen_fd = -1;
+    eng->started_unix = (uint64_t)time(NULL);
+    raise_nofile();
+    if (cfg->bytes_per_token == 0) {
+        fprintf(stderr, "ib-mock-engine: --bytes-per-token must be at least 1\n");
+        goto Error;
+    }
+    if (ib_sched_init(&eng->sched, &cfg->sched) != 0) {
+        fprintf(stderr, "ib-mock-engine: bad scheduler settings (slots, block size and cache size must be > 0)\n");
+        goto Error;
+    }
+    eng->json = ib_json_parser_new(cfg->max_body_bytes);
+    if (eng->json == NULL || ib_json_escape(&eng->model_json, cfg->model, strlen(cfg->model)) != 0) {
+        fprintf(stderr, "ib-mock-engine: out of memory\n");
+        goto Error;
+    }
+
+    struct sockaddr_in sa;
+    if (parse_hostport(cfg->listen, &sa) != 0) {
+        fprintf(stderr, "ib-mock-engine: --listen wants IPV4:PORT, got '%s'\n", cfg->listen);
+        goto Error;
+    }
+    int one = 1;
+    eng->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (eng->listen_fd < 0 || setsockopt(eng->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(eng->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(eng->listen_fd, 4096) != 0) {
+        fprintf(stderr, "ib-mock-engine: cannot listen on %s: %s\n", cfg->listen, strerror(errno));
+        goto Error;
+    }
+    socklen_t salen = sizeof(sa);
+    getsockname(eng->listen_fd, (struct sockaddr *)&sa, &salen);
+    unsigned port = ntohs(sa.sin_port);
+    if (cfg->engine_id != NULL)
+        snprintf(eng->engine_id, sizeof(eng->engine_id), "%s", cfg->engine_id);
+    else
+        snprintf(eng->engine_id, sizeof(eng->engine_id), "engine-%u", port);
+
+    h2o_config_init(&eng->h2o_config);
+    eng->h2o_config.max_request_entity_size = cfg->max_body_bytes;
+    h2o_hostconf_t *host = h2o_config_register_host(&eng->h2o_config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    struct handler *h = (struct handler *)h2o_create_handler(path, sizeof(*h));
+    h->super.on_req = on_req;
+    h->eng = eng;
+    eng->loop = h2o_evloop_create();
+    h2o_context_init(&eng->h2o_ctx, eng->loop, &eng->h2o_config);
+    eng->accept_ctx.ctx = &eng->h2o_ctx;
+    eng->accept_ctx.hosts = eng->h2o_config.hosts;
+    eng->listen_sock = h2o_evloop_socket_create(eng->loop, eng->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
+    eng->listen_fd = -1; /* owned by the socket now */
+    eng->listen_sock->data = eng;
+    h2o_socket_read_start(eng->listen_sock, on_accept);
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGTERM);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0) {
+        fprintf(stderr, "ib-mock-engine: signalfd: %s\n", strerror(errno));
+        goto Error;
+    }
+    eng->signal_sock = h2o_evloop_socket_create(eng->loop, sfd, 0);
+    eng->signal_sock->data = eng;
+    h2o_socket_read_start(eng->signal_sock, on_signal);
+
+    if (cfg->port_file != NULL && write_port_file(cfg->port_file, port) != 0) {
+        fprintf(stderr, "ib-mock-engine: cannot write %s: %s\n", cfg->port_file, strerror(errno));
+        goto Error;
+    }
+    fprintf(stderr, "ib-mock-engine: %s serving model '%s' on %s:%u (template %s, block %u tokens, cache %u blocks)\n",
+            eng->engine_id, cfg->model, inet_ntoa(sa.sin_addr), port, ib_chat_template_name(cfg->chat_template),
+            cfg->sched.block_tokens, cfg->sched.cache_blocks);
+    return eng;
+Error:
+    ib_engine_destroy(eng);
+    return NULL;
+}
+
+int ib_engine_run(ib_engine_t *eng)
+{
+    for (;;) {
+        uint64_t now = now_ns();
+        ib_sched_run(&eng->sched, now);
+        if (eng->stopping && (eng->m.streams_active == 0 || now >= eng->stop_deadline_ns))
+            break;
+        uint64_t next = ib_sched_next_deadline(&eng->sched);
+        int32_t wait_ms = 1000;
+        if (next != UINT64_MAX)
+            wait_ms = next <= now ? 0 : (int32_t)((next - now + 999999) / 1000000);
+        if (wait_ms > 1000)
+            wait_ms = 1000;
+        if (eng->stopping && wait_ms > 50)
+            wait_ms = 50;
+        h2o_evloop_run(eng->loop, wait_ms);
+    }
+    fprintf(stderr, "ib-mock-engine: %s stopped (%llu streams still open)\n", eng->engine_id,
+            (unsigned long long)eng->m.streams_active);
+    return 0;
+}
+
+void ib_engine_destroy(ib_engine_t *eng)
+{
+    if (eng == NULL)
+        return;
+    if (eng->listen_fd >= 0)
+        close(eng->listen_fd);
+    ib_json_parser_free(eng->json);
+    ib_buf_free(&eng->prompt);
+    ib_buf_free(&eng->scratch);
+    ib_buf_free(&eng->model_json);
+    /* The h2o context and loop are left to process exit: h2o 2.2 has no way to close the
+     * open connections of a context, and the engine only destroys itself on the way out. */
+    if (eng->sched.heap != NULL)
+        ib_sched_destroy(&eng->sched);
+    free(eng);
+}

