@@ -5,6 +5,7 @@
 #include <simdjson.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -388,4 +389,42 @@ extern "C" int ib_json_pointer_int(ib_json_parser_t *p, const char *doc_bytes, s
     if (v.is_null())
         return 1;
     return v.get_int64().get(*out) == SUCCESS ? 0 : -1;
+}
+
+extern "C" int ib_json_pointer_int_array(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr,
+                                         int64_t **out, size_t *n)
+{
+    *out = nullptr;
+    *n = 0;
+    ondemand::document doc;
+    if (start(p, doc_bytes, len, len, doc) != SUCCESS)
+        return -1;
+    ondemand::value v;
+    error_code e = doc.at_pointer(ptr).get(v);
+    if (e == NO_SUCH_FIELD || e == INDEX_OUT_OF_BOUNDS)
+        return 1;
+    ondemand::array arr;
+    if (e != SUCCESS || v.get_array().get(arr) != SUCCESS)
+        return -1;
+    size_t cap = 0;
+    int64_t *vals = nullptr;
+    for (auto el : arr) {
+        int64_t x;
+        if (el.get_int64().get(x) != SUCCESS) {
+            free(vals);
+            return -1;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 32;
+            int64_t *grown = static_cast<int64_t *>(realloc(vals, cap * sizeof(*vals)));
+            if (grown == nullptr) {
+                free(vals);
+                return -1;
+            }
+            vals = grown;
+        }
+        vals[(*n)++] = x;
+    }
+    *out = vals;
+    return 0;
 }

@@ -99,6 +99,14 @@ int ib_json_pointer_string(ib_json_parser_t *p, const char *doc, size_t len, con
 /** Same for an integer value. */
 int ib_json_pointer_int(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int64_t *out);
 
+/**
+ * Reads the array of integers at <ptr> into a malloc'd array (*out, *n; free() it).
+ * Returns 0, 1 when the pointer does not exist, -1 when invalid, not an array of integers,
+ * or out of memory.
+ */
+int ib_json_pointer_int_array(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int64_t **out,
+                              size_t *n);
+
 #ifdef __cplusplus
 }
 #endif

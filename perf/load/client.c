@@ -1,0 +1,831 @@
+/*
+ * ib-load's client loop (include/ibrain/loadrun.h): one thread, one epoll set, HTTP/1.1
+ * keep-alive connections, responses parsed with picohttpparser (from libh2o), SSE events
+ * read with the simdjson shim.
+ */
+#include "ibrain/loadrun.h"
+#include "ibrain/oai_error.h"
+#include "ibrain/ondemand_c.h"
+#include "ibrain/picohttp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+void ib_load_options_defaults(ib_load_options_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->host = "127.0.0.1";
+    o->port = 8000;
+    o->model = "mock";
+    o->chat = 1;
+    o->stream = 1;
+    o->ignore_eos = 1;
+    o->speedup = 1.0;
+    o->max_conns = 4096;
+    o->timeout_s = 600;
+}
+
+void ib_load_result_free(ib_load_result_t *r)
+{
+    ib_samples_free(&r->ttft_ms);
+    ib_samples_free(&r->itl_ms);
+    ib_samples_free(&r->e2e_ms);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- run state ---- */
+
+struct pending {          /* a request due at <due_ns> */
+    uint64_t due_ns;
+    uint32_t item;
+    uint32_t turn;
+};
+
+struct user {             /* multi-turn conversation state */
+    ib_buf_t messages;    /* JSON of the messages so far, without the brackets */
+    uint32_t turn;
+};
+
+struct conn {
+    int fd;
+    int connecting;
+    ib_buf_t out;
+    size_t out_off;
+    ib_buf_t in;          /* raw bytes not yet consumed */
+    ib_buf_t body;        /* decoded body bytes not yet consumed */
+    int head_done, status, chunked, keepalive, done_event, stream_error;
+    size_t content_length, body_total;
+    struct phr_chunked_decoder dec;
+    /* the request on it */
+    uint32_t item, turn;
+    uint64_t t_send, t_first, t_last, deadline_ns;
+    uint32_t chunks;
+    int64_t usage_completion, usage_prompt, usage_cached;
+    ib_buf_t answer;
+    char engine[64];
+    struct conn *next_idle;
+};
+
+struct run {
+    const ib_load_workload_t *w;
+    const ib_load_options_t *o;
+    ib_load_result_t *r;
+    int ep;
+    struct sockaddr_in addr;
+    ib_json_parser_t *json;
+    struct pending *heap;
+    size_t heap_len, heap_cap;
+    struct user *users;
+    struct conn **conns;   /* busy or idle, for timeouts */
+    size_t nconns;
+    struct conn *idle;
+    uint64_t inflight, finished, start_ns;
+    uint64_t waiting_for_conn;   /* due but no connection allowed yet */
+    ib_buf_t sys, text, tmp;
+};
+
+/* ---- pending heap on due_ns ---- */
+
+static int heap_push(struct run *run, struct pending p)
+{
+    if (run->heap_len == run->heap_cap) {
+        size_t cap = run->heap_cap ? run->heap_cap * 2 : 1024;
+        struct pending *h = realloc(run->heap, cap * sizeof(*h));
+        if (h == NULL)
+            return -1;
+        run->heap = h;
+        run->heap_cap = cap;
+    }
+    size_t i = run->heap_len++;
+    while (i > 0 && run->heap[(i - 1) / 2].due_ns > p.due_ns) {
+        run->heap[i] = run->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    run->heap[i] = p;
+    return 0;
+}
+
+static struct pending heap_pop(struct run *run)
+{
+    struct pending top = run->heap[0], last = run->heap[--run->heap_len];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        if (l >= run->heap_len)
+            break;
+        m = l;
+        if (l + 1 < run->heap_len && run->heap[l + 1].due_ns < run->heap[l].due_ns)
+            m = l + 1;
+        if (run->heap[m].due_ns >= last.due_ns)
+            break;
+        run->heap[i] = run->heap[m];
+        i = m;
+    }
+    if (run->heap_len > 0)
+        run->heap[i] = last;
+    return top;
+}
+
+/* ---- request bodies ---- */
+
+#define LIT(b, s) ib_buf_append((b), (s), sizeof(s) - 1)
+
+static int append_msg(ib_buf_t *b, const char *role, const char *text, size_t n)
+{
+    return (b->len && LIT(b, ",")) || LIT(b, "{\"role\":\"") || ib_buf_append(b, role, strlen(role)) ||
+                   LIT(b, "\",\"content\":\"") || ib_json_escape(b, text, n) || LIT(b, "\"}")
+               ? -1
+               : 0;
+}
+
+static uint32_t output_tokens(const struct run *run, uint32_t item)
+{
+    uint32_t n = run->w->items[item].output_tokens;
+    if (n == 0)
+        n = 1;
+    if (run->o->max_output && n > run->o->max_output)
+        n = run->o->max_output;
+    return n;
+}
+
+/* Builds the HTTP request for (item, turn) into <out>. */
+static int build_request(struct run *run, uint32_t item, uint32_t turn, ib_buf_t *out)
+{
+    const ib_load_workload_t *w = run->w;
+    const ib_load_options_t *o = run->o;
+    ib_buf_t *msgs = &run->tmp;
+    ib_buf_reset(&run->sys);
+    ib_buf_reset(&run->text);
+    ib_buf_reset(msgs);
+    if (w->source == IB_SRC_MULTI_TURN) {
+        struct user *u = &run->users[run->w->items[item].group];
+        if (turn == 0 && (ib_load_system_prompt(w, 0, &run->sys) || append_msg(&u->messages, "system", run->sys.ptr, run->sys.len)))
+            return -1;
+        if (ib_load_turn_question(w, w->items[item].group, turn, &run->text) ||
+            append_msg(&u->messages, "user", run->text.ptr, run->text.len))
+            return -1;
+        if (ib_buf_append(msgs, u->messages.ptr, u->messages.len))
+            return -1;
+    } else {
+        if (ib_load_item_prompt(w, &w->items[item], &run->sys, &run->text))
+            return -1;
+        if (run->sys.len && append_msg(msgs, "system", run->sys.ptr, run->sys.len))
+            return -1;
+        if (append_msg(msgs, "user", run->text.ptr, run->text.len))
+            return -1;
+    }
+    /* The body goes after a header block whose Content-Length we know only at the end:
+     * write the body into <out> past a reserved gap, then the header in front. */
+    ib_buf_t body = {0};
+    int rc = LIT(&body, "{\"model\":\"") || ib_json_escape(&body, o->model, strlen(o->model)) || LIT(&body, "\",");
+    if (!rc && o->chat) {
+        rc = LIT(&body, "\"messages\":[") || ib_buf_append(&body, msgs->ptr, msgs->len) || LIT(&body, "]");
+    } else if (!rc) {
+        /* Completions: the conversation as one prompt string. */
+        rc = LIT(&body, "\"prompt\":\"") || ib_json_escape(&body, run->sys.ptr, run->sys.len) ||
+             ib_json_escape(&body, run->text.ptr, run->text.len) || LIT(&body, "\"");
+    }
+    char tail[160];
+    snprintf(tail, sizeof(tail), ",\"max_tokens\":%u%s,\"stream\":%s%s}", output_tokens(run, item),
+             o->ignore_eos ? ",\"ignore_eos\":true" : "", o->stream ? "true" : "false",
+             o->stream ? ",\"stream_options\":{\"include_usage\":true}" : "");
+    rc = rc || ib_buf_append(&body, tail, strlen(tail));
+    char head[512], sess[64] = "";
+    if (o->session_header && w->source == IB_SRC_MULTI_TURN)
+        snprintf(sess, sizeof(sess), "X-Session-Id: user-%u\r\n", w->items[item].group);
+    int hn = snprintf(head, sizeof(head),
+                      "POST %s HTTP/1.1\r\nHost: %s:%u\r\nContent-Type: application/json\r\nAccept: %s\r\n%s"
+                      "Content-Length: %zu\r\n\r\n",
+                      o->chat ? "/v1/chat/completions" : "/v1/completions", o->host, o->port,
+                      o->stream ? "text/event-stream" : "application/json", sess, body.len);
+    ib_buf_reset(out);
+    rc = rc || ib_buf_append(out, head, (size_t)hn) || ib_buf_append(out, body.ptr, body.len);
+    ib_buf_free(&body);
+    return rc ? -1 : 0;
+}
+
+/* ---- connections ---- */
+
+static void conn_close(struct run *run, struct conn *c)
+{
+    if (c->fd >= 0) {
+        epoll_ctl(run->ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+    }
+}
+
+static void conn_reset_response(struct conn *c)
+{
+    ib_buf_reset(&c->in);
+    ib_buf_reset(&c->body);
+    ib_buf_reset(&c->answer);
+    c->head_done = c->status = c->chunked = c->done_event = c->stream_error = 0;
+    c->keepalive = 1;
+    c->content_length = SIZE_MAX;
+    c->body_total = 0;
+    memset(&c->dec, 0, sizeof(c->dec));
+    c->dec.consume_trailer = 1;
+    c->t_first = c->t_last = 0;
+    c->chunks = 0;
+    c->usage_completion = c->usage_prompt = c->usage_cached = -1;
+    c->engine[0] = '\0';
+}
+
+static struct conn *conn_new(struct run *run)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        free(c);
+        return NULL;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(c->fd, (struct sockaddr *)&run->addr, sizeof(run->addr)) != 0 && errno != EINPROGRESS) {
+        close(c->fd);
+        free(c);
+        return NULL;
+    }
+    c->connecting = 1;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET | EPOLLRDHUP, .data.ptr = c};
+    epoll_ctl(run->ep, EPOLL_CTL_ADD, c->fd, &ev);
+    struct conn **cs = realloc(run->conns, (run->nconns + 1) * sizeof(*cs));
+    if (cs == NULL) {
+        close(c->fd);
+        free(c);
+        return NULL;
+    }
+    run->conns = cs;
+    run->conns[run->nconns++] = c;
+    return c;
+}
+
+static void conn_forget(struct run *run, struct conn *c)
+{
+    conn_close(run, c);
+    for (size_t i = 0; i < run->nconns; i++)
+        if (run->conns[i] == c) {
+            run->conns[i] = run->conns[--run->nconns];
+            break;
+        }
+    ib_buf_free(&c->out);
+    ib_buf_free(&c->in);
+    ib_buf_free(&c->body);
+    ib_buf_free(&c->answer);
+    free(c);
+}
+
+static void count_engine(ib_load_result_t *r, const char *id)
+{
+    if (id[0] == '\0')
+        return;
+    for (uint32_t i = 0; i < r->nengines; i++)
+        if (strcmp(r->engines[i].id, id) == 0) {
+            r->engines[i].requests++;
+            return;
+        }
+    if (r->nengines < IB_LOAD_MAX_ENGINES) {
+        snprintf(r->engines[r->nengines].id, sizeof(r->engines[0].id), "%s", id);
+        r->engines[r->nengines++].requests = 1;
+    }
+}
+
+enum outcome { OK, ERR_STATUS, ERR_IO, ERR_TIMEOUT, ERR_PROTOCOL };
+
+static void schedule_next_turn(struct run *run, struct conn *c, uint64_t now);
+
+/* The request on <c> ended with <how>; record it and put the connection back or drop it. */
+static void finish(struct run *run, struct conn *c, enum outcome how)
+{
+    ib_load_result_t *r = run->r;
+    uint64_t now = now_ns();
+    run->inflight--;
+    run->finished++;
+    switch (how) {
+    case OK: {
+        r->ok++;
+        if (c->t_first == 0)
+            c->t_first = now;
+        ib_samples_add(&r->ttft_ms, (double)(c->t_first - c->t_send) / 1e6);
+        ib_samples_add(&r->e2e_ms, (double)(now - c->t_send) / 1e6);
+        r->output_tokens += c->usage_completion >= 0 ? (uint64_t)c->usage_completion : c->chunks;
+        if (c->usage_prompt >= 0)
+            r->prompt_tokens += (uint64_t)c->usage_prompt;
+        if (c->usage_cached >= 0)
+            r->cached_tokens += (uint64_t)c->usage_cached;
+        count_engine(r, c->engine);
+        break;
+    }
+    case ERR_STATUS:
+        r->err_status++;
+        if (c->status >= 400 && c->status < 500)
+            r->status_4xx++;
+        else
+            r->status_5xx++;
+        break;
+    case ERR_IO: r->err_io++; break;
+    case ERR_TIMEOUT: r->err_timeout++; break;
+    case ERR_PROTOCOL: r->err_protocol++; break;
+    }
+    if (run->w->source == IB_SRC_MULTI_TURN && how == OK)
+        schedule_next_turn(run, c, now);
+    if (how == OK && c->keepalive) {
+        conn_reset_response(c);
+        c->t_send = 0; /* idle: events on it are the server closing it */
+        c->next_idle = run->idle;
+        run->idle = c;
+        c->deadline_ns = 0;
+    } else {
+        conn_forget(run, c);
+    }
+}
+
+static void schedule_next_turn(struct run *run, struct conn *c, uint64_t now)
+{
+    struct user *u = &run->users[run->w->items[c->item].group];
+    if (append_msg(&u->messages, "assistant", c->answer.ptr, c->answer.len) != 0)
+        return;
+    if (c->turn + 1 < run->w->turns)
+        heap_push(run, (struct pending){now + (uint64_t)run->o->think_ms * 1000000ull, c->item, c->turn + 1});
+}
+
+static int header_is(const struct phr_header *h, const char *name)
+{
+    return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
+}
+
+/* Parses the response head in c->in. 1 when complete, 0 when more is needed, -1 on error. */
+static int parse_head(struct conn *c)
+{
+    struct phr_header hdrs[64];
+    size_t nh = 64;
+    int minor, status;
+    const char *msg;
+    size_t msglen;
+    int n;
+    for (;;) {
+        nh = 64;
+        n = phr_parse_response(c->in.ptr, c->in.len, &minor, &status, &msg, &msglen, hdrs, &nh, 0);
+        if (n == -2)
+            return 0;
+        if (n < 0)
+            return -1;
+        if (status != 100)
+            break;
+        /* Interim 100 Continue: drop it and parse the next head. */
+        memmove(c->in.ptr, c->in.ptr + n, c->in.len - (size_t)n);
+        c->in.len -= (size_t)n;
+    }
+    c->status = status;
+    c->keepalive = minor >= 1;
+    for (size_t i = 0; i < nh; i++) {
+        if (header_is(&hdrs[i], "content-length"))
+            c->content_length = strtoull(hdrs[i].value, NULL, 10);
+        else if (header_is(&hdrs[i], "transfer-encoding") && hdrs[i].value_len >= 7 &&
+                 strncasecmp(hdrs[i].value + hdrs[i].value_len - 7, "chunked", 7) == 0)
+            c->chunked = 1;
+        else if (header_is(&hdrs[i], "connection"))
+            c->keepalive = !(hdrs[i].value_len == 5 && strncasecmp(hdrs[i].value, "close", 5) == 0);
+        else if (header_is(&hdrs[i], "x-engine-id"))
+            snprintf(c->engine, sizeof(c->engine), "%.*s", (int)hdrs[i].value_len, hdrs[i].value);
+    }
+    memmove(c->in.ptr, c->in.ptr + n, c->in.len - (size_t)n);
+    c->in.len -= (size_t)n;
+    c->head_done = 1;
+    return 1;
+}
+
+/* One SSE event's data payload. */
+static void on_event(struct run *run, struct conn *c, const char *data, size_t len, uint64_t now)
+{
+    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        c->done_event = 1;
+        return;
+    }
+    ib_span_t content;
+    const char *ptr = run->o->chat ? "/choices/0/delta/content" : "/choices/0/text";
+    int rc = ib_json_pointer_string(run->json, data, len, ptr, &content);
+    if (rc == 0 && content.len > 0) {
+        if (c->t_first == 0)
+            c->t_first = now;
+        else
+            ib_samples_add(&run->r->itl_ms, (double)(now - c->t_last) / 1e6);
+        c->t_last = now;
+        c->chunks++;
+        if (run->w->source == IB_SRC_MULTI_TURN)
+            ib_buf_append(&c->answer, content.ptr, content.len);
+    }
+    if (memmem(data, len, "\"usage\"", 7) != NULL) {
+        int64_t v;
+        if (ib_json_pointer_int(run->json, data, len, "/usage/completion_tokens", &v) == 0)
+            c->usage_completion = v;
+        if (ib_json_pointer_int(run->json, data, len, "/usage/prompt_tokens", &v) == 0)
+            c->usage_prompt = v;
+        if (ib_json_pointer_int(run->json, data, len, "/usage/prompt_tokens_details/cached_tokens", &v) == 0)
+            c->usage_cached = v;
+    }
+    if (memmem(data, len, "\"error\"", 7) != NULL && ib_json_pointer_string(run->json, data, len, "/error/message", &content) == 0)
+        c->stream_error = 1;
+}
+
+/* Consumes complete SSE events from c->body. */
+static void scan_sse(struct run *run, struct conn *c, uint64_t now)
+{
+    size_t off = 0;
+    for (;;) {
+        char *end = memmem(c->body.ptr + off, c->body.len - off, "\n\n", 2);
+        if (end == NULL)
+            break;
+        for (char *line = c->body.ptr + off; line < end;) {
+            char *nl = memchr(line, '\n', (size_t)(end - line));
+            char *le = nl ? nl : end;
+            if (le - line >= 5 && memcmp(line, "data:", 5) == 0) {
+                char *d = line + 5;
+                if (d < le && *d == ' ')
+                    d++;
+                on_event(run, c, d, (size_t)(le - d), now);
+            }
+            line = le + 1;
+        }
+        off = (size_t)(end - c->body.ptr) + 2;
+    }
+    memmove(c->body.ptr, c->body.ptr + off, c->body.len - off);
+    c->body.len -= off;
+}
+
+/* Non-streaming: read content and usage from the whole body. */
+static void parse_full_body(struct run *run, struct conn *c)
+{
+    ib_span_t content;
+    const char *ptr = run->o->chat ? "/choices/0/message/content" : "/choices/0/text";
+    if (ib_json_pointer_string(run->json, c->body.ptr, c->body.len, ptr, &content) == 0 &&
+        run->w->source == IB_SRC_MULTI_TURN)
+        ib_buf_append(&c->answer, content.ptr, content.len);
+    int64_t v;
+    if (ib_json_pointer_int(run->json, c->body.ptr, c->body.len, "/usage/completion_tokens", &v) == 0)
+        c->usage_completion = v;
+    if (ib_json_pointer_int(run->json, c->body.ptr, c->body.len, "/usage/prompt_tokens", &v) == 0)
+        c->usage_prompt = v;
+    if (ib_json_pointer_int(run->json, c->body.ptr, c->body.len, "/usage/prompt_tokens_details/cached_tokens", &v) == 0)
+        c->usage_cached = v;
+}
+
+/* Moves newly read bytes through head parsing and body decoding. 1 when the response is
+ * complete, 0 when more is needed, -1 on a protocol error. */
+static int advance(struct run *run, struct conn *c, uint64_t now)
+{
+    if (!c->head_done) {
+        int rc = parse_head(c);
+        if (rc <= 0)
+            return rc;
+    }
+    size_t before = c->body.len;
+    int complete = 0;
+    if (c->chunked) {
+        size_t sz = c->in.len;
+        ssize_t rc = phr_decode_chunked(&c->dec, c->in.ptr, &sz);
+        if (rc == -1)
+            return -1;
+        if (ib_buf_append(&c->body, c->in.ptr, sz))
+            return -1;
+        ib_buf_reset(&c->in);
+        complete = rc >= 0;
+    } else if (c->content_length != SIZE_MAX) {
+        size_t want = c->content_length - c->body_total;
+        size_t take = c->in.len < want ? c->in.len : want;
+        if (ib_buf_append(&c->body, c->in.ptr, take))
+            return -1;
+        c->body_total += take;
+        ib_buf_reset(&c->in);
+        complete = c->body_total == c->content_length;
+    } else {
+        /* Read until close. */
+        if (ib_buf_append(&c->body, c->in.ptr, c->in.len))
+            return -1;
+        ib_buf_reset(&c->in);
+        c->keepalive = 0;
+    }
+    if (c->status == 200 && run->o->stream && c->body.len > before)
+        scan_sse(run, c, now);
+    if (complete && c->status == 200 && !run->o->stream)
+        parse_full_body(run, c);
+    return complete;
+}
+
+static void on_readable(struct run *run, struct conn *c)
+{
+    for (;;) {
+        if (ib_buf_reserve(&c->in, 65536) != 0) {
+            finish(run, c, ERR_IO);
+            return;
+        }
+        ssize_t n = read(c->fd, c->in.ptr + c->in.len, c->in.cap - c->in.len);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+            uint64_t now = now_ns();
+            if (c->t_send == 0) { /* bytes on an idle connection: the server closed it */
+                ib_buf_reset(&c->in);
+                continue;
+            }
+            int rc = advance(run, c, now);
+            if (rc < 0) {
+                finish(run, c, ERR_PROTOCOL);
+                return;
+            }
+            if (rc > 0) {
+                enum outcome how = c->status / 100 != 2 ? ERR_STATUS
+                                   : c->stream_error || (run->o->stream && !c->done_event) ? ERR_PROTOCOL
+                                                                                          : OK;
+                finish(run, c, how);
+                return;
+            }
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        /* EOF or error */
+        if (c->t_send == 0) { /* idle connection closed by the server */
+            conn_close(run, c);
+            return;
+        }
+        if (n == 0 && c->head_done && !c->chunked && c->content_length == SIZE_MAX) {
+            if (c->status == 200 && !run->o->stream)
+                parse_full_body(run, c);
+            c->keepalive = 0;
+            finish(run, c, c->status / 100 != 2 ? ERR_STATUS : (run->o->stream && !c->done_event) ? ERR_PROTOCOL : OK);
+        } else {
+            finish(run, c, ERR_IO);
+        }
+        return;
+    }
+}
+
+/* Writes what is pending. Returns 0, or -1 when the request failed (and <c> is gone). */
+static int on_writable(struct run *run, struct conn *c)
+{
+    if (c->connecting) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err == EINPROGRESS || err == EALREADY)
+            return 0;
+        if (err != 0) {
+            finish(run, c, ERR_IO);
+            return -1;
+        }
+        c->connecting = 0;
+    }
+    while (c->out_off < c->out.len) {
+        ssize_t n = write(c->fd, c->out.ptr + c->out_off, c->out.len - c->out_off);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOTCONN))
+            return 0;
+        finish(run, c, ERR_IO);
+        return -1;
+    }
+    return 0;
+}
+
+/* Takes an idle connection (dropping ones the server closed) or opens one. */
+static struct conn *get_conn(struct run *run)
+{
+    while (run->idle != NULL) {
+        struct conn *c = run->idle;
+        run->idle = c->next_idle;
+        if (c->fd >= 0)
+            return c;
+        conn_forget(run, c);
+    }
+    if (run->nconns >= run->o->max_conns)
+        return NULL;
+    return conn_new(run);
+}
+
+static int send_one(struct run *run, struct pending p, uint64_t now)
+{
+    struct conn *c = get_conn(run);
+    if (c == NULL)
+        return -1;
+    conn_reset_response(c);
+    c->item = p.item;
+    c->turn = p.turn;
+    if (build_request(run, p.item, p.turn, &c->out) != 0) {
+        fprintf(stderr, "ib-load: out of memory building a request\n");
+        conn_forget(run, c);
+        return -1;
+    }
+    c->out_off = 0;
+    c->t_send = now;
+    c->deadline_ns = now + (uint64_t)(run->o->timeout_s * 1e9);
+    run->inflight++;
+    run->r->sent++;
+    if (!c->connecting)
+        (void)on_writable(run, c); /* reused connection: write now (a failure is recorded) */
+    return 0;
+}
+
+static void check_timeouts(struct run *run, uint64_t now)
+{
+    for (size_t i = 0; i < run->nconns;) {
+        struct conn *c = run->conns[i];
+        if (c->deadline_ns != 0 && now > c->deadline_ns) {
+            c->deadline_ns = 0;
+            finish(run, c, ERR_TIMEOUT); /* may remove conns[i] */
+            continue;
+        }
+        i++;
+    }
+}
+
+static void progress(struct run *run, uint64_t now, int final)
+{
+    fprintf(stderr, "\r[%7.1fs] sent %llu  done %llu  ok %llu  errors %llu  in flight %llu   %s",
+            (double)(now - run->start_ns) / 1e9, (unsigned long long)run->r->sent, (unsigned long long)run->finished,
+            (unsigned long long)run->r->ok, (unsigned long long)(run->finished - run->r->ok),
+            (unsigned long long)run->inflight, final ? "\n" : "");
+}
+
+int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load_result_t *r)
+{
+    memset(r, 0, sizeof(*r));
+    struct run run = {.w = w, .o = o, .r = r};
+    run.addr.sin_family = AF_INET;
+    run.addr.sin_port = htons(o->port);
+    if (inet_pton(AF_INET, o->host, &run.addr.sin_addr) != 1) {
+        fprintf(stderr, "ib-load: target host must be an IPv4 address, got '%s'\n", o->host);
+        return -1;
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    run.ep = epoll_create1(EPOLL_CLOEXEC);
+    run.json = ib_json_parser_new(64u << 20);
+    if (w->source == IB_SRC_MULTI_TURN)
+        run.users = calloc(w->nitems ? w->nitems : 1, sizeof(*run.users));
+    if (run.ep < 0 || run.json == NULL || (w->source == IB_SRC_MULTI_TURN && run.users == NULL)) {
+        fprintf(stderr, "ib-load: out of resources\n");
+        return -1;
+    }
+    run.start_ns = now_ns();
+    for (size_t i = 0; i < w->nitems; i++) {
+        uint64_t due = o->concurrency ? 0 : run.start_ns + (uint64_t)((double)w->items[i].at_us * 1000.0 / o->speedup);
+        heap_push(&run, (struct pending){due, (uint32_t)i, 0});
+    }
+    uint64_t last_progress = run.start_ns, last_timeout_check = run.start_ns;
+    struct epoll_event evs[256];
+    for (;;) {
+        uint64_t now = now_ns();
+        /* Dispatch what is due, within the concurrency and connection limits. */
+        while (run.heap_len > 0 && run.heap[0].due_ns <= now && (o->limit == 0 || r->sent < o->limit) &&
+               (o->concurrency == 0 || run.inflight < o->concurrency)) {
+            struct pending p = heap_pop(&run);
+            if (send_one(&run, p, now) != 0) {
+                heap_push(&run, p); /* no connection available: try again shortly */
+                break;
+            }
+        }
+        int out_of_work = run.heap_len == 0 || (o->limit && r->sent >= o->limit);
+        if (out_of_work && run.inflight == 0)
+            break;
+        int timeout_ms = 100;
+        if (run.heap_len > 0 && run.heap[0].due_ns > now) {
+            uint64_t d = (run.heap[0].due_ns - now + 999999) / 1000000;
+            if (d < (uint64_t)timeout_ms)
+                timeout_ms = (int)d;
+        }
+        int n = epoll_wait(run.ep, evs, 256, timeout_ms);
+        for (int i = 0; i < n; i++) {
+            struct conn *c = evs[i].data.ptr;
+            /* A connection finished (and freed) earlier in this batch is not reported again:
+             * finish() only frees connections that were removed from epoll first. */
+            if ((evs[i].events & (EPOLLOUT | EPOLLERR)) && c->t_send != 0 && c->fd >= 0 &&
+                (c->connecting || c->out_off < c->out.len) && on_writable(&run, c) != 0)
+                continue; /* the request failed and the connection is gone */
+            if (c->fd >= 0 && !c->connecting && (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+                on_readable(&run, c);
+        }
+        now = now_ns();
+        if (now - last_timeout_check > 200000000ull) {
+            check_timeouts(&run, now);
+            last_timeout_check = now;
+        }
+        if (o->progress && now - last_progress >= 1000000000ull) {
+            progress(&run, now, 0);
+            last_progress = now;
+        }
+    }
+    uint64_t end = now_ns();
+    r->duration_s = (double)(end - run.start_ns) / 1e9;
+    if (o->progress)
+        progress(&run, end, 1);
+    while (run.nconns > 0)
+        conn_forget(&run, run.conns[0]);
+    free(run.conns);
+    free(run.heap);
+    if (run.users != NULL) {
+        for (size_t i = 0; i < w->nitems; i++)
+            ib_buf_free(&run.users[i].messages);
+        free(run.users);
+    }
+    ib_buf_free(&run.sys);
+    ib_buf_free(&run.text);
+    ib_buf_free(&run.tmp);
+    ib_json_parser_free(run.json);
+    close(run.ep);
+    ib_samples_sort(&r->ttft_ms);
+    ib_samples_sort(&r->itl_ms);
+    ib_samples_sort(&r->e2e_ms);
+    return 0;
+}
+
+/* ---- blocking GET, for /metrics scrapes ---- */
+
+int ib_http_get(const char *hostport, const char *path, int timeout_ms, ib_buf_t *body)
+{
+    char host[64];
+    const char *colon = strrchr(hostport, ':');
+    if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
+        return -1;
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = '\0';
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    if (inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &sa.sin_addr) != 1)
+        return -1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    char req[512];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, hostport);
+    ib_buf_t in = {0};
+    int status = -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || write(fd, req, (size_t)n) != n)
+        goto Out;
+    for (;;) {
+        if (ib_buf_reserve(&in, 65536) != 0)
+            goto Out;
+        ssize_t k = read(fd, in.ptr + in.len, in.cap - in.len);
+        if (k < 0)
+            goto Out;
+        if (k == 0)
+            break;
+        in.len += (size_t)k;
+    }
+    struct phr_header hdrs[64];
+    size_t nh = 64, msglen;
+    int minor;
+    const char *msg;
+    int hl = phr_parse_response(in.ptr, in.len, &minor, &status, &msg, &msglen, hdrs, &nh, 0);
+    if (hl < 0) {
+        status = -1;
+        goto Out;
+    }
+    int chunked = 0;
+    for (size_t i = 0; i < nh; i++)
+        if (header_is(&hdrs[i], "transfer-encoding"))
+            chunked = 1;
+    size_t blen = in.len - (size_t)hl;
+    if (chunked) {
+        struct phr_chunked_decoder dec = {0};
+        dec.consume_trailer = 1;
+        if (phr_decode_chunked(&dec, in.ptr + hl, &blen) == -1) {
+            status = -1;
+            goto Out;
+        }
+    }
+    if (ib_buf_append(body, in.ptr + hl, blen) != 0)
+        status = -1;
+Out:
+    ib_buf_free(&in);
+    close(fd);
+    return status;
+}

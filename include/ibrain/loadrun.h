@@ -1,0 +1,81 @@
+/*
+ * ib-load's client: replays a workload (loadgen.h) against an OpenAI-compatible server
+ * over HTTP/1.1 keep-alive connections from one epoll loop, and measures each request.
+ *
+ * Open loop: each item is sent at its arrival time divided by <speedup>, whatever the
+ * server's state (a slow server sees requests pile up, as in production). Closed loop
+ * (<concurrency> > 0): that many requests in flight, each followed at once by the next.
+ * Multi-turn: each user's turns are sequential; a turn is sent <think_ms> after the
+ * previous answer arrived, with that answer in its history.
+ *
+ * Per request: time to first token (first content chunk of an SSE stream; the whole
+ * response when not streaming), inter-token latencies (gaps between content chunks),
+ * end-to-end latency, output tokens (usage when the server sends it, else chunks), the
+ * engine that answered (X-Engine-Id), and the kind of failure if any.
+ */
+#ifndef IBRAIN_LOADRUN_H
+#define IBRAIN_LOADRUN_H
+
+#include <stdint.h>
+#include "ibrain/loadgen.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IB_LOAD_MAX_ENGINES 64
+
+typedef struct ib_load_options {
+    const char *host;          /* IPv4 literal */
+    uint16_t port;
+    const char *model;
+    int chat;                  /* 1: /v1/chat/completions, 0: /v1/completions */
+    int stream;
+    int ignore_eos;            /* send "ignore_eos": true (vLLM) so outputs have the trace's length */
+    int session_header;        /* multi-turn: send X-Session-Id: user-N */
+    double speedup;            /* open loop: arrival times are divided by this */
+    uint32_t concurrency;      /* > 0: closed loop */
+    uint32_t max_conns;
+    uint64_t limit;            /* requests to send at most (0: all) */
+    uint32_t max_output;       /* cap on output tokens per request (0: none) */
+    uint32_t think_ms;         /* multi-turn pause between turns */
+    double timeout_s;          /* per request */
+    int progress;              /* progress line on stderr every second */
+} ib_load_options_t;
+
+typedef struct ib_load_engine_count {
+    char id[64];
+    uint64_t requests;
+} ib_load_engine_count_t;
+
+typedef struct ib_load_result {
+    uint64_t sent, ok;
+    uint64_t err_status;       /* non-2xx */
+    uint64_t err_io;           /* connect / reset / EOF before the end */
+    uint64_t err_timeout;
+    uint64_t err_protocol;     /* malformed HTTP or stream, or an error event in the stream */
+    uint64_t status_4xx, status_5xx;
+    uint64_t output_tokens, prompt_tokens, cached_tokens;
+    double duration_s;
+    ib_samples_t ttft_ms, itl_ms, e2e_ms;
+    ib_load_engine_count_t engines[IB_LOAD_MAX_ENGINES];
+    uint32_t nengines;
+} ib_load_result_t;
+
+void ib_load_options_defaults(ib_load_options_t *o);
+
+/** Runs <w> to completion. 0, or -1 when the run could not start (message on stderr). */
+int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load_result_t *r);
+
+void ib_load_result_free(ib_load_result_t *r);
+
+/**
+ * Blocking GET of http://<hostport><path> (IPv4 literal), at most <timeout_ms>. Appends the
+ * body to <body>. Returns the HTTP status, or -1 on failure.
+ */
+int ib_http_get(const char *hostport, const char *path, int timeout_ms, ib_buf_t *body);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
