@@ -76,8 +76,12 @@ int json_fail(ib_json_error_t *err, error_code e, const char *where)
         return fail(err, where, "'%s' has the wrong type", where);
     case EMPTY:
         return fail(err, nullptr, "request body is empty");
+    case STRING_ERROR:
+    case UTF8_ERROR:
+        return fail(err, where, "'%s' is not a valid JSON string (%s)", where ? where : "body", error_message(e));
     default:
-        return fail(err, where, "request body is not valid JSON (%s)", error_message(e));
+        /* A structural syntax error is the body's, not a field's: no param. */
+        return fail(err, nullptr, "request body is not valid JSON (%s)", error_message(e));
     }
 }
 

@@ -20,6 +20,7 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,8 @@ struct ib_engine {
     h2o_accept_ctx_t accept_ctx;
     h2o_socket_t *listen_sock;
     h2o_socket_t *signal_sock;
+    h2o_timeout_t zero_timeout;  /* fires on the next loop iteration */
+    h2o_timeout_entry_t sched_entry;
 };
 
 struct handler {
@@ -762,23 +765,42 @@ Error:
     return NULL;
 }
 
+/* The scheduler runs from inside h2o's loop (a zero-length timeout), never between two
+ * h2o_evloop_run calls: libh2o 2.2 expects writes to start from its own callbacks, and
+ * aborts (write_pending: _cb.write != NULL) under load when they do not. */
+static void on_sched_timer(h2o_timeout_entry_t *entry)
+{
+    ib_engine_t *eng = (ib_engine_t *)((char *)entry - offsetof(ib_engine_t, sched_entry));
+    ib_sched_run(&eng->sched, now_ns());
+}
+
 int ib_engine_run(ib_engine_t *eng)
 {
+    h2o_timeout_init(eng->loop, &eng->zero_timeout, 0);
+    eng->sched_entry.cb = on_sched_timer;
     for (;;) {
         uint64_t now = now_ns();
-        ib_sched_run(&eng->sched, now);
         if (eng->stopping && (eng->m.streams_active == 0 || now >= eng->stop_deadline_ns))
             break;
         uint64_t next = ib_sched_next_deadline(&eng->sched);
         int32_t wait_ms = 1000;
-        if (next != UINT64_MAX)
-            wait_ms = next <= now ? 0 : (int32_t)((next - now + 999999) / 1000000);
+        if (next <= now) {
+            if (!h2o_timeout_is_linked(&eng->sched_entry))
+                h2o_timeout_link(eng->loop, &eng->zero_timeout, &eng->sched_entry);
+            wait_ms = 0;
+        } else if (next != UINT64_MAX) {
+            wait_ms = (int32_t)((next - now + 999999) / 1000000);
+        }
         if (wait_ms > 1000)
             wait_ms = 1000;
+        else if (wait_ms > 0)
+            wait_ms--; /* h2o rounds its clock to ms; wake a little early rather than late */
         if (eng->stopping && wait_ms > 50)
             wait_ms = 50;
         h2o_evloop_run(eng->loop, wait_ms);
     }
+    if (h2o_timeout_is_linked(&eng->sched_entry))
+        h2o_timeout_unlink(&eng->sched_entry);
     fprintf(stderr, "ib-mock-engine: %s stopped (%llu streams still open)\n", eng->engine_id,
             (unsigned long long)eng->m.streams_active);
     return 0;

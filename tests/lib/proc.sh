@@ -1,0 +1,132 @@
+# Test helper, sourced by every integration test (bash).
+#
+#   ib_spawn NAME CMD ARGS...   start CMD in the background; its output goes to $IB_TMP/NAME.log.
+#                               If ARGS contain the word @PORTFILE it is replaced by
+#                               $IB_TMP/NAME.port, where the program writes the port it bound
+#                               (every ibrain binary takes --listen 127.0.0.1:0 --port-file F).
+#   ib_wait_port NAME           wait (10 s) for NAME's port file; sets and prints the port.
+#   ib_port NAME                the port NAME bound.
+#   ib_wait_http URL [STATUS]   wait (10 s) until URL answers STATUS (200).
+#   ib_engine NAME ARGS...      start ib-mock-engine on a free loopback port and wait until
+#                               it is healthy.
+#   ib_stop NAME [SIGNAL]       signal NAME (TERM) by PID, wait up to 10 s (then KILL);
+#                               returns its exit status.
+#   ib_fail MSG                 print MSG and the logs of every process, exit 1.
+#
+# Every process started here is stopped by PID when the test exits, however it exits.
+# Ports are never guessed: programs bind port 0 and report the port they got.
+
+set -euo pipefail
+: "${IB_BUILD:?IB_BUILD must name the build directory}"
+: "${IB_SRC:?IB_SRC must name the source directory}"
+IB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ib-test.XXXXXX")
+declare -A IB_PID=()
+IB_ENGINE_BIN="$IB_BUILD/tools/ib-mock-engine"
+IB_LOAD_BIN="$IB_BUILD/perf/ib-load"
+# Sanitizer builds: report leaks and errors, and fail the process when they happen.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=66}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:exitcode=67}"
+
+ib__cleanup() {
+  local rc=$?
+  local name
+  for name in "${!IB_PID[@]}"; do
+    kill -TERM "${IB_PID[$name]}" 2>/dev/null || true
+  done
+  for name in "${!IB_PID[@]}"; do
+    local i
+    for ((i = 0; i < 50; i++)); do
+      kill -0 "${IB_PID[$name]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "${IB_PID[$name]}" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
+    echo "--- test failed (exit $rc); work dir $IB_TMP kept" >&2
+  elif [ -z "${IB_KEEP:-}" ]; then
+    rm -rf "$IB_TMP"
+  fi
+  exit "$rc"
+}
+trap ib__cleanup EXIT
+
+ib_fail() {
+  echo "FAIL: $*" >&2
+  local f
+  for f in "$IB_TMP"/*.log; do
+    [ -f "$f" ] || continue
+    echo "--- $f (last 30 lines)" >&2
+    tail -n 30 "$f" >&2
+  done
+  exit 1
+}
+
+ib_spawn() {
+  local name=$1
+  shift
+  local args=() a
+  for a in "$@"; do
+    if [ "$a" = "@PORTFILE" ]; then args+=("$IB_TMP/$name.port"); else args+=("$a"); fi
+  done
+  rm -f "$IB_TMP/$name.port"
+  "${args[@]}" >"$IB_TMP/$name.log" 2>&1 &
+  IB_PID[$name]=$!
+}
+
+ib_wait_port() {
+  local name=$1 i
+  for ((i = 0; i < 100; i++)); do
+    if [ -s "$IB_TMP/$name.port" ]; then
+      cat "$IB_TMP/$name.port"
+      return 0
+    fi
+    kill -0 "${IB_PID[$name]}" 2>/dev/null || ib_fail "$name exited before listening"
+    sleep 0.1
+  done
+  ib_fail "$name did not report a port within 10 s"
+}
+
+ib_port() { cat "$IB_TMP/$1.port"; }
+
+ib_wait_http() {
+  local url=$1 want=${2:-200} i code
+  for ((i = 0; i < 100; i++)); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
+    [ "$code" = "$want" ] && return 0
+    sleep 0.1
+  done
+  ib_fail "$url did not answer $want within 10 s (last: $code)"
+}
+
+ib_engine() {
+  local name=$1
+  shift
+  ib_spawn "$name" "$IB_ENGINE_BIN" --listen 127.0.0.1:0 --port-file @PORTFILE --id "$name" "$@"
+  local port
+  port=$(ib_wait_port "$name")
+  ib_wait_http "http://127.0.0.1:$port/health"
+}
+
+ib_stop() {
+  local name=$1 sig=${2:-TERM} pid=${IB_PID[$1]} rc=0 i
+  kill -"$sig" "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" || rc=$?
+  unset "IB_PID[$name]"
+  return "$rc"
+}
+
+# ib_expect_eq WHAT GOT WANT
+ib_expect_eq() {
+  [ "$2" = "$3" ] || ib_fail "$1: got '$2', want '$3'"
+}
+
+# ib_json FILE EXPR: evaluates a python expression over the JSON document in FILE (as d).
+ib_json() {
+  /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
+}
