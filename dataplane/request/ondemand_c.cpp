@@ -85,6 +85,13 @@ int json_fail(ib_json_error_t *err, error_code e, const char *where)
     }
 }
 
+// True when <v> is JSON null (simdjson's is_null() returns a result, not a bool).
+bool is_null(ondemand::value &v)
+{
+    bool n = false;
+    return v.is_null().get(n) == SUCCESS && n;
+}
+
 ib_span_t span(std::string_view sv) { return ib_span_t{sv.data(), sv.size()}; }
 
 // Reads a message's "content": string, null, or array of parts.
@@ -170,7 +177,10 @@ int parse_messages(ib_json_parser *p, ondemand::value v, ib_json_error_t *err)
                 have_role = true;
             } else if (key == "content") {
                 snprintf(where, sizeof(where), "messages[%zu].content", i);
-                if (parse_content(p, f.value(), where, &m, err) != 0)
+                ondemand::value content;
+                if (auto e = f.value().get(content))
+                    return json_fail(err, e, where);
+                if (parse_content(p, content, where, &m, err) != 0)
                     return -1;
                 have_content = true;
             }
@@ -235,7 +245,7 @@ int parse_stream_options(ondemand::value v, int *include_usage, ib_json_error_t 
 {
     ondemand::object obj;
     if (auto e = v.get_object().get(obj)) {
-        if (e == INCORRECT_TYPE && v.is_null())
+        if (e == INCORRECT_TYPE && is_null(v))
             return 0;
         return e == INCORRECT_TYPE ? fail(err, "stream_options", "'stream_options' must be an object")
                                    : json_fail(err, e, "stream_options");
@@ -370,7 +380,7 @@ extern "C" int ib_json_pointer_string(ib_json_parser_t *p, const char *doc_bytes
         return 1;
     if (e != SUCCESS)
         return -1;
-    if (v.is_null())
+    if (is_null(v))
         return 1;
     std::string_view sv;
     if (v.get_string().get(sv) != SUCCESS)
@@ -390,7 +400,7 @@ extern "C" int ib_json_pointer_int(ib_json_parser_t *p, const char *doc_bytes, s
         return 1;
     if (e != SUCCESS)
         return -1;
-    if (v.is_null())
+    if (is_null(v))
         return 1;
     return v.get_int64().get(*out) == SUCCESS ? 0 : -1;
 }
