@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Starts ibrain's embedded stack in the foreground and stops all of it on Ctrl-C.
+# Today the stack is the demo workload's replicas: N mock inference engines (ib-mock-engine)
+# on loopback. `make run` calls this after installing and building.
+#
+# Environment:
+#   IB_REPLICAS    number of mock engine replicas (default 2)
+#   IB_PORT_BASE   first port; replica i listens on base+i (default 8001; 0 = any free ports)
+#   IB_MODEL       model name served (default demo)
+#   IB_STATE_DIR   where logs and port files go (default a new temp directory)
+set -euo pipefail
+build=${1:-build}
+top=$(cd "$(dirname "$0")/.." && pwd)
+engine="$top/$build/tools/ib-mock-engine"
+[ -x "$engine" ] || { echo "run-stack: $engine not built (run: make build)" >&2; exit 1; }
+replicas=${IB_REPLICAS:-2}
+base=${IB_PORT_BASE:-8001}
+model=${IB_MODEL:-demo}
+state=${IB_STATE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ibrain-stack.XXXXXX")}
+mkdir -p "$state"
+pids=()
+
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "run-stack: stopping ${#pids[@]} processes"
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo "run-stack: stopped (logs in $state)"
+  exit 0
+}
+trap stop INT TERM EXIT
+
+ports=()
+for ((i = 0; i < replicas; i++)); do
+  port=0
+  [ "$base" -ne 0 ] && port=$((base + i))
+  rm -f "$state/engine-$i.port"
+  "$engine" --listen "127.0.0.1:$port" --port-file "$state/engine-$i.port" --id "replica-$i" --model "$model" \
+    >"$state/engine-$i.log" 2>&1 &
+  pids+=($!)
+done
+for ((i = 0; i < replicas; i++)); do
+  for ((t = 0; t < 100; t++)); do
+    [ -s "$state/engine-$i.port" ] && break
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "run-stack: replica $i failed to start:" >&2
+      cat "$state/engine-$i.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  [ -s "$state/engine-$i.port" ] || { echo "run-stack: replica $i did not start" >&2; exit 1; }
+  ports+=("$(cat "$state/engine-$i.port")")
+done
+
+echo "run-stack: ibrain embedded stack is up (state in $state)"
+for ((i = 0; i < replicas; i++)); do
+  echo "  replica-$i  ib-mock-engine  http://127.0.0.1:${ports[$i]}  (model '$model')"
+done
+cat <<MSG
+
+Send a request:
+  curl -s http://127.0.0.1:${ports[0]}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model":"$model","messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'
+Stream one:
+  curl -sN http://127.0.0.1:${ports[0]}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model":"$model","stream":true,"messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'
+Replay a trace slice:
+  $top/$build/perf/ib-load --target 127.0.0.1:${ports[0]} --model $model \\
+    --trace $top/perf/traces/conversation_trace.jsonl --limit 200 --speedup 20 --max-output 32 \\
+    --metrics 127.0.0.1:${ports[0]}
+Metrics: curl -s http://127.0.0.1:${ports[0]}/metrics
+
+Ctrl-C stops everything.
+MSG
+echo "run-stack: ready"
+# Wait until a child dies (then stop the rest) or Ctrl-C.
+wait -n "${pids[@]}" || true
+echo "run-stack: a process exited unexpectedly; see $state" >&2
