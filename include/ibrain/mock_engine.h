@@ -12,7 +12,10 @@
  *    overhead + uncached_prompt_tokens x prefill cost, where the uncached part is what the
  *    prefix cache does not hold when the prefill starts; its blocks enter the cache when it
  *    ends, and the first token is out;
- *  - then one token per inter-token latency: itl + itl_per_seq x sequences decoding.
+ *  - then decoding runs in steps, as continuous batching does: every step gives one token
+ *    to every decoding sequence, and a step takes itl + itl_per_seq x (sequences decoding
+ *    - 1). A sequence whose prefill ends joins the next step. Decode steps are not slowed
+ *    by prefills (as with prefill/decode disaggregation).
  *
  * All times are in ns on the caller's monotonic clock; the engine's event loop drives it
  * with ib_sched_next_deadline() and ib_sched_run().
@@ -70,9 +73,8 @@ struct ib_seq {
     uint32_t generated;
     uint64_t submit_ns, first_token_ns;
     /* private */
-    uint64_t _deadline_ns;
-    uint32_t _heap_idx;
-    ib_seq_t *_prev, *_next;  /* waiting / prefill FIFO */
+    uint64_t _prefill_end_ns;
+    ib_seq_t *_prev, *_next;  /* the list it is on: waiting, queued or decoding */
 };
 
 typedef struct ib_seq_fifo {
@@ -86,10 +88,10 @@ typedef struct ib_sched {
     ib_seq_fifo_t waiting;    /* no slot yet */
     ib_seq_fifo_t queued;     /* slot held, waiting for the prefill unit */
     ib_seq_t *prefilling;     /* on the prefill unit, or NULL */
+    ib_seq_fifo_t decoding;   /* in the decode batch */
     uint32_t slots_used;      /* admitted sequences (queued + prefilling + decoding) */
-    uint32_t decoding;
-    ib_seq_t **heap;          /* timers: prefill end and next token, by deadline */
-    uint32_t heap_len, heap_cap;
+    uint64_t next_step_ns;    /* next decode step, UINT64_MAX when none is scheduled */
+    uint64_t steps;           /* decode steps run */
     /* counters */
     uint64_t query_tokens;    /* prompt tokens looked up in the prefix cache */
     uint64_t hit_tokens;      /* of which found cached */
@@ -101,7 +103,7 @@ typedef struct ib_sched {
 
 /* ---- functions ---- */
 
-/** 0, or -1 when out of memory / cfg invalid (max_seqs, block_tokens, cache_blocks > 0). */
+/** 0, or -1 when out of memory or cfg invalid (max_seqs, block_tokens, cache_blocks > 0). */
 int ib_sched_init(ib_sched_t *s, const ib_sched_config_t *cfg);
 void ib_sched_destroy(ib_sched_t *s);
 

@@ -109,6 +109,55 @@ static void test_prefills_are_serialized(void **state)
     ib_sched_destroy(&s);
 }
 
+/* Records every token's time. */
+struct trace_rec {
+    uint64_t t[8];
+    uint32_t n;
+};
+
+static void on_tok_trace(ib_seq_t *seq, uint32_t index, int last)
+{
+    struct trace_rec *r = seq->owner;
+    (void)index;
+    (void)last;
+    if (r->n < 8)
+        r->t[r->n++] = g_now;
+}
+
+static void test_decode_steps_batch_sequences(void **state)
+{
+    (void)state;
+    ib_sched_t s;
+    ib_sched_config_t c = cfg(8);
+    c.itl_ns_per_seq = 1 * MS;
+    assert_int_equal(ib_sched_init(&s, &c), 0);
+    uint64_t h1[1] = {11}, h2[1] = {22};
+    ib_seq_t a, b;
+    struct rec unused;
+    struct trace_rec ta = {0}, tb = {0};
+    seq_init(&a, &unused, h1, 1, 100, 3);
+    seq_init(&b, &unused, h2, 1, 100, 3);
+    a.on_token = b.on_token = on_tok_trace;
+    a.owner = &ta;
+    b.owner = &tb;
+    g_now = 0;
+    ib_sched_submit(&s, &a, 0);
+    ib_sched_submit(&s, &b, 0);
+    drain(&s);
+    /* a: first token at 2 ms, alone in the batch: next step at 2 + 5 = 7 ms.
+     * b: first token at 4 ms, joins that step; with two decoding, a step costs 5 + 1 ms. */
+    assert_int_equal(ta.n, 3);
+    assert_int_equal(tb.n, 3);
+    assert_int_equal(ta.t[0], 2 * MS);
+    assert_int_equal(tb.t[0], 4 * MS);
+    assert_int_equal(ta.t[1], 7 * MS);
+    assert_int_equal(tb.t[1], 7 * MS);
+    assert_int_equal(ta.t[2], 13 * MS);
+    assert_int_equal(tb.t[2], 13 * MS);
+    assert_int_equal(s.steps, 2);
+    ib_sched_destroy(&s);
+}
+
 static void test_slots_queue_overload(void **state)
 {
     (void)state;
@@ -155,7 +204,7 @@ static void test_cancel_everywhere(void **state)
     ib_sched_cancel(&s, &a, g_now);
     ib_sched_cancel(&s, &a, g_now); /* idempotent */
     assert_int_equal(s.slots_used, 0);
-    assert_int_equal(s.decoding, 0);
+    assert_int_equal(s.decoding.count, 0);
     assert_int_equal(ib_sched_next_deadline(&s), UINT64_MAX);
     assert_int_equal(s.cancelled, 2);
     assert_int_equal(rb.tokens, 0);
@@ -167,6 +216,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ttft_counts_uncached_tokens_only),
         cmocka_unit_test(test_prefills_are_serialized),
+        cmocka_unit_test(test_decode_steps_batch_sequences),
         cmocka_unit_test(test_slots_queue_overload),
         cmocka_unit_test(test_cancel_everywhere),
     };

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,8 +70,9 @@ struct ib_engine {
     h2o_accept_ctx_t accept_ctx;
     h2o_socket_t *listen_sock;
     h2o_socket_t *signal_sock;
-    h2o_timeout_t zero_timeout;  /* fires on the next loop iteration */
-    h2o_timeout_entry_t sched_entry;
+    h2o_socket_t *timer_sock;    /* timerfd armed at the scheduler's next deadline */
+    int timer_fd;
+    uint64_t timer_armed_ns;     /* deadline the timerfd is set to, UINT64_MAX when disarmed */
 };
 
 struct handler {
@@ -95,8 +97,6 @@ struct stream {
     uint64_t created;
     uint32_t vocab_seed;
 };
-
-static void on_sched_timer(h2o_timeout_entry_t *entry);
 
 static uint64_t now_ns(void)
 {
@@ -640,6 +640,32 @@ static void on_signal(h2o_socket_t *sock, const char *err)
     }
 }
 
+static void on_timer(h2o_socket_t *sock, const char *err)
+{
+    ib_engine_t *eng = sock->data;
+    (void)err;
+    h2o_buffer_consume(&sock->input, sock->input->size);
+    eng->timer_armed_ns = UINT64_MAX; /* one-shot: it fired */
+    ib_sched_run(&eng->sched, now_ns());
+}
+
+/* Points the timerfd at the scheduler's next deadline (absolute, ns). */
+static void arm_timer(ib_engine_t *eng)
+{
+    uint64_t next = ib_sched_next_deadline(&eng->sched);
+    if (next == eng->timer_armed_ns)
+        return;
+    struct itimerspec its = {0};
+    if (next != UINT64_MAX) {
+        its.it_value.tv_sec = (time_t)(next / 1000000000ull);
+        its.it_value.tv_nsec = (long)(next % 1000000000ull);
+        if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+            its.it_value.tv_nsec = 1; /* all zero would disarm */
+    }
+    timerfd_settime(eng->timer_fd, TFD_TIMER_ABSTIME, &its, NULL);
+    eng->timer_armed_ns = next;
+}
+
 static int parse_hostport(const char *s, struct sockaddr_in *sa)
 {
     char host[64];
@@ -734,8 +760,6 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
     h->eng = eng;
     eng->loop = h2o_evloop_create();
     h2o_context_init(&eng->h2o_ctx, eng->loop, &eng->h2o_config);
-    h2o_timeout_init(eng->loop, &eng->zero_timeout, 0);
-    eng->sched_entry.cb = on_sched_timer;
     eng->accept_ctx.ctx = &eng->h2o_ctx;
     eng->accept_ctx.hosts = eng->h2o_config.hosts;
     eng->listen_sock = h2o_evloop_socket_create(eng->loop, eng->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
@@ -758,6 +782,19 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
     eng->signal_sock->data = eng;
     h2o_socket_read_start(eng->signal_sock, on_signal);
 
+    /* The scheduler's clock: a timerfd read by the loop, so that token events run inside
+     * h2o's loop (libh2o 2.2 aborts in write_pending under load when writes start between
+     * two h2o_evloop_run calls) and with ns precision (h2o's own timeouts are in ms). */
+    eng->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (eng->timer_fd < 0) {
+        fprintf(stderr, "ib-mock-engine: timerfd: %s\n", strerror(errno));
+        goto Error;
+    }
+    eng->timer_armed_ns = UINT64_MAX;
+    eng->timer_sock = h2o_evloop_socket_create(eng->loop, eng->timer_fd, 0);
+    eng->timer_sock->data = eng;
+    h2o_socket_read_start(eng->timer_sock, on_timer);
+
     if (cfg->port_file != NULL && write_port_file(cfg->port_file, port) != 0) {
         fprintf(stderr, "ib-mock-engine: cannot write %s: %s\n", cfg->port_file, strerror(errno));
         goto Error;
@@ -771,15 +808,6 @@ Error:
     return NULL;
 }
 
-/* The scheduler runs from inside h2o's loop (a zero-length timeout), never between two
- * h2o_evloop_run calls: libh2o 2.2 expects writes to start from its own callbacks, and
- * aborts (write_pending: _cb.write != NULL) under load when they do not. */
-static void on_sched_timer(h2o_timeout_entry_t *entry)
-{
-    ib_engine_t *eng = (ib_engine_t *)((char *)entry - offsetof(ib_engine_t, sched_entry));
-    ib_sched_run(&eng->sched, now_ns());
-}
-
 int ib_engine_run(ib_engine_t *eng)
 {
     for (;;) {
@@ -787,25 +815,9 @@ int ib_engine_run(ib_engine_t *eng)
         if (eng->stopping && ((eng->m.streams_active == 0 && h2o_linklist_is_empty(&eng->h2o_ctx.http1._conns)) ||
                               now >= eng->stop_deadline_ns))
             break;
-        uint64_t next = ib_sched_next_deadline(&eng->sched);
-        int32_t wait_ms = 1000;
-        if (next <= now) {
-            if (!h2o_timeout_is_linked(&eng->sched_entry))
-                h2o_timeout_link(eng->loop, &eng->zero_timeout, &eng->sched_entry);
-            wait_ms = 0;
-        } else if (next != UINT64_MAX) {
-            wait_ms = (int32_t)((next - now + 999999) / 1000000);
-        }
-        if (wait_ms > 1000)
-            wait_ms = 1000;
-        else if (wait_ms > 0)
-            wait_ms--; /* h2o rounds its clock to ms; wake a little early rather than late */
-        if (eng->stopping && wait_ms > 50)
-            wait_ms = 50;
-        h2o_evloop_run(eng->loop, wait_ms);
+        arm_timer(eng);
+        h2o_evloop_run(eng->loop, eng->stopping ? 50 : 1000);
     }
-    if (h2o_timeout_is_linked(&eng->sched_entry))
-        h2o_timeout_unlink(&eng->sched_entry);
     fprintf(stderr, "ib-mock-engine: %s stopped (%llu streams still open)\n", eng->engine_id,
             (unsigned long long)eng->m.streams_active);
     return 0;
@@ -826,6 +838,8 @@ void ib_engine_destroy(ib_engine_t *eng)
             h2o_socket_close(eng->listen_sock);
         if (eng->signal_sock != NULL)
             h2o_socket_close(eng->signal_sock);
+        if (eng->timer_sock != NULL)
+            h2o_socket_close(eng->timer_sock);
         h2o_evloop_run(eng->loop, 0); /* lets the loop free the closed sockets */
         /* h2o_context_request_shutdown armed HTTP/2's graceful-shutdown timer; h2o 2.2's
          * dispose asserts that every timeout list is empty. */
@@ -834,13 +848,10 @@ void ib_engine_destroy(ib_engine_t *eng)
         /* h2o 2.2's dispose leaves the context's message queue (88 bytes, once per process;
          * destroying it ourselves crashes in 2.2.5): tests/lsan.supp names it. */
         h2o_context_dispose(&eng->h2o_ctx);
-        if (h2o_timeout_is_linked(&eng->sched_entry))
-            h2o_timeout_unlink(&eng->sched_entry);
-        h2o_timeout_dispose(eng->loop, &eng->zero_timeout);
         h2o_evloop_destroy(eng->loop);
         h2o_config_dispose(&eng->h2o_config);
     }
-    if (eng->sched.heap != NULL)
+    if (eng->sched.cache.entries != NULL)
         ib_sched_destroy(&eng->sched);
     free(eng);
 }

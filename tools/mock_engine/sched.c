@@ -1,11 +1,11 @@
-/* The mock engine's timing model (include/ibrain/mock_engine.h). */
+/* The mock engine's timing model (include/ibrain/mock_engine.h): a FIFO prefill unit and
+ * a continuous-batching decode loop, driven by two deadlines. */
 #include "ibrain/mock_engine.h"
 
 #include <assert.h>
-#include <stdlib.h>
 #include <string.h>
 
-/* ---- intrusive FIFO ---- */
+/* ---- intrusive lists ---- */
 
 static void fifo_push(ib_seq_fifo_t *q, ib_seq_t *seq)
 {
@@ -41,77 +41,6 @@ static ib_seq_t *fifo_pop(ib_seq_fifo_t *q)
     return seq;
 }
 
-/* ---- timer min-heap on _deadline_ns ---- */
-
-#define HEAP_NONE UINT32_MAX
-
-static void heap_set(ib_sched_t *s, uint32_t i, ib_seq_t *seq)
-{
-    s->heap[i] = seq;
-    seq->_heap_idx = i;
-}
-
-static void heap_up(ib_sched_t *s, uint32_t i)
-{
-    ib_seq_t *seq = s->heap[i];
-    while (i > 0) {
-        uint32_t parent = (i - 1) / 2;
-        if (s->heap[parent]->_deadline_ns <= seq->_deadline_ns)
-            break;
-        heap_set(s, i, s->heap[parent]);
-        i = parent;
-    }
-    heap_set(s, i, seq);
-}
-
-static void heap_down(ib_sched_t *s, uint32_t i)
-{
-    ib_seq_t *seq = s->heap[i];
-    for (;;) {
-        uint32_t l = 2 * i + 1, m = i;
-        uint64_t best = seq->_deadline_ns;
-        if (l < s->heap_len && s->heap[l]->_deadline_ns < best)
-            m = l, best = s->heap[l]->_deadline_ns;
-        if (l + 1 < s->heap_len && s->heap[l + 1]->_deadline_ns < best)
-            m = l + 1;
-        if (m == i)
-            break;
-        heap_set(s, i, s->heap[m]);
-        i = m;
-    }
-    heap_set(s, i, seq);
-}
-
-static int heap_push(ib_sched_t *s, ib_seq_t *seq, uint64_t deadline_ns)
-{
-    if (s->heap_len == s->heap_cap) {
-        uint32_t cap = s->heap_cap ? s->heap_cap * 2 : 64;
-        ib_seq_t **h = realloc(s->heap, cap * sizeof(*h));
-        if (h == NULL)
-            return -1;
-        s->heap = h;
-        s->heap_cap = cap;
-    }
-    seq->_deadline_ns = deadline_ns;
-    s->heap[s->heap_len] = seq;
-    seq->_heap_idx = s->heap_len++;
-    heap_up(s, seq->_heap_idx);
-    return 0;
-}
-
-static void heap_remove(ib_sched_t *s, ib_seq_t *seq)
-{
-    uint32_t i = seq->_heap_idx;
-    assert(i < s->heap_len && s->heap[i] == seq);
-    seq->_heap_idx = HEAP_NONE;
-    ib_seq_t *last = s->heap[--s->heap_len];
-    if (i == s->heap_len)
-        return;
-    heap_set(s, i, last);
-    heap_up(s, i);
-    heap_down(s, last->_heap_idx);
-}
-
 /* ---- scheduling ---- */
 
 int ib_sched_init(ib_sched_t *s, const ib_sched_config_t *cfg)
@@ -120,26 +49,19 @@ int ib_sched_init(ib_sched_t *s, const ib_sched_config_t *cfg)
     if (cfg->max_seqs == 0 || cfg->block_tokens == 0 || cfg->cache_blocks == 0)
         return -1;
     s->cfg = *cfg;
-    /* Reserve the heap for every slot up front: at most one timer per admitted sequence. */
-    s->heap_cap = cfg->max_seqs;
-    s->heap = malloc(s->heap_cap * sizeof(*s->heap));
-    if (s->heap == NULL || ib_pcache_init(&s->cache, cfg->cache_blocks, cfg->cache_ttl_ns) != 0) {
-        free(s->heap);
-        return -1;
-    }
-    return 0;
+    s->next_step_ns = UINT64_MAX;
+    return ib_pcache_init(&s->cache, cfg->cache_blocks, cfg->cache_ttl_ns);
 }
 
 void ib_sched_destroy(ib_sched_t *s)
 {
     ib_pcache_destroy(&s->cache);
-    free(s->heap);
     memset(s, 0, sizeof(*s));
 }
 
-static uint64_t itl_now(const ib_sched_t *s)
+static uint64_t step_cost(const ib_sched_t *s)
 {
-    uint32_t others = s->decoding > 0 ? s->decoding - 1 : 0;
+    uint32_t others = s->decoding.count > 0 ? s->decoding.count - 1 : 0;
     return s->cfg.itl_ns + (uint64_t)others * s->cfg.itl_ns_per_seq;
 }
 
@@ -159,9 +81,8 @@ static void start_prefill(ib_sched_t *s, uint64_t now_ns)
     s->prompt_tokens += seq->prompt_tokens;
     uint64_t cost = s->cfg.overhead_ns + (uint64_t)(seq->prompt_tokens - seq->cached_tokens) * s->cfg.prefill_ns_per_token;
     seq->state = IB_SEQ_PREFILLING;
+    seq->_prefill_end_ns = now_ns + cost;
     s->prefilling = seq;
-    /* Cannot fail: the heap holds at most one entry per slot and was sized for all slots. */
-    (void)heap_push(s, seq, now_ns + cost);
 }
 
 /* A slot was freed: admit the first waiting sequence. */
@@ -184,7 +105,6 @@ int ib_sched_submit(ib_sched_t *s, ib_seq_t *seq, uint64_t now_ns)
     seq->submit_ns = now_ns;
     seq->generated = 0;
     seq->cached_tokens = 0;
-    seq->_heap_idx = HEAP_NONE;
     if (s->slots_used < s->cfg.max_seqs) {
         s->slots_used++;
         seq->state = IB_SEQ_QUEUED;
@@ -195,6 +115,13 @@ int ib_sched_submit(ib_sched_t *s, ib_seq_t *seq, uint64_t now_ns)
         fifo_push(&s->waiting, seq);
     }
     return 0;
+}
+
+static void leave_decoding(ib_sched_t *s, ib_seq_t *seq)
+{
+    fifo_remove(&s->decoding, seq);
+    if (s->decoding.count == 0)
+        s->next_step_ns = UINT64_MAX;
 }
 
 void ib_sched_cancel(ib_sched_t *s, ib_seq_t *seq, uint64_t now_ns)
@@ -208,13 +135,11 @@ void ib_sched_cancel(ib_sched_t *s, ib_seq_t *seq, uint64_t now_ns)
         release_slot(s, now_ns);
         break;
     case IB_SEQ_PREFILLING:
-        heap_remove(s, seq);
         s->prefilling = NULL;
         release_slot(s, now_ns);
         break;
     case IB_SEQ_DECODING:
-        heap_remove(s, seq);
-        s->decoding--;
+        leave_decoding(s, seq);
         release_slot(s, now_ns);
         break;
     case IB_SEQ_NEW:
@@ -225,44 +150,72 @@ void ib_sched_cancel(ib_sched_t *s, ib_seq_t *seq, uint64_t now_ns)
     s->cancelled++;
 }
 
-/* Emits the next token of <seq> (deadline reached). */
-static void emit_token(ib_sched_t *s, ib_seq_t *seq, uint64_t now_ns)
+/* Emits token <index> of <seq> at <t>; the last one retires the sequence first. */
+static void emit(ib_sched_t *s, ib_seq_t *seq, uint64_t t)
 {
     uint32_t index = seq->generated++;
     s->generation_tokens++;
     int last = seq->generated >= seq->max_tokens;
     if (last) {
+        if (seq->state == IB_SEQ_DECODING)
+            leave_decoding(s, seq);
         seq->state = IB_SEQ_DONE;
-        s->decoding--;
         s->finished++;
-        release_slot(s, now_ns);
-    } else {
-        (void)heap_push(s, seq, now_ns + itl_now(s));
+        release_slot(s, t);
     }
     seq->on_token(seq, index, last);
 }
 
+/* The prefill unit finished <seq> at <t>: cache its blocks, first token, join decoding. */
+static void finish_prefill(ib_sched_t *s, ib_seq_t *seq, uint64_t t)
+{
+    ib_pcache_insert(&s->cache, seq->hashes, seq->nblocks, t);
+    s->prefilling = NULL;
+    seq->first_token_ns = t;
+    if (seq->max_tokens > 1) {
+        seq->state = IB_SEQ_DECODING;
+        fifo_push(&s->decoding, seq);
+        if (s->next_step_ns == UINT64_MAX)
+            s->next_step_ns = t + step_cost(s);
+    }
+    start_prefill(s, t);
+    emit(s, seq, t);
+}
+
+/* One decode step at <t>: a token for every sequence in the batch. */
+static void decode_step(ib_sched_t *s, uint64_t t)
+{
+    s->steps++;
+    uint32_t n = s->decoding.count;
+    ib_seq_t *seq = s->decoding.head;
+    /* Sequences that join during this step's callbacks (none can: prefills end only in
+     * finish_prefill) would not be visited: the walk is bounded by the batch size. */
+    for (uint32_t i = 0; i < n && seq != NULL; i++) {
+        ib_seq_t *next = seq->_next;
+        emit(s, seq, t);
+        seq = next;
+    }
+    s->next_step_ns = s->decoding.count > 0 ? t + step_cost(s) : UINT64_MAX;
+}
+
 void ib_sched_run(ib_sched_t *s, uint64_t now_ns)
 {
-    while (s->heap_len > 0 && s->heap[0]->_deadline_ns <= now_ns) {
-        ib_seq_t *seq = s->heap[0];
-        heap_remove(s, seq);
-        /* Events are processed at their own deadline so that a late wake-up does not
-         * stretch the model's timeline. */
-        uint64_t t = seq->_deadline_ns;
-        if (seq->state == IB_SEQ_PREFILLING) {
-            ib_pcache_insert(&s->cache, seq->hashes, seq->nblocks, t);
-            s->prefilling = NULL;
-            seq->first_token_ns = t;
-            seq->state = IB_SEQ_DECODING;
-            s->decoding++;
-            start_prefill(s, t);
-        }
-        emit_token(s, seq, t);
+    /* Events are processed in time order, each at its own deadline, so a late wake-up
+     * does not stretch the model's timeline. */
+    for (;;) {
+        uint64_t prefill_end = s->prefilling ? s->prefilling->_prefill_end_ns : UINT64_MAX;
+        uint64_t t = prefill_end < s->next_step_ns ? prefill_end : s->next_step_ns;
+        if (t > now_ns)
+            break;
+        if (t == prefill_end)
+            finish_prefill(s, s->prefilling, t);
+        else
+            decode_step(s, t);
     }
 }
 
 uint64_t ib_sched_next_deadline(const ib_sched_t *s)
 {
-    return s->heap_len > 0 ? s->heap[0]->_deadline_ns : UINT64_MAX;
+    uint64_t prefill_end = s->prefilling ? s->prefilling->_prefill_end_ns : UINT64_MAX;
+    return prefill_end < s->next_step_ns ? prefill_end : s->next_step_ns;
 }
