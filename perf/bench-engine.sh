@@ -27,7 +27,7 @@ cpu_ticks() { awk '{print $14 + $15}' /proc/$epid/stat; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 echo "engine pinned to CPU 0, ib-load to CPU 1; $tokens tokens per stream, 1 ms inter-token latency; median of $repeat runs"
-printf "%-12s %12s %14s %12s %18s %10s\n" concurrency streams/s tokens/s engine_cpu tokens/cpu-second errors
+printf "%-12s %12s %14s %12s %18s %10s  %s\n" concurrency streams/s tokens/s engine_cpu tokens/cpu-second errors "tokens/s min..max"
 for c in $conc_list; do
   rows=()
   for r in $(seq "$repeat"); do
@@ -45,7 +45,10 @@ print(f'{d["throughput_rps"]:.1f} {d["output_tokens_per_s"]:.0f} {cpu / dur:.2f}
 PY
 )")
   done
-  med=$(printf "%s\n" "${rows[@]}" | sort -t' ' -k2 -n | sed -n "$(((repeat + 1) / 2))p")
+  sorted=$(printf "%s\n" "${rows[@]}" | sort -t' ' -k2 -n)
+  med=$(echo "$sorted" | sed -n "$(((repeat + 1) / 2))p")
+  lo=$(echo "$sorted" | head -n1 | cut -d' ' -f2)
+  hi=$(echo "$sorted" | tail -n1 | cut -d' ' -f2)
   read -r sps tps cpu tpc err <<<"$med"
-  printf "%-12s %12s %14s %12s %18s %10s\n" "$c" "$sps" "$tps" "$cpu" "$tpc" "$err"
+  printf "%-12s %12s %14s %12s %18s %10s  %s\n" "$c" "$sps" "$tps" "$cpu" "$tpc" "$err" "$lo..$hi"
 done
