@@ -369,19 +369,31 @@ extern "C" int ib_oai_parse(ib_json_parser_t *p, ib_api_kind_t kind, const char 
     return 0;
 }
 
-extern "C" int ib_json_pointer_string(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, ib_span_t *out)
+namespace {
+
+// Finds the value at JSON pointer <ptr> of <doc_bytes>: 0 with <v> set, 1 when absent or
+// null, -1 when the document is invalid. <doc> must outlive <v>.
+int pointer_value(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, ondemand::document &doc,
+                  ondemand::value &v)
 {
-    ondemand::document doc;
     if (start(p, doc_bytes, len, len, doc) != SUCCESS)
         return -1;
-    ondemand::value v;
     error_code e = doc.at_pointer(ptr).get(v);
     if (e == NO_SUCH_FIELD || e == INDEX_OUT_OF_BOUNDS)
         return 1;
     if (e != SUCCESS)
         return -1;
-    if (is_null(v))
-        return 1;
+    return is_null(v) ? 1 : 0;
+}
+
+} // namespace
+
+extern "C" int ib_json_pointer_string(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, ib_span_t *out)
+{
+    ondemand::document doc;
+    ondemand::value v;
+    if (int rc = pointer_value(p, doc_bytes, len, ptr, doc, v))
+        return rc;
     std::string_view sv;
     if (v.get_string().get(sv) != SUCCESS)
         return -1;
@@ -392,16 +404,9 @@ extern "C" int ib_json_pointer_string(ib_json_parser_t *p, const char *doc_bytes
 extern "C" int ib_json_pointer_int(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, int64_t *out)
 {
     ondemand::document doc;
-    if (start(p, doc_bytes, len, len, doc) != SUCCESS)
-        return -1;
     ondemand::value v;
-    error_code e = doc.at_pointer(ptr).get(v);
-    if (e == NO_SUCH_FIELD || e == INDEX_OUT_OF_BOUNDS)
-        return 1;
-    if (e != SUCCESS)
-        return -1;
-    if (is_null(v))
-        return 1;
+    if (int rc = pointer_value(p, doc_bytes, len, ptr, doc, v))
+        return rc;
     return v.get_int64().get(*out) == SUCCESS ? 0 : -1;
 }
 
@@ -411,14 +416,11 @@ extern "C" int ib_json_pointer_int_array(ib_json_parser_t *p, const char *doc_by
     *out = nullptr;
     *n = 0;
     ondemand::document doc;
-    if (start(p, doc_bytes, len, len, doc) != SUCCESS)
-        return -1;
     ondemand::value v;
-    error_code e = doc.at_pointer(ptr).get(v);
-    if (e == NO_SUCH_FIELD || e == INDEX_OUT_OF_BOUNDS)
-        return 1;
+    if (int rc = pointer_value(p, doc_bytes, len, ptr, doc, v))
+        return rc;
     ondemand::array arr;
-    if (e != SUCCESS || v.get_array().get(arr) != SUCCESS)
+    if (v.get_array().get(arr) != SUCCESS)
         return -1;
     size_t cap = 0;
     int64_t *vals = nullptr;

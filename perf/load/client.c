@@ -4,6 +4,8 @@
  * read with the simdjson shim.
  */
 #include "ibrain/loadrun.h"
+#include "ibrain/clock.h"
+#include "ibrain/net.h"
 #include "ibrain/oai_error.h"
 #include "ibrain/ondemand_c.h"
 #include "ibrain/picohttp.h"
@@ -43,13 +45,6 @@ void ib_load_result_free(ib_load_result_t *r)
     ib_samples_free(&r->ttft_ms);
     ib_samples_free(&r->itl_ms);
     ib_samples_free(&r->e2e_ms);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- run state ---- */
@@ -320,7 +315,7 @@ static void schedule_next_turn(struct run *run, struct conn *c, uint64_t now);
 static void finish(struct run *run, struct conn *c, enum outcome how)
 {
     ib_load_result_t *r = run->r;
-    uint64_t now = now_ns();
+    uint64_t now = ib_now_ns();
     run->inflight--;
     run->finished++;
     switch (how) {
@@ -544,7 +539,7 @@ static void on_readable(struct run *run, struct conn *c)
         ssize_t n = read(c->fd, c->in.ptr + c->in.len, c->in.cap - c->in.len);
         if (n > 0) {
             c->in.len += (size_t)n;
-            uint64_t now = now_ns();
+            uint64_t now = ib_now_ns();
             if (c->t_send == 0) { /* bytes on an idle connection: the server closed it */
                 ib_buf_reset(&c->in);
                 continue;
@@ -693,7 +688,7 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
         fprintf(stderr, "ib-load: out of resources\n");
         return -1;
     }
-    run.start_ns = now_ns();
+    run.start_ns = ib_now_ns();
     for (size_t i = 0; i < w->nitems; i++) {
         uint64_t due = o->concurrency ? 0 : run.start_ns + (uint64_t)((double)w->items[i].at_us * 1000.0 / o->speedup);
         heap_push(&run, (struct pending){due, (uint32_t)i, 0});
@@ -701,7 +696,7 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
     uint64_t last_progress = run.start_ns, last_timeout_check = run.start_ns;
     struct epoll_event evs[256];
     for (;;) {
-        uint64_t now = now_ns();
+        uint64_t now = ib_now_ns();
         /* Dispatch what is due, within the concurrency and connection limits. */
         while (run.heap_len > 0 && run.heap[0].due_ns <= now && (o->limit == 0 || r->sent < o->limit) &&
                (o->concurrency == 0 || run.inflight < o->concurrency)) {
@@ -731,7 +726,7 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
             if (c->fd >= 0 && !c->connecting && (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
                 on_readable(&run, c);
         }
-        now = now_ns();
+        now = ib_now_ns();
         if (now - last_timeout_check > 200000000ull) {
             check_timeouts(&run, now);
             last_timeout_check = now;
@@ -741,7 +736,7 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
             last_progress = now;
         }
     }
-    uint64_t end = now_ns();
+    uint64_t end = ib_now_ns();
     r->duration_s = (double)(end - run.start_ns) / 1e9;
     if (o->progress)
         progress(&run, end, 1);
@@ -769,14 +764,8 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
 
 int ib_http_get(const char *hostport, const char *path, int timeout_ms, ib_buf_t *body)
 {
-    char host[64];
-    const char *colon = strrchr(hostport, ':');
-    if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
-        return -1;
-    memcpy(host, hostport, (size_t)(colon - hostport));
-    host[colon - hostport] = '\0';
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-    if (inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &sa.sin_addr) != 1)
+    struct sockaddr_in sa;
+    if (ib_parse_hostport(hostport, &sa) != 0 || sa.sin_port == 0)
         return -1;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)

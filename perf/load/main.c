@@ -1,5 +1,8 @@
 /* ib-load: command line, engine metric scrapes, and the report. */
 #include "ibrain/loadrun.h"
+#include "ibrain/net.h"
+
+#include <arpa/inet.h>
 
 #include <getopt.h>
 #include <math.h>
@@ -247,16 +250,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "ib-load: --bytes-per-token must be >= 2, --trace-block-tokens, --max-conns, --turns >= 1\n");
         return 2;
     }
-    const char *colon = strrchr(target, ':');
-    static char host[64];
-    if (colon == NULL || (size_t)(colon - target) >= sizeof(host) || atoi(colon + 1) <= 0 || atoi(colon + 1) > 65535) {
+    struct sockaddr_in target_addr;
+    static char host[INET_ADDRSTRLEN];
+    if (ib_parse_hostport(target, &target_addr) != 0 || target_addr.sin_port == 0) {
         fprintf(stderr, "ib-load: --target wants IPV4:PORT, got '%s'\n", target);
         return 2;
     }
-    memcpy(host, target, (size_t)(colon - target));
-    host[colon - target] = '\0';
-    o.host = strcmp(host, "localhost") == 0 ? "127.0.0.1" : host;
-    o.port = (uint16_t)atoi(colon + 1);
+    inet_ntop(AF_INET, &target_addr.sin_addr, host, sizeof(host));
+    o.host = host;
+    o.port = ntohs(target_addr.sin_port);
 
     int rc = 0;
     if (trace != NULL) {

@@ -5,12 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Checked in every build type (assert() is compiled out with NDEBUG). */
-#define CHECK(c)                                                                                                       \
-    do {                                                                                                               \
-        if (!(c))                                                                                                      \
-            abort();                                                                                                   \
-    } while (0)
+#include "fuzz.h"
 
 #include "ibrain/chat.h"
 #include "ibrain/hashchain.h"

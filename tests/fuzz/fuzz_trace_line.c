@@ -4,12 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Checked in every build type (assert() is compiled out with NDEBUG). */
-#define CHECK(c)                                                                                                       \
-    do {                                                                                                               \
-        if (!(c))                                                                                                      \
-            abort();                                                                                                   \
-    } while (0)
+#include "fuzz.h"
 
 #include "ibrain/loadgen.h"
 #include "ibrain/ondemand_c.h"

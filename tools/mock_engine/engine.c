@@ -9,6 +9,8 @@
  * dispose callback cancels the sequence in the scheduler and frees what it owns.
  */
 #include "ibrain/mock_engine.h"
+#include "ibrain/clock.h"
+#include "ibrain/net.h"
 #include "ibrain/hashchain.h"
 #include "ibrain/oai_error.h"
 #include "ibrain/ondemand_c.h"
@@ -97,13 +99,6 @@ struct stream {
     uint64_t created;
     uint32_t vocab_seed;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 void ib_engine_config_defaults(ib_engine_config_t *cfg)
 {
@@ -318,7 +313,7 @@ static void on_stop(h2o_generator_t *gen, h2o_req_t *req)
     struct stream *st = (struct stream *)gen;
     if (st->seq.state != IB_SEQ_DONE) {
         st->eng->m.disconnects++;
-        ib_sched_cancel(&st->eng->sched, &st->seq, now_ns());
+        ib_sched_cancel(&st->eng->sched, &st->seq, ib_now_ns());
     }
 }
 
@@ -378,7 +373,7 @@ static void on_token(ib_seq_t *seq, uint32_t index, int last)
         start_stream_response(st);
     if (append_sse(st, index, last) != 0) {
         /* Out of memory: end the stream; the client sees it cut short. */
-        ib_sched_cancel(&st->eng->sched, seq, now_ns());
+        ib_sched_cancel(&st->eng->sched, seq, ib_now_ns());
         last = 1;
     }
     if (last)
@@ -391,7 +386,7 @@ static void on_stream_dispose(void *p)
     struct stream *st = p;
     ib_engine_t *eng = st->eng;
     if (st->seq.state != IB_SEQ_DONE && st->seq.state != IB_SEQ_NEW)
-        ib_sched_cancel(&eng->sched, &st->seq, now_ns());
+        ib_sched_cancel(&eng->sched, &st->seq, ib_now_ns());
     free(st->hashes);
     ib_buf_free(&st->bufs[0]);
     ib_buf_free(&st->bufs[1]);
@@ -472,7 +467,7 @@ static void handle_completion(ib_engine_t *eng, h2o_req_t *req, ib_api_kind_t ki
     st->seq.max_tokens = (uint32_t)max_tokens;
     st->seq.on_token = on_token;
     st->seq.owner = st;
-    ib_sched_submit(&eng->sched, &st->seq, now_ns());
+    ib_sched_submit(&eng->sched, &st->seq, ib_now_ns());
 }
 
 /* ---- other routes ---- */
@@ -629,7 +624,7 @@ static void on_signal(h2o_socket_t *sock, const char *err)
     h2o_buffer_consume(&sock->input, sock->input->size);
     if (!eng->stopping) {
         eng->stopping = 1;
-        eng->stop_deadline_ns = now_ns() + (uint64_t)eng->cfg.drain_timeout_ms * 1000000ull;
+        eng->stop_deadline_ns = ib_now_ns() + (uint64_t)eng->cfg.drain_timeout_ms * 1000000ull;
         if (eng->listen_sock != NULL) {
             h2o_socket_read_stop(eng->listen_sock);
             h2o_socket_close(eng->listen_sock);
@@ -646,7 +641,7 @@ static void on_timer(h2o_socket_t *sock, const char *err)
     (void)err;
     h2o_buffer_consume(&sock->input, sock->input->size);
     eng->timer_armed_ns = UINT64_MAX; /* one-shot: it fired */
-    ib_sched_run(&eng->sched, now_ns());
+    ib_sched_run(&eng->sched, ib_now_ns());
 }
 
 /* Points the timerfd at the scheduler's next deadline (absolute, ns). */
@@ -664,26 +659,6 @@ static void arm_timer(ib_engine_t *eng)
     }
     timerfd_settime(eng->timer_fd, TFD_TIMER_ABSTIME, &its, NULL);
     eng->timer_armed_ns = next;
-}
-
-static int parse_hostport(const char *s, struct sockaddr_in *sa)
-{
-    char host[64];
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL || (size_t)(colon - s) >= sizeof(host))
-        return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || port < 0 || port > 65535)
-        return -1;
-    memset(sa, 0, sizeof(*sa));
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (strcmp(host, "localhost") == 0)
-        strcpy(host, "127.0.0.1");
-    return inet_pton(AF_INET, host[0] ? host : "0.0.0.0", &sa->sin_addr) == 1 ? 0 : -1;
 }
 
 static int write_port_file(const char *path, unsigned port)
@@ -732,7 +707,7 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
     }
 
     struct sockaddr_in sa;
-    if (parse_hostport(cfg->listen, &sa) != 0) {
+    if (ib_parse_hostport(cfg->listen, &sa) != 0) {
         fprintf(stderr, "ib-mock-engine: --listen wants IPV4:PORT, got '%s'\n", cfg->listen);
         goto Error;
     }
@@ -811,7 +786,7 @@ Error:
 int ib_engine_run(ib_engine_t *eng)
 {
     for (;;) {
-        uint64_t now = now_ns();
+        uint64_t now = ib_now_ns();
         if (eng->stopping && ((eng->m.streams_active == 0 && h2o_linklist_is_empty(&eng->h2o_ctx.http1._conns)) ||
                               now >= eng->stop_deadline_ns))
             break;
