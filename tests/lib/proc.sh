@@ -9,11 +9,12 @@
 #   ib_wait_http URL [STATUS]   wait (10 s) until URL answers STATUS (200).
 #   ib_engine NAME ARGS...      start ib-mock-engine on a free loopback port and wait until
 #                               it is healthy.
-#   ib_stop NAME [SIGNAL]       signal NAME (TERM) by PID, wait up to 10 s (then KILL);
-#                               returns its exit status.
+#   ib_stop NAME [SIGNAL]       signal NAME's process group (TERM), wait up to 10 s for NAME
+#                               (then KILL the group); returns NAME's exit status.
 #   ib_fail MSG                 print MSG and the logs of every process, exit 1.
 #
-# Every process started here is stopped by PID when the test exits, however it exits.
+# Every process started here leads its own process group (setsid), so that it and anything
+# it started are stopped by PID when the test exits, however it exits.
 # Ports are never guessed: programs bind port 0 and report the port they got.
 
 set -euo pipefail
@@ -32,7 +33,7 @@ ib__cleanup() {
   local rc=$?
   local name
   for name in "${!IB_PID[@]}"; do
-    kill -TERM "${IB_PID[$name]}" 2>/dev/null || true
+    kill -TERM -- "-${IB_PID[$name]}" 2>/dev/null || true
   done
   for name in "${!IB_PID[@]}"; do
     local i
@@ -40,7 +41,7 @@ ib__cleanup() {
       kill -0 "${IB_PID[$name]}" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "${IB_PID[$name]}" 2>/dev/null || true
+    kill -KILL -- "-${IB_PID[$name]}" 2>/dev/null || true
   done
   wait 2>/dev/null || true
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
@@ -71,7 +72,9 @@ ib_spawn() {
     if [ "$a" = "@PORTFILE" ]; then args+=("$IB_TMP/$name.port"); else args+=("$a"); fi
   done
   rm -f "$IB_TMP/$name.port"
-  "${args[@]}" >"$IB_TMP/$name.log" 2>&1 &
+  # setsid execs in place (a background job is no group leader): $! is the program's PID
+  # and its process group.
+  setsid "${args[@]}" >"$IB_TMP/$name.log" 2>&1 &
   IB_PID[$name]=$!
 }
 
@@ -111,12 +114,12 @@ ib_engine() {
 
 ib_stop() {
   local name=$1 sig=${2:-TERM} pid=${IB_PID[$1]} rc=0 i
-  kill -"$sig" "$pid" 2>/dev/null || true
+  kill -"$sig" -- "-$pid" 2>/dev/null || true
   for ((i = 0; i < 100; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  kill -KILL "$pid" 2>/dev/null || true
+  kill -KILL -- "-$pid" 2>/dev/null || true
   wait "$pid" || rc=$?
   unset "IB_PID[$name]"
   return "$rc"
