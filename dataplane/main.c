@@ -1,0 +1,99 @@
+/* ibrain: command line for the data plane (include/ibrain/proxy.h). */
+#include "ibrain/proxy.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: ibrain --replica NAME=HOST:PORT [--replica ...] [options]\n"
+            "  --listen HOST:PORT          address to serve on (default 127.0.0.1:8080; port 0 = any free port)\n"
+            "  --port-file FILE            write the bound port here once listening\n"
+            "  --workers N                 worker threads, one io_uring each (default: one per CPU)\n"
+            "  --replica NAME=HOST:PORT    an inference replica (repeatable)\n"
+            "  --model NAME                a model listed by GET /v1/models (repeatable)\n"
+            "  --max-head-bytes N          request line + headers limit, 431 above (default 16384)\n"
+            "  --max-body-bytes N          request body limit, 413 above (default 8388608)\n"
+            "  --header-timeout-ms N       time allowed for a request head and body, 408 after (default 10000)\n"
+            "  --idle-timeout-ms N         keep-alive idle time (default 60000)\n"
+            "  --upstream-timeout-ms N     longest silence from a replica, 504 after (default 300000)\n"
+            "  --connect-timeout-ms N      replica connect timeout (default 3000)\n"
+            "  --drain-timeout-ms N        on SIGTERM, finish in-flight requests for at most this long (default 10000)\n"
+            "  --eject-after N             consecutive failures that eject a replica (default 3)\n"
+            "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n");
+}
+
+int main(int argc, char **argv)
+{
+    ib_proxy_config_t cfg;
+    ib_proxy_config_defaults(&cfg);
+    enum { O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT,
+           O_EA, O_EM, O_HELP };
+    static const struct option opts[] = {
+        {"listen", 1, 0, O_LISTEN},           {"port-file", 1, 0, O_PORTFILE},      {"workers", 1, 0, O_WORKERS},
+        {"replica", 1, 0, O_REPLICA},         {"model", 1, 0, O_MODEL},             {"max-head-bytes", 1, 0, O_HEAD},
+        {"max-body-bytes", 1, 0, O_BODY},     {"header-timeout-ms", 1, 0, O_HT},    {"idle-timeout-ms", 1, 0, O_IT},
+        {"upstream-timeout-ms", 1, 0, O_UT},  {"connect-timeout-ms", 1, 0, O_CT},   {"drain-timeout-ms", 1, 0, O_DT},
+        {"eject-after", 1, 0, O_EA},          {"eject-ms", 1, 0, O_EM},             {"help", 0, 0, O_HELP},
+        {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == O_HELP) {
+            usage(stdout);
+            return 0;
+        }
+        if (c == '?') {
+            usage(stderr);
+            return 2;
+        }
+        if (c == O_LISTEN) { cfg.listen = optarg; continue; }
+        if (c == O_PORTFILE) { cfg.port_file = optarg; continue; }
+        if (c == O_REPLICA) {
+            if (cfg.nreplicas == IB_MAX_REPLICAS) {
+                fprintf(stderr, "ibrain: at most %d replicas\n", IB_MAX_REPLICAS);
+                return 2;
+            }
+            cfg.replica_specs[cfg.nreplicas++] = optarg;
+            continue;
+        }
+        if (c == O_MODEL) {
+            if (cfg.nmodels == IB_MAX_MODELS) {
+                fprintf(stderr, "ibrain: at most %d models\n", IB_MAX_MODELS);
+                return 2;
+            }
+            cfg.models[cfg.nmodels++] = optarg;
+            continue;
+        }
+        char *end;
+        unsigned long long v = strtoull(optarg, &end, 10);
+        if (*optarg == '\0' || *optarg == '-' || *end != '\0' || v > (1ull << 31)) {
+            fprintf(stderr, "ibrain: %s wants a non-negative integer, got '%s'\n", argv[optind - 1], optarg);
+            return 2;
+        }
+        switch (c) {
+        case O_WORKERS: cfg.workers = (uint32_t)v; break;
+        case O_HEAD: cfg.max_head_bytes = v; break;
+        case O_BODY: cfg.max_body_bytes = v; break;
+        case O_HT: cfg.header_timeout_ms = (uint32_t)v; break;
+        case O_IT: cfg.idle_timeout_ms = (uint32_t)v; break;
+        case O_UT: cfg.upstream_timeout_ms = (uint32_t)v; break;
+        case O_CT: cfg.connect_timeout_ms = (uint32_t)v; break;
+        case O_DT: cfg.drain_timeout_ms = (uint32_t)v; break;
+        case O_EA: cfg.eject_after_failures = (uint32_t)(v ? v : 1); break;
+        case O_EM: cfg.eject_ms = (uint32_t)v; break;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ibrain: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    ib_proxy_t *px = ib_proxy_create(&cfg);
+    if (px == NULL)
+        return 1;
+    int rc = ib_proxy_run(px);
+    ib_proxy_destroy(px);
+    return rc;
+}

@@ -1,0 +1,98 @@
+/*
+ * Private to dataplane/proxy: the proxy, its workers and their metrics.
+ * Public face: include/ibrain/proxy.h.
+ */
+#ifndef IBRAIN_PROXY_INTERNAL_H
+#define IBRAIN_PROXY_INTERNAL_H
+
+#include <liburing.h>
+#include <pthread.h>
+
+#include "ibrain/chat.h"
+#include "ibrain/proxy.h"
+
+/* ---- metrics: one set per worker, written by it alone, summed at scrape time ---- */
+
+enum ib_route {
+    IB_ROUTE_CHAT, IB_ROUTE_COMPLETIONS, IB_ROUTE_OTHER_PROXIED, IB_ROUTE_MODELS, IB_ROUTE_HEALTH, IB_ROUTE_READY,
+    IB_ROUTE_METRICS, IB_ROUTE_NONE, IB_ROUTE__COUNT
+};
+#define IB_NSTATUS 16 /* see ib_metrics_status_index() */
+#define IB_NBUCKETS 16
+enum ib_upstream_error { IB_UPERR_CONNECT, IB_UPERR_IO, IB_UPERR_TIMEOUT, IB_UPERR_MIDSTREAM, IB_UPERR__COUNT };
+
+typedef struct ib_worker_metrics {
+    ib_counter_t requests[IB_ROUTE__COUNT][IB_NSTATUS];
+    ib_counter_t duration_bucket[IB_NBUCKETS + 1];
+    ib_counter_t duration_sum_us;
+    ib_counter_t duration_count;
+    ib_counter_t ttfb_bucket[IB_NBUCKETS + 1];
+    ib_counter_t ttfb_sum_us;
+    ib_counter_t ttfb_count;
+    ib_counter_t upstream_errors[IB_MAX_REPLICAS][IB_UPERR__COUNT];
+    ib_counter_t retries;
+    ib_counter_t conns_accepted;
+    ib_counter_t conns_open;      /* gauge: incremented and decremented by the owner */
+    ib_counter_t conns_open_dec;
+    ib_counter_t upstream_conns_opened;
+    ib_counter_t client_aborts;   /* clients gone before their response ended */
+} ib_worker_metrics_t;
+
+extern const double ib_metrics_buckets_s[IB_NBUCKETS];
+int ib_metrics_status_index(int status);
+void ib_metrics_observe(ib_counter_t *buckets, ib_counter_t *sum_us, ib_counter_t *count, uint64_t ns);
+/** Renders the Prometheus text of every worker's metrics, summed, plus replica gauges. */
+int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *out);
+
+/* ---- worker ---- */
+
+struct ib_client;
+struct ib_upstream;
+
+typedef struct ib_worker {
+    ib_proxy_t *px;
+    uint32_t id;
+    pthread_t thread;
+    int listen_fd;
+    int wake_fd;                      /* eventfd: the main thread asks for a drain */
+    struct io_uring ring;
+    struct io_uring_buf_ring *br;     /* provided buffers for receives */
+    char *buf_base;
+    uint32_t nbufs, buf_size;
+    uint64_t wake_value;
+    int draining;
+    uint64_t drain_deadline_ns;
+    uint64_t next_request_id;
+    uint32_t rr;                      /* tie breaker for replica choice */
+    struct ib_client *clients;        /* every open client connection (for timeouts) */
+    uint32_t nclients;
+    uint32_t nupstreams;              /* upstream connections not yet freed */
+    struct ib_upstream **idle;        /* per replica: idle keep-alive upstream connections */
+    ib_buf_t scratch;
+    _Alignas(64) ib_worker_metrics_t m;
+} ib_worker_t;
+
+struct ib_proxy {
+    ib_proxy_config_t cfg;
+    ib_replica_t *replicas;
+    uint32_t nreplicas;
+    ib_worker_t *workers;
+    uint32_t nworkers;
+    uint16_t port;
+    uint64_t started_unix;
+    _Atomic int stopping;
+};
+
+void *ib_worker_main(void *arg);
+int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id);
+void ib_worker_destroy(ib_worker_t *w);
+
+/** Picks the replica for a request: healthy, least in-flight, ties rotating; <avoid> (or
+ * -1) is skipped when another healthy replica exists. -1 when none is usable. */
+int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, int avoid);
+/** Passive health: a request to <r> succeeded / failed. */
+void ib_replica_ok(ib_proxy_t *px, ib_replica_t *r);
+void ib_replica_failed(ib_proxy_t *px, ib_replica_t *r, uint64_t now_ns);
+int ib_replica_healthy(const ib_replica_t *r, uint64_t now_ns);
+
+#endif

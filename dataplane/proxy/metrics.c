@@ -1,0 +1,144 @@
+/* ibrain's /metrics: every worker's counters summed at scrape time, plus replica gauges
+ * read from the shared replica table. Prometheus text format 0.0.4. */
+#include "internal.h"
+
+#include "ibrain/clock.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+const double ib_metrics_buckets_s[IB_NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                  0.25,   0.5,   1,      2.5,   5,    10,    30,    120};
+static const int status_codes[IB_NSTATUS - 1] = {200, 400, 404, 405, 408, 413, 417, 429, 431, 499, 500, 501, 502, 503, 504};
+static const char *const route_names[IB_ROUTE__COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/other",
+                                                         "/v1/models",           "/health",         "/ready",
+                                                         "/metrics",             "none"};
+static const char *const uperr_names[IB_UPERR__COUNT] = {"connect", "io", "timeout", "midstream"};
+
+int ib_metrics_status_index(int status)
+{
+    for (int i = 0; i < IB_NSTATUS - 1; i++)
+        if (status_codes[i] == status)
+            return i;
+    return IB_NSTATUS - 1; /* any other status */
+}
+
+void ib_metrics_observe(ib_counter_t *buckets, ib_counter_t *sum_us, ib_counter_t *count, uint64_t ns)
+{
+    double s = (double)ns / 1e9;
+    int k = 0;
+    while (k < IB_NBUCKETS && s > ib_metrics_buckets_s[k])
+        k++;
+    ib_counter_add(&buckets[k], 1);
+    ib_counter_add(sum_us, ns / 1000);
+    ib_counter_add(count, 1);
+}
+
+static int bprintf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bprintf(ib_buf_t *b, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp))
+        return -1;
+    return ib_buf_append(b, tmp, (size_t)n);
+}
+
+/* Sum of one counter over all workers; <off> is its offset in ib_worker_metrics_t. */
+static uint64_t sum(const ib_proxy_t *px, size_t off)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < px->nworkers; i++)
+        total += ib_counter_get((const ib_counter_t *)((const char *)&px->workers[i].m + off));
+    return total;
+}
+#define SUM(field) sum(px, offsetof(ib_worker_metrics_t, field))
+
+static int histogram(const ib_proxy_t *px, ib_buf_t *b, const char *name, const char *help, size_t buckets_off,
+                     size_t sum_off, size_t count_off)
+{
+    int rc = bprintf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int k = 0; k <= IB_NBUCKETS && !rc; k++) {
+        cum += sum(px, buckets_off + (size_t)k * sizeof(ib_counter_t));
+        if (k < IB_NBUCKETS)
+            rc = bprintf(b, "%s_bucket{le=\"%g\"} %llu\n", name, ib_metrics_buckets_s[k], (unsigned long long)cum);
+        else
+            rc = bprintf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    return rc || bprintf(b, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum(px, sum_off) / 1e6, name,
+                         (unsigned long long)sum(px, count_off));
+}
+
+int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
+{
+    int rc = bprintf(b, "# HELP ibrain_requests_total HTTP requests answered, by route and status.\n"
+                        "# TYPE ibrain_requests_total counter\n");
+    for (int r = 0; r < IB_ROUTE__COUNT && !rc; r++)
+        for (int s = 0; s < IB_NSTATUS && !rc; s++) {
+            uint64_t v = SUM(requests[r][s]);
+            if (v != 0)
+                rc = s < IB_NSTATUS - 1
+                         ? bprintf(b, "ibrain_requests_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
+                                   status_codes[s], (unsigned long long)v)
+                         : bprintf(b, "ibrain_requests_total{route=\"%s\",status=\"other\"} %llu\n", route_names[r],
+                                   (unsigned long long)v);
+        }
+    rc = rc || histogram(px, b, "ibrain_request_duration_seconds", "Time from a complete request head to the end of the response.",
+                         offsetof(ib_worker_metrics_t, duration_bucket), offsetof(ib_worker_metrics_t, duration_sum_us),
+                         offsetof(ib_worker_metrics_t, duration_count));
+    rc = rc || histogram(px, b, "ibrain_time_to_first_byte_seconds",
+                         "Time from a complete request head to the replica's response head (proxied requests).",
+                         offsetof(ib_worker_metrics_t, ttfb_bucket), offsetof(ib_worker_metrics_t, ttfb_sum_us),
+                         offsetof(ib_worker_metrics_t, ttfb_count));
+    rc = rc || bprintf(b, "# HELP ibrain_upstream_errors_total Failures talking to a replica, by kind.\n"
+                          "# TYPE ibrain_upstream_errors_total counter\n");
+    for (uint32_t r = 0; r < px->nreplicas && !rc; r++)
+        for (int k = 0; k < IB_UPERR__COUNT && !rc; k++)
+            rc = bprintf(b, "ibrain_upstream_errors_total{replica=\"%s\",kind=\"%s\"} %llu\n", px->replicas[r].name,
+                         uperr_names[k], (unsigned long long)SUM(upstream_errors[r][k]));
+    uint64_t now = ib_now_ns();
+    rc = rc || bprintf(b, "# HELP ibrain_replica_in_flight Requests in flight to a replica.\n"
+                          "# TYPE ibrain_replica_in_flight gauge\n");
+    for (uint32_t r = 0; r < px->nreplicas && !rc; r++)
+        rc = bprintf(b, "ibrain_replica_in_flight{replica=\"%s\"} %lld\n", px->replicas[r].name,
+                     (long long)ib_replica_inflight(&px->replicas[r], px->nworkers));
+    rc = rc || bprintf(b, "# HELP ibrain_replica_healthy 1 when the replica is not ejected by passive health checks.\n"
+                          "# TYPE ibrain_replica_healthy gauge\n");
+    for (uint32_t r = 0; r < px->nreplicas && !rc; r++)
+        rc = bprintf(b, "ibrain_replica_healthy{replica=\"%s\"} %d\n", px->replicas[r].name,
+                     ib_replica_healthy(&px->replicas[r], now));
+    rc = rc || bprintf(b, "# HELP ibrain_replica_ejections_total Times a replica was ejected after repeated failures.\n"
+                          "# TYPE ibrain_replica_ejections_total counter\n");
+    for (uint32_t r = 0; r < px->nreplicas && !rc; r++)
+        rc = bprintf(b, "ibrain_replica_ejections_total{replica=\"%s\"} %llu\n", px->replicas[r].name,
+                     (unsigned long long)atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->ejections,
+                                                              memory_order_relaxed));
+    rc = rc || bprintf(b,
+                       "# HELP ibrain_retries_total Requests retried on another replica after a failure before any response byte.\n"
+                       "# TYPE ibrain_retries_total counter\nibrain_retries_total %llu\n",
+                       (unsigned long long)SUM(retries));
+    rc = rc || bprintf(b,
+                       "# HELP ibrain_client_aborts_total Requests whose client left before the response ended.\n"
+                       "# TYPE ibrain_client_aborts_total counter\nibrain_client_aborts_total %llu\n",
+                       (unsigned long long)SUM(client_aborts));
+    rc = rc || bprintf(b,
+                       "# HELP ibrain_connections_accepted_total Client connections accepted.\n"
+                       "# TYPE ibrain_connections_accepted_total counter\nibrain_connections_accepted_total %llu\n",
+                       (unsigned long long)SUM(conns_accepted));
+    rc = rc || bprintf(b,
+                       "# HELP ibrain_connections_open Client connections open.\n"
+                       "# TYPE ibrain_connections_open gauge\nibrain_connections_open %lld\n",
+                       (long long)(SUM(conns_open) - SUM(conns_open_dec)));
+    rc = rc || bprintf(b,
+                       "# HELP ibrain_upstream_connections_opened_total Connections opened to replicas.\n"
+                       "# TYPE ibrain_upstream_connections_opened_total counter\n"
+                       "ibrain_upstream_connections_opened_total %llu\n",
+                       (unsigned long long)SUM(upstream_conns_opened));
+    rc = rc || bprintf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",
+                       px->nworkers);
+    return rc ? -1 : 0;
+}

@@ -1,0 +1,278 @@
+/* ibrain's proxy: configuration, listeners, worker threads, replica choice and passive
+ * health (include/ibrain/proxy.h). */
+#include "internal.h"
+
+#include "ibrain/clock.h"
+#include "ibrain/net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen = "127.0.0.1:8080";
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->workers = n > 0 ? (uint32_t)(n < IB_MAX_WORKERS ? n : IB_MAX_WORKERS) : 1;
+    cfg->max_head_bytes = 16384;
+    cfg->max_body_bytes = 8u << 20;
+    cfg->header_timeout_ms = 10000;
+    cfg->idle_timeout_ms = 60000;
+    cfg->upstream_timeout_ms = 300000;
+    cfg->connect_timeout_ms = 3000;
+    cfg->drain_timeout_ms = 10000;
+    cfg->eject_after_failures = 3;
+    cfg->eject_ms = 2000;
+    cfg->max_conns_per_worker = 16384;
+}
+
+int64_t ib_replica_inflight(const ib_replica_t *r, uint32_t nworkers)
+{
+    int64_t sum = 0;
+    for (uint32_t i = 0; i < nworkers; i++)
+        sum += atomic_load_explicit(&((ib_replica_t *)r)->inflight[i].v, memory_order_relaxed);
+    return sum;
+}
+
+int ib_replica_healthy(const ib_replica_t *r, uint64_t now_ns)
+{
+    return atomic_load_explicit(&((ib_replica_t *)r)->ejected_until_ns, memory_order_relaxed) <= now_ns;
+}
+
+void ib_replica_ok(ib_proxy_t *px, ib_replica_t *r)
+{
+    (void)px;
+    if (atomic_load_explicit(&r->consecutive_failures, memory_order_relaxed) != 0)
+        atomic_store_explicit(&r->consecutive_failures, 0, memory_order_relaxed);
+}
+
+void ib_replica_failed(ib_proxy_t *px, ib_replica_t *r, uint64_t now_ns)
+{
+    uint32_t fails = atomic_fetch_add_explicit(&r->consecutive_failures, 1, memory_order_relaxed) + 1;
+    if (fails < px->cfg.eject_after_failures)
+        return;
+    /* Eject for eject_ms x 2^(ejections so far), at most 32x; the failure count restarts
+     * so that the replica gets a fresh chance when the ejection ends. */
+    uint64_t k = atomic_fetch_add_explicit(&r->ejections, 1, memory_order_relaxed);
+    uint64_t ms = (uint64_t)px->cfg.eject_ms << (k < 5 ? k : 5);
+    atomic_store_explicit(&r->ejected_until_ns, now_ns + ms * 1000000ull, memory_order_relaxed);
+    atomic_store_explicit(&r->consecutive_failures, 0, memory_order_relaxed);
+}
+
+int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, int avoid)
+{
+    uint64_t now = ib_now_ns();
+    int best = -1, fallback = -1;
+    int64_t best_load = INT64_MAX;
+    uint32_t n = px->nreplicas;
+    uint32_t start = w->rr++;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = (start + k) % n;
+        ib_replica_t *r = &px->replicas[i];
+        if (!ib_replica_healthy(r, now))
+            continue;
+        if ((int)i == avoid) {
+            fallback = (int)i;
+            continue;
+        }
+        int64_t load = ib_replica_inflight(r, px->nworkers);
+        if (load < best_load) {
+            best = (int)i;
+            best_load = load;
+        }
+    }
+    if (best < 0 && fallback < 0 && avoid < 0) {
+        /* Every replica is ejected: try the one whose ejection ends first rather than
+         * failing every request until then. */
+        uint64_t soonest = UINT64_MAX;
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t until = atomic_load_explicit(&px->replicas[i].ejected_until_ns, memory_order_relaxed);
+            if (until < soonest)
+                soonest = until, best = (int)i;
+        }
+    }
+    return best >= 0 ? best : fallback;
+}
+
+static int parse_replica(const char *spec, ib_replica_t *r)
+{
+    const char *eq = strchr(spec, '=');
+    const char *addr = eq ? eq + 1 : spec;
+    size_t namelen = eq ? (size_t)(eq - spec) : strlen(spec);
+    if (namelen == 0 || namelen >= sizeof(r->name) || strlen(addr) >= sizeof(r->hostport))
+        return -1;
+    memcpy(r->name, spec, namelen);
+    r->name[namelen] = '\0';
+    for (size_t i = 0; i < namelen; i++)
+        if (!((r->name[i] >= 'a' && r->name[i] <= 'z') || (r->name[i] >= 'A' && r->name[i] <= 'Z') ||
+              (r->name[i] >= '0' && r->name[i] <= '9') || strchr("-_.:", r->name[i])))
+            return -1;
+    snprintf(r->hostport, sizeof(r->hostport), "%s", addr);
+    if (ib_parse_hostport(addr, &r->addr) != 0 || r->addr.sin_port == 0)
+        return -1;
+    return 0;
+}
+
+static int bind_listener(const struct sockaddr_in *sa)
+{
+    int one = 1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, (const struct sockaddr *)sa, sizeof(*sa)) != 0 || listen(fd, 4096) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static int write_port_file(const char *path, unsigned port)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "%u\n", port);
+    if (fclose(f) != 0)
+        return -1;
+    return rename(tmp, path);
+}
+
+ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
+{
+    ib_proxy_t *px = calloc(1, sizeof(*px));
+    if (px == NULL)
+        return NULL;
+    px->cfg = *cfg;
+    px->started_unix = (uint64_t)time(NULL);
+    if (cfg->workers == 0 || cfg->workers > IB_MAX_WORKERS) {
+        fprintf(stderr, "ibrain: --workers must be 1..%d\n", IB_MAX_WORKERS);
+        goto Error;
+    }
+    if (cfg->nreplicas == 0) {
+        fprintf(stderr, "ibrain: no replica: give at least one --replica NAME=HOST:PORT\n");
+        goto Error;
+    }
+    px->replicas = aligned_alloc(64, sizeof(ib_replica_t) * cfg->nreplicas);
+    if (px->replicas == NULL)
+        goto Error;
+    memset(px->replicas, 0, sizeof(ib_replica_t) * cfg->nreplicas);
+    for (uint32_t i = 0; i < cfg->nreplicas; i++) {
+        if (parse_replica(cfg->replica_specs[i], &px->replicas[i]) != 0) {
+            fprintf(stderr, "ibrain: --replica wants NAME=IPV4:PORT (name of [A-Za-z0-9._:-]), got '%s'\n",
+                    cfg->replica_specs[i]);
+            goto Error;
+        }
+        for (uint32_t j = 0; j < i; j++)
+            if (strcmp(px->replicas[j].name, px->replicas[i].name) == 0) {
+                fprintf(stderr, "ibrain: replica name '%s' given twice\n", px->replicas[i].name);
+                goto Error;
+            }
+    }
+    px->nreplicas = cfg->nreplicas;
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    struct sockaddr_in sa;
+    if (ib_parse_hostport(cfg->listen, &sa) != 0) {
+        fprintf(stderr, "ibrain: --listen wants IPV4:PORT, got '%s'\n", cfg->listen);
+        goto Error;
+    }
+    px->workers = calloc(cfg->workers, sizeof(*px->workers));
+    if (px->workers == NULL)
+        goto Error;
+    for (uint32_t i = 0; i < cfg->workers; i++) {
+        /* Port 0: the first listener picks the port, the others join it (SO_REUSEPORT). */
+        int fd = bind_listener(&sa);
+        if (fd < 0) {
+            fprintf(stderr, "ibrain: cannot listen on %s: %s\n", cfg->listen, strerror(errno));
+            goto Error;
+        }
+        if (i == 0) {
+            socklen_t len = sizeof(sa);
+            getsockname(fd, (struct sockaddr *)&sa, &len);
+            px->port = ntohs(sa.sin_port);
+        }
+        px->workers[i].listen_fd = fd;
+        px->nworkers = i + 1;
+        if (ib_worker_init(&px->workers[i], px, i) != 0) {
+            fprintf(stderr, "ibrain: worker %u: io_uring setup failed: %s\n", i, strerror(errno));
+            goto Error;
+        }
+    }
+    if (cfg->port_file != NULL && write_port_file(cfg->port_file, px->port) != 0) {
+        fprintf(stderr, "ibrain: cannot write %s: %s\n", cfg->port_file, strerror(errno));
+        goto Error;
+    }
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
+    fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas\n", ip, px->port, px->nworkers,
+            px->nreplicas);
+    return px;
+Error:
+    ib_proxy_destroy(px);
+    return NULL;
+}
+
+int ib_proxy_run(ib_proxy_t *px)
+{
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL); /* inherited by the workers */
+    signal(SIGPIPE, SIG_IGN);
+    for (uint32_t i = 0; i < px->nworkers; i++) {
+        if (pthread_create(&px->workers[i].thread, NULL, ib_worker_main, &px->workers[i]) != 0) {
+            fprintf(stderr, "ibrain: cannot start worker %u\n", i);
+            atomic_store(&px->stopping, 1);
+            for (uint32_t j = 0; j < i; j++) {
+                uint64_t one = 1;
+                (void)!write(px->workers[j].wake_fd, &one, sizeof(one));
+                pthread_join(px->workers[j].thread, NULL);
+            }
+            return 1;
+        }
+    }
+    int sig = 0;
+    sigwait(&mask, &sig);
+    fprintf(stderr, "ibrain: %s: draining (at most %u ms)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
+            px->cfg.drain_timeout_ms);
+    atomic_store(&px->stopping, 1);
+    for (uint32_t i = 0; i < px->nworkers; i++) {
+        uint64_t one = 1;
+        (void)!write(px->workers[i].wake_fd, &one, sizeof(one));
+    }
+    for (uint32_t i = 0; i < px->nworkers; i++)
+        pthread_join(px->workers[i].thread, NULL);
+    fprintf(stderr, "ibrain: stopped\n");
+    return 0;
+}
+
+void ib_proxy_destroy(ib_proxy_t *px)
+{
+    if (px == NULL)
+        return;
+    for (uint32_t i = 0; i < px->nworkers; i++)
+        ib_worker_destroy(&px->workers[i]);
+    free(px->workers);
+    free(px->replicas);
+    free(px);
+}

@@ -1,0 +1,100 @@
+/*
+ * ibrain's data plane: a thread-per-core io_uring HTTP/1.1 reverse proxy for OpenAI-style
+ * inference traffic.
+ *
+ * Each worker thread owns an io_uring (single issuer, deferred task run), its own
+ * SO_REUSEPORT listener with multishot accept, multishot client receives into a provided
+ * buffer ring, and its own keep-alive pools of upstream connections. Workers share only
+ * the replica table below: per-replica in-flight counters (one cache line per worker,
+ * written only by that worker, summed on read) and passive-health state (atomics).
+ */
+#ifndef IBRAIN_PROXY_H
+#define IBRAIN_PROXY_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- types ---- */
+
+#define IB_MAX_WORKERS 32
+#define IB_MAX_REPLICAS 128
+#define IB_MAX_MODELS 16
+
+/** A counter written by one thread and read by others: relaxed loads and stores only, so
+ * an increment is a plain add (no lock prefix) and readers see a recent value. */
+typedef struct ib_counter {
+    _Atomic uint64_t v;
+} ib_counter_t;
+
+static inline void ib_counter_add(ib_counter_t *c, uint64_t n)
+{
+    atomic_store_explicit(&c->v, atomic_load_explicit(&c->v, memory_order_relaxed) + n, memory_order_relaxed);
+}
+static inline uint64_t ib_counter_get(const ib_counter_t *c)
+{
+    return atomic_load_explicit(&((ib_counter_t *)c)->v, memory_order_relaxed);
+}
+
+/** One worker's in-flight count for a replica, alone on its cache line. */
+typedef struct ib_inflight_slot {
+    _Alignas(64) _Atomic int64_t v;
+} ib_inflight_slot_t;
+
+typedef struct ib_replica {
+    char name[64];
+    char hostport[64];
+    struct sockaddr_in addr;
+    ib_inflight_slot_t inflight[IB_MAX_WORKERS];
+    /* passive health, shared by all workers */
+    _Alignas(64) _Atomic uint32_t consecutive_failures;
+    _Atomic uint64_t ejected_until_ns;
+    _Atomic uint64_t ejections;
+} ib_replica_t;
+
+typedef struct ib_proxy_config {
+    const char *listen;             /* "HOST:PORT"; port 0 picks a free port */
+    const char *port_file;
+    uint32_t workers;
+    const char *replica_specs[IB_MAX_REPLICAS]; /* "NAME=HOST:PORT" */
+    uint32_t nreplicas;
+    const char *models[IB_MAX_MODELS];          /* served by GET /v1/models */
+    uint32_t nmodels;
+    size_t max_head_bytes;
+    size_t max_body_bytes;
+    uint32_t header_timeout_ms;     /* a request head must arrive within this (408) */
+    uint32_t idle_timeout_ms;       /* keep-alive connections idle this long are closed */
+    uint32_t upstream_timeout_ms;   /* no response byte from a replica for this long (504) */
+    uint32_t connect_timeout_ms;
+    uint32_t drain_timeout_ms;      /* SIGTERM: finish in-flight requests for at most this */
+    uint32_t eject_after_failures;  /* consecutive failures before a replica is ejected */
+    uint32_t eject_ms;              /* base ejection time; doubles per ejection, max 32x */
+    uint32_t max_conns_per_worker;
+} ib_proxy_config_t;
+
+typedef struct ib_proxy ib_proxy_t; /* opaque: replicas, workers, shared state */
+
+/* ---- functions ---- */
+
+void ib_proxy_config_defaults(ib_proxy_config_t *cfg);
+
+/** Validates <cfg>, binds the listeners. NULL with a message on stderr on failure. */
+ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg);
+
+/** Runs the workers until SIGTERM/SIGINT, then drains. Returns the exit code. */
+int ib_proxy_run(ib_proxy_t *px);
+
+void ib_proxy_destroy(ib_proxy_t *px);
+
+/** Sum of every worker's in-flight count for <r>. */
+int64_t ib_replica_inflight(const ib_replica_t *r, uint32_t nworkers);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
