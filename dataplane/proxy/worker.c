@@ -219,9 +219,9 @@ static void respond(ib_worker_t *w, ib_client_t *c, int status, const char *ctyp
                      "HTTP/1.1 %d %s\r\nServer: ibrain\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s%s%s\r\n",
                      status, reason(status), ctype, len, c->request_id[0] ? "X-Request-Id: " : "", c->request_id,
                      c->request_id[0] ? "\r\n" : "", close ? "Connection: close\r\n" : "");
-    if (extra_headers != NULL && (size_t)n + strlen(extra_headers) < sizeof(head) - 2) {
-        n -= 2; /* before the blank line */
-        n += snprintf(head + n, sizeof(head) - (size_t)n, "%s\r\n", extra_headers);
+    if (extra_headers != NULL && (size_t)n + strlen(extra_headers) + 4 < sizeof(head)) {
+        n -= 2; /* insert before the blank line, then end the head again */
+        n += snprintf(head + n, sizeof(head) - (size_t)n, "%s\r\n\r\n", extra_headers);
     }
     if (out_append(c, head, (size_t)n) != 0 || out_append(c, body, len) != 0)
         close = 1;
@@ -275,6 +275,10 @@ static void detach_upstream(ib_worker_t *w, ib_client_t *c, int reusable)
         u->deadline_ns = ib_now_ns() + (uint64_t)w->px->cfg.idle_timeout_ms * 1000000ull;
         u->next_idle = w->idle[u->replica];
         w->idle[u->replica] = u;
+        /* A receive stays armed while idle, so that a replica closing the connection is
+         * noticed now rather than by the next request. */
+        if (!u->recv_armed)
+            arm_upstream_recv(w, u);
     } else {
         upstream_close(w, u);
     }
@@ -877,13 +881,17 @@ static void free_client(ib_worker_t *w, ib_client_t *c)
     free(c);
 }
 
+static void free_upstream(ib_worker_t *w, ib_upstream_t *u);
+
 static void upstream_close(ib_worker_t *w, ib_upstream_t *u)
 {
-    (void)w;
     if (u->closing)
         return;
     u->closing = 1;
-    shutdown(u->fd, SHUT_RDWR);
+    if (u->ops == 0)
+        free_upstream(w, u); /* nothing in flight will come back for it */
+    else
+        shutdown(u->fd, SHUT_RDWR); /* ends its receive; freed when the last op returns */
 }
 
 static void free_upstream(ib_worker_t *w, ib_upstream_t *u)
@@ -923,6 +931,7 @@ static void on_accept(ib_worker_t *w, struct io_uring_cqe *cqe)
     memset(c, 0, sizeof(*c));
     c->fd = fd;
     c->replica = -1;
+    c->route = IB_ROUTE_NONE;
     c->keepalive = 1;
     c->minor = 1;
     int one = 1;
@@ -1079,15 +1088,20 @@ static void check_timeouts(ib_worker_t *w, uint64_t now)
         }
         if (c->deadline_ns == 0 || now <= c->deadline_ns || c->sending)
             continue;
-        if (c->state == C_BODY || (c->state == C_HEAD && c->in.len > 0))
+        if (c->state == C_BODY || (c->state == C_HEAD && c->in.len > 0)) {
+            if (c->state == C_HEAD)
+                c->route = IB_ROUTE_NONE, c->t_start = now;
             refuse(w, c, 408);
+        }
         else
             client_close(w, c); /* idle keep-alive connection */
     }
     for (uint32_t r = 0; r < w->px->nreplicas; r++)
-        for (ib_upstream_t *u = w->idle[r]; u != NULL; u = u->next_idle)
+        for (ib_upstream_t *u = w->idle[r], *next; u != NULL; u = next) {
+            next = u->next_idle; /* upstream_close may free u */
             if (!u->closing && now > u->deadline_ns)
                 upstream_close(w, u);
+        }
 }
 
 static void arm_tick(ib_worker_t *w)
@@ -1119,8 +1133,10 @@ static void start_drain(ib_worker_t *w)
             client_close(w, c);
     }
     for (uint32_t r = 0; r < w->px->nreplicas; r++)
-        for (ib_upstream_t *u = w->idle[r]; u != NULL; u = u->next_idle)
+        for (ib_upstream_t *u = w->idle[r], *next; u != NULL; u = next) {
+            next = u->next_idle; /* upstream_close may free u */
             upstream_close(w, u);
+        }
 }
 
 /* Decrements the object's operation count and frees it once closed and quiet. */

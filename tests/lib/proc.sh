@@ -9,6 +9,7 @@
 #   ib_wait_http URL [STATUS]   wait (10 s) until URL answers STATUS (200).
 #   ib_engine NAME ARGS...      start ib-mock-engine on a free loopback port and wait until
 #                               it is healthy.
+#   ib_ibrain NAME ARGS...      start ibrain on a free loopback port and wait until healthy.
 #   ib_stop NAME [SIGNAL]       signal NAME's process group (TERM), wait up to 10 s for NAME
 #                               (then KILL the group); returns NAME's exit status.
 #   ib_fail MSG                 print MSG and the logs of every process, exit 1.
@@ -24,6 +25,7 @@ IB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ib-test.XXXXXX")
 declare -A IB_PID=()
 IB_ENGINE_BIN="$IB_BUILD/tools/ib-mock-engine"
 IB_LOAD_BIN="$IB_BUILD/perf/ib-load"
+IB_IBRAIN_BIN="$IB_BUILD/dataplane/ibrain"
 # Sanitizer builds: report leaks and errors, and fail the process when they happen.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=66}"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$IB_SRC/tests/lsan.supp:print_suppressions=0}"
@@ -110,6 +112,20 @@ ib_engine() {
   local port
   port=$(ib_wait_port "$name")
   ib_wait_http "http://127.0.0.1:$port/health"
+}
+
+ib_ibrain() {
+  local name=$1
+  shift
+  ib_spawn "$name" "$IB_IBRAIN_BIN" --listen 127.0.0.1:0 --port-file @PORTFILE "$@"
+  local port
+  port=$(ib_wait_port "$name")
+  ib_wait_http "http://127.0.0.1:$port/health"
+}
+
+# ib_metric URL NAME{LABELS}: the value of one sample on a /metrics page (empty if absent).
+ib_metric() {
+  curl -s "$1" | awk -v m="$2" '$1 == m {print $2}'
 }
 
 ib_stop() {
