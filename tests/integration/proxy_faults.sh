@@ -1,0 +1,88 @@
+# ibrain under faults: a replica that is down (retry elsewhere, then ejection), a replica
+# killed mid-stream (the client's stream ends with an error event), clients that leave
+# mid-stream (in-flight returns to 0), no fd leak after 10,000 requests, and a drain on
+# SIGTERM that lets open streams finish.
+source "$IB_SRC/tests/lib/proc.sh"
+
+ib_engine e1 --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 0
+ib_engine e2 --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 0
+ib_engine slow --itl-ms 50
+# A port nobody listens on: bind one, then close it.
+dead=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ib_ibrain ib --workers 2 --model mock --eject-after 2 --eject-ms 60000 --drain-timeout-ms 8000 \
+  --replica e1=127.0.0.1:$(ib_port e1) --replica e2=127.0.0.1:$(ib_port e2) --replica dead=127.0.0.1:$dead
+port=$(ib_port ib)
+base="http://127.0.0.1:$port"
+
+# 1. Replica down: every request still succeeds (retried elsewhere), and the dead replica
+#    is ejected after 2 failures.
+"$IB_LOAD_BIN" --target 127.0.0.1:$port --shared-prefix 2,50 --system-tokens 32 --question-tokens 8 --output-tokens 2 \
+  --concurrency 4 --json "$IB_TMP/d.json" --quiet >/dev/null || ib_fail "requests failed with a replica down"
+ib_expect_eq "ok with a replica down" "$(ib_json "$IB_TMP/d.json" 'd["ok"]')" 100
+ib_expect_eq "dead ejected" "$(ib_metric "$base/metrics" 'ibrain_replica_healthy{replica="dead"}')" 0
+retries=$(ib_metric "$base/metrics" ibrain_retries_total)
+[ "$retries" -ge 2 ] || ib_fail "expected retries, got $retries"
+ib_expect_eq "connect errors" "$(ib_metric "$base/metrics" 'ibrain_upstream_errors_total{replica="dead",kind="connect"}')" "$retries"
+
+# 2. Replica killed mid-stream: a second ibrain in front of the slow engine only.
+ib_ibrain ib2 --workers 1 --model mock --replica slow=127.0.0.1:$(ib_port slow)
+curl -s -N --max-time 20 "http://127.0.0.1:$(ib_port ib2)/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"mock","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":500}' >"$IB_TMP/cut.sse" &
+client=$!
+sleep 0.5
+ib_stop slow KILL || true
+wait $client || ib_fail "curl did not end cleanly after the replica died (exit $?)"
+grep -q '^data: {"error":{"message":"the model replica failed mid-stream"' "$IB_TMP/cut.sse" ||
+  ib_fail "no error event at the end of the cut stream: $(tail -c 300 "$IB_TMP/cut.sse")"
+[ "$(grep -c '"content"' "$IB_TMP/cut.sse")" -ge 3 ] || ib_fail "tokens before the cut were not relayed"
+ib_expect_eq "midstream counted" \
+  "$(ib_metric "http://127.0.0.1:$(ib_port ib2)/metrics" 'ibrain_upstream_errors_total{replica="slow",kind="midstream"}')" 1
+
+# 3. Clients leaving mid-stream: in-flight back to 0, aborts counted.
+for i in $(seq 1 20); do
+  /usr/bin/python3 "$IB_SRC/tests/interop/raw_http.py" "$port" stream-abort >/dev/null || ib_fail "stream-abort client"
+done
+for i in $(seq 1 50); do
+  a=$(ib_metric "$base/metrics" 'ibrain_replica_in_flight{replica="e1"}')
+  b=$(ib_metric "$base/metrics" 'ibrain_replica_in_flight{replica="e2"}')
+  [ "$a" = 0 ] && [ "$b" = 0 ] && break
+  sleep 0.1
+done
+ib_expect_eq "in flight after aborts" "$a/$b" "0/0"
+ib_expect_eq "aborts" "$(ib_metric "$base/metrics" ibrain_client_aborts_total)" 20
+# The engines saw the disconnects too (ibrain closed the upstream side).
+for i in $(seq 1 50); do
+  r1=$(ib_metric "http://127.0.0.1:$(ib_port e1)/metrics" 'ib_engine_num_requests_running{model_name="mock"}')
+  r2=$(ib_metric "http://127.0.0.1:$(ib_port e2)/metrics" 'ib_engine_num_requests_running{model_name="mock"}')
+  [ "$r1" = 0 ] && [ "$r2" = 0 ] && break
+  sleep 0.1
+done
+ib_expect_eq "engine sequences after aborts" "$r1/$r2" "0/0"
+
+# 4. No fd leak after 10,000 requests.
+fds_before=$(ls /proc/${IB_PID[ib]}/fd | wc -l)
+n=10000
+[ "${IB_SANITIZED:-OFF}" = ON ] && n=3000
+"$IB_LOAD_BIN" --target 127.0.0.1:$port --shared-prefix 10,$((n / 10)) --system-tokens 16 --question-tokens 4 \
+  --output-tokens 1 --concurrency 64 --json "$IB_TMP/many.json" --quiet >/dev/null || ib_fail "load run failed"
+ib_expect_eq "requests ok" "$(ib_json "$IB_TMP/many.json" 'd["ok"]')" $n
+sleep 0.3
+fds_after=$(ls /proc/${IB_PID[ib]}/fd | wc -l)
+# Allow for the pooled upstream connections (at most 64 per replica per worker).
+[ "$fds_after" -le $((fds_before + 2 * 2 * 64)) ] || ib_fail "fds grew from $fds_before to $fds_after"
+ib_expect_eq "open client connections" "$(ib_metric "$base/metrics" ibrain_connections_open)" 1 # the scrape itself
+
+# 5. SIGTERM with a stream open: it completes, new connections are refused, exit 0.
+curl -s -N "$base/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"mock","stream":true,"messages":[{"role":"user","content":"finish me"}],"max_tokens":300}' \
+  >"$IB_TMP/drain.sse" &
+client=$!
+sleep 0.1
+kill -TERM "${IB_PID[ib]}"
+sleep 0.1
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$base/health" || true)
+[ "$code" = 000 ] || ib_fail "new connection accepted while draining ($code)"
+wait $client || true
+tail -n 2 "$IB_TMP/drain.sse" | grep -q 'data: \[DONE\]' || ib_fail "stream cut by the drain: $(tail -c 200 "$IB_TMP/drain.sse")"
+ib_stop ib || ib_fail "ibrain exited with $? after the drain"
+echo "proxy_faults: ok"
