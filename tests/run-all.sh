@@ -2,9 +2,10 @@
 # The whole test suite, as `make test` and CI run it (after tools/setup.sh):
 #   1. release build (RelWithDebInfo, jemalloc): unit + integration tests under ctest
 #   2. ASan+UBSan build: the same tests, with leak checking
-#   3. clang libFuzzer build: every fuzz target replays its corpus and fuzzes a bounded
+#   3. TSan build: the tests of the proxy's shared lock-free state (label tsan)
+#   4. clang libFuzzer build: every fuzz target replays its corpus and fuzzes a bounded
 #      number of runs
-# Ends with one line "N passed, N failed" over all three runs; exits non-zero on any failure.
+# Ends with one line "N passed, N failed" over all runs; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -50,6 +51,7 @@ run_phase() {
 
 run_phase "release" build -DCMAKE_BUILD_TYPE=RelWithDebInfo -- -L "unit|integration"
 run_phase "asan+ubsan" build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_ADDRESS=ON -- -L "unit|integration"
+run_phase "tsan" build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_THREAD=ON -- -L tsan
 if command -v clang >/dev/null; then
   CC=clang CXX=clang++ run_phase "fuzz" build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_FUZZ=ON -- -L fuzz
 else

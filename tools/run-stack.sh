@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Starts ibrain's embedded stack in the foreground and stops all of it on Ctrl-C.
-# Today the stack is the demo workload's replicas: N mock inference engines (ib-mock-engine)
-# on loopback. `make run` calls this after installing and building.
+# Today the stack is ibrain (standalone: a static replica list, no Redis) in front of the
+# demo workload's replicas, N mock inference engines (ib-mock-engine), all on loopback.
+# `make run` calls this after installing and building.
 #
 # Environment:
 #   IB_REPLICAS    number of mock engine replicas (default 2)
-#   IB_PORT_BASE   first port; replica i listens on base+i (default 8001; 0 = any free ports)
+#   IB_PORT        ibrain's port (default 8080; 0 = any free port)
+#   IB_PORT_BASE   first replica port; replica i listens on base+i (default 8001; 0 = any free ports)
 #   IB_MODEL       model name served (default demo)
 #   IB_STATE_DIR   where logs and port files go (default a new temp directory)
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
 engine="$top/$build/tools/ib-mock-engine"
+ibrain="$top/$build/dataplane/ibrain"
 [ -x "$engine" ] || { echo "run-stack: $engine not built (run: make build)" >&2; exit 1; }
 replicas=${IB_REPLICAS:-2}
 base=${IB_PORT_BASE:-8001}
+ibport=${IB_PORT:-8080}
 model=${IB_MODEL:-demo}
 state=${IB_STATE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ibrain-stack.XXXXXX")}
 mkdir -p "$state"
@@ -55,23 +59,42 @@ for ((i = 0; i < replicas; i++)); do
   ports+=("$(cat "$state/engine-$i.port")")
 done
 
+replica_args=()
+for ((i = 0; i < replicas; i++)); do replica_args+=(--replica "replica-$i=127.0.0.1:${ports[$i]}"); done
+rm -f "$state/ibrain.port"
+"$ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" --model "$model" "${replica_args[@]}" \
+  >"$state/ibrain.log" 2>&1 &
+pids+=($!)
+for ((t = 0; t < 100; t++)); do
+  [ -s "$state/ibrain.port" ] && break
+  if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+    echo "run-stack: ibrain failed to start:" >&2
+    cat "$state/ibrain.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+[ -s "$state/ibrain.port" ] || { echo "run-stack: ibrain did not start" >&2; exit 1; }
+front=$(cat "$state/ibrain.port")
+
 echo "run-stack: ibrain embedded stack is up (state in $state)"
+echo "  ibrain     http://127.0.0.1:$front  (OpenAI API, /metrics, /health, /ready)"
 for ((i = 0; i < replicas; i++)); do
   echo "  replica-$i  ib-mock-engine  http://127.0.0.1:${ports[$i]}  (model '$model')"
 done
 cat <<MSG
 
 Send a request:
-  curl -s http://127.0.0.1:${ports[0]}/v1/chat/completions -H 'Content-Type: application/json' \\
+  curl -s http://127.0.0.1:$front/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model":"$model","messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'
 Stream one:
-  curl -sN http://127.0.0.1:${ports[0]}/v1/chat/completions -H 'Content-Type: application/json' \\
+  curl -sN http://127.0.0.1:$front/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model":"$model","stream":true,"messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'
 Replay a trace slice:
-  $top/$build/perf/ib-load --target 127.0.0.1:${ports[0]} --model $model \\
+  $top/$build/perf/ib-load --target 127.0.0.1:$front --model $model \\
     --trace $top/perf/traces/conversation_trace.jsonl --limit 200 --speedup 20 --max-output 32 \\
-    --metrics 127.0.0.1:${ports[0]}
-Metrics: curl -s http://127.0.0.1:${ports[0]}/metrics
+    $(for p in "${ports[@]}"; do printf -- '--metrics 127.0.0.1:%s ' "$p"; done)
+Metrics: curl -s http://127.0.0.1:$front/metrics
 
 Ctrl-C stops everything.
 MSG

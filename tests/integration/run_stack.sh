@@ -5,7 +5,7 @@ source "$IB_SRC/tests/lib/proc.sh"
 state="$IB_TMP/stack"
 # A shell without job control starts background commands with SIGINT ignored, which a
 # trap cannot undo; restore the default disposition, as a terminal's Ctrl-C would find it.
-IB_PORT_BASE=0 IB_REPLICAS=2 IB_STATE_DIR="$state" ib_spawn stack /usr/bin/python3 -c \
+IB_PORT=0 IB_PORT_BASE=0 IB_REPLICAS=2 IB_STATE_DIR="$state" ib_spawn stack /usr/bin/python3 -c \
   'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
   bash "$IB_SRC/tools/run-stack.sh" "$(basename "$IB_BUILD")"
 for ((i = 0; i < 100; i++)); do
@@ -15,9 +15,10 @@ done
 grep -q '^run-stack: ready' "$IB_TMP/stack.log" || ib_fail "stack not ready"
 p0=$(cat "$state/engine-0.port")
 p1=$(cat "$state/engine-1.port")
-engine_pids=$(pgrep -f "port-file $state/engine-" || true)
-ib_expect_eq "engines running" "$(echo "$engine_pids" | wc -w)" 2
-for p in $p0 $p1; do
+front=$(cat "$state/ibrain.port")
+engine_pids=$(pgrep -f "port-file $state/" || true)
+ib_expect_eq "processes running" "$(echo "$engine_pids" | wc -w)" 3
+for p in $p0 $p1 $front; do
   code=$(curl -s -o "$IB_TMP/r.json" -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
     -H 'Content-Type: application/json' -d '{"model":"demo","messages":[{"role":"user","content":"Hello!"}],"max_tokens":4}')
   ib_expect_eq "request to $p" "$code" 200
