@@ -14,7 +14,8 @@ debs=(
   libcmocka-dev libgrpc-dev libjwt-dev libpcre2-dev
   redis-server redis-sentinel redis-tools
   python3 python3-grpcio python3-grpc-tools python3-protobuf
-  prometheus curl procps iproute2
+  prometheus curl procps iproute2 util-linux
+  nginx-light haproxy wrk linux-perf
 )
 # Node.js may come from Debian (nodejs + npm) or elsewhere; only add it when absent.
 command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)
@@ -29,7 +30,7 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts these services on install; the project starts its own on chosen ports.
-  for s in redis-server redis-sentinel prometheus prometheus-node-exporter; do
+  for s in redis-server redis-sentinel prometheus prometheus-node-exporter nginx haproxy; do
     $sudo systemctl disable --now "$s" >/dev/null 2>&1 || $sudo service "$s" stop >/dev/null 2>&1 || true
   done
 fi
