@@ -24,7 +24,9 @@ state=${IB_STATE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ibrain-stack.XXXXXX")}
 mkdir -p "$state"
 pids=()
 
+# stop RC: stops every child and exits RC (0 on Ctrl-C; a failure's status otherwise).
 stop() {
+  local rc=$1
   trap - INT TERM EXIT
   echo
   echo "run-stack: stopping ${#pids[@]} processes"
@@ -32,9 +34,26 @@ stop() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   echo "run-stack: stopped (logs in $state)"
-  exit 0
+  exit "$rc"
 }
-trap stop INT TERM EXIT
+trap 'stop 0' INT TERM
+trap 'stop $?' EXIT
+
+# wait_port_file NAME PID: waits (10 s) for NAME's port file while PID lives; prints the port.
+wait_port_file() {
+  local name=$1 pid=$2 t
+  for ((t = 0; t < 100; t++)); do
+    [ -s "$state/$name.port" ] && { cat "$state/$name.port"; return 0; }
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "run-stack: $name failed to start:" >&2
+      cat "$state/$name.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "run-stack: $name did not start within 10 s (log: $state/$name.log)" >&2
+  exit 1
+}
 
 ports=()
 for ((i = 0; i < replicas; i++)); do
@@ -46,17 +65,8 @@ for ((i = 0; i < replicas; i++)); do
   pids+=($!)
 done
 for ((i = 0; i < replicas; i++)); do
-  for ((t = 0; t < 100; t++)); do
-    [ -s "$state/engine-$i.port" ] && break
-    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
-      echo "run-stack: replica $i failed to start:" >&2
-      cat "$state/engine-$i.log" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
-  [ -s "$state/engine-$i.port" ] || { echo "run-stack: replica $i did not start" >&2; exit 1; }
-  ports+=("$(cat "$state/engine-$i.port")")
+  p=$(wait_port_file "engine-$i" "${pids[$i]}") || exit 1
+  ports+=("$p")
 done
 
 replica_args=()
@@ -65,17 +75,7 @@ rm -f "$state/ibrain.port"
 "$ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" --model "$model" "${replica_args[@]}" \
   >"$state/ibrain.log" 2>&1 &
 pids+=($!)
-for ((t = 0; t < 100; t++)); do
-  [ -s "$state/ibrain.port" ] && break
-  if ! kill -0 "${pids[-1]}" 2>/dev/null; then
-    echo "run-stack: ibrain failed to start:" >&2
-    cat "$state/ibrain.log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-[ -s "$state/ibrain.port" ] || { echo "run-stack: ibrain did not start" >&2; exit 1; }
-front=$(cat "$state/ibrain.port")
+front=$(wait_port_file ibrain "${pids[-1]}") || exit 1
 
 echo "run-stack: ibrain embedded stack is up (state in $state)"
 echo "  ibrain     http://127.0.0.1:$front  (OpenAI API, /metrics, /health, /ready)"

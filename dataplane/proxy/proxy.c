@@ -139,19 +139,6 @@ static int bind_listener(const struct sockaddr_in *sa)
     return fd;
 }
 
-static int write_port_file(const char *path, unsigned port)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (f == NULL)
-        return -1;
-    fprintf(f, "%u\n", port);
-    if (fclose(f) != 0)
-        return -1;
-    return rename(tmp, path);
-}
-
 ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
 {
     ib_proxy_t *px = calloc(1, sizeof(*px));
@@ -185,11 +172,7 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
     }
     px->nreplicas = cfg->nreplicas;
 
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    ib_raise_nofile();
     struct sockaddr_in sa;
     if (ib_parse_hostport(cfg->listen, &sa) != 0) {
         fprintf(stderr, "ibrain: --listen wants IPV4:PORT, got '%s'\n", cfg->listen);
@@ -217,7 +200,7 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
             goto Error;
         }
     }
-    if (cfg->port_file != NULL && write_port_file(cfg->port_file, px->port) != 0) {
+    if (cfg->port_file != NULL && ib_write_port_file(cfg->port_file, px->port) != 0) {
         fprintf(stderr, "ibrain: cannot write %s: %s\n", cfg->port_file, strerror(errno));
         goto Error;
     }

@@ -14,6 +14,15 @@ extern "C" {
  */
 int ib_parse_hostport(const char *s, struct sockaddr_in *out);
 
+/**
+ * Writes "<port>\n" to <path> atomically (a temporary file renamed into place), so that
+ * a reader never sees a partial port. Returns 0, or -1 with errno set.
+ */
+int ib_write_port_file(const char *path, unsigned port);
+
+/** Raises the soft open-file limit to the hard limit (servers of many connections). */
+void ib_raise_nofile(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -675,11 +675,7 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
         fprintf(stderr, "ib-load: target host must be an IPv4 address, got '%s'\n", o->host);
         return -1;
     }
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    ib_raise_nofile();
     run.ep = epoll_create1(EPOLL_CLOEXEC);
     run.json = ib_json_parser_new(64u << 20);
     if (w->source == IB_SRC_MULTI_TURN)

@@ -661,28 +661,6 @@ static void arm_timer(ib_engine_t *eng)
     eng->timer_armed_ns = next;
 }
 
-static int write_port_file(const char *path, unsigned port)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (f == NULL)
-        return -1;
-    fprintf(f, "%u\n", port);
-    if (fclose(f) != 0)
-        return -1;
-    return rename(tmp, path);
-}
-
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
 ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
 {
     ib_engine_t *eng = calloc(1, sizeof(*eng));
@@ -691,7 +669,7 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
     eng->cfg = *cfg;
     eng->listen_fd = -1;
     eng->started_unix = (uint64_t)time(NULL);
-    raise_nofile();
+    ib_raise_nofile();
     if (cfg->bytes_per_token == 0) {
         fprintf(stderr, "ib-mock-engine: --bytes-per-token must be at least 1\n");
         goto Error;
@@ -770,7 +748,7 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
     eng->timer_sock->data = eng;
     h2o_socket_read_start(eng->timer_sock, on_timer);
 
-    if (cfg->port_file != NULL && write_port_file(cfg->port_file, port) != 0) {
+    if (cfg->port_file != NULL && ib_write_port_file(cfg->port_file, port) != 0) {
         fprintf(stderr, "ib-mock-engine: cannot write %s: %s\n", cfg->port_file, strerror(errno));
         goto Error;
     }
