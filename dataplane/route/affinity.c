@@ -1,0 +1,170 @@
+/* The lock-free affinity table (include/ibrain/affinity.h). */
+#include "ibrain/affinity.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SLOT(tag, rep, stamp) (((uint64_t)(tag) << 40) | ((uint64_t)(rep) << 32) | (uint64_t)(stamp))
+#define SLOT_TAG(w) ((uint32_t)((w) >> 40))
+#define SLOT_REP(w) ((uint32_t)(((w) >> 32) & 0xff))
+#define SLOT_STAMP(w) ((uint32_t)(w))
+
+static uint32_t tag_of(uint64_t h) { return (uint32_t)(h >> 40) | 1u; }
+
+int ib_affinity_init(ib_affinity_t *t, uint32_t sets_log2, uint32_t nreplicas, uint32_t capacity_blocks,
+                     uint64_t ttl_ms)
+{
+    memset(t, 0, sizeof(*t));
+    if (sets_log2 > 28 || nreplicas == 0 || nreplicas > IB_AFF_MAX_REPLICAS || capacity_blocks == 0 ||
+        capacity_blocks >= (1u << 31))
+        return -1;
+    size_t nslots = ((size_t)1 << sets_log2) * IB_AFF_WAYS;
+    t->slots = aligned_alloc(64, nslots * sizeof(*t->slots));
+    t->replicas = aligned_alloc(64, nreplicas * sizeof(*t->replicas));
+    if (t->slots == NULL || t->replicas == NULL) {
+        ib_affinity_destroy(t);
+        return -1;
+    }
+    for (size_t i = 0; i < nslots; i++)
+        atomic_init(&t->slots[i], 0);
+    memset(t->replicas, 0, nreplicas * sizeof(*t->replicas));
+    for (uint32_t r = 0; r < nreplicas; r++) {
+        atomic_init(&t->replicas[r].counter, 0);
+        atomic_init(&t->replicas[r].ttl_floor, 0);
+        t->replicas[r].capacity_blocks = capacity_blocks;
+    }
+    t->set_mask = (1u << sets_log2) - 1;
+    t->nreplicas = nreplicas;
+    t->ttl_ms = ttl_ms;
+    return 0;
+}
+
+void ib_affinity_destroy(ib_affinity_t *t)
+{
+    free(t->slots);
+    free(t->replicas);
+    memset(t, 0, sizeof(*t));
+}
+
+/* Remaining life of a slot word in blocks: > 0 while believed. */
+static int64_t life(const ib_affinity_t *t, uint64_t w)
+{
+    if (w == 0)
+        return -1;
+    uint32_t rep = SLOT_REP(w);
+    if (rep >= t->nreplicas)
+        return -1;
+    const ib_aff_replica_t *r = &t->replicas[rep];
+    uint32_t now = atomic_load_explicit((_Atomic uint32_t *)&r->counter, memory_order_relaxed);
+    uint32_t floor = atomic_load_explicit((_Atomic uint32_t *)&r->ttl_floor, memory_order_relaxed);
+    uint32_t stamp = SLOT_STAMP(w);
+    /* Unsigned differences: counters wrap. */
+    if ((uint32_t)(stamp - floor) >= (1u << 31))
+        return -1; /* older than the TTL floor */
+    uint32_t age = now - stamp;
+    if (age >= (1u << 31))
+        return r->capacity_blocks; /* stamped by a concurrent insert ahead of our read */
+    return (int64_t)r->capacity_blocks - (int64_t)age;
+}
+
+void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica)
+{
+    if (n == 0 || replica >= t->nreplicas)
+        return;
+    uint32_t base = atomic_fetch_add_explicit(&t->replicas[replica].counter, (uint32_t)n, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t stamp = base + (uint32_t)(n - 1 - i); /* head blocks newest */
+        uint32_t tag = tag_of(h[i]);
+        _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
+        uint64_t want = SLOT(tag, replica, stamp);
+        int victim = -1;
+        int64_t victim_life = INT64_MAX;
+        uint64_t victim_word = 0;
+        for (int k = 0; k < IB_AFF_WAYS; k++) {
+            uint64_t w = atomic_load_explicit(&set[k], memory_order_relaxed);
+            if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == replica) {
+                victim = k, victim_word = w; /* refresh our own entry */
+                break;
+            }
+            int64_t l = life(t, w);
+            if (l < victim_life)
+                victim = k, victim_life = l, victim_word = w;
+        }
+        /* One attempt: a lost race means another writer just used this slot. */
+        atomic_compare_exchange_strong_explicit(&set[victim], &victim_word, want, memory_order_relaxed,
+                                                memory_order_relaxed);
+    }
+}
+
+void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched)
+{
+    uint32_t nr = t->nreplicas;
+    /* alive: replicas that matched every block so far (bitmap over up to 128 replicas). */
+    uint64_t alive[2] = {~0ull, nr > 64 ? ~0ull : 0};
+    for (uint32_t r = 0; r < nr; r++)
+        matched[r] = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t tag = tag_of(h[i]);
+        const _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
+        uint64_t here[2] = {0, 0};
+        for (int k = 0; k < IB_AFF_WAYS; k++) {
+            uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
+            if (w == 0 || SLOT_TAG(w) != tag)
+                continue;
+            uint32_t rep = SLOT_REP(w);
+            if (rep < nr && life(t, w) > 0)
+                here[rep >> 6] |= 1ull << (rep & 63);
+        }
+        alive[0] &= here[0];
+        alive[1] &= here[1];
+        if ((alive[0] | alive[1]) == 0)
+            return;
+        for (uint32_t r = 0; r < nr; r++)
+            if (alive[r >> 6] & (1ull << (r & 63)))
+                matched[r] = (uint32_t)(i + 1);
+    }
+}
+
+void ib_affinity_tick(ib_affinity_t *t, uint64_t now_ms)
+{
+    if (t->ttl_ms == 0)
+        return;
+    for (uint32_t r = 0; r < t->nreplicas; r++) {
+        ib_aff_replica_t *rep = &t->replicas[r];
+        /* Checkpoint the counter about every ttl/16 (at least every 10 ms). */
+        uint64_t every = t->ttl_ms / 16 > 10 ? t->ttl_ms / 16 : 10;
+        uint32_t last = (rep->cp_next + IB_AFF_CHECKPOINTS - 1) % IB_AFF_CHECKPOINTS;
+        if (rep->cp_time_ms[last] == 0 || now_ms - rep->cp_time_ms[last] >= every) {
+            rep->cp_time_ms[rep->cp_next] = now_ms;
+            rep->cp_counter[rep->cp_next] = atomic_load_explicit(&rep->counter, memory_order_relaxed);
+            rep->cp_next = (rep->cp_next + 1) % IB_AFF_CHECKPOINTS;
+        }
+        /* The floor: the counter at the newest checkpoint at least ttl old. Blocks stamped
+         * before it were last routed more than ttl ago. */
+        uint64_t best_time = 0;
+        uint32_t floor = 0;
+        int found = 0;
+        for (uint32_t k = 0; k < IB_AFF_CHECKPOINTS; k++) {
+            uint64_t ct = rep->cp_time_ms[k];
+            if (ct != 0 && now_ms >= ct && now_ms - ct >= t->ttl_ms && ct >= best_time) {
+                best_time = ct;
+                floor = rep->cp_counter[k];
+                found = 1;
+            }
+        }
+        if (found)
+            atomic_store_explicit(&rep->ttl_floor, floor, memory_order_relaxed);
+    }
+}
+
+uint64_t ib_affinity_count(const ib_affinity_t *t, uint32_t replica)
+{
+    uint64_t n = 0;
+    size_t nslots = ((size_t)t->set_mask + 1) * IB_AFF_WAYS;
+    for (size_t i = 0; i < nslots; i++) {
+        uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&t->slots[i], memory_order_relaxed);
+        if (w != 0 && SLOT_REP(w) == replica && life(t, w) > 0)
+            n++;
+    }
+    return n;
+}

@@ -1,0 +1,78 @@
+/*
+ * The affinity table: which replicas are believed to hold which prompt prefix blocks in
+ * their KV cache. Bounded, lock-free, shared by every worker.
+ *
+ * A set-associative table of single 64-bit atomic slots:
+ *     [ tag: 24 bits | replica: 8 bits | stamp: 32 bits ]
+ * The set is picked by the block hash's low bits, the tag is its high bits (lowest tag bit
+ * forced to 1, so 0 means an empty slot). A prefix held by several replicas has one slot
+ * per replica.
+ *
+ * Each replica has an insertion counter. A block routed to replica r gets stamp =
+ * r's counter at that moment (a prompt's head blocks get the newest stamps, as an engine
+ * refreshes its LRU tail-first). An entry is believed only while
+ *     counter_r - stamp < capacity_r          (the capacity model: r's LRU cache holds its
+ *                                              most recent capacity_r blocks)
+ * and stamp >= ttl_floor_r (blocks unused for longer than the cache TTL are gone).
+ * ttl_floor_r is advanced by ib_affinity_tick() from checkpoints of the counter over time.
+ *
+ * Writers race benignly: a slot is replaced with one CAS, and a lost race loses one
+ * insertion; every read returns a whole word some writer wrote.
+ */
+#ifndef IBRAIN_AFFINITY_H
+#define IBRAIN_AFFINITY_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IB_AFF_WAYS 8
+#define IB_AFF_MAX_REPLICAS 128
+#define IB_AFF_CHECKPOINTS 64
+
+typedef struct ib_aff_replica {
+    _Alignas(64) _Atomic uint32_t counter;   /* blocks inserted so far (wraps) */
+    _Atomic uint32_t ttl_floor;              /* stamps older than this have expired */
+    uint32_t capacity_blocks;
+    /* counter checkpoints, written only by ib_affinity_tick()'s caller */
+    uint64_t cp_time_ms[IB_AFF_CHECKPOINTS];
+    uint32_t cp_counter[IB_AFF_CHECKPOINTS];
+    uint32_t cp_next;
+} ib_aff_replica_t;
+
+typedef struct ib_affinity {
+    _Atomic uint64_t *slots;                 /* nsets x IB_AFF_WAYS */
+    uint32_t set_mask;
+    uint32_t nreplicas;
+    uint64_t ttl_ms;                         /* 0: no TTL */
+    ib_aff_replica_t *replicas;
+} ib_affinity_t;
+
+/** 2^<sets_log2> sets of 8 slots; <capacity_blocks> per replica. 0, or -1 (OOM / bad args). */
+int ib_affinity_init(ib_affinity_t *t, uint32_t sets_log2, uint32_t nreplicas, uint32_t capacity_blocks,
+                     uint64_t ttl_ms);
+void ib_affinity_destroy(ib_affinity_t *t);
+
+/** Records that <replica> now holds the prefix h[0..n). Lock-free. */
+void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica);
+
+/**
+ * For every replica r: matched[r] = how many leading blocks of h[0..n) the table believes
+ * r holds (0..n). Lock-free; O(n x ways).
+ */
+void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched);
+
+/** Advances the TTL floors at <now_ms>; call periodically from one thread only. */
+void ib_affinity_tick(ib_affinity_t *t, uint64_t now_ms);
+
+/** Entries the table currently believes, per replica (a scan; for metrics and tests). */
+uint64_t ib_affinity_count(const ib_affinity_t *t, uint32_t replica);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

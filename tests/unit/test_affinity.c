@@ -1,0 +1,200 @@
+/* The lock-free affinity table: insert/match, capacity model, TTL, eviction, and a
+ * multi-threaded stress run (built under TSan by the suite's tsan phase). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "ibrain/affinity.h"
+
+static uint64_t H(uint64_t chain, uint64_t i)
+{
+    /* splitmix64 of (chain, i): well-spread 64-bit "block hashes" */
+    uint64_t z = chain * 0x9e3779b97f4a7c15ull + i * 0xbf58476d1ce4e5b9ull + 1;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void chain(uint64_t c, uint64_t *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h[i] = H(c, i);
+}
+
+static void test_insert_and_match(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 10, 4, 1000, 0), 0);
+    uint64_t a[6], b[6];
+    chain(1, a, 6);
+    chain(2, b, 6);
+    uint32_t m[4];
+    ib_affinity_match(&t, a, 6, m);
+    assert_int_equal(m[0] + m[1] + m[2] + m[3], 0);
+    ib_affinity_insert(&t, a, 4, 1); /* replica 1 holds the first 4 blocks of a */
+    ib_affinity_match(&t, a, 6, m);
+    assert_int_equal(m[1], 4);
+    assert_int_equal(m[0] + m[2] + m[3], 0);
+    /* Two holders: replica 3 holds the first 2. */
+    ib_affinity_insert(&t, a, 2, 3);
+    ib_affinity_match(&t, a, 6, m);
+    assert_int_equal(m[1], 4);
+    assert_int_equal(m[3], 2);
+    /* A different prompt shares nothing. */
+    ib_affinity_match(&t, b, 6, m);
+    assert_int_equal(m[1] + m[3], 0);
+    assert_int_equal(ib_affinity_count(&t, 1), 4);
+    ib_affinity_destroy(&t);
+}
+
+static void test_capacity_model(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 10, 2, 4, 0), 0); /* each replica holds 4 blocks */
+    uint64_t p1[3], p2[3];
+    chain(10, p1, 3);
+    chain(20, p2, 3);
+    uint32_t m[2];
+    ib_affinity_insert(&t, p1, 3, 0);
+    ib_affinity_insert(&t, p2, 3, 0);
+    /* 6 blocks went to a 4-block cache: p2 (newest) is believed whole; p1 is gone, even
+     * its head (the table does not believe more than the cache can hold). */
+    ib_affinity_match(&t, p2, 3, m);
+    assert_int_equal(m[0], 3);
+    ib_affinity_match(&t, p1, 3, m);
+    assert_int_equal(m[0], 0);
+    assert_true(ib_affinity_count(&t, 0) <= 4);
+    /* Refreshing p1's head brings it back; replica 1 is unaffected by replica 0's load. */
+    ib_affinity_insert(&t, p1, 1, 0);
+    ib_affinity_match(&t, p1, 3, m);
+    assert_int_equal(m[0], 1);
+    ib_affinity_destroy(&t);
+}
+
+static void test_ttl(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 10, 2, 1000, 100), 0);
+    uint64_t p[3], q[3];
+    chain(1, p, 3);
+    chain(2, q, 3);
+    uint32_t m[2];
+    ib_affinity_insert(&t, p, 3, 0);
+    ib_affinity_tick(&t, 1000); /* checkpoint after p */
+    ib_affinity_insert(&t, q, 3, 0);
+    ib_affinity_tick(&t, 1050);
+    ib_affinity_match(&t, p, 3, m);
+    assert_int_equal(m[0], 3); /* 50 ms old: alive */
+    ib_affinity_tick(&t, 1101);
+    ib_affinity_match(&t, p, 3, m);
+    assert_int_equal(m[0], 0); /* unused for over 100 ms: gone */
+    ib_affinity_match(&t, q, 3, m);
+    assert_int_equal(m[0], 3); /* q was routed after the 1000 ms checkpoint */
+    ib_affinity_tick(&t, 1200);
+    ib_affinity_match(&t, q, 3, m);
+    assert_int_equal(m[0], 0);
+    ib_affinity_destroy(&t);
+}
+
+static void test_set_eviction_keeps_newest(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 0, 1, 1000, 0), 0); /* one set of 8 slots */
+    uint64_t h[12];
+    for (int i = 0; i < 12; i++) {
+        h[i] = H(100 + (uint64_t)i, 0);
+        ib_affinity_insert(&t, &h[i], 1, 0);
+    }
+    uint32_t m[1];
+    int alive = 0;
+    for (int i = 0; i < 12; i++) {
+        ib_affinity_match(&t, &h[i], 1, m);
+        alive += (int)m[0];
+        if (i >= 4)
+            assert_int_equal(m[0], 1); /* the 8 newest survive */
+    }
+    assert_int_equal(alive, 8);
+    ib_affinity_destroy(&t);
+}
+
+/* ---- concurrency ---- */
+
+#define NREP 8
+#define THREADS 4
+#define ROUNDS 20000
+
+struct stress_arg {
+    ib_affinity_t *t;
+    uint64_t seed;
+    int bad;
+};
+
+/* Chain c only ever goes to replica c % NREP: any match elsewhere would be a torn or
+ * invented read. */
+static void *stress(void *p)
+{
+    struct stress_arg *a = p;
+    uint64_t x = a->seed;
+    uint64_t h[32];
+    uint32_t m[NREP];
+    for (int r = 0; r < ROUNDS; r++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t c = (x >> 33) % 512;
+        size_t n = 1 + (size_t)((x >> 20) % 32);
+        chain(c, h, n);
+        if (x & 1) {
+            ib_affinity_insert(a->t, h, n, (uint32_t)(c % NREP));
+        } else {
+            ib_affinity_match(a->t, h, n, m);
+            for (uint32_t k = 0; k < NREP; k++)
+                if (k != c % NREP && m[k] != 0)
+                    a->bad++;
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent_insert_and_match(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 8, NREP, 2048, 0), 0); /* small: constant eviction */
+    pthread_t th[THREADS];
+    struct stress_arg args[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        args[i] = (struct stress_arg){.t = &t, .seed = (uint64_t)i * 7919 + 1};
+        assert_int_equal(pthread_create(&th[i], NULL, stress, &args[i]), 0);
+    }
+    int bad = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        bad += args[i].bad;
+    }
+    assert_int_equal(bad, 0);
+    /* After the storm, the table still answers consistently. */
+    uint64_t h[4];
+    chain(7, h, 4);
+    ib_affinity_insert(&t, h, 4, 7 % NREP);
+    uint32_t m[NREP];
+    ib_affinity_match(&t, h, 4, m);
+    assert_int_equal(m[7 % NREP], 4);
+    ib_affinity_destroy(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
+        cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
+        cmocka_unit_test(test_concurrent_insert_and_match),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
