@@ -1,0 +1,177 @@
+/* Routing policies (include/ibrain/route.h). */
+#include "ibrain/route.h"
+
+#include <string.h>
+
+static const char *const policy_names[] = {"affinity", "least-load", "round-robin", "consistent-hash"};
+static const char *const reason_names[IB_REASON__COUNT] = {"affinity",   "session",     "load_spill", "no_match",
+                                                          "least_load", "round_robin", "hash"};
+
+int ib_policy_parse(const char *name, ib_policy_t *out)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, policy_names[i]) == 0) {
+            *out = (ib_policy_t)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *ib_policy_name(ib_policy_t p) { return (unsigned)p < 4 ? policy_names[p] : "unknown"; }
+const char *ib_route_reason_name(ib_route_reason_t r) { return (unsigned)r < IB_REASON__COUNT ? reason_names[r] : "?"; }
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+int ib_router_init(ib_router_t *rt, ib_policy_t policy, uint32_t nreplicas, uint32_t sets_log2,
+                   uint32_t capacity_blocks, uint64_t ttl_ms)
+{
+    memset(rt, 0, sizeof(*rt));
+    rt->policy = policy;
+    rt->spill_eps = 0.5;
+    rt->spill_c = 4;
+    atomic_init(&rt->rr, 0);
+    for (uint32_t r = 0; r < IB_AFF_MAX_REPLICAS; r++)
+        rt->replica_salt[r] = mix64(0x5eed0000ull + r);
+    return ib_affinity_init(&rt->table, sets_log2, nreplicas, capacity_blocks, ttl_ms);
+}
+
+void ib_router_destroy(ib_router_t *rt) { ib_affinity_destroy(&rt->table); }
+
+/* The less loaded of two distinct random usable replicas (or the only one). */
+static int two_choices(const ib_route_input_t *in)
+{
+    int usable[IB_AFF_MAX_REPLICAS], n = 0;
+    for (uint32_t r = 0; r < in->nreplicas; r++)
+        if (in->usable[r])
+            usable[n++] = (int)r;
+    if (n == 0)
+        return -1;
+    if (n == 1)
+        return usable[0];
+    /* Two distinct indexes: i in [0,n), j in [0,n-1) shifted past i. */
+    uint64_t x = mix64(in->random);
+    int i = (int)(x % (uint64_t)n);
+    int j = (int)((x >> 32) % (uint64_t)(n - 1));
+    if (j >= i)
+        j++;
+    int a = usable[i], b = usable[j];
+    return in->load[b] < in->load[a] ? b : a;
+}
+
+static int least_loaded(const ib_route_input_t *in, uint64_t rotate)
+{
+    int best = -1;
+    for (uint32_t k = 0; k < in->nreplicas; k++) {
+        uint32_t r = (uint32_t)((k + rotate) % in->nreplicas);
+        if (in->usable[r] && (best < 0 || in->load[r] < in->load[best]))
+            best = (int)r;
+    }
+    return best;
+}
+
+static double load_bound(const ib_router_t *rt, const ib_route_input_t *in)
+{
+    double sum = 0;
+    int n = 0;
+    for (uint32_t r = 0; r < in->nreplicas; r++)
+        if (in->usable[r])
+            sum += (double)in->load[r], n++;
+    double mean = n ? sum / n : 0;
+    return (1.0 + rt->spill_eps) * mean + rt->spill_c;
+}
+
+static void pick_affinity(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out)
+{
+    uint32_t matched[IB_AFF_MAX_REPLICAS];
+    double bound = load_bound(rt, in);
+    if (in->session_key != 0) {
+        ib_affinity_match(&rt->table, &in->session_key, 1, matched);
+        int best = -1;
+        for (uint32_t r = 0; r < in->nreplicas; r++)
+            if (matched[r] && in->usable[r] && (best < 0 || in->load[r] < in->load[best]))
+                best = (int)r;
+        if (best >= 0 && (double)in->load[best] <= bound) {
+            out->replica = best;
+            out->reason = IB_REASON_SESSION;
+            ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
+            out->matched = matched[best];
+            return;
+        }
+    }
+    ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
+    uint32_t top = 0;
+    for (uint32_t r = 0; r < in->nreplicas; r++)
+        if (in->usable[r] && matched[r] > top)
+            top = matched[r];
+    if (top == 0) {
+        out->replica = two_choices(in);
+        out->reason = IB_REASON_NO_MATCH;
+        out->matched = 0;
+        return;
+    }
+    int best = -1;
+    for (uint32_t r = 0; r < in->nreplicas; r++)
+        if (in->usable[r] && matched[r] == top && (best < 0 || in->load[r] < in->load[best]))
+            best = (int)r;
+    if ((double)in->load[best] > bound) {
+        out->replica = two_choices(in);
+        out->reason = IB_REASON_LOAD_SPILL;
+        out->matched = out->replica >= 0 ? matched[out->replica] : 0;
+        return;
+    }
+    out->replica = best;
+    out->reason = IB_REASON_AFFINITY;
+    out->matched = top;
+}
+
+void ib_router_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out)
+{
+    out->replica = -1;
+    out->matched = 0;
+    switch (rt->policy) {
+    case IB_POLICY_AFFINITY:
+        pick_affinity(rt, in, out);
+        return;
+    case IB_POLICY_LEAST_LOAD:
+        out->reason = IB_REASON_LEAST_LOAD;
+        out->replica = least_loaded(in, in->random);
+        return;
+    case IB_POLICY_ROUND_ROBIN: {
+        out->reason = IB_REASON_ROUND_ROBIN;
+        uint64_t start = atomic_fetch_add_explicit(&rt->rr, 1, memory_order_relaxed);
+        for (uint32_t k = 0; k < in->nreplicas; k++) {
+            uint32_t r = (uint32_t)((start + k) % in->nreplicas);
+            if (in->usable[r]) {
+                out->replica = (int)r;
+                return;
+            }
+        }
+        return;
+    }
+    case IB_POLICY_CONSISTENT_HASH: {
+        out->reason = IB_REASON_HASH;
+        uint64_t key = in->nblocks ? in->hashes[0] : (in->session_key ? in->session_key : in->random);
+        uint64_t best = 0;
+        for (uint32_t r = 0; r < in->nreplicas; r++) {
+            uint64_t score = mix64(key ^ rt->replica_salt[r]);
+            if (in->usable[r] && (out->replica < 0 || score > best))
+                best = score, out->replica = (int)r;
+        }
+        return;
+    }
+    }
+}
+
+void ib_router_commit(ib_router_t *rt, const ib_route_input_t *in, int replica)
+{
+    if (replica < 0 || rt->policy != IB_POLICY_AFFINITY)
+        return;
+    ib_affinity_insert(&rt->table, in->hashes, in->nblocks, (uint32_t)replica);
+    if (in->session_key != 0)
+        ib_affinity_insert(&rt->table, &in->session_key, 1, (uint32_t)replica);
+}

@@ -1,0 +1,196 @@
+/* Routing policies on deterministic scenarios. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "ibrain/route.h"
+
+#define N 4
+
+static void chain(uint64_t c, uint64_t *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h[i] = (c * 0x9e3779b97f4a7c15ull) ^ ((i + 1) * 0xbf58476d1ce4e5b9ull);
+}
+
+struct scenario {
+    uint64_t h[8];
+    int64_t load[N];
+    uint8_t usable[N];
+    ib_route_input_t in;
+};
+
+static void scenario_init(struct scenario *s, uint64_t c, uint64_t rnd)
+{
+    memset(s, 0, sizeof(*s));
+    chain(c, s->h, 8);
+    for (int r = 0; r < N; r++)
+        s->usable[r] = 1;
+    s->in = (ib_route_input_t){.hashes = s->h, .nblocks = 8, .load = s->load, .usable = s->usable, .nreplicas = N,
+                               .random = rnd};
+}
+
+static int route(ib_router_t *rt, struct scenario *s, ib_route_decision_t *d)
+{
+    ib_router_pick(rt, &s->in, d);
+    ib_router_commit(rt, &s->in, d->replica);
+    return d->replica;
+}
+
+static void test_same_prefix_same_replica(void **state)
+{
+    (void)state;
+    ib_router_t rt;
+    assert_int_equal(ib_router_init(&rt, IB_POLICY_AFFINITY, N, 10, 10000, 0), 0);
+    struct scenario s;
+    ib_route_decision_t d;
+    scenario_init(&s, 1, 12345);
+    int first = route(&rt, &s, &d);
+    assert_int_equal(d.reason, IB_REASON_NO_MATCH);
+    for (int i = 0; i < 10; i++) {
+        scenario_init(&s, 1, (uint64_t)i * 77 + 5); /* different randomness, same prompt */
+        s.load[first] = 1;                          /* a little busier: still within the bound */
+        assert_int_equal(route(&rt, &s, &d), first);
+        assert_int_equal(d.reason, IB_REASON_AFFINITY);
+        assert_int_equal(d.matched, 8);
+    }
+    /* A longer conversation with the same head still follows its prefix. */
+    scenario_init(&s, 1, 999);
+    assert_int_equal(route(&rt, &s, &d), first);
+    ib_router_destroy(&rt);
+}
+
+static void test_overloaded_holder_spills(void **state)
+{
+    (void)state;
+    ib_router_t rt;
+    assert_int_equal(ib_router_init(&rt, IB_POLICY_AFFINITY, N, 10, 10000, 0), 0);
+    struct scenario s;
+    ib_route_decision_t d;
+    scenario_init(&s, 2, 1);
+    int holder = route(&rt, &s, &d);
+    scenario_init(&s, 2, 2);
+    s.load[holder] = 40; /* mean 10, bound 1.5 x 10 + 4 = 19 */
+    int r = route(&rt, &s, &d);
+    assert_int_not_equal(r, holder);
+    assert_int_equal(d.reason, IB_REASON_LOAD_SPILL);
+    ib_router_destroy(&rt);
+}
+
+static void test_two_holders_less_loaded_wins(void **state)
+{
+    (void)state;
+    ib_router_t rt;
+    assert_int_equal(ib_router_init(&rt, IB_POLICY_AFFINITY, N, 10, 10000, 0), 0);
+    struct scenario s;
+    scenario_init(&s, 3, 1);
+    ib_router_commit(&rt, &s.in, 1);
+    ib_router_commit(&rt, &s.in, 2);
+    ib_route_decision_t d;
+    s.load[1] = 5;
+    s.load[2] = 2;
+    ib_router_pick(&rt, &s.in, &d);
+    assert_int_equal(d.replica, 2);
+    s.load[1] = 1;
+    ib_router_pick(&rt, &s.in, &d);
+    assert_int_equal(d.replica, 1);
+    ib_router_destroy(&rt);
+}
+
+static void test_unusable_never_chosen(void **state)
+{
+    (void)state;
+    ib_policy_t policies[] = {IB_POLICY_AFFINITY, IB_POLICY_LEAST_LOAD, IB_POLICY_ROUND_ROBIN, IB_POLICY_CONSISTENT_HASH};
+    for (size_t p = 0; p < 4; p++) {
+        ib_router_t rt;
+        assert_int_equal(ib_router_init(&rt, policies[p], N, 10, 10000, 0), 0);
+        struct scenario s;
+        scenario_init(&s, 4, 1);
+        ib_router_commit(&rt, &s.in, 3); /* the prefix lives on 3, which is now draining */
+        for (int i = 0; i < 50; i++) {
+            scenario_init(&s, 4 + (uint64_t)(i % 3), (uint64_t)i);
+            s.usable[3] = 0;
+            s.usable[0] = 0;
+            ib_route_decision_t d;
+            ib_router_pick(&rt, &s.in, &d);
+            assert_true(d.replica == 1 || d.replica == 2);
+        }
+        scenario_init(&s, 4, 1);
+        memset(s.usable, 0, sizeof(s.usable));
+        ib_route_decision_t d;
+        ib_router_pick(&rt, &s.in, &d);
+        assert_int_equal(d.replica, -1);
+        ib_router_destroy(&rt);
+    }
+}
+
+static void test_session_sticks(void **state)
+{
+    (void)state;
+    ib_router_t rt;
+    assert_int_equal(ib_router_init(&rt, IB_POLICY_AFFINITY, N, 10, 10000, 0), 0);
+    struct scenario s;
+    ib_route_decision_t d;
+    scenario_init(&s, 5, 1);
+    s.in.session_key = 0xabcdef;
+    int first = route(&rt, &s, &d);
+    for (int i = 0; i < 5; i++) {
+        scenario_init(&s, 100 + (uint64_t)i, (uint64_t)i); /* different prompts, same session */
+        s.in.session_key = 0xabcdef;
+        assert_int_equal(route(&rt, &s, &d), first);
+        assert_int_equal(d.reason, IB_REASON_SESSION);
+    }
+    ib_router_destroy(&rt);
+}
+
+static void test_baselines(void **state)
+{
+    (void)state;
+    ib_router_t rr, ch, ll;
+    assert_int_equal(ib_router_init(&rr, IB_POLICY_ROUND_ROBIN, N, 4, 100, 0), 0);
+    assert_int_equal(ib_router_init(&ch, IB_POLICY_CONSISTENT_HASH, N, 4, 100, 0), 0);
+    assert_int_equal(ib_router_init(&ll, IB_POLICY_LEAST_LOAD, N, 4, 100, 0), 0);
+    struct scenario s;
+    ib_route_decision_t d;
+    int seen[N] = {0};
+    for (int i = 0; i < 8; i++) {
+        scenario_init(&s, 9, (uint64_t)i);
+        ib_router_pick(&rr, &s.in, &d);
+        seen[d.replica]++;
+    }
+    for (int r = 0; r < N; r++)
+        assert_int_equal(seen[r], 2);
+    scenario_init(&s, 9, 1);
+    ib_router_pick(&ch, &s.in, &d);
+    int h = d.replica;
+    for (int i = 0; i < 5; i++) {
+        scenario_init(&s, 9, (uint64_t)i * 31);
+        s.load[h] = 100; /* consistent hashing ignores load */
+        ib_router_pick(&ch, &s.in, &d);
+        assert_int_equal(d.replica, h);
+    }
+    scenario_init(&s, 9, 1);
+    s.load[0] = 3, s.load[1] = 1, s.load[2] = 2, s.load[3] = 5;
+    ib_router_pick(&ll, &s.in, &d);
+    assert_int_equal(d.replica, 1);
+    ib_policy_t p;
+    assert_int_equal(ib_policy_parse("consistent-hash", &p), 0);
+    assert_int_equal(p, IB_POLICY_CONSISTENT_HASH);
+    assert_int_equal(ib_policy_parse("random", &p), -1);
+    ib_router_destroy(&rr);
+    ib_router_destroy(&ch);
+    ib_router_destroy(&ll);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_same_prefix_same_replica), cmocka_unit_test(test_overloaded_holder_spills),
+        cmocka_unit_test(test_two_holders_less_loaded_wins), cmocka_unit_test(test_unusable_never_chosen),
+        cmocka_unit_test(test_session_sticks),           cmocka_unit_test(test_baselines),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
