@@ -23,7 +23,16 @@ static void usage(FILE *f)
             "  --connect-timeout-ms N      replica connect timeout (default 3000)\n"
             "  --drain-timeout-ms N        on SIGTERM, finish in-flight requests for at most this long (default 10000)\n"
             "  --eject-after N             consecutive failures that eject a replica (default 3)\n"
-            "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n");
+            "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n"
+            "routing (the replicas' workload):\n"
+            "  --policy NAME               affinity | least-load | round-robin | consistent-hash (default affinity)\n"
+            "  --template NAME             chat template the engines apply: chatml (qwen3) | llama3 | plain (default chatml)\n"
+            "  --block-bytes N             prefix block size in bytes, the engines' block size x 4 (default 64)\n"
+            "  --cache-blocks N            each replica's prefix cache capacity in blocks (default 65536)\n"
+            "  --cache-ttl-ms N            the engines' cache TTL, 0 for none (default 0)\n"
+            "  --affinity-sets-log2 N      affinity table size: 2^N sets of 8 slots (default 17)\n"
+            "  --min-match-pct N           affinity: a cached prefix shorter than N%% of the prompt counts as no match\n"
+            "                              (default 50)\n");
 }
 
 int main(int argc, char **argv)
@@ -31,13 +40,16 @@ int main(int argc, char **argv)
     ib_proxy_config_t cfg;
     ib_proxy_config_defaults(&cfg);
     enum { O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT,
-           O_EA, O_EM, O_HELP };
+           O_EA, O_EM, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_HELP };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},           {"port-file", 1, 0, O_PORTFILE},      {"workers", 1, 0, O_WORKERS},
         {"replica", 1, 0, O_REPLICA},         {"model", 1, 0, O_MODEL},             {"max-head-bytes", 1, 0, O_HEAD},
         {"max-body-bytes", 1, 0, O_BODY},     {"header-timeout-ms", 1, 0, O_HT},    {"idle-timeout-ms", 1, 0, O_IT},
         {"upstream-timeout-ms", 1, 0, O_UT},  {"connect-timeout-ms", 1, 0, O_CT},   {"drain-timeout-ms", 1, 0, O_DT},
-        {"eject-after", 1, 0, O_EA},          {"eject-ms", 1, 0, O_EM},             {"help", 0, 0, O_HELP},
+        {"eject-after", 1, 0, O_EA},          {"eject-ms", 1, 0, O_EM},             {"policy", 1, 0, O_POLICY},
+        {"template", 1, 0, O_TEMPLATE},       {"block-bytes", 1, 0, O_BLOCK},       {"cache-blocks", 1, 0, O_CBLOCKS},
+        {"cache-ttl-ms", 1, 0, O_TTL},        {"affinity-sets-log2", 1, 0, O_SETS},
+        {"min-match-pct", 1, 0, O_MINMATCH},  {"help", 0, 0, O_HELP},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -50,6 +62,8 @@ int main(int argc, char **argv)
             return 2;
         }
         if (c == O_LISTEN) { cfg.listen = optarg; continue; }
+        if (c == O_POLICY) { cfg.policy = optarg; continue; }
+        if (c == O_TEMPLATE) { cfg.chat_template = optarg; continue; }
         if (c == O_PORTFILE) { cfg.port_file = optarg; continue; }
         if (c == O_REPLICA) {
             if (cfg.nreplicas == IB_MAX_REPLICAS) {
@@ -84,6 +98,11 @@ int main(int argc, char **argv)
         case O_DT: cfg.drain_timeout_ms = (uint32_t)v; break;
         case O_EA: cfg.eject_after_failures = (uint32_t)(v ? v : 1); break;
         case O_EM: cfg.eject_ms = (uint32_t)v; break;
+        case O_BLOCK: cfg.block_bytes = (uint32_t)v; break;
+        case O_CBLOCKS: cfg.cache_blocks = (uint32_t)v; break;
+        case O_TTL: cfg.cache_ttl_ms = (uint32_t)v; break;
+        case O_SETS: cfg.affinity_sets_log2 = (uint32_t)v; break;
+        case O_MINMATCH: cfg.min_match_pct = (uint32_t)(v <= 100 ? v : 100); break;
         }
     }
     if (optind < argc) {

@@ -9,7 +9,9 @@
 #include <pthread.h>
 
 #include "ibrain/chat.h"
+#include "ibrain/ondemand_c.h"
 #include "ibrain/proxy.h"
+#include "ibrain/route.h"
 
 /* ---- metrics: one set per worker, written by it alone, summed at scrape time ---- */
 
@@ -19,6 +21,7 @@ enum ib_route {
 };
 #define IB_NSTATUS 16 /* see ib_metrics_status_index() */
 #define IB_NBUCKETS 16
+#define IB_NMATCHED 12 /* matched prefix histogram: 0, 1, 2, 4, ... 1024 blocks */
 enum ib_upstream_error { IB_UPERR_CONNECT, IB_UPERR_IO, IB_UPERR_TIMEOUT, IB_UPERR_MIDSTREAM, IB_UPERR__COUNT };
 
 typedef struct ib_worker_metrics {
@@ -36,6 +39,11 @@ typedef struct ib_worker_metrics {
     ib_counter_t conns_open_dec;
     ib_counter_t upstream_conns_opened;
     ib_counter_t client_aborts;   /* clients gone before their response ended */
+    ib_counter_t route_reason[IB_REASON__COUNT];
+    ib_counter_t matched_bucket[IB_NMATCHED + 1];
+    ib_counter_t matched_sum;
+    ib_counter_t matched_count;
+    ib_counter_t prompt_blocks;   /* prefix blocks hashed, for the matched/total ratio */
 } ib_worker_metrics_t;
 
 extern const double ib_metrics_buckets_s[IB_NBUCKETS];
@@ -69,6 +77,11 @@ typedef struct ib_worker {
     uint32_t nupstreams;              /* upstream connections not yet freed */
     struct ib_upstream **idle;        /* per replica: idle keep-alive upstream connections */
     ib_buf_t scratch;
+    ib_json_parser_t *json;           /* request bodies, parsed once */
+    ib_buf_t prompt;                  /* rendered prompt */
+    uint64_t *hashes;                 /* its prefix block hash chain */
+    size_t hashes_cap;
+    uint64_t rng;
     _Alignas(64) ib_worker_metrics_t m;
 } ib_worker_t;
 
@@ -80,6 +93,9 @@ struct ib_proxy {
     uint32_t nworkers;
     uint16_t port;
     uint64_t started_unix;
+    ib_router_t router;
+    int router_ready;
+    ib_chat_template_t chat_template;
     _Atomic int stopping;
 };
 

@@ -138,6 +138,29 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_upstream_connections_opened_total counter\n"
                        "ibrain_upstream_connections_opened_total %llu\n",
                        (unsigned long long)SUM(upstream_conns_opened));
+    rc = rc || bprintf(b, "# HELP ibrain_route_decisions_total Routing decisions of chat and completion requests, by reason.\n"
+                          "# TYPE ibrain_route_decisions_total counter\n");
+    for (int k = 0; k < IB_REASON__COUNT && !rc; k++)
+        rc = bprintf(b, "ibrain_route_decisions_total{policy=\"%s\",reason=\"%s\"} %llu\n",
+                     ib_policy_name(px->router.policy), ib_route_reason_name((ib_route_reason_t)k),
+                     (unsigned long long)SUM(route_reason[k]));
+    rc = rc || bprintf(b, "# HELP ibrain_route_matched_blocks Prefix blocks the chosen replica was believed to hold.\n"
+                          "# TYPE ibrain_route_matched_blocks histogram\n");
+    uint64_t cum = 0;
+    for (int k = 0; k <= IB_NMATCHED && !rc; k++) {
+        cum += SUM(matched_bucket[k]);
+        if (k < IB_NMATCHED)
+            rc = bprintf(b, "ibrain_route_matched_blocks_bucket{le=\"%u\"} %llu\n", k == 0 ? 0u : 1u << (k - 1),
+                         (unsigned long long)cum);
+        else
+            rc = bprintf(b, "ibrain_route_matched_blocks_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    rc = rc || bprintf(b, "ibrain_route_matched_blocks_sum %llu\nibrain_route_matched_blocks_count %llu\n",
+                       (unsigned long long)SUM(matched_sum), (unsigned long long)SUM(matched_count));
+    rc = rc || bprintf(b,
+                       "# HELP ibrain_route_prompt_blocks_total Prefix blocks hashed from routed prompts.\n"
+                       "# TYPE ibrain_route_prompt_blocks_total counter\nibrain_route_prompt_blocks_total %llu\n",
+                       (unsigned long long)SUM(prompt_blocks));
     rc = rc || bprintf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",
                        px->nworkers);
     return rc ? -1 : 0;

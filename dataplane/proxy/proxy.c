@@ -33,6 +33,13 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
     cfg->eject_after_failures = 3;
     cfg->eject_ms = 2000;
     cfg->max_conns_per_worker = 16384;
+    cfg->policy = "affinity";
+    cfg->chat_template = "chatml";
+    cfg->block_bytes = 64;        /* the mock engine's default: 16-token blocks x 4 bytes */
+    cfg->cache_blocks = 65536;    /* the mock engine's default capacity */
+    cfg->cache_ttl_ms = 0;
+    cfg->affinity_sets_log2 = 17; /* 1M slots, 8 MiB */
+    cfg->min_match_pct = 50;
 }
 
 int64_t ib_replica_inflight(const ib_replica_t *r, uint32_t nworkers)
@@ -171,6 +178,24 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
             }
     }
     px->nreplicas = cfg->nreplicas;
+    ib_policy_t policy;
+    if (ib_policy_parse(cfg->policy, &policy) != 0) {
+        fprintf(stderr, "ibrain: unknown --policy '%s' (affinity, least-load, round-robin, consistent-hash)\n",
+                cfg->policy);
+        goto Error;
+    }
+    if (ib_chat_template_parse(cfg->chat_template, &px->chat_template) != 0) {
+        fprintf(stderr, "ibrain: unknown --template '%s' (chatml, qwen3, llama3, plain)\n", cfg->chat_template);
+        goto Error;
+    }
+    if (cfg->block_bytes == 0 || cfg->cache_blocks == 0 || cfg->affinity_sets_log2 > 26 ||
+        ib_router_init(&px->router, policy, px->nreplicas, cfg->affinity_sets_log2, cfg->cache_blocks,
+                       cfg->cache_ttl_ms) != 0) {
+        fprintf(stderr, "ibrain: bad routing settings (block bytes and cache blocks > 0, affinity sets <= 2^26)\n");
+        goto Error;
+    }
+    px->router_ready = 1;
+    px->router.min_match = cfg->min_match_pct / 100.0;
 
     ib_raise_nofile();
     struct sockaddr_in sa;
@@ -206,8 +231,9 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
     }
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
-    fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas\n", ip, px->port, px->nworkers,
-            px->nreplicas);
+    fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas, policy %s, template %s, %u-byte blocks\n",
+            ip, px->port, px->nworkers, px->nreplicas, ib_policy_name(px->router.policy),
+            ib_chat_template_name(px->chat_template), cfg->block_bytes);
     return px;
 Error:
     ib_proxy_destroy(px);
@@ -257,5 +283,7 @@ void ib_proxy_destroy(ib_proxy_t *px)
         ib_worker_destroy(&px->workers[i]);
     free(px->workers);
     free(px->replicas);
+    if (px->router_ready)
+        ib_router_destroy(&px->router);
     free(px);
 }

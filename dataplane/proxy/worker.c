@@ -17,9 +17,12 @@
 #include "internal.h"
 
 #include "ibrain/clock.h"
+#include "ibrain/hashchain.h"
 #include "ibrain/http1.h"
 #include "ibrain/oai_error.h"
 #include "ibrain/picohttp.h"
+
+#include <xxh_x86dispatch.h>
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -88,6 +91,11 @@ typedef struct ib_client {
     int replica, attempts, inflight_counted;
     ib_upstream_t *up;
     int upstream_blocked;         /* upstream receive paused for back-pressure */
+    int debug;                    /* X-IB-Debug: 1 -> X-IB-Route in the response */
+    uint64_t session_key;         /* hash of X-Session-Id, 0 when none */
+    ib_route_reason_t route_reason;
+    uint32_t route_matched, route_blocks;
+    int routed;                   /* the router chose the replica (vs. least-load) */
     /* response */
     ib_buf_t resp_head;           /* upstream head being accumulated */
     int head_sent, status, up_chunked, until_close, sse, client_chunked, up_keepalive;
@@ -100,7 +108,7 @@ _Static_assert(_Alignof(ib_client_t) >= 16 && _Alignof(ib_upstream_t) >= 16, "us
 static void client_close(ib_worker_t *w, ib_client_t *c);
 static void upstream_close(ib_worker_t *w, ib_upstream_t *u);
 static void process_input(ib_worker_t *w, ib_client_t *c);
-static void dispatch(ib_worker_t *w, ib_client_t *c);
+static void dispatch(ib_worker_t *w, ib_client_t *c, int replica);
 static void flush_client(ib_worker_t *w, ib_client_t *c);
 
 /* ---- ring helpers ---- */
@@ -235,15 +243,21 @@ static void respond(ib_worker_t *w, ib_client_t *c, int status, const char *ctyp
     flush_client(w, c);
 }
 
-static void respond_error(ib_worker_t *w, ib_client_t *c, int status, const char *msg, const char *type,
-                          const char *code, const char *extra_headers)
+static void respond_error_param(ib_worker_t *w, ib_client_t *c, int status, const char *msg, const char *type,
+                                const char *param, const char *code, const char *extra_headers)
 {
     ib_buf_reset(&w->scratch);
-    if (ib_oai_error_json(&w->scratch, msg, type, NULL, code) != 0) {
+    if (ib_oai_error_json(&w->scratch, msg, type, param, code) != 0) {
         client_close(w, c);
         return;
     }
     respond(w, c, status, "application/json", w->scratch.ptr, w->scratch.len, extra_headers);
+}
+
+static void respond_error(ib_worker_t *w, ib_client_t *c, int status, const char *msg, const char *type,
+                          const char *code, const char *extra_headers)
+{
+    respond_error_param(w, c, status, msg, type, NULL, code, extra_headers);
 }
 
 /* ---- exchange bookkeeping ---- */
@@ -299,6 +313,8 @@ static void reset_exchange(ib_client_t *c)
     c->upstream_blocked = 0;
     c->resp_remaining = -1;
     c->t_first = 0;
+    c->routed = 0;
+    c->route_matched = c->route_blocks = 0;
 }
 
 /* The response was relayed completely. */
@@ -333,7 +349,7 @@ static void upstream_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_err
     if (!c->head_sent && c->resp_head.len == 0 && !timeout) {
         if (c->attempts < 2 || stale_reuse) {
             ib_counter_add(&w->m.retries, 1);
-            dispatch(w, c);
+            dispatch(w, c, -1);
             return;
         }
         c->status = 502;
@@ -413,10 +429,12 @@ static ib_upstream_t *upstream_connect(ib_worker_t *w, int replica)
     return u;
 }
 
-static void dispatch(ib_worker_t *w, ib_client_t *c)
+/* Sends the request to <replica>, or to the least-loaded one (other than the last tried)
+ * when <replica> is -1. */
+static void dispatch(ib_worker_t *w, ib_client_t *c, int replica)
 {
-    int avoid = c->attempts > 0 ? c->replica : -1;
-    int replica = ib_proxy_pick(w->px, w, avoid);
+    if (replica < 0)
+        replica = ib_proxy_pick(w->px, w, c->attempts > 0 ? c->replica : -1);
     if (replica < 0) {
         c->status = 503;
         respond_error(w, c, 503, "no model replica is available", "server_error", "no_replica", "Retry-After: 1");
@@ -537,6 +555,12 @@ static int response_head(ib_worker_t *w, ib_client_t *c)
         ib_buf_append(o, "Transfer-Encoding: chunked\r\n", 28);
     if (!no_body && cl < 0 && c->minor == 0)
         c->keepalive = 0;
+    if (c->debug) {
+        k = snprintf(line, sizeof(line), "X-IB-Route: policy=%s reason=%s matched=%u/%u attempts=%d\r\n",
+                     ib_policy_name(w->px->router.policy), c->routed ? ib_route_reason_name(c->route_reason) : "retry",
+                     c->route_matched, c->route_blocks, c->attempts);
+        ib_buf_append(o, line, (size_t)k);
+    }
     k = snprintf(line, sizeof(line), "Server: ibrain\r\nX-Request-Id: %s\r\nX-IB-Replica: %s\r\n%s\r\n", c->request_id,
                  w->px->replicas[c->replica].name, c->keepalive && !w->draining ? "" : "Connection: close\r\n");
     ib_buf_append(o, line, (size_t)k);
@@ -706,6 +730,88 @@ static void respond_local(ib_worker_t *w, ib_client_t *c, int is_get)
     }
 }
 
+static int model_served(const ib_proxy_t *px, ib_span_t model)
+{
+    if (px->cfg.nmodels == 0)
+        return 1; /* no list: the replicas decide */
+    for (uint32_t i = 0; i < px->cfg.nmodels; i++)
+        if (strlen(px->cfg.models[i]) == model.len && memcmp(px->cfg.models[i], model.ptr, model.len) == 0)
+            return 1;
+    return 0;
+}
+
+static void observe_matched(ib_worker_t *w, uint32_t matched, uint32_t blocks)
+{
+    int k = 0; /* buckets: 0, 1, 2, 4, ..., 1024, +Inf */
+    while (k < IB_NMATCHED && matched > (k == 0 ? 0u : 1u << (k - 1)))
+        k++;
+    ib_counter_add(&w->m.matched_bucket[k], 1);
+    ib_counter_add(&w->m.matched_sum, matched);
+    ib_counter_add(&w->m.matched_count, 1);
+    ib_counter_add(&w->m.prompt_blocks, blocks);
+}
+
+/* Chat and completions: parse the body once, render the prompt as the engines will, hash
+ * its prefix blocks and let the router choose. */
+static void route_request(ib_worker_t *w, ib_client_t *c)
+{
+    ib_proxy_t *px = w->px;
+    ib_oai_request_t oreq;
+    ib_json_error_t jerr;
+    ib_api_kind_t kind = c->route == IB_ROUTE_CHAT ? IB_API_CHAT : IB_API_COMPLETION;
+    if (ib_oai_parse(w->json, kind, c->body.ptr, c->body.len, c->body.cap, &oreq, &jerr) != 0) {
+        c->status = 400;
+        respond_error_param(w, c, 400, jerr.message, "invalid_request_error", jerr.param, NULL, NULL);
+        return;
+    }
+    if (!model_served(px, oreq.model)) {
+        char msg[192];
+        snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.", (int)(oreq.model.len < 100 ? oreq.model.len : 100),
+                 oreq.model.ptr);
+        c->status = 404;
+        respond_error_param(w, c, 404, msg, "invalid_request_error", "model", "model_not_found", NULL);
+        return;
+    }
+    if (c->session_key == 0 && oreq.session_id.len > 0)
+        c->session_key = XXH3_64bits_withSeed(oreq.session_id.ptr, oreq.session_id.len, 0x5e55) | 1;
+    ib_buf_reset(&w->prompt);
+    size_t nblocks = 0;
+    if (ib_chat_render(px->chat_template, &oreq, &w->prompt) == 0) {
+        nblocks = w->prompt.len / px->cfg.block_bytes;
+        if (nblocks > w->hashes_cap) {
+            uint64_t *h = realloc(w->hashes, nblocks * sizeof(*h));
+            if (h != NULL)
+                w->hashes = h, w->hashes_cap = nblocks;
+            else
+                nblocks = w->hashes_cap;
+        }
+        nblocks = ib_hashchain(w->prompt.ptr, w->prompt.len, px->cfg.block_bytes, w->hashes, nblocks);
+    }
+    int64_t load[IB_MAX_REPLICAS];
+    uint8_t usable[IB_MAX_REPLICAS];
+    uint64_t now = ib_now_ns();
+    for (uint32_t r = 0; r < px->nreplicas; r++) {
+        load[r] = ib_replica_inflight(&px->replicas[r], px->nworkers);
+        usable[r] = (uint8_t)ib_replica_healthy(&px->replicas[r], now);
+    }
+    w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
+    ib_route_input_t in = {.hashes = w->hashes, .nblocks = nblocks, .session_key = c->session_key, .load = load,
+                           .usable = usable, .nreplicas = px->nreplicas, .random = w->rng};
+    ib_route_decision_t d;
+    ib_router_pick(&px->router, &in, &d);
+    if (d.replica >= 0) {
+        ib_router_commit(&px->router, &in, d.replica);
+        c->routed = 1;
+        c->route_reason = d.reason;
+        c->route_matched = d.matched;
+        c->route_blocks = (uint32_t)nblocks;
+        ib_counter_add(&w->m.route_reason[d.reason], 1);
+        observe_matched(w, d.matched, (uint32_t)nblocks);
+    }
+    /* All replicas ejected: dispatch's fallback tries the one whose ejection ends first. */
+    dispatch(w, c, d.replica);
+}
+
 /* The request (head and body) is complete. */
 static void request_ready(ib_worker_t *w, ib_client_t *c, int is_get)
 {
@@ -718,8 +824,10 @@ static void request_ready(ib_worker_t *w, ib_client_t *c, int is_get)
     } else if (w->draining) {
         c->status = 503;
         respond_error(w, c, 503, "ibrain is shutting down", "server_error", NULL, "Retry-After: 1");
+    } else if (c->route == IB_ROUTE_CHAT || c->route == IB_ROUTE_COMPLETIONS) {
+        route_request(w, c);
     } else {
-        dispatch(w, c);
+        dispatch(w, c, -1);
     }
 }
 
@@ -809,8 +917,14 @@ static void process_input(ib_worker_t *w, ib_client_t *c)
             ib_buf_append(&c->method_path, req.method.ptr, req.method.len);
             ib_buf_append(&c->method_path, " ", 1);
             ib_buf_append(&c->method_path, req.path.ptr, req.path.len);
+            c->debug = 0;
+            c->session_key = req.session_id.len ? XXH3_64bits_withSeed(req.session_id.ptr, req.session_id.len, 0x5e55) | 1 : 0;
             for (size_t i = 0; i < req.nheaders; i++) {
                 const struct phr_header *h = &req.headers[i];
+                if (ib_http_name_is(h, "x-ib-debug")) {
+                    c->debug = h->value_len == 1 && h->value[0] == '1';
+                    continue;
+                }
                 if (ib_http_is_hop_by_hop(h) || ib_http_name_is(h, "host") || ib_http_name_is(h, "content-length") ||
                     ib_http_name_is(h, "x-request-id") || ib_http_name_is(h, "x-ib-replica"))
                     continue;
@@ -1170,6 +1284,8 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
     case OP_URECV: on_upstream_recv(w, obj, cqe); op_done_upstream(w, obj, cqe); break;
     case OP_TICK:
         check_timeouts(w, ib_now_ns());
+        if (w->id == 0)
+            ib_affinity_tick(&w->px->router.table, ib_now_ns() / 1000000u);
         arm_tick(w);
         break;
     case OP_WAKE:
@@ -1193,7 +1309,9 @@ int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id)
     w->listen_fd = listen_fd;
     w->wake_fd = eventfd(0, EFD_CLOEXEC);
     w->idle = calloc(px->nreplicas, sizeof(*w->idle));
-    if (w->wake_fd < 0 || w->idle == NULL)
+    w->json = ib_json_parser_new(px->cfg.max_body_bytes);
+    w->rng = 0x9e3779b97f4a7c15ull * (id + 1);
+    if (w->wake_fd < 0 || w->idle == NULL || w->json == NULL)
         return -1;
     /* SINGLE_ISSUER: only this worker's thread submits. DEFER_TASKRUN: completions are
      * processed when the thread waits, never interrupting it. A large CQ so that bursts
@@ -1245,6 +1363,9 @@ void ib_worker_destroy(ib_worker_t *w)
     free(w->buf_base);
     free(w->idle);
     ib_buf_free(&w->scratch);
+    ib_buf_free(&w->prompt);
+    free(w->hashes);
+    ib_json_parser_free(w->json);
     if (w->wake_fd > 0)
         close(w->wake_fd);
     if (w->listen_fd > 0)

@@ -34,6 +34,7 @@ int ib_router_init(ib_router_t *rt, ib_policy_t policy, uint32_t nreplicas, uint
     rt->policy = policy;
     rt->spill_eps = 0.5;
     rt->spill_c = 4;
+    rt->min_match = 0.5;
     atomic_init(&rt->rr, 0);
     for (uint32_t r = 0; r < IB_AFF_MAX_REPLICAS; r++)
         rt->replica_salt[r] = mix64(0x5eed0000ull + r);
@@ -108,10 +109,10 @@ static void pick_affinity(ib_router_t *rt, const ib_route_input_t *in, ib_route_
     for (uint32_t r = 0; r < in->nreplicas; r++)
         if (in->usable[r] && matched[r] > top)
             top = matched[r];
-    if (top == 0) {
+    if (top == 0 || (double)top < rt->min_match * (double)in->nblocks) {
         out->replica = two_choices(in);
         out->reason = IB_REASON_NO_MATCH;
-        out->matched = 0;
+        out->matched = out->replica >= 0 ? matched[out->replica] : 0;
         return;
     }
     int best = -1;

@@ -75,6 +75,14 @@ typedef struct ib_proxy_config {
     uint32_t eject_after_failures;  /* consecutive failures before a replica is ejected */
     uint32_t eject_ms;              /* base ejection time; doubles per ejection, max 32x */
     uint32_t max_conns_per_worker;
+    /* routing (the workload in standalone mode) */
+    const char *policy;             /* affinity | least-load | round-robin | consistent-hash */
+    const char *chat_template;      /* chatml (qwen3) | llama3 | plain: as the engines render */
+    uint32_t block_bytes;           /* prefix block size in bytes: the engine's block_size x 4 */
+    uint32_t cache_blocks;          /* each replica's prefix cache capacity, in blocks */
+    uint32_t cache_ttl_ms;          /* the engines' cache TTL (0: none) */
+    uint32_t affinity_sets_log2;    /* affinity table: 2^N sets of 8 slots */
+    uint32_t min_match_pct;         /* affinity: matches shorter than this % of the prompt do not count */
 } ib_proxy_config_t;
 
 typedef struct ib_proxy ib_proxy_t; /* opaque: replicas, workers, shared state */

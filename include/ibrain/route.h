@@ -4,7 +4,10 @@
  *  affinity (default): the replica holding the longest matched prefix (affinity table)
  *     wins, unless its load is over the bound (1+eps) x mean + c, in which case the request
  *     spills to the less loaded of two random replicas; among equal matches the less loaded
- *     wins; no match -> power of two choices. A session id (X-Session-Id or the body's
+ *     wins. No match, or a match shorter than min_match of the prompt (only a system
+ *     prompt every request shares, say; SGLang's cache-aware router uses the same 0.5
+ *     threshold) -> power of two choices, so that new conversations spread out and their
+ *     later turns follow them. A session id (X-Session-Id or the body's
  *     session_id / user) sticks to the replica it last went to, within the same bound.
  *  least-load: the fewest requests in flight.
  *  round-robin: in turn.
@@ -49,6 +52,7 @@ typedef struct ib_router {
     ib_affinity_t table;
     double spill_eps;             /* bounded load: spill when load > (1+eps) x mean + c */
     double spill_c;
+    double min_match;             /* matched / prompt blocks below this counts as no match */
     _Atomic uint64_t rr;
     uint64_t replica_salt[IB_AFF_MAX_REPLICAS]; /* rendezvous hashing */
 } ib_router_t;
