@@ -50,6 +50,14 @@ int64_t ib_replica_inflight(const ib_replica_t *r, uint32_t nworkers)
     return sum;
 }
 
+int64_t ib_replica_pending(const ib_replica_t *r, uint32_t nworkers)
+{
+    int64_t sum = 0;
+    for (uint32_t i = 0; i < nworkers; i++)
+        sum += atomic_load_explicit(&((ib_replica_t *)r)->pending[i].v, memory_order_relaxed);
+    return sum;
+}
+
 int ib_replica_healthy(const ib_replica_t *r, uint64_t now_ns)
 {
     return atomic_load_explicit(&((ib_replica_t *)r)->ejected_until_ns, memory_order_relaxed) <= now_ns;

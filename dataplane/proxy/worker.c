@@ -96,6 +96,7 @@ typedef struct ib_client {
     ib_route_reason_t route_reason;
     uint32_t route_matched, route_blocks;
     int routed;                   /* the router chose the replica (vs. least-load) */
+    int64_t pending_blocks;       /* prefill work counted on c->replica until the first byte */
     /* response */
     ib_buf_t resp_head;           /* upstream head being accumulated */
     int head_sent, status, up_chunked, until_close, sse, client_chunked, up_keepalive;
@@ -268,8 +269,24 @@ static void inflight_add(ib_worker_t *w, int replica, int64_t d)
     atomic_store_explicit(slot, atomic_load_explicit(slot, memory_order_relaxed) + d, memory_order_relaxed);
 }
 
+static void pending_add(ib_worker_t *w, int replica, int64_t d)
+{
+    _Atomic int64_t *slot = &w->px->replicas[replica].pending[w->id].v;
+    atomic_store_explicit(slot, atomic_load_explicit(slot, memory_order_relaxed) + d, memory_order_relaxed);
+}
+
+/* The replica started answering (or the request left it): its prefill is no longer queued. */
+static void release_pending(ib_worker_t *w, ib_client_t *c)
+{
+    if (c->pending_blocks != 0) {
+        pending_add(w, c->replica, -c->pending_blocks);
+        c->pending_blocks = 0;
+    }
+}
+
 static void release_inflight(ib_worker_t *w, ib_client_t *c)
 {
+    release_pending(w, c);
     if (c->inflight_counted) {
         inflight_add(w, c->replica, -1);
         c->inflight_counted = 0;
@@ -444,6 +461,12 @@ static void dispatch(ib_worker_t *w, ib_client_t *c, int replica)
     c->attempts++;
     inflight_add(w, replica, 1);
     c->inflight_counted = 1;
+    /* Prefill work this request queues on the replica: the blocks it is not believed to
+     * hold (all of them on a retry or an unrouted request), at least one. */
+    c->pending_blocks = (int64_t)(c->route_blocks > c->route_matched && c->attempts == 1 && c->routed
+                                      ? c->route_blocks - c->route_matched
+                                      : (c->route_blocks ? c->route_blocks : 1));
+    pending_add(w, replica, c->pending_blocks);
     ib_buf_reset(&c->resp_head);
     build_upstream_request(w, c);
     uint64_t now = ib_now_ns();
@@ -566,6 +589,7 @@ static int response_head(ib_worker_t *w, ib_client_t *c)
     ib_buf_append(o, line, (size_t)k);
     c->head_sent = 1;
     c->t_first = ib_now_ns();
+    release_pending(w, c);
     ib_metrics_observe(w->m.ttfb_bucket, &w->m.ttfb_sum_us, &w->m.ttfb_count, c->t_first - c->t_start);
     /* What followed the head in the buffer is body. */
     memmove(c->resp_head.ptr, c->resp_head.ptr + n, c->resp_head.len - (size_t)n);
@@ -787,16 +811,17 @@ static void route_request(ib_worker_t *w, ib_client_t *c)
         }
         nblocks = ib_hashchain(w->prompt.ptr, w->prompt.len, px->cfg.block_bytes, w->hashes, nblocks);
     }
-    int64_t load[IB_MAX_REPLICAS];
+    int64_t load[IB_MAX_REPLICAS], inflight[IB_MAX_REPLICAS];
     uint8_t usable[IB_MAX_REPLICAS];
     uint64_t now = ib_now_ns();
     for (uint32_t r = 0; r < px->nreplicas; r++) {
-        load[r] = ib_replica_inflight(&px->replicas[r], px->nworkers);
+        load[r] = ib_replica_pending(&px->replicas[r], px->nworkers);
+        inflight[r] = ib_replica_inflight(&px->replicas[r], px->nworkers);
         usable[r] = (uint8_t)ib_replica_healthy(&px->replicas[r], now);
     }
     w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
     ib_route_input_t in = {.hashes = w->hashes, .nblocks = nblocks, .session_key = c->session_key, .load = load,
-                           .usable = usable, .nreplicas = px->nreplicas, .random = w->rng};
+                           .inflight = inflight, .usable = usable, .nreplicas = px->nreplicas, .random = w->rng};
     ib_route_decision_t d;
     ib_router_pick(&px->router, &in, &d);
     if (d.replica >= 0) {

@@ -43,91 +43,70 @@ int ib_router_init(ib_router_t *rt, ib_policy_t policy, uint32_t nreplicas, uint
 
 void ib_router_destroy(ib_router_t *rt) { ib_affinity_destroy(&rt->table); }
 
-/* The less loaded of two distinct random usable replicas (or the only one). */
-static int two_choices(const ib_route_input_t *in)
-{
-    int usable[IB_AFF_MAX_REPLICAS], n = 0;
-    for (uint32_t r = 0; r < in->nreplicas; r++)
-        if (in->usable[r])
-            usable[n++] = (int)r;
-    if (n == 0)
-        return -1;
-    if (n == 1)
-        return usable[0];
-    /* Two distinct indexes: i in [0,n), j in [0,n-1) shifted past i. */
-    uint64_t x = mix64(in->random);
-    int i = (int)(x % (uint64_t)n);
-    int j = (int)((x >> 32) % (uint64_t)(n - 1));
-    if (j >= i)
-        j++;
-    int a = usable[i], b = usable[j];
-    return in->load[b] < in->load[a] ? b : a;
-}
-
-static int least_loaded(const ib_route_input_t *in, uint64_t rotate)
+static int least_loaded(const ib_route_input_t *in, const int64_t *load, uint64_t rotate)
 {
     int best = -1;
     for (uint32_t k = 0; k < in->nreplicas; k++) {
         uint32_t r = (uint32_t)((k + rotate) % in->nreplicas);
-        if (in->usable[r] && (best < 0 || in->load[r] < in->load[best]))
+        if (in->usable[r] && (best < 0 || load[r] < load[best]))
             best = (int)r;
     }
     return best;
 }
 
-static double load_bound(const ib_router_t *rt, const ib_route_input_t *in)
-{
-    double sum = 0;
-    int n = 0;
-    for (uint32_t r = 0; r < in->nreplicas; r++)
-        if (in->usable[r])
-            sum += (double)in->load[r], n++;
-    double mean = n ? sum / n : 0;
-    return (1.0 + rt->spill_eps) * mean + rt->spill_c;
-}
-
 static void pick_affinity(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out)
 {
     uint32_t matched[IB_AFF_MAX_REPLICAS];
-    double bound = load_bound(rt, in);
-    if (in->session_key != 0) {
-        ib_affinity_match(&rt->table, &in->session_key, 1, matched);
-        int best = -1;
-        for (uint32_t r = 0; r < in->nreplicas; r++)
-            if (matched[r] && in->usable[r] && (best < 0 || in->load[r] < in->load[best]))
-                best = (int)r;
-        if (best >= 0 && (double)in->load[best] <= bound) {
-            out->replica = best;
-            out->reason = IB_REASON_SESSION;
-            ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
-            out->matched = matched[best];
-            return;
-        }
-    }
     ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
     uint32_t top = 0;
-    for (uint32_t r = 0; r < in->nreplicas; r++)
-        if (in->usable[r] && matched[r] > top)
-            top = matched[r];
-    if (top == 0 || (double)top < rt->min_match * (double)in->nblocks) {
-        out->replica = two_choices(in);
-        out->reason = IB_REASON_NO_MATCH;
-        out->matched = out->replica >= 0 ? matched[out->replica] : 0;
-        return;
+    int holder = -1; /* the longest holder, the less loaded among equals */
+    int best = -1;   /* the cheapest */
+    int64_t best_cost = 0;
+    uint32_t n = in->nreplicas, rot = (uint32_t)(mix64(in->random) % (n ? n : 1));
+    /* A match shorter than min_match of the prompt (a system prompt every request shares)
+     * is not worth following: it would pile new conversations onto whoever served the
+     * first one. Below it, replicas compete on load alone, so new conversations spread. */
+    uint32_t floor_blocks = (uint32_t)(rt->min_match * (double)in->nblocks);
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t r = (k + rot) % n;
+        if (!in->usable[r])
+            continue;
+        if (holder < 0 || matched[r] > top || (matched[r] == top && in->load[r] < in->load[holder]))
+            holder = (int)r, top = matched[r];
+        uint32_t credit = matched[r] > 0 && matched[r] >= floor_blocks ? matched[r] : 0;
+        int64_t cost = in->load[r] + (int64_t)(in->nblocks - credit);
+        if (best < 0 || cost < best_cost)
+            best = (int)r, best_cost = cost;
     }
-    int best = -1;
-    for (uint32_t r = 0; r < in->nreplicas; r++)
-        if (in->usable[r] && matched[r] == top && (best < 0 || in->load[r] < in->load[best]))
-            best = (int)r;
-    if ((double)in->load[best] > bound) {
-        out->replica = two_choices(in);
-        out->reason = IB_REASON_LOAD_SPILL;
-        out->matched = out->replica >= 0 ? matched[out->replica] : 0;
+    if (best < 0)
         return;
+    /* Session stickiness, within the same bound: the session's replica unless it costs
+     * more than (1 + eps) x the cheapest + c. */
+    if (in->session_key != 0) {
+        uint32_t sm[IB_AFF_MAX_REPLICAS];
+        ib_affinity_match(&rt->table, &in->session_key, 1, sm);
+        for (uint32_t r = 0; r < n; r++) {
+            if (!sm[r] || !in->usable[r])
+                continue;
+            uint32_t credit = matched[r] > 0 && matched[r] >= floor_blocks ? matched[r] : 0;
+            int64_t cost = in->load[r] + (int64_t)(in->nblocks - credit);
+            if ((double)cost <= (1.0 + rt->spill_eps) * (double)best_cost + rt->spill_c * 16) {
+                out->replica = (int)r;
+                out->reason = IB_REASON_SESSION;
+                out->matched = matched[r];
+                return;
+            }
+        }
     }
     out->replica = best;
-    out->reason = IB_REASON_AFFINITY;
-    out->matched = top;
+    out->matched = matched[best];
+    int useful = top > 0 && (double)top >= rt->min_match * (double)in->nblocks;
+    if (!useful)
+        out->reason = IB_REASON_NO_MATCH;
+    else if (matched[best] == top)
+        out->reason = IB_REASON_AFFINITY;
+    else
+        out->reason = IB_REASON_LOAD_SPILL;
 }
 
 void ib_router_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out)
@@ -140,7 +119,7 @@ void ib_router_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_decisi
         return;
     case IB_POLICY_LEAST_LOAD:
         out->reason = IB_REASON_LEAST_LOAD;
-        out->replica = least_loaded(in, in->random);
+        out->replica = least_loaded(in, in->inflight, mix64(in->random));
         return;
     case IB_POLICY_ROUND_ROBIN: {
         out->reason = IB_REASON_ROUND_ROBIN;

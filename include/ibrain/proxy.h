@@ -51,6 +51,7 @@ typedef struct ib_replica {
     char hostport[64];
     struct sockaddr_in addr;
     ib_inflight_slot_t inflight[IB_MAX_WORKERS];
+    ib_inflight_slot_t pending[IB_MAX_WORKERS]; /* prompt blocks awaiting their first byte */
     /* passive health, shared by all workers */
     _Alignas(64) _Atomic uint32_t consecutive_failures;
     _Atomic uint64_t ejected_until_ns;
@@ -101,6 +102,9 @@ void ib_proxy_destroy(ib_proxy_t *px);
 
 /** Sum of every worker's in-flight count for <r>. */
 int64_t ib_replica_inflight(const ib_replica_t *r, uint32_t nworkers);
+
+/** Sum of every worker's queued prefill work for <r>, in prompt blocks. */
+int64_t ib_replica_pending(const ib_replica_t *r, uint32_t nworkers);
 
 #ifdef __cplusplus
 }

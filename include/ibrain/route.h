@@ -1,13 +1,16 @@
 /*
  * Replica choice: the policies, selectable per workload, and the decision they return.
  *
- *  affinity (default): the replica holding the longest matched prefix (affinity table)
- *     wins, unless its load is over the bound (1+eps) x mean + c, in which case the request
- *     spills to the less loaded of two random replicas; among equal matches the less loaded
- *     wins. No match, or a match shorter than min_match of the prompt (only a system
- *     prompt every request shares, say; SGLang's cache-aware router uses the same 0.5
- *     threshold) -> power of two choices, so that new conversations spread out and their
- *     later turns follow them. A session id (X-Session-Id or the body's
+ *  affinity (default): each replica's cost for this request is the prefill work queued on
+ *     it (prompt blocks of its requests still waiting for their first byte) plus the
+ *     blocks of this prompt it does not hold (affinity table); the cheapest wins, ties to
+ *     the longer match. A cached prefix thus wins until the queue in front of it costs more
+ *     than recomputing the prefix elsewhere: bounded load in units of prefill work, which
+ *     is what time to first token depends on (a count of requests in flight is dominated
+ *     by decoding ones). Reasons: affinity when the longest holder won with a match of at
+ *     least min_match of the prompt, load_spill when such a holder lost on cost, no_match
+ *     otherwise (a match shorter than min_match, such as a system prompt every request
+ *     shares, is no affinity). A session id (X-Session-Id or the body's
  *     session_id / user) sticks to the replica it last went to, within the same bound.
  *  least-load: the fewest requests in flight.
  *  round-robin: in turn.
@@ -61,7 +64,8 @@ typedef struct ib_route_input {
     const uint64_t *hashes;       /* the prompt's prefix block hash chain */
     size_t nblocks;
     uint64_t session_key;         /* hash of the session id, 0 when none */
-    const int64_t *load;          /* per replica: requests in flight */
+    const int64_t *load;          /* per replica: queued prefill work, in blocks (affinity) */
+    const int64_t *inflight;      /* per replica: requests in flight (least-load) */
     const uint8_t *usable;        /* per replica: 1 when it may be chosen */
     uint32_t nreplicas;
     uint64_t random;              /* a random 64-bit value, for power of two choices */

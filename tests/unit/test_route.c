@@ -29,7 +29,7 @@ static void scenario_init(struct scenario *s, uint64_t c, uint64_t rnd)
     chain(c, s->h, 8);
     for (int r = 0; r < N; r++)
         s->usable[r] = 1;
-    s->in = (ib_route_input_t){.hashes = s->h, .nblocks = 8, .load = s->load, .usable = s->usable, .nreplicas = N,
+    s->in = (ib_route_input_t){.hashes = s->h, .nblocks = 8, .load = s->load, .inflight = s->load, .usable = s->usable, .nreplicas = N,
                                .random = rnd};
 }
 
