@@ -95,11 +95,16 @@ bool is_null(ondemand::value &v)
 ib_span_t span(std::string_view sv) { return ib_span_t{sv.data(), sv.size()}; }
 
 // Reads a message's "content": string, null, or array of parts.
-int parse_content(ib_json_parser *p, ondemand::value v, const char *where, ib_chat_message_t *m, ib_json_error_t *err)
+// The field name of an error ("messages[3].content") is formatted only when an error is
+// reported: formatting it for every message cost more than parsing the message.
+#define WHERE(suffix) (snprintf(where, sizeof(where), "messages[%zu]%s", index, (suffix)), where)
+
+int parse_content(ib_json_parser *p, ondemand::value v, size_t index, ib_chat_message_t *m, ib_json_error_t *err)
 {
+    char where[64];
     ondemand::json_type t;
     if (auto e = v.type().get(t))
-        return json_fail(err, e, where);
+        return json_fail(err, e, WHERE(".content"));
     m->first_part = (uint32_t)p->parts.size();
     m->nparts = 0;
     if (t == ondemand::json_type::null)
@@ -107,40 +112,40 @@ int parse_content(ib_json_parser *p, ondemand::value v, const char *where, ib_ch
     if (t == ondemand::json_type::string) {
         std::string_view sv;
         if (auto e = v.get_string().get(sv))
-            return json_fail(err, e, where);
+            return json_fail(err, e, WHERE(".content"));
         p->parts.push_back(span(sv));
         m->nparts = 1;
         return 0;
     }
     if (t != ondemand::json_type::array)
-        return fail(err, where, "'%s' must be a string, null or an array of content parts, not %s", where, type_name(v));
+        return fail(err, WHERE(".content"), "'%s' must be a string, null or an array of content parts, not %s", where, type_name(v));
     ondemand::array arr;
     if (auto e = v.get_array().get(arr))
-        return json_fail(err, e, where);
+        return json_fail(err, e, WHERE(".content"));
     for (auto el : arr) {
         ondemand::object part;
         if (auto e = el.get_object().get(part))
-            return e == INCORRECT_TYPE ? fail(err, where, "'%s' parts must be objects", where) : json_fail(err, e, where);
+            return e == INCORRECT_TYPE ? fail(err, WHERE(".content"), "'%s' parts must be objects", where) : json_fail(err, e, WHERE(".content"));
         std::string_view type, text;
         bool have_text = false;
         for (auto f : part) {
             std::string_view key;
             if (auto e = f.unescaped_key().get(key))
-                return json_fail(err, e, where);
+                return json_fail(err, e, WHERE(".content"));
             if (key == "type") {
                 if (auto e = f.value().get_string().get(type))
-                    return json_fail(err, e, where);
+                    return json_fail(err, e, WHERE(".content"));
             } else if (key == "text") {
                 if (auto e = f.value().get_string().get(text))
-                    return json_fail(err, e, where);
+                    return json_fail(err, e, WHERE(".content"));
                 have_text = true;
             }
         }
         if (type.empty())
-            return fail(err, where, "every part of '%s' needs a string 'type'", where);
+            return fail(err, WHERE(".content"), "every part of '%s' needs a string 'type'", where);
         if (type == "text") {
             if (!have_text)
-                return fail(err, where, "a 'text' part of '%s' needs a string 'text'", where);
+                return fail(err, WHERE(".content"), "a 'text' part of '%s' needs a string 'text'", where);
             p->parts.push_back(span(text));
             m->nparts++;
         }
@@ -157,38 +162,33 @@ int parse_messages(ib_json_parser *p, ondemand::value v, ib_json_error_t *err)
                                    : json_fail(err, e, "messages");
     char where[64];
     for (auto el : arr) {
-        size_t i = p->msgs.size();
-        snprintf(where, sizeof(where), "messages[%zu]", i);
+        size_t index = p->msgs.size();
         ondemand::object obj;
         if (auto e = el.get_object().get(obj))
-            return e == INCORRECT_TYPE ? fail(err, where, "'%s' must be an object", where) : json_fail(err, e, where);
+            return e == INCORRECT_TYPE ? fail(err, WHERE(""), "'%s' must be an object", where) : json_fail(err, e, WHERE(""));
         ib_chat_message_t m{};
         bool have_role = false, have_content = false;
         for (auto f : obj) {
             std::string_view key;
             if (auto e = f.unescaped_key().get(key))
-                return json_fail(err, e, where);
+                return json_fail(err, e, WHERE(""));
             if (key == "role") {
                 std::string_view role;
-                snprintf(where, sizeof(where), "messages[%zu].role", i);
                 if (auto e = f.value().get_string().get(role))
-                    return json_fail(err, e, where);
+                    return json_fail(err, e, WHERE(".role"));
                 m.role = span(role);
                 have_role = true;
             } else if (key == "content") {
-                snprintf(where, sizeof(where), "messages[%zu].content", i);
                 ondemand::value content;
                 if (auto e = f.value().get(content))
-                    return json_fail(err, e, where);
-                if (parse_content(p, content, where, &m, err) != 0)
+                    return json_fail(err, e, WHERE(".content"));
+                if (parse_content(p, content, index, &m, err) != 0)
                     return -1;
                 have_content = true;
             }
         }
-        if (!have_role || m.role.len == 0) {
-            snprintf(where, sizeof(where), "messages[%zu].role", i);
-            return fail(err, where, "'%s' is required", where);
-        }
+        if (!have_role || m.role.len == 0)
+            return fail(err, WHERE(".role"), "'%s' is required", where);
         if (!have_content)
             m.first_part = (uint32_t)p->parts.size();
         p->msgs.push_back(m);
