@@ -42,21 +42,16 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
     cfg->min_match_pct = 50;
 }
 
-int64_t ib_replica_inflight(const ib_replica_t *r, uint32_t nworkers)
+static int64_t sum_slots(const ib_inflight_slot_t *slots, uint32_t nworkers)
 {
     int64_t sum = 0;
     for (uint32_t i = 0; i < nworkers; i++)
-        sum += atomic_load_explicit(&((ib_replica_t *)r)->inflight[i].v, memory_order_relaxed);
+        sum += atomic_load_explicit(&((ib_inflight_slot_t *)&slots[i])->v, memory_order_relaxed);
     return sum;
 }
 
-int64_t ib_replica_pending(const ib_replica_t *r, uint32_t nworkers)
-{
-    int64_t sum = 0;
-    for (uint32_t i = 0; i < nworkers; i++)
-        sum += atomic_load_explicit(&((ib_replica_t *)r)->pending[i].v, memory_order_relaxed);
-    return sum;
-}
+int64_t ib_replica_inflight(const ib_replica_t *r, uint32_t nworkers) { return sum_slots(r->inflight, nworkers); }
+int64_t ib_replica_pending(const ib_replica_t *r, uint32_t nworkers) { return sum_slots(r->pending, nworkers); }
 
 int ib_replica_healthy(const ib_replica_t *r, uint64_t now_ns)
 {

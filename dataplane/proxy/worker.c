@@ -263,17 +263,16 @@ static void respond_error(ib_worker_t *w, ib_client_t *c, int status, const char
 
 /* ---- exchange bookkeeping ---- */
 
-static void inflight_add(ib_worker_t *w, int replica, int64_t d)
+/* Adds <d> to this worker's own slot of a per-replica counter: single writer, so a plain
+ * relaxed load and store (no locked instruction); readers sum the slots. */
+static void slot_add(ib_inflight_slot_t *slot, int64_t d)
 {
-    _Atomic int64_t *slot = &w->px->replicas[replica].inflight[w->id].v;
-    atomic_store_explicit(slot, atomic_load_explicit(slot, memory_order_relaxed) + d, memory_order_relaxed);
+    atomic_store_explicit(&slot->v, atomic_load_explicit(&slot->v, memory_order_relaxed) + d, memory_order_relaxed);
 }
 
-static void pending_add(ib_worker_t *w, int replica, int64_t d)
-{
-    _Atomic int64_t *slot = &w->px->replicas[replica].pending[w->id].v;
-    atomic_store_explicit(slot, atomic_load_explicit(slot, memory_order_relaxed) + d, memory_order_relaxed);
-}
+static void inflight_add(ib_worker_t *w, int replica, int64_t d) { slot_add(&w->px->replicas[replica].inflight[w->id], d); }
+
+static void pending_add(ib_worker_t *w, int replica, int64_t d) { slot_add(&w->px->replicas[replica].pending[w->id], d); }
 
 /* The replica started answering (or the request left it): its prefill is no longer queued. */
 static void release_pending(ib_worker_t *w, ib_client_t *c)
