@@ -462,9 +462,10 @@ static void dispatch(ib_worker_t *w, ib_client_t *c, int replica)
     c->inflight_counted = 1;
     /* Prefill work this request queues on the replica: the blocks it is not believed to
      * hold (all of them on a retry or an unrouted request), at least one. */
-    c->pending_blocks = (int64_t)(c->route_blocks > c->route_matched && c->attempts == 1 && c->routed
-                                      ? c->route_blocks - c->route_matched
-                                      : (c->route_blocks ? c->route_blocks : 1));
+    int64_t work = c->route_blocks;
+    if (c->routed && c->attempts == 1)
+        work -= c->route_matched;
+    c->pending_blocks = work > 0 ? work : 1;
     pending_add(w, replica, c->pending_blocks);
     ib_buf_reset(&c->resp_head);
     build_upstream_request(w, c);
