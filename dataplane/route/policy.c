@@ -54,27 +54,32 @@ static int least_loaded(const ib_route_input_t *in, const int64_t *load, uint64_
     return best;
 }
 
+/* A replica's cost for the request: its queued prefill work plus the prompt blocks it
+ * would have to compute. A match shorter than <floor_blocks> (a system prompt every
+ * request shares) earns no credit: following it would pile new conversations onto whoever
+ * served the first one; below it, replicas compete on load alone, so they spread. */
+static int64_t affinity_cost(const ib_route_input_t *in, uint32_t r, uint32_t matched, uint32_t floor_blocks)
+{
+    uint32_t credit = matched > 0 && matched >= floor_blocks ? matched : 0;
+    return in->load[r] + (int64_t)(in->nblocks - credit);
+}
+
 static void pick_affinity(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out)
 {
     uint32_t matched[IB_AFF_MAX_REPLICAS];
     ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
-    uint32_t top = 0;
-    int holder = -1; /* the longest holder, the less loaded among equals */
-    int best = -1;   /* the cheapest */
+    uint32_t top = 0; /* the longest match among usable replicas */
+    int best = -1;    /* the cheapest */
     int64_t best_cost = 0;
     uint32_t n = in->nreplicas, rot = (uint32_t)(mix64(in->random) % (n ? n : 1));
-    /* A match shorter than min_match of the prompt (a system prompt every request shares)
-     * is not worth following: it would pile new conversations onto whoever served the
-     * first one. Below it, replicas compete on load alone, so new conversations spread. */
     uint32_t floor_blocks = (uint32_t)(rt->min_match * (double)in->nblocks);
     for (uint32_t k = 0; k < n; k++) {
         uint32_t r = (k + rot) % n;
         if (!in->usable[r])
             continue;
-        if (holder < 0 || matched[r] > top || (matched[r] == top && in->load[r] < in->load[holder]))
-            holder = (int)r, top = matched[r];
-        uint32_t credit = matched[r] > 0 && matched[r] >= floor_blocks ? matched[r] : 0;
-        int64_t cost = in->load[r] + (int64_t)(in->nblocks - credit);
+        if (matched[r] > top)
+            top = matched[r];
+        int64_t cost = affinity_cost(in, r, matched[r], floor_blocks);
         if (best < 0 || cost < best_cost)
             best = (int)r, best_cost = cost;
     }
@@ -88,8 +93,7 @@ static void pick_affinity(ib_router_t *rt, const ib_route_input_t *in, ib_route_
         for (uint32_t r = 0; r < n; r++) {
             if (!sm[r] || !in->usable[r])
                 continue;
-            uint32_t credit = matched[r] > 0 && matched[r] >= floor_blocks ? matched[r] : 0;
-            int64_t cost = in->load[r] + (int64_t)(in->nblocks - credit);
+            int64_t cost = affinity_cost(in, r, matched[r], floor_blocks);
             if ((double)cost <= (1.0 + rt->spill_eps) * (double)best_cost + rt->spill_c * 16) {
                 out->replica = (int)r;
                 out->reason = IB_REASON_SESSION;
