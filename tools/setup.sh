@@ -11,9 +11,9 @@ debs=(
   build-essential cmake pkg-config clang libclang-rt-14-dev lld
   liburing-dev libhiredis-dev libsimdjson-dev libxxhash-dev libjemalloc-dev
   libprotobuf-c-dev protobuf-c-compiler libh2o-evloop-dev libssl-dev
-  libcmocka-dev libgrpc-dev libjwt-dev libpcre2-dev
+  libcmocka-dev libgrpc-dev libjwt-dev libpcre2-dev libutf8proc-dev
   redis-server redis-sentinel redis-tools
-  python3 python3-grpcio python3-grpc-tools python3-protobuf
+  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
   prometheus curl procps iproute2 util-linux
   nginx-light haproxy wrk linux-perf
 )

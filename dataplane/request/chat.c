@@ -6,6 +6,8 @@
  */
 #include "ibrain/chat.h"
 
+#include <stdint.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,7 +108,26 @@ static const char *span_find(ib_span_t s, const char *lit)
     return NULL;
 }
 
-static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+/* Python's str.isspace(), which Jinja's trim filter (str.strip) uses in the engines. */
+static int is_py_space(uint32_t cp)
+{
+    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+           cp == 0x3000;
+}
+
+/* Length of the UTF-8 sequence for a white-space code point at the start of <s>, or 0. */
+static size_t space_at(const char *p, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    if (n >= 1 && u[0] < 0x80)
+        return is_py_space(u[0]) ? 1 : 0;
+    if (n >= 2 && (u[0] & 0xE0) == 0xC0 && (u[1] & 0xC0) == 0x80)
+        return is_py_space((uint32_t)(u[0] & 0x1F) << 6 | (u[1] & 0x3F)) ? 2 : 0;
+    if (n >= 3 && (u[0] & 0xF0) == 0xE0 && (u[1] & 0xC0) == 0x80 && (u[2] & 0xC0) == 0x80)
+        return is_py_space((uint32_t)(u[0] & 0x0F) << 12 | (uint32_t)(u[1] & 0x3F) << 6 | (u[2] & 0x3F)) ? 3 : 0;
+    return 0;
+}
 
 static ib_span_t lstrip_nl(ib_span_t s)
 {
@@ -124,11 +145,17 @@ static ib_span_t rstrip_nl(ib_span_t s)
 
 static ib_span_t trim_ws(ib_span_t s)
 {
-    while (s.len && is_ws(s.ptr[0]))
-        s.ptr++, s.len--;
-    while (s.len && is_ws(s.ptr[s.len - 1]))
-        s.len--;
-    return s;
+    for (size_t k; s.len && (k = space_at(s.ptr, s.len)) != 0;)
+        s.ptr += k, s.len -= k;
+    for (;;) { /* white space at the end is 1 to 3 bytes long */
+        size_t k = 0;
+        for (size_t w = 1; w <= 3 && w <= s.len && k == 0; w++)
+            if (space_at(s.ptr + s.len - w, w) == w)
+                k = w;
+        if (k == 0)
+            return s;
+        s.len -= k;
+    }
 }
 
 #define APPEND_LIT(b, lit) ib_buf_append((b), (lit), sizeof(lit) - 1)

@@ -107,6 +107,42 @@ int ib_json_pointer_int(ib_json_parser_t *p, const char *doc, size_t len, const 
 int ib_json_pointer_int_array(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int64_t **out,
                               size_t *n);
 
+/* ---- tokenizer.json (Hugging Face tokenizers), read by ibrain's tokenizer ---- */
+
+/** Callbacks for the tables of a byte-level BPE tokenizer.json; each returns 0 or -1 (stop). */
+typedef struct ib_bpe_json_visitor {
+    void *ctx;
+    int (*vocab)(void *ctx, ib_span_t token, int64_t id);          /* model.vocab entries */
+    int (*merge)(void *ctx, ib_span_t left, ib_span_t right);      /* model.merges, by rank */
+    int (*added)(void *ctx, ib_span_t content, int64_t id, int special, int lstrip, int rstrip,
+                 int single_word);                                  /* added_tokens */
+} ib_bpe_json_visitor_t;
+
+/** The settings of a tokenizer.json that ibrain's tokenizer acts on. */
+typedef struct ib_bpe_json_info {
+    char model_type[16];      /* "BPE" */
+    char normalizer[16];      /* "" (none) or "NFC"; "unsupported" for anything else */
+    char split_regex[512];    /* the pre-tokenizer's Split regex ("" when none) */
+    int split_isolated;       /* Split behavior is "Isolated" and not inverted */
+    int byte_level;           /* a ByteLevel pre-tokenizer is present */
+    int byte_level_prefix;    /* its add_prefix_space */
+    int byte_level_regex;     /* its use_regex (GPT-2's pattern) */
+    int ignore_merges;        /* model.ignore_merges */
+    int byte_fallback;        /* model.byte_fallback */
+} ib_bpe_json_info_t;
+
+/**
+ * Walks a tokenizer.json of <len> bytes in a buffer of <capacity> bytes (copied into a
+ * padded buffer when capacity < len + IB_JSON_PADDING), calling <v> for every vocabulary
+ * entry, merge and added token, and fills <info>. Spans are valid only during a callback.
+ * Returns 0, or -1 with a message in <err>.
+ */
+int ib_json_read_bpe(const char *json, size_t len, size_t capacity, const ib_bpe_json_visitor_t *v,
+                     ib_bpe_json_info_t *info, char *err, size_t errlen);
+
+/** 1 when <len> bytes at <s> are valid UTF-8 (simdjson's validator), else 0. */
+int ib_utf8_valid(const char *s, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,419 @@
+/* Encoding: UTF-8 repair, added-token split, NFC, regex pre-tokenization, BPE merges. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+#include "ibrain/ondemand_c.h"
+
+/* Pre-tokens up to this many bytes merge by scanning a rank array (quadratic, tiny n);
+ * longer ones (runs of punctuation, whitespace) use a heap. */
+#define BPE_SCAN_MAX 48
+
+struct ib_tok_state {
+    const ib_tokenizer_t *t;
+    pcre2_match_data *md;
+    pcre2_match_context *mctx;
+    pcre2_jit_stack *jit_stack;
+    char *clean; /* the text with invalid UTF-8 replaced */
+    size_t clean_cap;
+    /* BPE scratch, sized to the longest pre-token so far */
+    uint32_t *sym;
+    int32_t *next;
+    int32_t *prev;
+    uint32_t *rank;
+    uint64_t *heap;
+    size_t cap;
+};
+
+ib_tok_state_t *ib_tok_state_new(const ib_tokenizer_t *t)
+{
+    ib_tok_state_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->t = t;
+    s->md = pcre2_match_data_create_from_pattern(t->re, NULL);
+    s->mctx = pcre2_match_context_create(NULL);
+    s->jit_stack = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
+    if (s->md == NULL || s->mctx == NULL || s->jit_stack == NULL) {
+        ib_tok_state_free(s);
+        return NULL;
+    }
+    pcre2_jit_stack_assign(s->mctx, NULL, s->jit_stack);
+    return s;
+}
+
+void ib_tok_state_free(ib_tok_state_t *s)
+{
+    if (s == NULL)
+        return;
+    pcre2_match_data_free(s->md);
+    pcre2_match_context_free(s->mctx);
+    pcre2_jit_stack_free(s->jit_stack);
+    free(s->clean);
+    free(s->sym);
+    free(s->next);
+    free(s->prev);
+    free(s->rank);
+    free(s->heap);
+    free(s);
+}
+
+static int push(ib_tok_ids_t *out, uint32_t id)
+{
+    if (out->len == out->cap) {
+        size_t cap = out->cap ? out->cap * 2 : 256;
+        uint32_t *ids = realloc(out->ids, cap * sizeof(*ids));
+        if (ids == NULL)
+            return -1;
+        out->ids = ids;
+        out->cap = cap;
+    }
+    out->ids[out->len++] = id;
+    return 0;
+}
+
+/* ---- UTF-8 repair: WHATWG decode with replacement, re-encoded ---- */
+
+/* Writes <len> bytes of <in> to <out> (room for 3 * len bytes) with every maximal invalid
+ * subsequence replaced by U+FFFD. Returns the output length. */
+static size_t repair_utf8(const unsigned char *in, size_t len, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char b = in[i];
+        size_t need;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (b < 0x80) {
+            out[o++] = (char)b;
+            i++;
+            continue;
+        } else if (b >= 0xC2 && b <= 0xDF) {
+            need = 1;
+        } else if (b >= 0xE0 && b <= 0xEF) {
+            need = 2;
+            if (b == 0xE0)
+                lo = 0xA0;
+            if (b == 0xED)
+                hi = 0x9F;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            need = 3;
+            if (b == 0xF0)
+                lo = 0x90;
+            if (b == 0xF4)
+                hi = 0x8F;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+            continue;
+        }
+        size_t k = 1;
+        for (; k <= need && i + k < len; k++) {
+            unsigned char c = in[i + k];
+            if (c < lo || c > hi)
+                break;
+            lo = 0x80;
+            hi = 0xBF;
+        }
+        if (k == need + 1) {
+            memcpy(out + o, in + i, k);
+            o += k;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+        }
+        i += k;
+    }
+    return o;
+}
+
+/* ---- BPE ---- */
+
+static int reserve(ib_tok_state_t *s, size_t n)
+{
+    if (n <= s->cap)
+        return 0;
+    size_t cap = s->cap ? s->cap : 64;
+    while (cap < n)
+        cap *= 2;
+    uint32_t *sym = realloc(s->sym, cap * sizeof(*sym));
+    if (sym)
+        s->sym = sym;
+    int32_t *next = realloc(s->next, cap * sizeof(*next));
+    if (next)
+        s->next = next;
+    int32_t *prev = realloc(s->prev, cap * sizeof(*prev));
+    if (prev)
+        s->prev = prev;
+    uint32_t *rank = realloc(s->rank, cap * sizeof(*rank));
+    if (rank)
+        s->rank = rank;
+    uint64_t *heap = realloc(s->heap, 2 * cap * sizeof(*heap));
+    if (heap)
+        s->heap = heap;
+    if (!sym || !next || !prev || !rank || !heap)
+        return -1;
+    s->cap = cap;
+    return 0;
+}
+
+static inline uint32_t pair_rank(const ib_tokenizer_t *t, const ib_tok_state_t *s, int32_t i)
+{
+    uint32_t res = IB_TOK_NONE;
+    int32_t j = s->next[i];
+    return j < 0 ? IB_TOK_NONE : ib_tok_merge(t, s->sym[i], s->sym[j], &res);
+}
+
+/* Merges symbol <i> with its successor into <res>. */
+static inline void merge_at(ib_tok_state_t *s, int32_t i, uint32_t res)
+{
+    int32_t j = s->next[i];
+    s->sym[i] = res;
+    s->next[i] = s->next[j];
+    if (s->next[j] >= 0)
+        s->prev[s->next[j]] = i;
+    s->sym[j] = IB_TOK_NONE;
+}
+
+/* Small pre-tokens: keep the rank of each adjacent pair, merge the lowest (leftmost on a
+ * tie), update the two ranks around it. */
+static void bpe_scan(const ib_tokenizer_t *t, ib_tok_state_t *s, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++)
+        s->rank[i] = pair_rank(t, s, i);
+    for (;;) {
+        uint32_t best = IB_TOK_NONE;
+        int32_t at = -1;
+        for (int32_t i = 0; i >= 0; i = s->next[i])
+            if (s->rank[i] < best) {
+                best = s->rank[i];
+                at = i;
+            }
+        if (at < 0)
+            return;
+        uint32_t res = IB_TOK_NONE;
+        ib_tok_merge(t, s->sym[at], s->sym[s->next[at]], &res);
+        merge_at(s, at, res);
+        s->rank[at] = pair_rank(t, s, at);
+        if (s->prev[at] >= 0)
+            s->rank[s->prev[at]] = pair_rank(t, s, s->prev[at]);
+    }
+}
+
+/* A binary min-heap of (rank << 32 | position): the lowest rank, then the leftmost. */
+static void heap_push(uint64_t *h, size_t *n, uint64_t v)
+{
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (h[p] <= v)
+            break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = v;
+}
+
+static uint64_t heap_pop(uint64_t *h, size_t *n)
+{
+    uint64_t top = h[0], v = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && h[c + 1] < h[c])
+            c++;
+        if (v <= h[c])
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = v;
+    return top;
+}
+
+/* Long pre-tokens: the same order with a heap; a popped entry whose pair has changed since
+ * it was pushed is stale (a rank names one pair, so equal rank means the same merge). */
+static void bpe_heap(const ib_tokenizer_t *t, ib_tok_state_t *s, int32_t n)
+{
+    size_t hn = 0;
+    for (int32_t i = 0; i + 1 < n; i++) {
+        uint32_t r = pair_rank(t, s, i);
+        if (r != IB_TOK_NONE)
+            heap_push(s->heap, &hn, (uint64_t)r << 32 | (uint32_t)i);
+    }
+    while (hn > 0) {
+        uint64_t e = heap_pop(s->heap, &hn);
+        int32_t i = (int32_t)(uint32_t)e;
+        uint32_t r = (uint32_t)(e >> 32);
+        if (s->sym[i] == IB_TOK_NONE || s->next[i] < 0)
+            continue;
+        uint32_t res = IB_TOK_NONE;
+        if (ib_tok_merge(t, s->sym[i], s->sym[s->next[i]], &res) != r)
+            continue;
+        merge_at(s, i, res);
+        uint32_t ri = pair_rank(t, s, i);
+        if (ri != IB_TOK_NONE)
+            heap_push(s->heap, &hn, (uint64_t)ri << 32 | (uint32_t)i);
+        int32_t p = s->prev[i];
+        if (p >= 0) {
+            uint32_t rp = pair_rank(t, s, p);
+            if (rp != IB_TOK_NONE)
+                heap_push(s->heap, &hn, (uint64_t)rp << 32 | (uint32_t)p);
+        }
+    }
+}
+
+static int bpe(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
+{
+    const ib_tokenizer_t *t = s->t;
+    if (n == 1)
+        return push(out, t->byte_id[(unsigned char)p[0]]);
+    if (t->ignore_merges) {
+        uint32_t id = ib_tok_vocab_lookup(t, p, n);
+        if (id != IB_TOK_NONE)
+            return push(out, id);
+    }
+    if (n > INT32_MAX / 2 || reserve(s, n) != 0)
+        return -1;
+    int32_t m = (int32_t)n;
+    for (int32_t i = 0; i < m; i++) {
+        s->sym[i] = t->byte_id[(unsigned char)p[i]];
+        s->next[i] = i + 1 < m ? i + 1 : -1;
+        s->prev[i] = i - 1;
+    }
+    if (m <= BPE_SCAN_MAX)
+        bpe_scan(t, s, m);
+    else
+        bpe_heap(t, s, m);
+    for (int32_t i = 0; i >= 0; i = s->next[i])
+        if (push(out, s->sym[i]) != 0)
+            return -1;
+    return 0;
+}
+
+/* ---- pre-tokenization and segments ---- */
+
+static int pretokenize(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
+{
+    PCRE2_SIZE at = 0;
+    while (at < n) {
+        int rc = pcre2_jit_match(s->t->re, (PCRE2_SPTR)p, n, at, 0, s->md, s->mctx);
+        if (rc == PCRE2_ERROR_NOMATCH)
+            return bpe(s, p + at, n - at, out); /* text between matches is kept too */
+        if (rc < 0)
+            return -1;
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(s->md);
+        if (ov[0] > at && bpe(s, p + at, ov[0] - at, out) != 0)
+            return -1;
+        if (ov[1] > ov[0]) {
+            if (bpe(s, p + ov[0], ov[1] - ov[0], out) != 0)
+                return -1;
+            at = ov[1];
+        } else { /* an empty match: step over one character */
+            at = ov[0] + 1;
+            while (at < n && ((unsigned char)p[at] & 0xC0) == 0x80)
+                at++;
+            if (bpe(s, p + ov[0], at - ov[0], out) != 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* NFC can only change text holding a code point at or above U+0300 (lead byte 0xCC+). */
+static int may_need_nfc(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] >= 0xCC)
+            return 1;
+    return 0;
+}
+
+static int segment(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
+{
+    if (n == 0)
+        return 0;
+    if (s->t->nfc && may_need_nfc(p, n)) {
+        utf8proc_uint8_t *norm = NULL;
+        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)n, &norm,
+                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        if (m >= 0) {
+            int rc = pretokenize(s, (const char *)norm, (size_t)m, out);
+            free(norm);
+            return rc;
+        }
+        free(norm); /* utf8proc refused (it should not on repaired UTF-8): use the text as is */
+    }
+    return pretokenize(s, p, n, out);
+}
+
+int ib_tokenize(ib_tok_state_t *s, const char *text, size_t len, unsigned flags, ib_tok_ids_t *out)
+{
+    const ib_tokenizer_t *t = s->t;
+    if (!ib_utf8_valid(text, len)) {
+        if (len > SIZE_MAX / 3)
+            return -1;
+        if (3 * len > s->clean_cap) {
+            char *c = realloc(s->clean, 3 * len);
+            if (c == NULL)
+                return -1;
+            s->clean = c;
+            s->clean_cap = 3 * len;
+        }
+        len = repair_utf8((const unsigned char *)text, len, s->clean);
+        text = s->clean;
+    }
+    if ((flags & IB_TOK_NO_SPECIAL) || t->nadded == 0)
+        return segment(s, text, len, out);
+    size_t start = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char b = (unsigned char)text[i];
+        uint32_t lo = t->added_first[b], hi = t->added_first[b + 1];
+        const ib_added_token_t *hit = NULL;
+        for (uint32_t k = lo; k < hi; k++) {
+            const ib_added_token_t *a = &t->added[k];
+            if (a->len <= len - i && memcmp(text + i, t->arena + a->off, a->len) == 0) {
+                hit = a;
+                break;
+            }
+        }
+        if (hit == NULL) {
+            i++;
+            continue;
+        }
+        if (segment(s, text + start, i - start, out) != 0 || push(out, hit->id) != 0)
+            return -1;
+        i += hit->len;
+        start = i;
+    }
+    return segment(s, text + start, len - start, out);
+}
+
+int ib_tokenizer_normalize(const ib_tokenizer_t *t, const char *text, size_t len, ib_buf_t *out)
+{
+    char *clean = NULL;
+    if (!ib_utf8_valid(text, len)) {
+        if (len > SIZE_MAX / 3 || (clean = malloc(3 * len + 1)) == NULL)
+            return -1;
+        len = repair_utf8((const unsigned char *)text, len, clean);
+        text = clean;
+    }
+    int rc;
+    /* Added tokens are ASCII in both families and NFC leaves ASCII alone, so normalizing
+     * the whole text equals normalizing the pieces between them. */
+    if (t->nfc && may_need_nfc(text, len)) {
+        utf8proc_uint8_t *norm = NULL;
+        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len, &norm,
+                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        rc = m >= 0 ? ib_buf_append(out, norm, (size_t)m) : ib_buf_append(out, text, len);
+        free(norm);
+    } else {
+        rc = ib_buf_append(out, text, len);
+    }
+    free(clean);
+    return rc;
+}
