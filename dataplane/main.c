@@ -27,7 +27,13 @@ static void usage(FILE *f)
             "routing (the replicas' workload):\n"
             "  --policy NAME               affinity | least-load | round-robin | consistent-hash (default affinity)\n"
             "  --template NAME             chat template the engines apply: chatml (qwen3) | llama3 | plain (default chatml)\n"
-            "  --block-bytes N             prefix block size in bytes, the engines' block size x 4 (default 64)\n"
+            "  --block-bytes N             without a tokenizer: prefix block size in bytes, the engines' block size x 4\n"
+            "                              (default 64)\n"
+            "  --tokenizer FILE            tokenizer.json (Llama 3, Qwen3 byte-level BPE): prefix blocks in tokens,\n"
+            "                              prompt token counts, context length checks\n"
+            "  --block-tokens N            with a tokenizer: prefix block size in tokens, the engines' block size (default 16)\n"
+            "  --context-length N          with a tokenizer: prompt + max_tokens above N is refused with a 400\n"
+            "                              context_length_exceeded (default 0: no check)\n"
             "  --cache-blocks N            each replica's prefix cache capacity in blocks (default 65536)\n"
             "  --cache-ttl-ms N            the engines' cache TTL, 0 for none (default 0)\n"
             "  --affinity-sets-log2 N      affinity table size: 2^N sets of 8 slots (default 17)\n"
@@ -40,7 +46,8 @@ int main(int argc, char **argv)
     ib_proxy_config_t cfg;
     ib_proxy_config_defaults(&cfg);
     enum { O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT,
-           O_EA, O_EM, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_HELP };
+           O_EA, O_EM, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK,
+           O_CTX, O_HELP };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},           {"port-file", 1, 0, O_PORTFILE},      {"workers", 1, 0, O_WORKERS},
         {"replica", 1, 0, O_REPLICA},         {"model", 1, 0, O_MODEL},             {"max-head-bytes", 1, 0, O_HEAD},
@@ -49,7 +56,8 @@ int main(int argc, char **argv)
         {"eject-after", 1, 0, O_EA},          {"eject-ms", 1, 0, O_EM},             {"policy", 1, 0, O_POLICY},
         {"template", 1, 0, O_TEMPLATE},       {"block-bytes", 1, 0, O_BLOCK},       {"cache-blocks", 1, 0, O_CBLOCKS},
         {"cache-ttl-ms", 1, 0, O_TTL},        {"affinity-sets-log2", 1, 0, O_SETS},
-        {"min-match-pct", 1, 0, O_MINMATCH},  {"help", 0, 0, O_HELP},
+        {"min-match-pct", 1, 0, O_MINMATCH},  {"tokenizer", 1, 0, O_TOKENIZER},    {"block-tokens", 1, 0, O_BTOK},
+        {"context-length", 1, 0, O_CTX},      {"help", 0, 0, O_HELP},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -64,6 +72,7 @@ int main(int argc, char **argv)
         if (c == O_LISTEN) { cfg.listen = optarg; continue; }
         if (c == O_POLICY) { cfg.policy = optarg; continue; }
         if (c == O_TEMPLATE) { cfg.chat_template = optarg; continue; }
+        if (c == O_TOKENIZER) { cfg.tokenizer = optarg; continue; }
         if (c == O_PORTFILE) { cfg.port_file = optarg; continue; }
         if (c == O_REPLICA) {
             if (cfg.nreplicas == IB_MAX_REPLICAS) {
@@ -99,6 +108,8 @@ int main(int argc, char **argv)
         case O_EA: cfg.eject_after_failures = (uint32_t)(v ? v : 1); break;
         case O_EM: cfg.eject_ms = (uint32_t)v; break;
         case O_BLOCK: cfg.block_bytes = (uint32_t)v; break;
+        case O_BTOK: cfg.block_tokens = (uint32_t)v; break;
+        case O_CTX: cfg.context_length = (uint32_t)v; break;
         case O_CBLOCKS: cfg.cache_blocks = (uint32_t)v; break;
         case O_TTL: cfg.cache_ttl_ms = (uint32_t)v; break;
         case O_SETS: cfg.affinity_sets_log2 = (uint32_t)v; break;

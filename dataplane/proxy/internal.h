@@ -10,6 +10,7 @@
 
 #include "ibrain/chat.h"
 #include "ibrain/ondemand_c.h"
+#include "ibrain/prompt.h"
 #include "ibrain/proxy.h"
 #include "ibrain/route.h"
 
@@ -44,6 +45,8 @@ typedef struct ib_worker_metrics {
     ib_counter_t matched_sum;
     ib_counter_t matched_count;
     ib_counter_t prompt_blocks;   /* prefix blocks hashed, for the matched/total ratio */
+    ib_counter_t prompt_tokens;   /* prompt tokens counted by the tokenizer */
+    ib_counter_t context_exceeded; /* requests refused: prompt + max_tokens over the context */
 } ib_worker_metrics_t;
 
 extern const double ib_metrics_buckets_s[IB_NBUCKETS];
@@ -78,9 +81,8 @@ typedef struct ib_worker {
     struct ib_upstream **idle;        /* per replica: idle keep-alive upstream connections */
     ib_buf_t scratch;
     ib_json_parser_t *json;           /* request bodies, parsed once */
-    ib_buf_t prompt;                  /* rendered prompt */
-    uint64_t *hashes;                 /* its prefix block hash chain */
-    size_t hashes_cap;
+    ib_prompt_t prompt;               /* rendered prompt, its tokens and prefix block hashes */
+    ib_tok_state_t *tok;              /* tokenizer scratch (NULL without a tokenizer) */
     uint64_t rng;
     _Alignas(64) ib_worker_metrics_t m;
 } ib_worker_t;
@@ -96,6 +98,7 @@ struct ib_proxy {
     ib_router_t router;
     int router_ready;
     ib_chat_template_t chat_template;
+    ib_tokenizer_t *tokenizer;        /* shared, read-only; NULL: byte blocks */
     _Atomic int stopping;
 };
 

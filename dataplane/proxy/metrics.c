@@ -161,6 +161,15 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                        "# HELP ibrain_route_prompt_blocks_total Prefix blocks hashed from routed prompts.\n"
                        "# TYPE ibrain_route_prompt_blocks_total counter\nibrain_route_prompt_blocks_total %llu\n",
                        (unsigned long long)SUM(prompt_blocks));
+    rc = rc || bprintf(b,
+                       "# HELP ibrain_prompt_tokens_total Prompt tokens of routed requests, counted by ibrain's "
+                       "tokenizer (0 without --tokenizer).\n"
+                       "# TYPE ibrain_prompt_tokens_total counter\nibrain_prompt_tokens_total %llu\n"
+                       "# HELP ibrain_context_length_exceeded_total Requests refused because prompt tokens + "
+                       "max_tokens exceed --context-length.\n"
+                       "# TYPE ibrain_context_length_exceeded_total counter\n"
+                       "ibrain_context_length_exceeded_total %llu\n",
+                       (unsigned long long)SUM(prompt_tokens), (unsigned long long)SUM(context_exceeded));
     rc = rc || bprintf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",
                        px->nworkers);
     return rc ? -1 : 0;

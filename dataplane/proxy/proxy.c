@@ -36,6 +36,7 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
     cfg->policy = "affinity";
     cfg->chat_template = "chatml";
     cfg->block_bytes = 64;        /* the mock engine's default: 16-token blocks x 4 bytes */
+    cfg->block_tokens = 16;       /* vLLM's and the mock engine's default block size */
     cfg->cache_blocks = 65536;    /* the mock engine's default capacity */
     cfg->cache_ttl_ms = 0;
     cfg->affinity_sets_log2 = 17; /* 1M slots, 8 MiB */
@@ -191,7 +192,19 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
         fprintf(stderr, "ibrain: unknown --template '%s' (chatml, qwen3, llama3, plain)\n", cfg->chat_template);
         goto Error;
     }
-    if (cfg->block_bytes == 0 || cfg->cache_blocks == 0 || cfg->affinity_sets_log2 > 26 ||
+    if (cfg->tokenizer != NULL && cfg->tokenizer[0] != '\0') {
+        char err[256];
+        px->tokenizer = ib_tokenizer_load(cfg->tokenizer, err, sizeof(err));
+        if (px->tokenizer == NULL) {
+            fprintf(stderr, "ibrain: --tokenizer: %s\n", err);
+            goto Error;
+        }
+        ib_tokenizer_info_t ti;
+        ib_tokenizer_get_info(px->tokenizer, &ti);
+        fprintf(stderr, "ibrain: tokenizer %s: %u tokens, %u merges, loaded in %.0f ms, %.1f MiB\n", cfg->tokenizer,
+                ti.vocab_size, ti.nmerges, ti.load_ms, (double)ti.memory_bytes / (1 << 20));
+    }
+    if (cfg->block_bytes == 0 || cfg->block_tokens == 0 || cfg->cache_blocks == 0 || cfg->affinity_sets_log2 > 26 ||
         ib_router_init(&px->router, policy, px->nreplicas, cfg->affinity_sets_log2, cfg->cache_blocks,
                        cfg->cache_ttl_ms) != 0) {
         fprintf(stderr, "ibrain: bad routing settings (block bytes and cache blocks > 0, affinity sets <= 2^26)\n");
@@ -234,9 +247,14 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
     }
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
-    fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas, policy %s, template %s, %u-byte blocks\n",
-            ip, px->port, px->nworkers, px->nreplicas, ib_policy_name(px->router.policy),
-            ib_chat_template_name(px->chat_template), cfg->block_bytes);
+    char blocks[48];
+    if (px->tokenizer != NULL)
+        snprintf(blocks, sizeof(blocks), "%u-token blocks", cfg->block_tokens);
+    else
+        snprintf(blocks, sizeof(blocks), "%u-byte blocks", cfg->block_bytes);
+    fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas, policy %s, template %s, %s\n", ip,
+            px->port, px->nworkers, px->nreplicas, ib_policy_name(px->router.policy),
+            ib_chat_template_name(px->chat_template), blocks);
     return px;
 Error:
     ib_proxy_destroy(px);
@@ -288,5 +306,6 @@ void ib_proxy_destroy(ib_proxy_t *px)
     free(px->replicas);
     if (px->router_ready)
         ib_router_destroy(&px->router);
+    ib_tokenizer_free(px->tokenizer);
     free(px);
 }

@@ -775,8 +775,31 @@ static void observe_matched(ib_worker_t *w, uint32_t matched, uint32_t blocks)
     ib_counter_add(&w->m.prompt_blocks, blocks);
 }
 
-/* Chat and completions: parse the body once, render the prompt as the engines will, hash
- * its prefix blocks and let the router choose. */
+/* With a tokenizer and a context length: prompt tokens + max_tokens (at least 1) over the
+ * model's context is a 400 context_length_exceeded, as the engines answer it. */
+static int context_exceeded(ib_worker_t *w, ib_client_t *c, const ib_oai_request_t *oreq, ib_api_kind_t kind)
+{
+    uint32_t ctx = w->px->cfg.context_length;
+    uint64_t prompt = w->prompt.tokens;
+    uint64_t completion = oreq->max_tokens > 0 ? (uint64_t)oreq->max_tokens : 1;
+    if (ctx == 0 || prompt + completion <= ctx)
+        return 0;
+    char msg[300];
+    snprintf(msg, sizeof(msg),
+             "This model's maximum context length is %u tokens. However, you requested %llu tokens (%llu in the %s, "
+             "%llu for the completion). Please reduce the length of the %s or completion.",
+             ctx, (unsigned long long)(prompt + completion), (unsigned long long)prompt,
+             kind == IB_API_CHAT ? "messages" : "prompt", (unsigned long long)completion,
+             kind == IB_API_CHAT ? "messages" : "prompt");
+    c->status = 400;
+    ib_counter_add(&w->m.context_exceeded, 1);
+    respond_error_param(w, c, 400, msg, "invalid_request_error", kind == IB_API_CHAT ? "messages" : "prompt",
+                        "context_length_exceeded", NULL);
+    return 1;
+}
+
+/* Chat and completions: parse the body once, render (and tokenize) the prompt as the
+ * engines will, hash its prefix blocks and let the router choose. */
 static void route_request(ib_worker_t *w, ib_client_t *c)
 {
     ib_proxy_t *px = w->px;
@@ -798,18 +821,15 @@ static void route_request(ib_worker_t *w, ib_client_t *c)
     }
     if (c->session_key == 0 && oreq.session_id.len > 0)
         c->session_key = XXH3_64bits_withSeed(oreq.session_id.ptr, oreq.session_id.len, 0x5e55) | 1;
-    ib_buf_reset(&w->prompt);
     size_t nblocks = 0;
-    if (ib_chat_render(px->chat_template, &oreq, &w->prompt) == 0) {
-        nblocks = w->prompt.len / px->cfg.block_bytes;
-        if (nblocks > w->hashes_cap) {
-            uint64_t *h = realloc(w->hashes, nblocks * sizeof(*h));
-            if (h != NULL)
-                w->hashes = h, w->hashes_cap = nblocks;
-            else
-                nblocks = w->hashes_cap;
+    uint32_t block = px->tokenizer != NULL ? px->cfg.block_tokens : px->cfg.block_bytes;
+    if (ib_prompt_build(&w->prompt, px->chat_template, &oreq, w->tok, block, 4) == 0) {
+        nblocks = w->prompt.nblocks;
+        if (w->prompt.tokenized) {
+            ib_counter_add(&w->m.prompt_tokens, w->prompt.tokens);
+            if (context_exceeded(w, c, &oreq, kind))
+                return;
         }
-        nblocks = ib_hashchain(w->prompt.ptr, w->prompt.len, px->cfg.block_bytes, w->hashes, nblocks);
     }
     int64_t load[IB_MAX_REPLICAS], inflight[IB_MAX_REPLICAS];
     uint8_t usable[IB_MAX_REPLICAS];
@@ -820,7 +840,7 @@ static void route_request(ib_worker_t *w, ib_client_t *c)
         usable[r] = (uint8_t)ib_replica_healthy(&px->replicas[r], now);
     }
     w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
-    ib_route_input_t in = {.hashes = w->hashes, .nblocks = nblocks, .session_key = c->session_key, .load = load,
+    ib_route_input_t in = {.hashes = w->prompt.hashes, .nblocks = nblocks, .session_key = c->session_key, .load = load,
                            .inflight = inflight, .usable = usable, .nreplicas = px->nreplicas, .random = w->rng};
     ib_route_decision_t d;
     ib_router_pick(&px->router, &in, &d);
@@ -1336,7 +1356,9 @@ int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id)
     w->idle = calloc(px->nreplicas, sizeof(*w->idle));
     w->json = ib_json_parser_new(px->cfg.max_body_bytes);
     w->rng = 0x9e3779b97f4a7c15ull * (id + 1);
-    if (w->wake_fd < 0 || w->idle == NULL || w->json == NULL)
+    if (px->tokenizer != NULL)
+        w->tok = ib_tok_state_new(px->tokenizer);
+    if (w->wake_fd < 0 || w->idle == NULL || w->json == NULL || (px->tokenizer != NULL && w->tok == NULL))
         return -1;
     /* SINGLE_ISSUER: only this worker's thread submits. DEFER_TASKRUN: completions are
      * processed when the thread waits, never interrupting it. A large CQ so that bursts
@@ -1388,8 +1410,8 @@ void ib_worker_destroy(ib_worker_t *w)
     free(w->buf_base);
     free(w->idle);
     ib_buf_free(&w->scratch);
-    ib_buf_free(&w->prompt);
-    free(w->hashes);
+    ib_prompt_free(&w->prompt);
+    ib_tok_state_free(w->tok);
     ib_json_parser_free(w->json);
     if (w->wake_fd > 0)
         close(w->wake_fd);

@@ -4,12 +4,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
+#include <xxhash.h>
 
 #include "ibrain/ondemand_c.h"
 
 /* Pre-tokens up to this many bytes merge by scanning a rank array (quadratic, tiny n);
  * longer ones (runs of punctuation, whitespace) use a heap. */
-#define BPE_SCAN_MAX 48
+#define BPE_SCAN_MAX 24
+
+/* A direct-mapped cache of short pre-tokens and their ids, per thread: words repeat, and a
+ * hit skips the merges. Entries are exact (bytes compared), so a hit is always right. */
+#define CACHE_SLOTS 16384
+#define CACHE_KEY_MAX 22
+#define CACHE_IDS_MAX 8
+typedef struct cache_entry {
+    uint8_t len; /* 0 = empty */
+    uint8_t nids;
+    char key[CACHE_KEY_MAX];
+    uint32_t ids[CACHE_IDS_MAX];
+} cache_entry_t;
 
 struct ib_tok_state {
     const ib_tokenizer_t *t;
@@ -25,6 +38,7 @@ struct ib_tok_state {
     uint32_t *rank;
     uint64_t *heap;
     size_t cap;
+    cache_entry_t *cache; /* CACHE_SLOTS entries */
 };
 
 ib_tok_state_t *ib_tok_state_new(const ib_tokenizer_t *t)
@@ -36,7 +50,8 @@ ib_tok_state_t *ib_tok_state_new(const ib_tokenizer_t *t)
     s->md = pcre2_match_data_create_from_pattern(t->re, NULL);
     s->mctx = pcre2_match_context_create(NULL);
     s->jit_stack = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
-    if (s->md == NULL || s->mctx == NULL || s->jit_stack == NULL) {
+    s->cache = calloc(CACHE_SLOTS, sizeof(*s->cache));
+    if (s->md == NULL || s->mctx == NULL || s->jit_stack == NULL || s->cache == NULL) {
         ib_tok_state_free(s);
         return NULL;
     }
@@ -57,8 +72,11 @@ void ib_tok_state_free(ib_tok_state_t *s)
     free(s->prev);
     free(s->rank);
     free(s->heap);
+    free(s->cache);
     free(s);
 }
+
+const ib_tokenizer_t *ib_tok_state_tokenizer(const ib_tok_state_t *s) { return s->t; }
 
 static int push(ib_tok_ids_t *out, uint32_t id)
 {
@@ -272,6 +290,16 @@ static int bpe(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
     const ib_tokenizer_t *t = s->t;
     if (n == 1)
         return push(out, t->byte_id[(unsigned char)p[0]]);
+    cache_entry_t *ce = NULL;
+    if (n <= CACHE_KEY_MAX) {
+        ce = &s->cache[XXH3_64bits(p, n) & (CACHE_SLOTS - 1)];
+        if (ce->len == n && memcmp(ce->key, p, n) == 0) {
+            for (uint32_t k = 0; k < ce->nids; k++)
+                if (push(out, ce->ids[k]) != 0)
+                    return -1;
+            return 0;
+        }
+    }
     if (t->ignore_merges) {
         uint32_t id = ib_tok_vocab_lookup(t, p, n);
         if (id != IB_TOK_NONE)
@@ -289,9 +317,16 @@ static int bpe(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
         bpe_scan(t, s, m);
     else
         bpe_heap(t, s, m);
+    size_t first = out->len;
     for (int32_t i = 0; i >= 0; i = s->next[i])
         if (push(out, s->sym[i]) != 0)
             return -1;
+    if (ce != NULL && out->len - first <= CACHE_IDS_MAX) {
+        ce->len = (uint8_t)n;
+        ce->nids = (uint8_t)(out->len - first);
+        memcpy(ce->key, p, n);
+        memcpy(ce->ids, out->ids + first, ce->nids * sizeof(uint32_t));
+    }
     return 0;
 }
 
@@ -324,12 +359,39 @@ static int pretokenize(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t 
     return 0;
 }
 
-/* NFC can only change text holding a code point at or above U+0300 (lead byte 0xCC+). */
+/* Code points that are NFC_Quick_Check=Yes with combining class 0 and never combine with
+ * what precedes them: text made only of these is already in NFC. Conservative: scripts that
+ * take combining marks (and the marks themselves) are left to utf8proc. */
+static int nfc_inert(uint32_t cp)
+{
+    return cp < 0x300 || (cp >= 0x2010 && cp <= 0x2027) || (cp >= 0x2030 && cp <= 0x205E) ||
+           (cp >= 0x3001 && cp <= 0x3029) || (cp >= 0x3030 && cp <= 0x303F) || (cp >= 0x3041 && cp <= 0x3096) ||
+           (cp >= 0x30A1 && cp <= 0x30FA) || (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x4E00 && cp <= 0x9FFF) ||
+           (cp >= 0xAC00 && cp <= 0xD7A3) || (cp >= 0xFF01 && cp <= 0xFF5E);
+}
+
+/* 1 when NFC might change <p> (valid UTF-8). */
 static int may_need_nfc(const char *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)p[i] >= 0xCC)
+    const unsigned char *u = (const unsigned char *)p;
+    for (size_t i = 0; i < n;) {
+        if (u[i] < 0xCC) { /* ASCII, U+0080..U+02FF and continuation bytes */
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        if (u[i] < 0xE0 && i + 1 < n) {
+            cp = (uint32_t)(u[i] & 0x1F) << 6 | (u[i + 1] & 0x3F);
+            i += 2;
+        } else if (u[i] < 0xF0 && i + 2 < n) {
+            cp = (uint32_t)(u[i] & 0x0F) << 12 | (uint32_t)(u[i + 1] & 0x3F) << 6 | (u[i + 2] & 0x3F);
+            i += 3;
+        } else {
             return 1;
+        }
+        if (!nfc_inert(cp))
+            return 1;
+    }
     return 0;
 }
 

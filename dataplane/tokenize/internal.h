@@ -18,6 +18,12 @@ typedef struct ib_added_token {
     uint8_t special;
 } ib_added_token_t;
 
+typedef struct ib_merge_slot {
+    uint64_t key; /* (left << 32 | right) + 1, 0 = empty */
+    uint32_t rank;
+    uint32_t res;
+} ib_merge_slot_t;
+
 struct ib_tokenizer {
     /* Token bytes (raw, not the byte-level unicode form), indexed by id. */
     char *arena;
@@ -32,10 +38,8 @@ struct ib_tokenizer {
     uint32_t vmask;
     uint32_t nvocab;
 
-    /* Merges: (left id, right id) -> rank and merged id. */
-    uint64_t *mkey; /* (left << 32 | right) + 1, 0 = empty */
-    uint32_t *mrank;
-    uint32_t *mres;
+    /* Merges: (left id, right id) -> rank and merged id, one cache line access per probe. */
+    ib_merge_slot_t *merges;
     uint32_t mmask;
     uint32_t nmerges;
     uint32_t merges_skipped; /* merges whose parts or result are not in the vocabulary */
@@ -71,12 +75,12 @@ static inline uint32_t ib_tok_merge(const ib_tokenizer_t *t, uint32_t a, uint32_
 {
     uint64_t key = ((uint64_t)a << 32 | b) + 1;
     for (uint32_t i = (uint32_t)ib_tok_mix64(key) & t->mmask;; i = (i + 1) & t->mmask) {
-        uint64_t k = t->mkey[i];
-        if (k == key) {
-            *res = t->mres[i];
-            return t->mrank[i];
+        const ib_merge_slot_t *m = &t->merges[i];
+        if (m->key == key) {
+            *res = m->res;
+            return m->rank;
         }
-        if (k == 0)
+        if (m->key == 0)
             return IB_TOK_NONE;
     }
 }

@@ -192,52 +192,37 @@ static int on_vocab(void *ctx, ib_span_t tok, int64_t id)
     return vmap_insert(t, (uint32_t)id);
 }
 
-static int merge_insert(ib_tokenizer_t *t, uint64_t key, uint32_t rank, uint32_t res);
-
-static int merges_grow(ib_tokenizer_t *t)
-{
-    uint64_t *okey = t->mkey;
-    uint32_t *orank = t->mrank, *ores = t->mres, omask = t->mmask;
-    uint32_t cap = okey ? (omask + 1) * 2 : 1 << 18;
-    t->mkey = calloc(cap, sizeof(*t->mkey));
-    t->mrank = malloc(cap * sizeof(*t->mrank));
-    t->mres = malloc(cap * sizeof(*t->mres));
-    if (t->mkey == NULL || t->mrank == NULL || t->mres == NULL) {
-        free(t->mkey);
-        free(t->mrank);
-        free(t->mres);
-        t->mkey = okey;
-        t->mrank = orank;
-        t->mres = ores;
-        return -1;
-    }
-    t->mmask = cap - 1;
-    uint32_t n = t->nmerges;
-    t->nmerges = 0;
-    if (okey != NULL) {
-        for (uint32_t i = 0; i <= omask; i++)
-            if (okey[i] != 0)
-                merge_insert(t, okey[i], orank[i], ores[i]);
-        free(okey);
-        free(orank);
-        free(ores);
-    }
-    t->nmerges = n;
-    return 0;
-}
-
 static int merge_insert(ib_tokenizer_t *t, uint64_t key, uint32_t rank, uint32_t res)
 {
     for (uint32_t i = (uint32_t)ib_tok_mix64(key) & t->mmask;; i = (i + 1) & t->mmask) {
-        if (t->mkey[i] == key)
+        ib_merge_slot_t *m = &t->merges[i];
+        if (m->key == key)
             return 0; /* a pair listed twice keeps its first (lowest) rank */
-        if (t->mkey[i] == 0) {
-            t->mkey[i] = key;
-            t->mrank[i] = rank;
-            t->mres[i] = res;
+        if (m->key == 0) {
+            *m = (ib_merge_slot_t){key, rank, res};
             return 1;
         }
     }
+}
+
+static int merges_grow(ib_tokenizer_t *t)
+{
+    ib_merge_slot_t *old = t->merges;
+    uint32_t omask = t->mmask;
+    uint32_t cap = old ? (omask + 1) * 2 : 1 << 18;
+    t->merges = calloc(cap, sizeof(*t->merges));
+    if (t->merges == NULL) {
+        t->merges = old;
+        return -1;
+    }
+    t->mmask = cap - 1;
+    if (old != NULL) {
+        for (uint32_t i = 0; i <= omask; i++)
+            if (old[i].key != 0)
+                merge_insert(t, old[i].key, old[i].rank, old[i].res);
+        free(old);
+    }
+    return 0;
 }
 
 static int on_merge(void *ctx, ib_span_t left, ib_span_t right)
@@ -262,7 +247,7 @@ static int on_merge(void *ctx, ib_span_t left, ib_span_t right)
         t->merges_skipped++;
         return 0;
     }
-    if (t->mkey == NULL || (t->nmerges + 1) * 2 > t->mmask + 1)
+    if (t->merges == NULL || (t->nmerges + 1) * 2 > t->mmask + 1)
         if (merges_grow(t) != 0)
             return -1;
     uint64_t key = ((uint64_t)ia << 32 | ib) + 1;
@@ -528,9 +513,7 @@ void ib_tokenizer_free(ib_tokenizer_t *t)
     free(t->tok_len);
     free(t->tok_special);
     free(t->vmap);
-    free(t->mkey);
-    free(t->mrank);
-    free(t->mres);
+    free(t->merges);
     free(t->added);
     pcre2_code_free(t->re);
     free(t);
@@ -550,7 +533,7 @@ void ib_tokenizer_get_info(const ib_tokenizer_t *t, ib_tokenizer_info_t *out)
     pcre2_pattern_info(t->re, PCRE2_INFO_JITSIZE, &jit_size);
     out->memory_bytes = t->arena_cap + (size_t)t->ntok * (2 * sizeof(uint32_t) + 1) +
                         (size_t)(t->vmask + 1) * sizeof(uint32_t) +
-                        (size_t)(t->mmask + 1) * (sizeof(uint64_t) + 2 * sizeof(uint32_t)) +
+                        (size_t)(t->mmask + 1) * sizeof(ib_merge_slot_t) +
                         t->nadded * sizeof(ib_added_token_t) + re_size + jit_size;
     out->load_ms = t->load_ms;
 }

@@ -136,7 +136,8 @@ typedef struct ib_engine_config {
     const char *model;          /* the one model name served */
     const char *engine_id;      /* sent as X-Engine-Id; defaults to HOST:PORT */
     ib_chat_template_t chat_template;
-    uint32_t bytes_per_token;   /* token count approximation: ceil(bytes / this) */
+    uint32_t bytes_per_token;   /* without a tokenizer, tokens are estimated as ceil(bytes / this) */
+    const char *tokenizer;      /* tokenizer.json: real token counts, KV blocks of block_tokens tokens */
     uint32_t max_model_len;     /* prompt + max_tokens limit, in tokens */
     uint32_t default_max_tokens;
     size_t max_body_bytes;

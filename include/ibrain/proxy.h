@@ -79,7 +79,10 @@ typedef struct ib_proxy_config {
     /* routing (the workload in standalone mode) */
     const char *policy;             /* affinity | least-load | round-robin | consistent-hash */
     const char *chat_template;      /* chatml (qwen3) | llama3 | plain: as the engines render */
-    uint32_t block_bytes;           /* prefix block size in bytes: the engine's block_size x 4 */
+    uint32_t block_bytes;           /* prefix block size in bytes (no tokenizer): the engine's block_size x 4 */
+    const char *tokenizer;          /* tokenizer.json: blocks of block_tokens tokens, token counts */
+    uint32_t block_tokens;          /* prefix block size in tokens (with a tokenizer): the engine's block_size */
+    uint32_t context_length;        /* with a tokenizer: prompt + max_tokens above this is a 400 (0: no check) */
     uint32_t cache_blocks;          /* each replica's prefix cache capacity, in blocks */
     uint32_t cache_ttl_ms;          /* the engines' cache TTL (0: none) */
     uint32_t affinity_sets_log2;    /* affinity table: 2^N sets of 8 slots */

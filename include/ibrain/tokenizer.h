@@ -71,6 +71,7 @@ int64_t ib_tokenizer_token_id(const ib_tokenizer_t *t, const char *text, size_t 
 
 ib_tok_state_t *ib_tok_state_new(const ib_tokenizer_t *t);
 void ib_tok_state_free(ib_tok_state_t *s);
+const ib_tokenizer_t *ib_tok_state_tokenizer(const ib_tok_state_t *s);
 
 /**
  * Appends the token ids of <len> bytes of <text> to <out>. Any bytes are accepted.

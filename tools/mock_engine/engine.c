@@ -14,6 +14,7 @@
 #include "ibrain/hashchain.h"
 #include "ibrain/oai_error.h"
 #include "ibrain/ondemand_c.h"
+#include "ibrain/prompt.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -56,7 +57,9 @@ struct ib_engine {
     ib_engine_config_t cfg;
     ib_sched_t sched;
     ib_json_parser_t *json;
-    ib_buf_t prompt;          /* render scratch */
+    ib_prompt_t prompt;       /* render, tokenize and hash scratch */
+    ib_tokenizer_t *tokenizer; /* NULL: tokens estimated from bytes */
+    ib_tok_state_t *tok;
     ib_buf_t scratch;         /* response scratch */
     ib_buf_t model_json;      /* the model name, JSON-escaped */
     char engine_id[128];
@@ -415,12 +418,14 @@ static void handle_completion(ib_engine_t *eng, h2o_req_t *req, ib_api_kind_t ki
                    "max_tokens", NULL);
         return;
     }
-    ib_buf_reset(&eng->prompt);
-    if (ib_chat_render(eng->cfg.chat_template, &oreq, &eng->prompt) != 0) {
+    /* The KV cache's blocks: block_tokens tokens, or as many 4-byte pseudo-tokens of text. */
+    uint32_t block = eng->tok != NULL ? eng->cfg.sched.block_tokens
+                                      : eng->cfg.sched.block_tokens * eng->cfg.bytes_per_token;
+    if (ib_prompt_build(&eng->prompt, eng->cfg.chat_template, &oreq, eng->tok, block, eng->cfg.bytes_per_token) != 0) {
         send_error(eng, req, r, 500, "out of memory", "server_error", NULL, NULL);
         return;
     }
-    uint64_t prompt_tokens = (eng->prompt.len + eng->cfg.bytes_per_token - 1) / eng->cfg.bytes_per_token;
+    uint64_t prompt_tokens = eng->prompt.tokens;
     if (prompt_tokens == 0)
         prompt_tokens = 1;
     uint64_t max_tokens = oreq.max_tokens > 0 ? (uint64_t)oreq.max_tokens : eng->cfg.default_max_tokens;
@@ -451,15 +456,14 @@ static void handle_completion(ib_engine_t *eng, h2o_req_t *req, ib_api_kind_t ki
     st->vocab_seed = (uint32_t)st->id;
     eng->m.streams_active++;
 
-    size_t block_bytes = (size_t)eng->cfg.sched.block_tokens * eng->cfg.bytes_per_token;
-    size_t nblocks = eng->prompt.len / block_bytes;
+    size_t nblocks = eng->prompt.nblocks;
     if (nblocks > 0) {
         st->hashes = malloc(nblocks * sizeof(*st->hashes));
         if (st->hashes == NULL) {
             send_error(eng, req, r, 500, "out of memory", "server_error", NULL, NULL);
             return;
         }
-        ib_hashchain(eng->prompt.ptr, eng->prompt.len, block_bytes, st->hashes, nblocks);
+        memcpy(st->hashes, eng->prompt.hashes, nblocks * sizeof(*st->hashes));
     }
     st->seq.hashes = st->hashes;
     st->seq.nblocks = nblocks;
@@ -678,6 +682,15 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
         fprintf(stderr, "ib-mock-engine: bad scheduler settings (slots, block size and cache size must be > 0)\n");
         goto Error;
     }
+    if (cfg->tokenizer != NULL && cfg->tokenizer[0] != '\0') {
+        char err[256];
+        eng->tokenizer = ib_tokenizer_load(cfg->tokenizer, err, sizeof(err));
+        eng->tok = eng->tokenizer != NULL ? ib_tok_state_new(eng->tokenizer) : NULL;
+        if (eng->tok == NULL) {
+            fprintf(stderr, "ib-mock-engine: --tokenizer: %s\n", eng->tokenizer == NULL ? err : "out of memory");
+            goto Error;
+        }
+    }
     eng->json = ib_json_parser_new(cfg->max_body_bytes);
     if (eng->json == NULL || ib_json_escape(&eng->model_json, cfg->model, strlen(cfg->model)) != 0) {
         fprintf(stderr, "ib-mock-engine: out of memory\n");
@@ -783,7 +796,9 @@ void ib_engine_destroy(ib_engine_t *eng)
     if (eng->listen_fd >= 0)
         close(eng->listen_fd);
     ib_json_parser_free(eng->json);
-    ib_buf_free(&eng->prompt);
+    ib_prompt_free(&eng->prompt);
+    ib_tok_state_free(eng->tok);
+    ib_tokenizer_free(eng->tokenizer);
     ib_buf_free(&eng->scratch);
     ib_buf_free(&eng->model_json);
     if (eng->loop != NULL) {

@@ -17,6 +17,8 @@ static void usage(FILE *f)
             "  --template NAME            chat template: chatml (Qwen3) | llama3 | plain (default chatml)\n"
             "  --bytes-per-token N        token count approximation: ceil(bytes/N) (default 4)\n"
             "  --max-model-len N          prompt + completion limit in tokens (default 131072)\n"
+            "  --tokenizer FILE           tokenizer.json: real prompt token counts and KV blocks of --block-size\n"
+            "                             tokens (default: tokens estimated as --bytes-per-token bytes)\n"
             "  --default-max-tokens N     completion length when the request names none (default 64)\n"
             "  --max-body-bytes N         request body limit (default 8388608)\n"
             "  --max-seqs N               concurrent sequences; more wait in a queue (default 256)\n"
@@ -60,7 +62,7 @@ int main(int argc, char **argv)
     ib_engine_config_t cfg;
     ib_engine_config_defaults(&cfg);
     enum { O_LISTEN = 1, O_PORTFILE, O_MODEL, O_ID, O_TEMPLATE, O_BPT, O_MAXLEN, O_DEFMAX, O_MAXBODY, O_SEQS,
-           O_BLOCK, O_CBLOCKS, O_TTL, O_OVERHEAD, O_PREFILL, O_ITL, O_ITLSEQ, O_DRAIN, O_HELP };
+           O_BLOCK, O_CBLOCKS, O_TTL, O_OVERHEAD, O_PREFILL, O_ITL, O_ITLSEQ, O_DRAIN, O_TOKENIZER, O_HELP };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},       {"port-file", 1, 0, O_PORTFILE},      {"model", 1, 0, O_MODEL},
         {"id", 1, 0, O_ID},               {"template", 1, 0, O_TEMPLATE},        {"bytes-per-token", 1, 0, O_BPT},
@@ -68,7 +70,7 @@ int main(int argc, char **argv)
         {"max-seqs", 1, 0, O_SEQS},       {"block-size", 1, 0, O_BLOCK},         {"cache-blocks", 1, 0, O_CBLOCKS},
         {"cache-ttl-ms", 1, 0, O_TTL},    {"overhead-ms", 1, 0, O_OVERHEAD},     {"prefill-us-per-token", 1, 0, O_PREFILL},
         {"itl-ms", 1, 0, O_ITL},          {"itl-us-per-seq", 1, 0, O_ITLSEQ},    {"drain-timeout-ms", 1, 0, O_DRAIN},
-        {"help", 0, 0, O_HELP},           {0, 0, 0, 0}};
+        {"tokenizer", 1, 0, O_TOKENIZER}, {"help", 0, 0, O_HELP},           {0, 0, 0, 0}};
     int c;
     uint64_t v;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -78,6 +80,7 @@ int main(int argc, char **argv)
         case O_PORTFILE: cfg.port_file = optarg; break;
         case O_MODEL: cfg.model = optarg; break;
         case O_ID: cfg.engine_id = optarg; break;
+        case O_TOKENIZER: cfg.tokenizer = optarg; break;
         case O_TEMPLATE:
             if (ib_chat_template_parse(optarg, &cfg.chat_template) != 0) {
                 fprintf(stderr, "ib-mock-engine: unknown --template '%s' (chatml, qwen3, llama3, plain)\n", optarg);
