@@ -32,7 +32,8 @@ for c in range(n):
             sys.exit("HTTP %d: %s" % (r.status, data))
         route = dict(kv.split("=", 1) for kv in r.getheader("X-IB-Route", "").split())
         served.append({"replica": r.getheader("X-IB-Replica"), "reason": route.get("reason"),
-                       "matched": route.get("matched"), "cached": data["usage"]["prompt_tokens_details"]["cached_tokens"]})
+                       "matched": route.get("matched"), "cached": data["usage"]["prompt_tokens_details"]["cached_tokens"],
+                       "prompt_tokens": data["usage"]["prompt_tokens"]})
         messages.append({"role": "assistant", "content": data["choices"][0]["message"]["content"]})
     out.append(served)
 print(json.dumps(out))
