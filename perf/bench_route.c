@@ -1,17 +1,23 @@
 /*
- * Routing cost per request: parse (simdjson shim) + render (chat template) + hash (XXH3
- * prefix chain) + pick (affinity policy over 8 replicas, table warm), on chat bodies of
- * about 1 KB, 8 KB and 32 KB; next to memcpy and a single XXH3 pass over the same bytes,
- * the floor any router that looks at the prompt pays. Prints ns per request, medians of
- * REPEAT batches.
+ * Routing cost per request: parse (simdjson shim) + render (chat template) + [tokenize] +
+ * hash (XXH3 prefix chain) + pick (affinity policy over 8 replicas, table warm), on chat
+ * bodies of about 1 KB, 8 KB and 32 KB; next to memcpy and a single XXH3 pass over the same
+ * bytes, the floor any router that looks at the prompt pays. Prints ns per request, medians
+ * of REPEAT batches. The prompt goes through ib_prompt_build, as in ibrain.
  *
- * usage: ib-bench-route [REPEAT]
+ * usage: ib-bench-route [--tokenizer tokenizer.json] [--text FILE] [REPEAT]
+ *   --tokenizer   blocks of 16 tokens (else 64-byte blocks, as ibrain without a tokenizer)
+ *   --text        message contents are taken from FILE (else synthetic letters and spaces)
+ *   --cold        no segment cache: every message is tokenized again, as for a new
+ *                 conversation (the pre-token cache of frequent words stays on)
  */
 #include "ibrain/chat.h"
 #include "ibrain/clock.h"
 #include "ibrain/hashchain.h"
 #include "ibrain/ondemand_c.h"
+#include "ibrain/prompt.h"
 #include "ibrain/route.h"
+#include "ibrain/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,16 +32,29 @@ static int cmp_u64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* A chat body of about <target> bytes: a system prompt and a few turns. */
-static size_t make_body(char *buf, size_t cap, size_t target)
+/* A chat body of about <target> bytes: a system prompt and a few turns of 500 characters,
+ * taken from <text> (JSON-escaped, consecutive slices) or synthetic. */
+static size_t make_body(char *buf, size_t cap, size_t target, const char *text, size_t text_len)
 {
     size_t n = (size_t)snprintf(buf, cap, "{\"model\":\"demo\",\"stream\":true,\"max_tokens\":128,\"messages\":["
                                           "{\"role\":\"system\",\"content\":\"You are a helpful assistant.\"}");
     int turn = 0;
-    while (n + 600 < target && n + 700 < cap) {
+    size_t at = 0;
+    while (n + 600 < target && n + 1100 < cap) {
         n += (size_t)snprintf(buf + n, cap - n, ",{\"role\":\"%s\",\"content\":\"", turn % 2 ? "assistant" : "user");
-        for (int k = 0; k < 500; k++)
-            buf[n++] = (char)("abcdefghijklmnopqrstuvwxyz     "[(k * 7 + turn * 13) % 31]);
+        for (int k = 0; k < 500; k++) {
+            char c;
+            if (text_len > 0) {
+                c = text[at++ % text_len];
+                if (c == '\n' || c == '\t' || c == '\r' || (unsigned char)c < 0x20)
+                    c = ' ';
+                if (c == '"' || c == '\\')
+                    buf[n++] = '\\';
+            } else {
+                c = "abcdefghijklmnopqrstuvwxyz     "[(k * 7 + turn * 13) % 31];
+            }
+            buf[n++] = c;
+        }
         n += (size_t)snprintf(buf + n, cap - n, "\"}");
         turn++;
     }
@@ -43,22 +62,73 @@ static size_t make_body(char *buf, size_t cap, size_t target)
     return n;
 }
 
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = n > 0 ? malloc((size_t)n) : NULL;
+    if (buf == NULL || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
-    int repeat = argc > 1 ? atoi(argv[1]) : 7;
+    int repeat = 7;
+    const char *tok_path = NULL, *text_path = NULL;
+    int cold = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc)
+            tok_path = argv[++i];
+        else if (strcmp(argv[i], "--text") == 0 && i + 1 < argc)
+            text_path = argv[++i];
+        else if (strcmp(argv[i], "--cold") == 0)
+            cold = 1;
+        else
+            repeat = atoi(argv[i]);
+    }
+    ib_tokenizer_t *tok = NULL;
+    ib_tok_state_t *st = NULL;
+    if (tok_path != NULL) {
+        char err[256];
+        tok = ib_tokenizer_load(tok_path, err, sizeof(err));
+        st = tok != NULL ? ib_tok_state_new(tok) : NULL;
+        if (st == NULL) {
+            fprintf(stderr, "ib-bench-route: %s\n", err);
+            return 1;
+        }
+        ib_tok_state_segment_cache(st, !cold);
+    }
+    size_t text_len = 0;
+    char *text = NULL;
+    if (text_path != NULL && (text = slurp(text_path, &text_len)) == NULL) {
+        perror(text_path);
+        return 1;
+    }
     ib_json_parser_t *json = ib_json_parser_new(1 << 20);
     ib_router_t rt;
     if (json == NULL || ib_router_init(&rt, IB_POLICY_AFFINITY, NREP, 17, 65536, 0) != 0)
         return 1;
     static char body[40000 + IB_JSON_PADDING], copy[40000];
-    uint64_t hashes[1024];
-    ib_buf_t prompt = {0};
+    ib_prompt_t prompt = {0};
     int64_t load[NREP] = {3, 1, 4, 1, 5, 9, 2, 6};
     uint8_t usable[NREP] = {1, 1, 1, 1, 1, 1, 1, 1};
+    printf("# blocks: %s%s; text: %s\n", tok != NULL ? "16 tokens (tokenizer on)" : "64 bytes (tokenizer off)",
+           tok != NULL ? (cold ? ", segment cache off" : ", segment cache on") : "",
+           text_path != NULL ? text_path : "synthetic");
     printf("%-8s %10s %14s %14s %14s %14s\n", "body", "bytes", "route ns/req", "memcpy ns", "xxh3 ns", "route/xxh3");
     size_t sizes[] = {1024, 8192, 32768};
     for (size_t s = 0; s < 3; s++) {
-        size_t len = make_body(body, sizeof(body) - IB_JSON_PADDING, sizes[s]);
+        size_t len = make_body(body, sizeof(body) - IB_JSON_PADDING, sizes[s], text, text_len);
         memset(body + len, 0, IB_JSON_PADDING);
         int iters = (int)(2000000 / (len / 64 + 1));
         uint64_t route_ns[31], copy_ns[31], xxh_ns[31];
@@ -71,10 +141,9 @@ int main(int argc, char **argv)
                 ib_json_error_t err;
                 if (ib_oai_parse(json, IB_API_CHAT, body, len, len + IB_JSON_PADDING, &req, &err) != 0)
                     return 2;
-                ib_buf_reset(&prompt);
-                ib_chat_render(IB_TEMPLATE_CHATML, &req, &prompt);
-                size_t nb = ib_hashchain(prompt.ptr, prompt.len, 64, hashes, 1024);
-                ib_route_input_t in = {.hashes = hashes, .nblocks = nb, .load = load, .usable = usable,
+                if (ib_prompt_build(&prompt, IB_TEMPLATE_CHATML, &req, st, st != NULL ? 16 : 64, 4) != 0)
+                    return 2;
+                ib_route_input_t in = {.hashes = prompt.hashes, .nblocks = prompt.nblocks, .load = load, .usable = usable,
                                        .nreplicas = NREP, .random = (uint64_t)i};
                 ib_route_decision_t d;
                 ib_router_pick(&rt, &in, &d);
@@ -103,7 +172,10 @@ int main(int argc, char **argv)
                (unsigned long long)xxh_ns[m / 2], (double)route_ns[m / 2] / (double)(xxh_ns[m / 2] ? xxh_ns[m / 2] : 1));
         (void)sink;
     }
-    ib_buf_free(&prompt);
+    ib_prompt_free(&prompt);
+    ib_tok_state_free(st);
+    ib_tokenizer_free(tok);
+    free(text);
     ib_router_destroy(&rt);
     ib_json_parser_free(json);
     return 0;

@@ -24,6 +24,20 @@ typedef struct cache_entry {
     uint32_t ids[CACHE_IDS_MAX];
 } cache_entry_t;
 
+/* A cache of whole segments (the text between two added tokens, such as one chat message's
+ * content): a conversation sends its history again every turn, and a segment's tokens
+ * depend on its bytes only, because added tokens split the text before anything else runs.
+ * Keyed by XXH3-128 and length; bounded in slots and in bytes. */
+#define SEG_SLOTS 1024
+#define SEG_MIN_BYTES 128
+#define SEG_BUDGET_BYTES (8u << 20)
+typedef struct seg_entry {
+    XXH128_hash_t key;
+    size_t len;
+    uint32_t *ids;
+    uint32_t nids;
+} seg_entry_t;
+
 struct ib_tok_state {
     const ib_tokenizer_t *t;
     pcre2_match_data *md;
@@ -39,6 +53,9 @@ struct ib_tok_state {
     uint64_t *heap;
     size_t cap;
     cache_entry_t *cache; /* CACHE_SLOTS entries */
+    seg_entry_t *segs;    /* SEG_SLOTS entries */
+    int segs_off;
+    size_t seg_bytes;     /* held by segs[].ids */
 };
 
 ib_tok_state_t *ib_tok_state_new(const ib_tokenizer_t *t)
@@ -51,7 +68,8 @@ ib_tok_state_t *ib_tok_state_new(const ib_tokenizer_t *t)
     s->mctx = pcre2_match_context_create(NULL);
     s->jit_stack = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
     s->cache = calloc(CACHE_SLOTS, sizeof(*s->cache));
-    if (s->md == NULL || s->mctx == NULL || s->jit_stack == NULL || s->cache == NULL) {
+    s->segs = calloc(SEG_SLOTS, sizeof(*s->segs));
+    if (s->md == NULL || s->mctx == NULL || s->jit_stack == NULL || s->cache == NULL || s->segs == NULL) {
         ib_tok_state_free(s);
         return NULL;
     }
@@ -73,10 +91,16 @@ void ib_tok_state_free(ib_tok_state_t *s)
     free(s->rank);
     free(s->heap);
     free(s->cache);
+    if (s->segs != NULL)
+        for (size_t i = 0; i < SEG_SLOTS; i++)
+            free(s->segs[i].ids);
+    free(s->segs);
     free(s);
 }
 
 const ib_tokenizer_t *ib_tok_state_tokenizer(const ib_tok_state_t *s) { return s->t; }
+
+void ib_tok_state_segment_cache(ib_tok_state_t *s, int on) { s->segs_off = !on; }
 
 static int push(ib_tok_ids_t *out, uint32_t id)
 {
@@ -395,7 +419,47 @@ static int may_need_nfc(const char *p, size_t n)
     return 0;
 }
 
+static int segment_uncached(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out);
+
 static int segment(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
+{
+    if (n < SEG_MIN_BYTES || s->segs_off)
+        return segment_uncached(s, p, n, out);
+    XXH128_hash_t key = XXH3_128bits(p, n);
+    seg_entry_t *e = &s->segs[key.low64 & (SEG_SLOTS - 1)];
+    if (e->ids != NULL && e->len == n && XXH128_isEqual(e->key, key)) {
+        if (out->len + e->nids > out->cap) {
+            size_t cap = out->cap ? out->cap : 256;
+            while (cap < out->len + e->nids)
+                cap *= 2;
+            uint32_t *ids = realloc(out->ids, cap * sizeof(*ids));
+            if (ids == NULL)
+                return -1;
+            out->ids = ids;
+            out->cap = cap;
+        }
+        memcpy(out->ids + out->len, e->ids, e->nids * sizeof(uint32_t));
+        out->len += e->nids;
+        return 0;
+    }
+    size_t first = out->len;
+    if (segment_uncached(s, p, n, out) != 0)
+        return -1;
+    size_t nids = out->len - first, bytes = nids * sizeof(uint32_t);
+    size_t held = e->ids != NULL ? e->nids * sizeof(uint32_t) : 0;
+    if (s->seg_bytes - held + bytes > SEG_BUDGET_BYTES)
+        return 0; /* over budget: not cached */
+    uint32_t *copy = malloc(bytes ? bytes : 1);
+    if (copy == NULL)
+        return 0;
+    memcpy(copy, out->ids + first, bytes);
+    free(e->ids);
+    s->seg_bytes = s->seg_bytes - held + bytes;
+    *e = (seg_entry_t){key, n, copy, (uint32_t)nids};
+    return 0;
+}
+
+static int segment_uncached(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
 {
     if (n == 0)
         return 0;

@@ -175,6 +175,34 @@ static void test_long_pretokens(void **state)
     ib_tok_ids_free(&big);
 }
 
+/* Segments come from the cache on a second pass and give the same ids as a fresh state
+ * without the cache, also when a cached segment is followed by new ones. */
+static void test_segment_cache(void **state)
+{
+    fixture_t *f = *state;
+    const char *a = "<|im_start|>user\nThe history of this conversation is long enough to be cached, "
+                    "more than one hundred and twenty-eight bytes of text, so that the segment cache keeps it."
+                    "<|im_end|>\n";
+    char both[1024];
+    snprintf(both, sizeof(both), "%s<|im_start|>assistant\nA reply that is new in this turn.<|im_end|>\n", a);
+    ib_tok_state_t *fresh = ib_tok_state_new(f->qwen3);
+    ib_tok_state_segment_cache(fresh, 0);
+    ib_tok_ids_t x = {0}, y = {0}, z = {0};
+    assert_int_equal(ib_tokenize(f->sq, a, strlen(a), 0, &x), 0);
+    ib_tok_ids_reset(&x);
+    assert_int_equal(ib_tokenize(f->sq, both, strlen(both), 0, &x), 0);  /* first segment cached */
+    assert_int_equal(ib_tokenize(f->sq, both, strlen(both), 0, &y), 0);  /* all cached */
+    assert_int_equal(ib_tokenize(fresh, both, strlen(both), 0, &z), 0);  /* none cached */
+    assert_int_equal(x.len, z.len);
+    assert_int_equal(y.len, z.len);
+    assert_memory_equal(x.ids, z.ids, z.len * sizeof(uint32_t));
+    assert_memory_equal(y.ids, z.ids, z.len * sizeof(uint32_t));
+    ib_tok_state_free(fresh);
+    ib_tok_ids_free(&x);
+    ib_tok_ids_free(&y);
+    ib_tok_ids_free(&z);
+}
+
 /* Normalization skips utf8proc for code points it calls inert: check every code point. */
 static void test_nfc_fast_path(void **state)
 {
@@ -266,6 +294,7 @@ int main(void)
         cmocka_unit_test(test_special_tokens), cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_long_pretokens), cmocka_unit_test(test_nfc_fast_path),
         cmocka_unit_test(test_prompt_blocks),  cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_segment_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
