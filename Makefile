@@ -33,6 +33,7 @@ fuzz: setup
 bench: build
 	@bash perf/bench-engine.sh $(BUILD)
 	@bash perf/bench-proxy.sh $(BUILD)
+	@bash perf/bench-tokenizer.sh $(BUILD)
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
