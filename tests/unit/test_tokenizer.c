@@ -274,8 +274,8 @@ static void test_bad_files(void **state)
         "not json",
         "[1,2,3]",
         "{\"model\":{\"type\":\"Unigram\",\"vocab\":{},\"merges\":[]}}",
-        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":{\"type\":\"ByteLevel\","
-        "\"add_prefix_space\":false,\"use_regex\":true}}", /* bytes without tokens */
+        ("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":{\"type\":\"ByteLevel\","
+         "\"add_prefix_space\":false,\"use_regex\":true}}"), /* bytes without tokens */
         "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"x\"},\"merges\":[]}}",
         "{\"model\":{\"type\":\"BPE\",\"merges\":[\"a b\"],\"vocab\":{}}}",
         "{\"normalizer\":{\"type\":\"NFKC\"},\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
