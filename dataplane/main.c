@@ -34,6 +34,11 @@ static void usage(FILE *f)
             "  --block-tokens N            with a tokenizer: prefix block size in tokens, the engines' block size (default 16)\n"
             "  --context-length N          with a tokenizer: prompt + max_tokens above N is refused with a 400\n"
             "                              context_length_exceeded (default 0: no check)\n"
+            "routing snapshot from Redis (workloads and replicas; replaces the flags above once one arrives):\n"
+            "  --redis IPV4:PORT           read the snapshot from this Redis (key ib:snapshot, channel ib:snapshot:changed)\n"
+            "  --redis-sentinel IPV4:PORT  a Redis Sentinel (repeatable); the master comes from them and is followed\n"
+            "  --redis-master NAME         the sentinels' master name\n"
+            "  --redis-reread-ms N         re-read the snapshot this often anyway (default 2000)\n"
             "  --cache-blocks N            each replica's prefix cache capacity in blocks (default 65536)\n"
             "  --cache-ttl-ms N            the engines' cache TTL, 0 for none (default 0)\n"
             "  --affinity-sets-log2 N      affinity table size: 2^N sets of 8 slots (default 17)\n"
@@ -47,7 +52,7 @@ int main(int argc, char **argv)
     ib_proxy_config_defaults(&cfg);
     enum { O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT,
            O_EA, O_EM, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK,
-           O_CTX, O_HELP };
+           O_CTX, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_HELP };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},           {"port-file", 1, 0, O_PORTFILE},      {"workers", 1, 0, O_WORKERS},
         {"replica", 1, 0, O_REPLICA},         {"model", 1, 0, O_MODEL},             {"max-head-bytes", 1, 0, O_HEAD},
@@ -57,7 +62,8 @@ int main(int argc, char **argv)
         {"template", 1, 0, O_TEMPLATE},       {"block-bytes", 1, 0, O_BLOCK},       {"cache-blocks", 1, 0, O_CBLOCKS},
         {"cache-ttl-ms", 1, 0, O_TTL},        {"affinity-sets-log2", 1, 0, O_SETS},
         {"min-match-pct", 1, 0, O_MINMATCH},  {"tokenizer", 1, 0, O_TOKENIZER},    {"block-tokens", 1, 0, O_BTOK},
-        {"context-length", 1, 0, O_CTX},      {"help", 0, 0, O_HELP},
+        {"context-length", 1, 0, O_CTX},      {"redis", 1, 0, O_REDIS},            {"redis-sentinel", 1, 0, O_SENTINEL},
+        {"redis-master", 1, 0, O_MASTER},     {"redis-reread-ms", 1, 0, O_REREAD}, {"help", 0, 0, O_HELP},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -73,6 +79,16 @@ int main(int argc, char **argv)
         if (c == O_POLICY) { cfg.policy = optarg; continue; }
         if (c == O_TEMPLATE) { cfg.chat_template = optarg; continue; }
         if (c == O_TOKENIZER) { cfg.tokenizer = optarg; continue; }
+        if (c == O_REDIS) { cfg.redis = optarg; continue; }
+        if (c == O_MASTER) { cfg.redis_master = optarg; continue; }
+        if (c == O_SENTINEL) {
+            if (cfg.nredis_sentinels == 8) {
+                fprintf(stderr, "ibrain: at most 8 --redis-sentinel\n");
+                return 2;
+            }
+            cfg.redis_sentinels[cfg.nredis_sentinels++] = optarg;
+            continue;
+        }
         if (c == O_PORTFILE) { cfg.port_file = optarg; continue; }
         if (c == O_REPLICA) {
             if (cfg.nreplicas == IB_MAX_REPLICAS) {
@@ -110,6 +126,7 @@ int main(int argc, char **argv)
         case O_BLOCK: cfg.block_bytes = (uint32_t)v; break;
         case O_BTOK: cfg.block_tokens = (uint32_t)v; break;
         case O_CTX: cfg.context_length = (uint32_t)v; break;
+        case O_REREAD: cfg.redis_reread_ms = (uint32_t)(v ? v : 1); break;
         case O_CBLOCKS: cfg.cache_blocks = (uint32_t)v; break;
         case O_TTL: cfg.cache_ttl_ms = (uint32_t)v; break;
         case O_SETS: cfg.affinity_sets_log2 = (uint32_t)v; break;

@@ -13,6 +13,8 @@
 #include "ibrain/prompt.h"
 #include "ibrain/proxy.h"
 #include "ibrain/route.h"
+#include "ibrain/sync.h"
+#include "ibrain/tokenizer.h"
 
 /* ---- metrics: one set per worker, written by it alone, summed at scrape time ---- */
 
@@ -40,7 +42,7 @@ typedef struct ib_worker_metrics {
     ib_counter_t conns_open_dec;
     ib_counter_t upstream_conns_opened;
     ib_counter_t client_aborts;   /* clients gone before their response ended */
-    ib_counter_t route_reason[IB_REASON__COUNT];
+    ib_counter_t route_reason[4][IB_REASON__COUNT]; /* by policy, reason */
     ib_counter_t matched_bucket[IB_NMATCHED + 1];
     ib_counter_t matched_sum;
     ib_counter_t matched_count;
@@ -54,6 +56,46 @@ int ib_metrics_status_index(int status);
 void ib_metrics_observe(ib_counter_t *buckets, ib_counter_t *sum_us, ib_counter_t *count, uint64_t ns);
 /** Renders the Prometheus text of every worker's metrics, summed, plus replica gauges. */
 int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *out);
+
+/* ---- routing table: workloads and their replicas, published RCU-style ---- */
+
+#define IB_MAX_WORKLOADS 32
+#define IB_MAX_TOKENIZERS 16
+#define IB_WORKER_TOKSTATES 8
+
+/** One workload as the workers route it. */
+typedef struct ib_workload_rt {
+    char model[128];              /* "" in the static table: the --model list decides */
+    ib_chat_template_t tpl;
+    ib_tokenizer_t *tokenizer;    /* in px->toks; NULL: byte blocks */
+    uint32_t block;               /* tokens with a tokenizer, else bytes */
+    uint32_t context_length;      /* 0: no check */
+    ib_router_t *router;          /* in px->routers, kept across versions by workload id */
+    uint32_t nslots;
+    uint8_t slots[IB_MAX_REPLICAS];  /* its replicas (ready and draining) */
+    uint64_t ready[2];            /* bit per slot: takes new requests */
+    uint32_t max_slot;            /* highest slot + 1 */
+} ib_workload_rt_t;
+
+/** Immutable once published in px->rtab; freed after every worker has passed a quiescent
+ * point (px->epoch). */
+typedef struct ib_rtab {
+    uint64_t version;             /* 0: the static configuration (flags) */
+    uint32_t nworkloads;
+    uint64_t all_ready[2];        /* every workload's ready slots (for other /v1 routes) */
+    ib_workload_rt_t wl[];
+} ib_rtab_t;
+
+static inline int ib_mask_has(const uint64_t *m, uint32_t slot) { return (int)((m[slot >> 6] >> (slot & 63)) & 1); }
+static inline void ib_mask_set(uint64_t *m, uint32_t slot) { m[slot >> 6] |= 1ull << (slot & 63); }
+
+/** Builds the static table from the flags, or applies a snapshot (sync thread). */
+int ib_rtab_init_static(ib_proxy_t *px);
+int ib_rtab_apply_snapshot(void *px, const ib_snapshot_t *snap);
+/** Frees the current table and the registries (at exit, workers stopped). */
+void ib_rtab_destroy(ib_proxy_t *px);
+/** The workload serving <model> in <rt>, or NULL. */
+const ib_workload_rt_t *ib_rtab_find(const ib_proxy_t *px, const ib_rtab_t *rt, ib_span_t model);
 
 /* ---- worker ---- */
 
@@ -82,23 +124,41 @@ typedef struct ib_worker {
     ib_buf_t scratch;
     ib_json_parser_t *json;           /* request bodies, parsed once */
     ib_prompt_t prompt;               /* rendered prompt, its tokens and prefix block hashes */
-    ib_tok_state_t *tok;              /* tokenizer scratch (NULL without a tokenizer) */
+    struct {
+        const ib_tokenizer_t *t;
+        ib_tok_state_t *s;
+    } toks[IB_WORKER_TOKSTATES];      /* tokenizer scratch, one per workload tokenizer seen */
     uint64_t rng;
+    _Alignas(64) _Atomic uint64_t qs_epoch; /* px->epoch seen at the top of the last loop turn */
     _Alignas(64) ib_worker_metrics_t m;
 } ib_worker_t;
 
 struct ib_proxy {
     ib_proxy_config_t cfg;
-    ib_replica_t *replicas;
-    uint32_t nreplicas;
+    ib_replica_t *replicas;           /* IB_MAX_REPLICAS slots */
+    _Atomic uint32_t nslots;          /* slots ever used (loops go up to this) */
     ib_worker_t *workers;
     uint32_t nworkers;
     uint16_t port;
     uint64_t started_unix;
-    ib_router_t router;
-    int router_ready;
-    ib_chat_template_t chat_template;
-    ib_tokenizer_t *tokenizer;        /* shared, read-only; NULL: byte blocks */
+    _Atomic(ib_rtab_t *) rtab;        /* what the workers route by */
+    _Atomic uint64_t epoch;           /* bumped after each publish; workers echo it */
+    pthread_mutex_t rtab_lock;        /* writers of rtab and the registries */
+    int rtab_lock_ready;
+    struct {
+        char id[64];
+        ib_policy_t policy;
+        uint32_t cache_blocks, ttl_ms;
+        ib_router_t *router;
+    } routers[IB_MAX_WORKLOADS + 1];  /* by workload id ("" for the static workload) */
+    uint32_t nrouters;
+    struct {
+        char path[256];
+        ib_tokenizer_t *t;
+    } toks[IB_MAX_TOKENIZERS];        /* loaded once, kept until exit */
+    uint32_t ntoks;
+    ib_sync_t *sync;
+    ib_sync_status_t sync_status;
     _Atomic int stopping;
 };
 
@@ -108,7 +168,7 @@ void ib_worker_destroy(ib_worker_t *w);
 
 /** Picks the replica for a request: healthy, least in-flight, ties rotating; <avoid> (or
  * -1) is skipped when another healthy replica exists. -1 when none is usable. */
-int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, int avoid);
+int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoid);
 /** Passive health: a request to <r> succeeded / failed. */
 void ib_replica_ok(ib_proxy_t *px, ib_replica_t *r);
 void ib_replica_failed(ib_proxy_t *px, ib_replica_t *r, uint64_t now_ns);

@@ -96,25 +96,27 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                          offsetof(ib_worker_metrics_t, ttfb_count));
     rc = rc || bprintf(b, "# HELP ibrain_upstream_errors_total Failures talking to a replica, by kind.\n"
                           "# TYPE ibrain_upstream_errors_total counter\n");
-    for (uint32_t r = 0; r < px->nreplicas && !rc; r++)
-        for (int k = 0; k < IB_UPERR__COUNT && !rc; k++)
+    uint32_t nslots = atomic_load_explicit(&((ib_proxy_t *)px)->nslots, memory_order_acquire);
+#define SLOT_SHOWN(r) atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->in_use, memory_order_relaxed)
+    for (uint32_t r = 0; r < nslots && !rc; r++)
+        for (int k = 0; k < IB_UPERR__COUNT && SLOT_SHOWN(r) && !rc; k++)
             rc = bprintf(b, "ibrain_upstream_errors_total{replica=\"%s\",kind=\"%s\"} %llu\n", px->replicas[r].name,
                          uperr_names[k], (unsigned long long)SUM(upstream_errors[r][k]));
     uint64_t now = ib_now_ns();
     rc = rc || bprintf(b, "# HELP ibrain_replica_in_flight Requests in flight to a replica.\n"
                           "# TYPE ibrain_replica_in_flight gauge\n");
-    for (uint32_t r = 0; r < px->nreplicas && !rc; r++)
-        rc = bprintf(b, "ibrain_replica_in_flight{replica=\"%s\"} %lld\n", px->replicas[r].name,
+    for (uint32_t r = 0; r < nslots && !rc; r++)
+        rc = !SLOT_SHOWN(r) ? 0 : bprintf(b, "ibrain_replica_in_flight{replica=\"%s\"} %lld\n", px->replicas[r].name,
                      (long long)ib_replica_inflight(&px->replicas[r], px->nworkers));
     rc = rc || bprintf(b, "# HELP ibrain_replica_healthy 1 when the replica is not ejected by passive health checks.\n"
                           "# TYPE ibrain_replica_healthy gauge\n");
-    for (uint32_t r = 0; r < px->nreplicas && !rc; r++)
-        rc = bprintf(b, "ibrain_replica_healthy{replica=\"%s\"} %d\n", px->replicas[r].name,
+    for (uint32_t r = 0; r < nslots && !rc; r++)
+        rc = !SLOT_SHOWN(r) ? 0 : bprintf(b, "ibrain_replica_healthy{replica=\"%s\"} %d\n", px->replicas[r].name,
                      ib_replica_healthy(&px->replicas[r], now));
     rc = rc || bprintf(b, "# HELP ibrain_replica_ejections_total Times a replica was ejected after repeated failures.\n"
                           "# TYPE ibrain_replica_ejections_total counter\n");
-    for (uint32_t r = 0; r < px->nreplicas && !rc; r++)
-        rc = bprintf(b, "ibrain_replica_ejections_total{replica=\"%s\"} %llu\n", px->replicas[r].name,
+    for (uint32_t r = 0; r < nslots && !rc; r++)
+        rc = !SLOT_SHOWN(r) ? 0 : bprintf(b, "ibrain_replica_ejections_total{replica=\"%s\"} %llu\n", px->replicas[r].name,
                      (unsigned long long)atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->ejections,
                                                               memory_order_relaxed));
     rc = rc || bprintf(b,
@@ -140,10 +142,12 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                        (unsigned long long)SUM(upstream_conns_opened));
     rc = rc || bprintf(b, "# HELP ibrain_route_decisions_total Routing decisions of chat and completion requests, by reason.\n"
                           "# TYPE ibrain_route_decisions_total counter\n");
-    for (int k = 0; k < IB_REASON__COUNT && !rc; k++)
-        rc = bprintf(b, "ibrain_route_decisions_total{policy=\"%s\",reason=\"%s\"} %llu\n",
-                     ib_policy_name(px->router.policy), ib_route_reason_name((ib_route_reason_t)k),
-                     (unsigned long long)SUM(route_reason[k]));
+    for (int p = 0; p < 4 && !rc; p++)
+        for (int k = 0; k < IB_REASON__COUNT && !rc; k++)
+            if (SUM(route_reason[p][k]) > 0)
+                rc = bprintf(b, "ibrain_route_decisions_total{policy=\"%s\",reason=\"%s\"} %llu\n",
+                             ib_policy_name((ib_policy_t)p), ib_route_reason_name((ib_route_reason_t)k),
+                             (unsigned long long)SUM(route_reason[p][k]));
     rc = rc || bprintf(b, "# HELP ibrain_route_matched_blocks Prefix blocks the chosen replica was believed to hold.\n"
                           "# TYPE ibrain_route_matched_blocks histogram\n");
     uint64_t cum = 0;
@@ -170,6 +174,33 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_context_length_exceeded_total counter\n"
                        "ibrain_context_length_exceeded_total %llu\n",
                        (unsigned long long)SUM(prompt_tokens), (unsigned long long)SUM(context_exceeded));
+    if (px->cfg.redis != NULL || px->cfg.nredis_sentinels > 0) {
+        const ib_sync_status_t *st = &px->sync_status;
+        int64_t written = atomic_load_explicit(&((ib_sync_status_t *)st)->written_unix_ms, memory_order_relaxed);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double age = written > 0 ? (double)ts.tv_sec + ts.tv_nsec / 1e9 - (double)written / 1e3 : 0;
+        ib_sync_status_t *sst = (ib_sync_status_t *)st;
+        rc = rc || bprintf(b,
+                           "# HELP ibrain_redis_up 1 while the snapshot sync is connected to Redis.\n"
+                           "# TYPE ibrain_redis_up gauge\nibrain_redis_up %d\n"
+                           "# HELP ibrain_snapshot_version Version of the routing snapshot in force (0: none yet).\n"
+                           "# TYPE ibrain_snapshot_version gauge\nibrain_snapshot_version %llu\n",
+                           atomic_load(&sst->redis_up), (unsigned long long)atomic_load(&sst->version));
+        rc = rc || bprintf(b,
+                           "# HELP ibrain_snapshot_age_seconds Time since the snapshot in force was written.\n"
+                           "# TYPE ibrain_snapshot_age_seconds gauge\nibrain_snapshot_age_seconds %.3f\n"
+                           "# HELP ibrain_snapshot_updates_total Snapshots applied.\n"
+                           "# TYPE ibrain_snapshot_updates_total counter\nibrain_snapshot_updates_total %llu\n",
+                           age, (unsigned long long)atomic_load(&sst->updates));
+        rc = rc || bprintf(b,
+                           "# HELP ibrain_redis_errors_total Redis connect, command and snapshot decode failures.\n"
+                           "# TYPE ibrain_redis_errors_total counter\nibrain_redis_errors_total %llu\n"
+                           "# HELP ibrain_redis_connects_total Successful (re)connections to Redis.\n"
+                           "# TYPE ibrain_redis_connects_total counter\nibrain_redis_connects_total %llu\n",
+                           (unsigned long long)atomic_load(&sst->errors),
+                           (unsigned long long)atomic_load(&sst->reconnects));
+    }
     rc = rc || bprintf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",
                        px->nworkers);
     return rc ? -1 : 0;

@@ -79,17 +79,19 @@ void ib_replica_failed(ib_proxy_t *px, ib_replica_t *r, uint64_t now_ns)
     atomic_store_explicit(&r->consecutive_failures, 0, memory_order_relaxed);
 }
 
-int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, int avoid)
+int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoid)
 {
     uint64_t now = ib_now_ns();
     int best = -1, fallback = -1;
     int64_t best_load = INT64_MAX;
-    uint32_t n = px->nreplicas;
+    uint32_t n = atomic_load_explicit(&px->nslots, memory_order_acquire);
+    if (n == 0)
+        return -1;
     uint32_t start = w->rr++;
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = (start + k) % n;
         ib_replica_t *r = &px->replicas[i];
-        if (!ib_replica_healthy(r, now))
+        if (!ib_mask_has(cand, i) || !ib_replica_healthy(r, now))
             continue;
         if ((int)i == avoid) {
             fallback = (int)i;
@@ -102,10 +104,12 @@ int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, int avoid)
         }
     }
     if (best < 0 && fallback < 0 && avoid < 0) {
-        /* Every replica is ejected: try the one whose ejection ends first rather than
+        /* Every candidate is ejected: try the one whose ejection ends first rather than
          * failing every request until then. */
         uint64_t soonest = UINT64_MAX;
         for (uint32_t i = 0; i < n; i++) {
+            if (!ib_mask_has(cand, i))
+                continue;
             uint64_t until = atomic_load_explicit(&px->replicas[i].ejected_until_ns, memory_order_relaxed);
             if (until < soonest)
                 soonest = until, best = (int)i;
@@ -161,14 +165,21 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
         fprintf(stderr, "ibrain: --workers must be 1..%d\n", IB_MAX_WORKERS);
         goto Error;
     }
-    if (cfg->nreplicas == 0) {
-        fprintf(stderr, "ibrain: no replica: give at least one --replica NAME=HOST:PORT\n");
+    int use_redis = (cfg->redis != NULL && cfg->redis[0] != '\0') || cfg->nredis_sentinels > 0;
+    if (cfg->nreplicas == 0 && !use_redis) {
+        fprintf(stderr, "ibrain: no replica: give at least one --replica NAME=HOST:PORT, or --redis\n");
         goto Error;
     }
-    px->replicas = aligned_alloc(64, sizeof(ib_replica_t) * cfg->nreplicas);
+    if (cfg->block_bytes == 0 || cfg->block_tokens == 0 || cfg->cache_blocks == 0 || cfg->affinity_sets_log2 > 26) {
+        fprintf(stderr, "ibrain: bad routing settings (block sizes and cache blocks > 0, affinity sets <= 2^26)\n");
+        goto Error;
+    }
+    pthread_mutex_init(&px->rtab_lock, NULL);
+    px->rtab_lock_ready = 1;
+    px->replicas = aligned_alloc(64, sizeof(ib_replica_t) * IB_MAX_REPLICAS);
     if (px->replicas == NULL)
         goto Error;
-    memset(px->replicas, 0, sizeof(ib_replica_t) * cfg->nreplicas);
+    memset(px->replicas, 0, sizeof(ib_replica_t) * IB_MAX_REPLICAS);
     for (uint32_t i = 0; i < cfg->nreplicas; i++) {
         if (parse_replica(cfg->replica_specs[i], &px->replicas[i]) != 0) {
             fprintf(stderr, "ibrain: --replica wants NAME=IPV4:PORT (name of [A-Za-z0-9._:-]), got '%s'\n",
@@ -180,38 +191,11 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
                 fprintf(stderr, "ibrain: replica name '%s' given twice\n", px->replicas[i].name);
                 goto Error;
             }
+        atomic_store(&px->replicas[i].in_use, 1);
     }
-    px->nreplicas = cfg->nreplicas;
-    ib_policy_t policy;
-    if (ib_policy_parse(cfg->policy, &policy) != 0) {
-        fprintf(stderr, "ibrain: unknown --policy '%s' (affinity, least-load, round-robin, consistent-hash)\n",
-                cfg->policy);
+    atomic_store(&px->nslots, cfg->nreplicas);
+    if (ib_rtab_init_static(px) != 0)
         goto Error;
-    }
-    if (ib_chat_template_parse(cfg->chat_template, &px->chat_template) != 0) {
-        fprintf(stderr, "ibrain: unknown --template '%s' (chatml, qwen3, llama3, plain)\n", cfg->chat_template);
-        goto Error;
-    }
-    if (cfg->tokenizer != NULL && cfg->tokenizer[0] != '\0') {
-        char err[256];
-        px->tokenizer = ib_tokenizer_load(cfg->tokenizer, err, sizeof(err));
-        if (px->tokenizer == NULL) {
-            fprintf(stderr, "ibrain: --tokenizer: %s\n", err);
-            goto Error;
-        }
-        ib_tokenizer_info_t ti;
-        ib_tokenizer_get_info(px->tokenizer, &ti);
-        fprintf(stderr, "ibrain: tokenizer %s: %u tokens, %u merges, loaded in %.0f ms, %.1f MiB\n", cfg->tokenizer,
-                ti.vocab_size, ti.nmerges, ti.load_ms, (double)ti.memory_bytes / (1 << 20));
-    }
-    if (cfg->block_bytes == 0 || cfg->block_tokens == 0 || cfg->cache_blocks == 0 || cfg->affinity_sets_log2 > 26 ||
-        ib_router_init(&px->router, policy, px->nreplicas, cfg->affinity_sets_log2, cfg->cache_blocks,
-                       cfg->cache_ttl_ms) != 0) {
-        fprintf(stderr, "ibrain: bad routing settings (block bytes and cache blocks > 0, affinity sets <= 2^26)\n");
-        goto Error;
-    }
-    px->router_ready = 1;
-    px->router.min_match = cfg->min_match_pct / 100.0;
 
     ib_raise_nofile();
     struct sockaddr_in sa;
@@ -248,17 +232,27 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
     char blocks[48];
-    if (px->tokenizer != NULL)
+    const ib_rtab_t *rt = atomic_load(&px->rtab);
+    if (rt->nworkloads > 0 && rt->wl[0].tokenizer != NULL)
         snprintf(blocks, sizeof(blocks), "%u-token blocks", cfg->block_tokens);
     else
         snprintf(blocks, sizeof(blocks), "%u-byte blocks", cfg->block_bytes);
-    fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas, policy %s, template %s, %s\n", ip,
-            px->port, px->nworkers, px->nreplicas, ib_policy_name(px->router.policy),
-            ib_chat_template_name(px->chat_template), blocks);
+    if (rt->nworkloads > 0)
+        fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas, policy %s, template %s, %s\n", ip,
+                px->port, px->nworkers, cfg->nreplicas, ib_policy_name(rt->wl[0].router->policy),
+                ib_chat_template_name(rt->wl[0].tpl), blocks);
+    else
+        fprintf(stderr, "ibrain: listening on %s:%u with %u workers; replicas come from the Redis snapshot\n", ip,
+                px->port, px->nworkers);
     return px;
 Error:
     ib_proxy_destroy(px);
     return NULL;
+}
+
+static int cfg_redis(const ib_proxy_t *px)
+{
+    return (px->cfg.redis != NULL && px->cfg.redis[0] != '\0') || px->cfg.nredis_sentinels > 0;
 }
 
 int ib_proxy_run(ib_proxy_t *px)
@@ -281,10 +275,28 @@ int ib_proxy_run(ib_proxy_t *px)
             return 1;
         }
     }
+    if ((cfg_redis(px))) {
+        ib_sync_config_t sc = {.redis = px->cfg.redis, .nsentinels = px->cfg.nredis_sentinels,
+                               .master_name = px->cfg.redis_master, .reread_ms = px->cfg.redis_reread_ms};
+        for (uint32_t i = 0; i < sc.nsentinels; i++)
+            sc.sentinels[i] = px->cfg.redis_sentinels[i];
+        px->sync = ib_sync_start(&sc, ib_rtab_apply_snapshot, px, &px->sync_status);
+        if (px->sync == NULL) {
+            atomic_store(&px->stopping, 1);
+            for (uint32_t i = 0; i < px->nworkers; i++) {
+                uint64_t one = 1;
+                (void)!write(px->workers[i].wake_fd, &one, sizeof(one));
+                pthread_join(px->workers[i].thread, NULL);
+            }
+            return 1;
+        }
+    }
     int sig = 0;
     sigwait(&mask, &sig);
     fprintf(stderr, "ibrain: %s: draining (at most %u ms)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             px->cfg.drain_timeout_ms);
+    ib_sync_stop(px->sync); /* no table changes while draining */
+    px->sync = NULL;
     atomic_store(&px->stopping, 1);
     for (uint32_t i = 0; i < px->nworkers; i++) {
         uint64_t one = 1;
@@ -304,8 +316,8 @@ void ib_proxy_destroy(ib_proxy_t *px)
         ib_worker_destroy(&px->workers[i]);
     free(px->workers);
     free(px->replicas);
-    if (px->router_ready)
-        ib_router_destroy(&px->router);
-    ib_tokenizer_free(px->tokenizer);
+    ib_rtab_destroy(px);
+    if (px->rtab_lock_ready)
+        pthread_mutex_destroy(&px->rtab_lock);
     free(px);
 }

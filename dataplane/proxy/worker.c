@@ -59,6 +59,7 @@ typedef struct ib_upstream {
     size_t send_off;
     uint64_t deadline_ns;
     struct ib_upstream *next_idle;
+    uint32_t epoch;               /* the replica slot's epoch when connected */
 } ib_upstream_t;
 
 typedef struct ib_client {
@@ -96,6 +97,8 @@ typedef struct ib_client {
     ib_route_reason_t route_reason;
     uint32_t route_matched, route_blocks;
     int routed;                   /* the router chose the replica (vs. least-load) */
+    ib_policy_t route_policy;
+    uint64_t cand[2];             /* slots a retry may go to: the workload's ready replicas */
     int64_t pending_blocks;       /* prefill work counted on c->replica until the first byte */
     /* response */
     ib_buf_t resp_head;           /* upstream head being accumulated */
@@ -435,6 +438,7 @@ static ib_upstream_t *upstream_connect(ib_worker_t *w, int replica)
     int one = 1;
     setsockopt(u->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     u->replica = replica;
+    u->epoch = atomic_load_explicit(&w->px->replicas[replica].epoch, memory_order_relaxed);
     u->state = U_CONNECTING;
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_connect(sqe, u->fd, (struct sockaddr *)&w->px->replicas[replica].addr, sizeof(struct sockaddr_in));
@@ -450,7 +454,7 @@ static ib_upstream_t *upstream_connect(ib_worker_t *w, int replica)
 static void dispatch(ib_worker_t *w, ib_client_t *c, int replica)
 {
     if (replica < 0)
-        replica = ib_proxy_pick(w->px, w, c->attempts > 0 ? c->replica : -1);
+        replica = ib_proxy_pick(w->px, w, c->cand, c->attempts > 0 ? c->replica : -1);
     if (replica < 0) {
         c->status = 503;
         respond_error(w, c, 503, "no model replica is available", "server_error", "no_replica", "Retry-After: 1");
@@ -471,8 +475,12 @@ static void dispatch(ib_worker_t *w, ib_client_t *c, int replica)
     build_upstream_request(w, c);
     uint64_t now = ib_now_ns();
     ib_upstream_t *u = w->idle[replica];
-    while (u != NULL && u->closing) { /* closed by the replica while idle */
+    uint32_t epoch = atomic_load_explicit(&w->px->replicas[replica].epoch, memory_order_relaxed);
+    while (u != NULL && (u->closing || u->epoch != epoch)) {
+        /* closed by the replica while idle, or connected to the slot's previous replica */
         w->idle[replica] = u->next_idle;
+        if (!u->closing)
+            upstream_close(w, u);
         u = w->idle[replica];
     }
     if (u != NULL) {
@@ -580,7 +588,7 @@ static int response_head(ib_worker_t *w, ib_client_t *c)
         c->keepalive = 0;
     if (c->debug) {
         k = snprintf(line, sizeof(line), "X-IB-Route: policy=%s reason=%s matched=%u/%u attempts=%d\r\n",
-                     ib_policy_name(w->px->router.policy), c->routed ? ib_route_reason_name(c->route_reason) : "retry",
+                     ib_policy_name(c->route_policy), c->routed ? ib_route_reason_name(c->route_reason) : "retry",
                      c->route_matched, c->route_blocks, c->attempts);
         ib_buf_append(o, line, (size_t)k);
     }
@@ -722,8 +730,10 @@ static void respond_local(ib_worker_t *w, ib_client_t *c, int is_get)
     case IB_ROUTE_READY: {
         uint64_t now = ib_now_ns();
         int healthy = 0;
-        for (uint32_t i = 0; i < px->nreplicas; i++)
-            healthy += ib_replica_healthy(&px->replicas[i], now);
+        const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
+        uint32_t nslots = atomic_load_explicit(&px->nslots, memory_order_acquire);
+        for (uint32_t i = 0; i < nslots; i++)
+            healthy += ib_mask_has(rt->all_ready, i) && ib_replica_healthy(&px->replicas[i], now);
         char body[96];
         int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"replicas_healthy\":%d}",
                          healthy && !w->draining ? "ready" : "not_ready", healthy);
@@ -740,9 +750,12 @@ static void respond_local(ib_worker_t *w, ib_client_t *c, int is_get)
     default: { /* models */
         char tmp[256];
         ib_buf_append(b, "{\"object\":\"list\",\"data\":[", 25);
-        for (uint32_t i = 0; i < px->cfg.nmodels; i++) {
+        const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
+        uint32_t nm = rt->version == 0 ? px->cfg.nmodels : rt->nworkloads;
+        for (uint32_t i = 0; i < nm; i++) {
+            const char *name = rt->version == 0 ? px->cfg.models[i] : rt->wl[i].model;
             ib_buf_append(b, i ? ",{\"id\":\"" : "{\"id\":\"", i ? 8 : 7);
-            ib_json_escape(b, px->cfg.models[i], strlen(px->cfg.models[i]));
+            ib_json_escape(b, name, strlen(name));
             int n = snprintf(tmp, sizeof(tmp), "\",\"object\":\"model\",\"created\":%llu,\"owned_by\":\"ibrain\"}",
                              (unsigned long long)px->started_unix);
             ib_buf_append(b, tmp, (size_t)n);
@@ -752,16 +765,6 @@ static void respond_local(ib_worker_t *w, ib_client_t *c, int is_get)
         return;
     }
     }
-}
-
-static int model_served(const ib_proxy_t *px, ib_span_t model)
-{
-    if (px->cfg.nmodels == 0)
-        return 1; /* no list: the replicas decide */
-    for (uint32_t i = 0; i < px->cfg.nmodels; i++)
-        if (strlen(px->cfg.models[i]) == model.len && memcmp(px->cfg.models[i], model.ptr, model.len) == 0)
-            return 1;
-    return 0;
 }
 
 static void observe_matched(ib_worker_t *w, uint32_t matched, uint32_t blocks)
@@ -777,9 +780,9 @@ static void observe_matched(ib_worker_t *w, uint32_t matched, uint32_t blocks)
 
 /* With a tokenizer and a context length: prompt tokens + max_tokens (at least 1) over the
  * model's context is a 400 context_length_exceeded, as the engines answer it. */
-static int context_exceeded(ib_worker_t *w, ib_client_t *c, const ib_oai_request_t *oreq, ib_api_kind_t kind)
+static int context_exceeded(ib_worker_t *w, ib_client_t *c, uint32_t ctx, const ib_oai_request_t *oreq,
+                            ib_api_kind_t kind)
 {
-    uint32_t ctx = w->px->cfg.context_length;
     uint64_t prompt = w->prompt.tokens;
     uint64_t completion = oreq->max_tokens > 0 ? (uint64_t)oreq->max_tokens : 1;
     if (ctx == 0 || prompt + completion <= ctx)
@@ -800,6 +803,24 @@ static int context_exceeded(ib_worker_t *w, ib_client_t *c, const ib_oai_request
 
 /* Chat and completions: parse the body once, render (and tokenize) the prompt as the
  * engines will, hash its prefix blocks and let the router choose. */
+/* The tokenizer scratch state of this worker for <t>, created on first use. */
+static ib_tok_state_t *tok_state(ib_worker_t *w, const ib_tokenizer_t *t)
+{
+    if (t == NULL)
+        return NULL;
+    for (int i = 0; i < IB_WORKER_TOKSTATES; i++) {
+        if (w->toks[i].t == t)
+            return w->toks[i].s;
+        if (w->toks[i].t == NULL) {
+            w->toks[i].s = ib_tok_state_new(t);
+            if (w->toks[i].s != NULL)
+                w->toks[i].t = t;
+            return w->toks[i].s;
+        }
+    }
+    return NULL; /* more tokenizers than states: route this workload on bytes */
+}
+
 static void route_request(ib_worker_t *w, ib_client_t *c)
 {
     ib_proxy_t *px = w->px;
@@ -811,7 +832,16 @@ static void route_request(ib_worker_t *w, ib_client_t *c)
         respond_error_param(w, c, 400, jerr.message, "invalid_request_error", jerr.param, NULL, NULL);
         return;
     }
-    if (!model_served(px, oreq.model)) {
+    /* The table stays valid until this loop turn ends (rtab.c). */
+    const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
+    if (rt->nworkloads == 0) {
+        c->status = 503;
+        respond_error(w, c, 503, "no routing snapshot yet: ibrain has no replica to send this to", "server_error",
+                      "no_snapshot", "Retry-After: 1");
+        return;
+    }
+    const ib_workload_rt_t *wl = ib_rtab_find(px, rt, oreq.model);
+    if (wl == NULL) {
         char msg[192];
         snprintf(msg, sizeof(msg), "The model `%.*s` does not exist.", (int)(oreq.model.len < 100 ? oreq.model.len : 100),
                  oreq.model.ptr);
@@ -822,35 +852,41 @@ static void route_request(ib_worker_t *w, ib_client_t *c)
     if (c->session_key == 0 && oreq.session_id.len > 0)
         c->session_key = XXH3_64bits_withSeed(oreq.session_id.ptr, oreq.session_id.len, 0x5e55) | 1;
     size_t nblocks = 0;
-    uint32_t block = px->tokenizer != NULL ? px->cfg.block_tokens : px->cfg.block_bytes;
-    if (ib_prompt_build(&w->prompt, px->chat_template, &oreq, w->tok, block, 4) == 0) {
+    ib_tok_state_t *ts = tok_state(w, wl->tokenizer);
+    uint32_t block = ts != NULL ? wl->block : (wl->tokenizer != NULL ? wl->block * 4 : wl->block);
+    if (ib_prompt_build(&w->prompt, wl->tpl, &oreq, ts, block, 4) == 0) {
         nblocks = w->prompt.nblocks;
         if (w->prompt.tokenized) {
             ib_counter_add(&w->m.prompt_tokens, w->prompt.tokens);
-            if (context_exceeded(w, c, &oreq, kind))
+            if (context_exceeded(w, c, wl->context_length, &oreq, kind))
                 return;
         }
     }
     int64_t load[IB_MAX_REPLICAS], inflight[IB_MAX_REPLICAS];
     uint8_t usable[IB_MAX_REPLICAS];
+    memset(usable, 0, wl->max_slot);
     uint64_t now = ib_now_ns();
-    for (uint32_t r = 0; r < px->nreplicas; r++) {
+    for (uint32_t k = 0; k < wl->nslots; k++) {
+        uint32_t r = wl->slots[k];
         load[r] = ib_replica_pending(&px->replicas[r], px->nworkers);
         inflight[r] = ib_replica_inflight(&px->replicas[r], px->nworkers);
-        usable[r] = (uint8_t)ib_replica_healthy(&px->replicas[r], now);
+        usable[r] = (uint8_t)(ib_mask_has(wl->ready, r) && ib_replica_healthy(&px->replicas[r], now));
     }
+    c->cand[0] = wl->ready[0];
+    c->cand[1] = wl->ready[1];
+    c->route_policy = wl->router->policy;
     w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
     ib_route_input_t in = {.hashes = w->prompt.hashes, .nblocks = nblocks, .session_key = c->session_key, .load = load,
-                           .inflight = inflight, .usable = usable, .nreplicas = px->nreplicas, .random = w->rng};
+                           .inflight = inflight, .usable = usable, .nreplicas = wl->max_slot, .random = w->rng};
     ib_route_decision_t d;
-    ib_router_pick(&px->router, &in, &d);
+    ib_router_pick(wl->router, &in, &d);
     if (d.replica >= 0) {
-        ib_router_commit(&px->router, &in, d.replica);
+        ib_router_commit(wl->router, &in, d.replica);
         c->routed = 1;
         c->route_reason = d.reason;
         c->route_matched = d.matched;
         c->route_blocks = (uint32_t)nblocks;
-        ib_counter_add(&w->m.route_reason[d.reason], 1);
+        ib_counter_add(&w->m.route_reason[wl->router->policy][d.reason], 1);
         observe_matched(w, d.matched, (uint32_t)nblocks);
     }
     /* All replicas ejected: dispatch's fallback tries the one whose ejection ends first. */
@@ -871,7 +907,10 @@ static void request_ready(ib_worker_t *w, ib_client_t *c, int is_get)
         respond_error(w, c, 503, "ibrain is shutting down", "server_error", NULL, "Retry-After: 1");
     } else if (c->route == IB_ROUTE_CHAT || c->route == IB_ROUTE_COMPLETIONS) {
         route_request(w, c);
-    } else {
+    } else { /* other /v1 routes: any ready replica */
+        const ib_rtab_t *rt = atomic_load_explicit(&w->px->rtab, memory_order_acquire);
+        c->cand[0] = rt->all_ready[0];
+        c->cand[1] = rt->all_ready[1];
         dispatch(w, c, -1);
     }
 }
@@ -1255,7 +1294,7 @@ static void check_timeouts(ib_worker_t *w, uint64_t now)
         else
             client_close(w, c); /* idle keep-alive connection */
     }
-    for (uint32_t r = 0; r < w->px->nreplicas; r++)
+    for (uint32_t r = 0; r < atomic_load_explicit(&w->px->nslots, memory_order_acquire); r++)
         for (ib_upstream_t *u = w->idle[r], *next; u != NULL; u = next) {
             next = u->next_idle; /* upstream_close may free u */
             if (!u->closing && now > u->deadline_ns)
@@ -1291,7 +1330,7 @@ static void start_drain(ib_worker_t *w)
         if (c->state == C_HEAD && c->in.len == 0 && !c->sending)
             client_close(w, c);
     }
-    for (uint32_t r = 0; r < w->px->nreplicas; r++)
+    for (uint32_t r = 0; r < atomic_load_explicit(&w->px->nslots, memory_order_acquire); r++)
         for (ib_upstream_t *u = w->idle[r], *next; u != NULL; u = next) {
             next = u->next_idle; /* upstream_close may free u */
             upstream_close(w, u);
@@ -1329,8 +1368,11 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
     case OP_URECV: on_upstream_recv(w, obj, cqe); op_done_upstream(w, obj, cqe); break;
     case OP_TICK:
         check_timeouts(w, ib_now_ns());
-        if (w->id == 0)
-            ib_affinity_tick(&w->px->router.table, ib_now_ns() / 1000000u);
+        if (w->id == 0) {
+            const ib_rtab_t *rt = atomic_load_explicit(&w->px->rtab, memory_order_acquire);
+            for (uint32_t i = 0; i < rt->nworkloads; i++)
+                ib_affinity_tick(&rt->wl[i].router->table, ib_now_ns() / 1000000u);
+        }
         arm_tick(w);
         break;
     case OP_WAKE:
@@ -1353,12 +1395,10 @@ int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id)
     w->id = id;
     w->listen_fd = listen_fd;
     w->wake_fd = eventfd(0, EFD_CLOEXEC);
-    w->idle = calloc(px->nreplicas, sizeof(*w->idle));
+    w->idle = calloc(IB_MAX_REPLICAS, sizeof(*w->idle));
     w->json = ib_json_parser_new(px->cfg.max_body_bytes);
     w->rng = 0x9e3779b97f4a7c15ull * (id + 1);
-    if (px->tokenizer != NULL)
-        w->tok = ib_tok_state_new(px->tokenizer);
-    if (w->wake_fd < 0 || w->idle == NULL || w->json == NULL || (px->tokenizer != NULL && w->tok == NULL))
+    if (w->wake_fd < 0 || w->idle == NULL || w->json == NULL)
         return -1;
     /* SINGLE_ISSUER: only this worker's thread submits. DEFER_TASKRUN: completions are
      * processed when the thread waits, never interrupting it. A large CQ so that bursts
@@ -1411,7 +1451,8 @@ void ib_worker_destroy(ib_worker_t *w)
     free(w->idle);
     ib_buf_free(&w->scratch);
     ib_prompt_free(&w->prompt);
-    ib_tok_state_free(w->tok);
+    for (int i = 0; i < IB_WORKER_TOKSTATES; i++)
+        ib_tok_state_free(w->toks[i].s);
     ib_json_parser_free(w->json);
     if (w->wake_fd > 0)
         close(w->wake_fd);
@@ -1434,6 +1475,8 @@ void *ib_worker_main(void *arg)
     arm_tick(w);
     arm_wake(w);
     for (;;) {
+        /* A quiescent point: no pointer into a routing table is held here (rtab.c). */
+        atomic_store(&w->qs_epoch, atomic_load(&w->px->epoch));
         if (w->draining && ((w->nclients == 0 && w->nupstreams == 0) || ib_now_ns() > w->drain_deadline_ns))
             break;
         io_uring_submit_and_wait(&w->ring, 1);

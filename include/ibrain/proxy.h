@@ -47,6 +47,8 @@ typedef struct ib_inflight_slot {
 } ib_inflight_slot_t;
 
 typedef struct ib_replica {
+    _Atomic int in_use;           /* named by the routing table (or still draining requests) */
+    _Atomic uint32_t epoch;       /* bumped each time the slot gets a new replica */
     char name[64];
     char hostport[64];
     struct sockaddr_in addr;
@@ -87,6 +89,12 @@ typedef struct ib_proxy_config {
     uint32_t cache_ttl_ms;          /* the engines' cache TTL (0: none) */
     uint32_t affinity_sets_log2;    /* affinity table: 2^N sets of 8 slots */
     uint32_t min_match_pct;         /* affinity: matches shorter than this % of the prompt do not count */
+    /* Redis snapshot sync (off when neither redis nor sentinels are given) */
+    const char *redis;              /* IPV4:PORT */
+    const char *redis_sentinels[8]; /* IPV4:PORT each */
+    uint32_t nredis_sentinels;
+    const char *redis_master;       /* sentinel master name */
+    uint32_t redis_reread_ms;       /* safety-net re-read period */
 } ib_proxy_config_t;
 
 typedef struct ib_proxy ib_proxy_t; /* opaque: replicas, workers, shared state */

@@ -1,0 +1,68 @@
+/*
+ * Snapshot sync: a thread that follows the routing snapshot in Redis (hiredis) and hands
+ * every newer version to a callback, never touching the request path.
+ *
+ *  - On start and after every reconnect: GET ib:snapshot.
+ *  - SUBSCRIBE ib:snapshot:changed on a second connection: a message triggers a GET.
+ *  - Every reread_ms, a GET anyway (a safety net for lost messages), which also tells
+ *    whether Redis is still there.
+ *  - Redis unreachable: the callback is not called (the last snapshot stays in force), the
+ *    thread reconnects with exponential back-off (100 ms .. 5 s), and the status says down.
+ *  - Sentinel: with sentinels given, the master's address is asked of them (each in turn)
+ *    at every connect and at every reread; a failover is followed by reconnecting to the
+ *    new master.
+ */
+#ifndef IBRAIN_SYNC_H
+#define IBRAIN_SYNC_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "ibrain/snapshot.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- types ---- */
+
+#define IB_SYNC_MAX_SENTINELS 8
+
+typedef struct ib_sync_config {
+    const char *redis;                               /* IPV4:PORT, when no sentinels */
+    const char *sentinels[IB_SYNC_MAX_SENTINELS];    /* IPV4:PORT each */
+    uint32_t nsentinels;
+    const char *master_name;                         /* sentinel master name */
+    uint32_t reread_ms;                              /* safety-net period (default 2000) */
+} ib_sync_config_t;
+
+/** Called on the sync thread with each snapshot whose version is higher than the last one
+ * applied. Returns 0 when applied, -1 when refused (it will be offered again). */
+typedef int (*ib_sync_apply_fn)(void *ctx, const ib_snapshot_t *snap);
+
+/** What the sync thread reports; read by anyone (relaxed atomics). */
+typedef struct ib_sync_status {
+    _Atomic int redis_up;               /* connected and the last command worked */
+    _Atomic uint64_t version;           /* last applied snapshot version (0: none) */
+    _Atomic int64_t written_unix_ms;    /* its writer's timestamp */
+    _Atomic uint64_t applied_unix_ms;   /* when it was applied here */
+    _Atomic uint64_t updates;           /* snapshots applied */
+    _Atomic uint64_t errors;            /* connect, command and decode failures */
+    _Atomic uint64_t reconnects;
+    char master[64];                    /* the address in use (written by the sync thread) */
+} ib_sync_status_t;
+
+typedef struct ib_sync ib_sync_t;
+
+/* ---- functions ---- */
+
+/** Starts the thread. NULL (with a message on stderr) on a bad configuration. */
+ib_sync_t *ib_sync_start(const ib_sync_config_t *cfg, ib_sync_apply_fn apply, void *ctx, ib_sync_status_t *status);
+
+/** Stops the thread and frees everything. */
+void ib_sync_stop(ib_sync_t *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

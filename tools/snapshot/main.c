@@ -1,0 +1,180 @@
+/*
+ * ib-snapshot: writes and reads the routing snapshot in Redis (docs/api.md, "Redis
+ * contract"), until the control plane writes it.
+ *
+ *   ib-snapshot --redis HOST:PORT put FILE.json   encode and SET ib:snapshot, then PUBLISH
+ *                                                 ib:snapshot:changed VERSION (one MULTI/EXEC).
+ *                                                 A version of 0 (or none) in the file means
+ *                                                 "the stored version + 1".
+ *   ib-snapshot --redis HOST:PORT get             print the stored snapshot as JSON
+ *   ib-snapshot check FILE.json                   validate a file, print it as JSON
+ *
+ * Exit status: 0, 1 on a Redis or validation error (message on stderr), 2 on bad usage.
+ */
+#include <hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "ibrain/net.h"
+#include "ibrain/snapshot.h"
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: ib-snapshot [--redis HOST:PORT] put FILE.json | get | check FILE.json\n");
+    exit(2);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (size_t got; buf != NULL && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
+        n += got;
+        if (n == cap) {
+            char *b = realloc(buf, cap *= 2);
+            if (b == NULL) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = b;
+        }
+    }
+    if (f != stdin)
+        fclose(f);
+    *len = n;
+    return buf;
+}
+
+static redisContext *connect_redis(const char *hostport)
+{
+    struct sockaddr_in sa;
+    if (ib_parse_hostport(hostport, &sa) != 0) {
+        fprintf(stderr, "ib-snapshot: --redis wants IPV4:PORT, got '%s'\n", hostport);
+        exit(2);
+    }
+    char host[64];
+    snprintf(host, sizeof(host), "%s", hostport);
+    *strrchr(host, ':') = '\0';
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout(host, ntohs(sa.sin_port), tv);
+    if (c == NULL || c->err) {
+        fprintf(stderr, "ib-snapshot: cannot connect to redis at %s: %s\n", hostport, c ? c->errstr : "out of memory");
+        exit(1);
+    }
+    redisSetTimeout(c, tv);
+    return c;
+}
+
+/* Reads the stored snapshot: 1 and <out> when there is one, 0 when the key is absent. */
+static int fetch(redisContext *c, ib_snapshot_t *out)
+{
+    redisReply *r = redisCommand(c, "GET %s", IB_SNAPSHOT_KEY);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "ib-snapshot: GET failed: %s\n", r ? r->str : c->errstr);
+        exit(1);
+    }
+    int found = 0;
+    if (r->type == REDIS_REPLY_STRING) {
+        char err[256];
+        if (ib_snapshot_decode(r->str, r->len, out, err, sizeof(err)) != 0) {
+            fprintf(stderr, "ib-snapshot: the stored snapshot is invalid: %s\n", err);
+            exit(1);
+        }
+        found = 1;
+    }
+    freeReplyObject(r);
+    return found;
+}
+
+int main(int argc, char **argv)
+{
+    const char *redis = "127.0.0.1:6379";
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
+        if (strcmp(argv[i], "--redis") == 0 && i + 1 < argc)
+            redis = argv[++i];
+        else
+            usage();
+    }
+    if (i >= argc)
+        usage();
+    const char *cmd = argv[i++];
+    char err[256];
+    if (strcmp(cmd, "check") == 0 || strcmp(cmd, "put") == 0) {
+        if (i >= argc)
+            usage();
+        size_t len;
+        char *json = slurp(argv[i], &len);
+        if (json == NULL) {
+            perror(argv[i]);
+            return 1;
+        }
+        ib_snapshot_t s;
+        if (ib_snapshot_from_json(json, len, &s, err, sizeof(err)) != 0) {
+            fprintf(stderr, "ib-snapshot: %s: %s\n", argv[i], err);
+            return 1;
+        }
+        free(json);
+        struct timeval now;
+        gettimeofday(&now, NULL);
+        s.written_unix_ms = (int64_t)now.tv_sec * 1000 + now.tv_usec / 1000;
+        if (strcmp(cmd, "put") == 0) {
+            redisContext *c = connect_redis(redis);
+            if (s.version == 0) {
+                ib_snapshot_t cur;
+                s.version = fetch(c, &cur) ? cur.version + 1 : 1;
+                if (s.version > 1)
+                    ib_snapshot_free(&cur);
+            }
+            ib_buf_t enc = {0};
+            if (ib_snapshot_encode(&s, &enc) != 0)
+                return 1;
+            char ver[32];
+            snprintf(ver, sizeof(ver), "%llu", (unsigned long long)s.version);
+            redisAppendCommand(c, "MULTI");
+            redisAppendCommand(c, "SET %s %b", IB_SNAPSHOT_KEY, enc.ptr, enc.len);
+            redisAppendCommand(c, "PUBLISH %s %s", IB_SNAPSHOT_CHANNEL, ver);
+            redisAppendCommand(c, "EXEC");
+            for (int k = 0; k < 4; k++) {
+                redisReply *r = NULL;
+                if (redisGetReply(c, (void **)&r) != REDIS_OK || r == NULL || r->type == REDIS_REPLY_ERROR) {
+                    fprintf(stderr, "ib-snapshot: write failed: %s\n", r ? r->str : c->errstr);
+                    return 1;
+                }
+                freeReplyObject(r);
+            }
+            printf("ib-snapshot: version %s written (%zu bytes, %u workloads, %u replicas)\n", ver, enc.len,
+                   s.nworkloads, s.nreplicas);
+            ib_buf_free(&enc);
+            redisFree(c);
+        } else {
+            ib_buf_t out = {0};
+            ib_snapshot_to_json(&s, &out);
+            fwrite(out.ptr, 1, out.len, stdout);
+            ib_buf_free(&out);
+        }
+        ib_snapshot_free(&s);
+        return 0;
+    }
+    if (strcmp(cmd, "get") == 0) {
+        redisContext *c = connect_redis(redis);
+        ib_snapshot_t s;
+        if (!fetch(c, &s)) {
+            fprintf(stderr, "ib-snapshot: no snapshot in %s\n", redis);
+            return 1;
+        }
+        ib_buf_t out = {0};
+        ib_snapshot_to_json(&s, &out);
+        fwrite(out.ptr, 1, out.len, stdout);
+        ib_buf_free(&out);
+        ib_snapshot_free(&s);
+        redisFree(c);
+        return 0;
+    }
+    usage();
+}
