@@ -10,6 +10,7 @@
 #   ib_engine NAME ARGS...      start ib-mock-engine on a free loopback port and wait until
 #                               it is healthy.
 #   ib_ibrain NAME ARGS...      start ibrain on a free loopback port and wait until healthy.
+#   ib_redis NAME [PORT] ARGS   start redis-server on loopback (a free port unless given).
 #   ib_stop NAME [SIGNAL]       signal NAME's process group (TERM), wait up to 10 s for NAME
 #                               (then KILL the group); returns NAME's exit status.
 #   ib_fail MSG                 print MSG and the logs of every process, exit 1.
@@ -113,6 +114,30 @@ ib_engine() {
   local port
   port=$(ib_wait_port "$name")
   ib_wait_http "http://127.0.0.1:$port/health"
+}
+
+# ib_free_port: a loopback port free right now (for servers that cannot bind port 0 and
+# report it, such as redis-server).
+ib_free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# ib_redis NAME [PORT] [ARGS...]: a redis-server on loopback (no persistence), on PORT or a
+# free port; waits until it answers PING. ib_port NAME gives the port.
+ib_redis() {
+  local name=$1 port=${2:-} i
+  shift $(($# > 1 ? 2 : 1))
+  [ -n "$port" ] || port=$(ib_free_port)
+  ib_spawn "$name" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no "$@"
+  for ((i = 0; i < 100; i++)); do
+    if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then
+      echo "$port" >"$IB_TMP/$name.port"
+      return 0
+    fi
+    kill -0 "${IB_PID[$name]}" 2>/dev/null || ib_fail "$name (redis-server) exited before answering"
+    sleep 0.1
+  done
+  ib_fail "$name (redis-server) did not answer within 10 s"
 }
 
 ib_ibrain() {

@@ -5,7 +5,9 @@
  *   ib-snapshot --redis HOST:PORT put FILE.json   encode and SET ib:snapshot, then PUBLISH
  *                                                 ib:snapshot:changed VERSION (one MULTI/EXEC).
  *                                                 A version of 0 (or none) in the file means
- *                                                 "the stored version + 1".
+ *                                                 max(stored version + 1, now in Unix ms), so
+ *                                                 that versions keep growing even when Redis
+ *                                                 restarts empty.
  *   ib-snapshot --redis HOST:PORT get             print the stored snapshot as JSON
  *   ib-snapshot check FILE.json                   validate a file, print it as JSON
  *
@@ -127,9 +129,12 @@ int main(int argc, char **argv)
             redisContext *c = connect_redis(redis);
             if (s.version == 0) {
                 ib_snapshot_t cur;
-                s.version = fetch(c, &cur) ? cur.version + 1 : 1;
-                if (s.version > 1)
+                s.version = (uint64_t)s.written_unix_ms;
+                if (fetch(c, &cur)) {
+                    if (cur.version + 1 > s.version)
+                        s.version = cur.version + 1;
                     ib_snapshot_free(&cur);
+                }
             }
             ib_buf_t enc = {0};
             if (ib_snapshot_encode(&s, &enc) != 0)
