@@ -32,8 +32,10 @@ int get_str(ondemand::value v, char *dst, size_t cap, const char *where, char *e
         return fail(err, errlen, "%s: not a string", where);
     if (sv.size() >= cap)
         return fail(err, errlen, "%s: longer than %zu bytes", where, cap - 1);
+    if (memchr(sv.data(), '\0', sv.size()) != nullptr)
+        return fail(err, errlen, "%s: contains a NUL character", where);
+    memset(dst, 0, cap); /* a repeated key leaves nothing of its earlier value */
     memcpy(dst, sv.data(), sv.size());
-    dst[sv.size()] = '\0';
     return 0;
 }
 

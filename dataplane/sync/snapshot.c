@@ -163,10 +163,12 @@ int ib_snapshot_encode(const ib_snapshot_t *s, ib_buf_t *out)
     m.n_replicas = s->nreplicas;
     m.replicas = rp;
     size_t n = ibrain__v1__snapshot__get_packed_size(&m);
-    if (ib_buf_reserve(out, n) != 0)
-        goto done;
-    ibrain__v1__snapshot__pack(&m, (uint8_t *)out->ptr + out->len);
-    out->len += n;
+    if (n > 0) { /* an empty snapshot encodes to nothing */
+        if (ib_buf_reserve(out, n) != 0)
+            goto done;
+        ibrain__v1__snapshot__pack(&m, (uint8_t *)out->ptr + out->len);
+        out->len += n;
+    }
     rc = 0;
 done:
     free(ws);
