@@ -59,14 +59,13 @@ static redisContext *connect_to(const char *hostport, int timeout_ms)
     return c;
 }
 
-/* Asks the sentinels, each in turn, for the master's address. 0 and <out>, or -1. */
-static int resolve_master(ib_sync_t *s, char *out, size_t cap)
+int ib_redis_sentinel_master(const char *const *sentinels, uint32_t n, const char *name, char *out, size_t cap)
 {
-    for (uint32_t i = 0; i < s->cfg.nsentinels; i++) {
-        redisContext *c = connect_to(s->sentinels[i], 500);
+    for (uint32_t i = 0; i < n; i++) {
+        redisContext *c = connect_to(sentinels[i], 500);
         if (c == NULL)
             continue;
-        redisReply *r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->master_name);
+        redisReply *r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", name);
         int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
                  r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING;
         if (ok)
@@ -78,6 +77,14 @@ static int resolve_master(ib_sync_t *s, char *out, size_t cap)
             return 0;
     }
     return -1;
+}
+
+static int resolve_master(ib_sync_t *s, char *out, size_t cap)
+{
+    const char *list[IB_SYNC_MAX_SENTINELS];
+    for (uint32_t i = 0; i < s->cfg.nsentinels; i++)
+        list[i] = s->sentinels[i];
+    return ib_redis_sentinel_master(list, s->cfg.nsentinels, s->master_name, out, cap);
 }
 
 static void disconnect(ib_sync_t *s)

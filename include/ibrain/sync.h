@@ -62,6 +62,12 @@ ib_sync_t *ib_sync_start(const ib_sync_config_t *cfg, ib_sync_apply_fn apply, vo
 /** Stops the thread and frees everything. */
 void ib_sync_stop(ib_sync_t *s);
 
+/**
+ * Asks each sentinel in turn (IPV4:PORT) for the address of master <name>; writes
+ * "IP:PORT" to <out>. Returns 0, or -1 when no sentinel answers.
+ */
+int ib_redis_sentinel_master(const char *const *sentinels, uint32_t n, const char *name, char *out, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif

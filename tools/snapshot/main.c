@@ -2,6 +2,9 @@
  * ib-snapshot: writes and reads the routing snapshot in Redis (docs/api.md, "Redis
  * contract"), until the control plane writes it.
  *
+ *   Redis: --redis IPV4:PORT (default 127.0.0.1:6379), or the master that sentinels name:
+ *   --sentinel IPV4:PORT (repeatable) --master NAME.
+ *
  *   ib-snapshot --redis HOST:PORT put FILE.json   encode and SET ib:snapshot, then PUBLISH
  *                                                 ib:snapshot:changed VERSION (one MULTI/EXEC).
  *                                                 A version of 0 (or none) in the file means
@@ -21,10 +24,12 @@
 
 #include "ibrain/net.h"
 #include "ibrain/snapshot.h"
+#include "ibrain/sync.h"
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: ib-snapshot [--redis HOST:PORT] put FILE.json | get | check FILE.json\n");
+    fprintf(stderr, "usage: ib-snapshot [--redis IPV4:PORT | --sentinel IPV4:PORT... --master NAME] "
+                    "put FILE.json | get | check FILE.json\n");
     exit(2);
 }
 
@@ -95,13 +100,29 @@ static int fetch(redisContext *c, ib_snapshot_t *out)
 
 int main(int argc, char **argv)
 {
-    const char *redis = "127.0.0.1:6379";
+    const char *redis = "127.0.0.1:6379", *master = NULL;
+    const char *sentinels[IB_SYNC_MAX_SENTINELS];
+    uint32_t nsentinels = 0;
+    char resolved[64];
     int i = 1;
     for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
         if (strcmp(argv[i], "--redis") == 0 && i + 1 < argc)
             redis = argv[++i];
+        else if (strcmp(argv[i], "--sentinel") == 0 && i + 1 < argc && nsentinels < IB_SYNC_MAX_SENTINELS)
+            sentinels[nsentinels++] = argv[++i];
+        else if (strcmp(argv[i], "--master") == 0 && i + 1 < argc)
+            master = argv[++i];
         else
             usage();
+    }
+    if (nsentinels > 0) {
+        if (master == NULL)
+            usage();
+        if (ib_redis_sentinel_master(sentinels, nsentinels, master, resolved, sizeof(resolved)) != 0) {
+            fprintf(stderr, "ib-snapshot: no sentinel knows master '%s'\n", master);
+            return 1;
+        }
+        redis = resolved;
     }
     if (i >= argc)
         usage();
