@@ -39,6 +39,9 @@ static void usage(FILE *f)
             "  --redis-sentinel IPV4:PORT  a Redis Sentinel (repeatable); the master comes from them and is followed\n"
             "  --redis-master NAME         the sentinels' master name\n"
             "  --redis-reread-ms N         re-read the snapshot this often anyway (default 2000)\n"
+            "  --instance-id NAME          this ibrain's name in write-back batches (default HOST-PID-RANDOM)\n"
+            "  --no-writeback              do not share routed prefixes and load with other ibrain instances\n"
+            "                              (shared by default through the Redis stream ib:affinity, every 100 ms)\n"
             "  --cache-blocks N            each replica's prefix cache capacity in blocks (default 65536)\n"
             "  --cache-ttl-ms N            the engines' cache TTL, 0 for none (default 0)\n"
             "  --affinity-sets-log2 N      affinity table size: 2^N sets of 8 slots (default 17)\n"
@@ -52,7 +55,7 @@ int main(int argc, char **argv)
     ib_proxy_config_defaults(&cfg);
     enum { O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT,
            O_EA, O_EM, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK,
-           O_CTX, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_HELP };
+           O_CTX, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_HELP };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},           {"port-file", 1, 0, O_PORTFILE},      {"workers", 1, 0, O_WORKERS},
         {"replica", 1, 0, O_REPLICA},         {"model", 1, 0, O_MODEL},             {"max-head-bytes", 1, 0, O_HEAD},
@@ -63,7 +66,8 @@ int main(int argc, char **argv)
         {"cache-ttl-ms", 1, 0, O_TTL},        {"affinity-sets-log2", 1, 0, O_SETS},
         {"min-match-pct", 1, 0, O_MINMATCH},  {"tokenizer", 1, 0, O_TOKENIZER},    {"block-tokens", 1, 0, O_BTOK},
         {"context-length", 1, 0, O_CTX},      {"redis", 1, 0, O_REDIS},            {"redis-sentinel", 1, 0, O_SENTINEL},
-        {"redis-master", 1, 0, O_MASTER},     {"redis-reread-ms", 1, 0, O_REREAD}, {"help", 0, 0, O_HELP},
+        {"redis-master", 1, 0, O_MASTER},     {"redis-reread-ms", 1, 0, O_REREAD}, {"instance-id", 1, 0, O_INSTANCE},
+        {"no-writeback", 0, 0, O_NOWB},       {"help", 0, 0, O_HELP},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -80,6 +84,8 @@ int main(int argc, char **argv)
         if (c == O_TEMPLATE) { cfg.chat_template = optarg; continue; }
         if (c == O_TOKENIZER) { cfg.tokenizer = optarg; continue; }
         if (c == O_REDIS) { cfg.redis = optarg; continue; }
+        if (c == O_INSTANCE) { cfg.instance_id = optarg; continue; }
+        if (c == O_NOWB) { cfg.no_writeback = 1; continue; }
         if (c == O_MASTER) { cfg.redis_master = optarg; continue; }
         if (c == O_SENTINEL) {
             if (cfg.nredis_sentinels == 8) {

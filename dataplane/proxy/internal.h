@@ -65,6 +65,7 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *out);
 
 /** One workload as the workers route it. */
 typedef struct ib_workload_rt {
+    char id[64];                  /* the snapshot's workload id ("" in the static table) */
     char model[128];              /* "" in the static table: the --model list decides */
     ib_chat_template_t tpl;
     ib_tokenizer_t *tokenizer;    /* in px->toks; NULL: byte blocks */
@@ -96,6 +97,29 @@ int ib_rtab_apply_snapshot(void *px, const ib_snapshot_t *snap);
 void ib_rtab_destroy(ib_proxy_t *px);
 /** The workload serving <model> in <rt>, or NULL. */
 const ib_workload_rt_t *ib_rtab_find(const ib_proxy_t *px, const ib_rtab_t *rt, ib_span_t model);
+
+/* ---- write-back: what a worker routed, handed to the sync thread ---- */
+
+/** Single-producer (a worker) single-consumer (the sync thread) ring of 64-bit words.
+ * A record: a header word (slot | workload index << 8 | n << 16 | table version << 32)
+ * followed by n prefix block hashes. */
+typedef struct ib_wb_ring {
+    _Alignas(64) _Atomic uint64_t head; /* words written (producer) */
+    _Alignas(64) _Atomic uint64_t tail; /* words consumed (consumer) */
+    uint64_t *buf;
+    uint64_t mask;
+    _Atomic uint64_t dropped;           /* records that did not fit */
+} ib_wb_ring_t;
+
+#define IB_WB_RING_WORDS (1u << 16)
+#define IB_WB_MAX_BLOCKS 4096u
+#define IB_WB_STREAM "ib:affinity"
+
+struct ib_worker;
+/** Worker side: records that <slot> of workload <wl> now holds <h>[0..n). */
+void ib_writeback_push(struct ib_worker *w, uint64_t version, uint32_t wl, uint32_t slot, const uint64_t *h, size_t n);
+/** Sync thread side, every tick: send this instance's batch, apply the others'. */
+void ib_writeback_tick(void *px, ib_sync_t *s);
 
 /* ---- worker ---- */
 
@@ -129,6 +153,7 @@ typedef struct ib_worker {
         ib_tok_state_t *s;
     } toks[IB_WORKER_TOKSTATES];      /* tokenizer scratch, one per workload tokenizer seen */
     uint64_t rng;
+    ib_wb_ring_t wb;                  /* write-back records (buf NULL without Redis) */
     _Alignas(64) _Atomic uint64_t qs_epoch; /* px->epoch seen at the top of the last loop turn */
     _Alignas(64) ib_worker_metrics_t m;
 } ib_worker_t;
@@ -159,6 +184,17 @@ struct ib_proxy {
     uint32_t ntoks;
     ib_sync_t *sync;
     ib_sync_status_t sync_status;
+    /* write-back (sync thread only, except the counters) */
+    char instance[64];
+    uint64_t wb_seq;
+    char wb_last_id[48];
+    uint64_t wb_last_loads_ms;
+    struct ib_wb_remote {
+        char instance[64];
+        uint64_t at_ms;
+        int64_t inflight[IB_MAX_REPLICAS], pending[IB_MAX_REPLICAS];
+    } wb_remote[8];
+    _Atomic uint64_t wb_sent, wb_applied, wb_batches_in, wb_dropped;
     _Atomic int stopping;
 };
 

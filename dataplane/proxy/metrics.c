@@ -97,7 +97,7 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
     rc = rc || bprintf(b, "# HELP ibrain_upstream_errors_total Failures talking to a replica, by kind.\n"
                           "# TYPE ibrain_upstream_errors_total counter\n");
     uint32_t nslots = atomic_load_explicit(&((ib_proxy_t *)px)->nslots, memory_order_acquire);
-#define SLOT_SHOWN(r) atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->in_use, memory_order_relaxed)
+#define SLOT_SHOWN(r) atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->in_use, memory_order_acquire)
     for (uint32_t r = 0; r < nslots && !rc; r++)
         for (int k = 0; k < IB_UPERR__COUNT && SLOT_SHOWN(r) && !rc; k++)
             rc = bprintf(b, "ibrain_upstream_errors_total{replica=\"%s\",kind=\"%s\"} %llu\n", px->replicas[r].name,
@@ -200,6 +200,25 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                            "# TYPE ibrain_redis_connects_total counter\nibrain_redis_connects_total %llu\n",
                            (unsigned long long)atomic_load(&sst->errors),
                            (unsigned long long)atomic_load(&sst->reconnects));
+        ib_proxy_t *mpx = (ib_proxy_t *)px;
+        uint64_t ring_drops = 0;
+        for (uint32_t i = 0; i < px->nworkers; i++)
+            ring_drops += atomic_load_explicit(&mpx->workers[i].wb.dropped, memory_order_relaxed);
+        rc = rc || bprintf(b,
+                           "# HELP ibrain_writeback_sent_total Prefix insertions sent to other instances.\n"
+                           "# TYPE ibrain_writeback_sent_total counter\nibrain_writeback_sent_total %llu\n"
+                           "# HELP ibrain_writeback_applied_total Prefix insertions from other instances applied here.\n"
+                           "# TYPE ibrain_writeback_applied_total counter\nibrain_writeback_applied_total %llu\n",
+                           (unsigned long long)atomic_load(&mpx->wb_sent),
+                           (unsigned long long)atomic_load(&mpx->wb_applied));
+        rc = rc || bprintf(b,
+                           "# HELP ibrain_writeback_batches_received_total Write-back batches read from other instances.\n"
+                           "# TYPE ibrain_writeback_batches_received_total counter\n"
+                           "ibrain_writeback_batches_received_total %llu\n"
+                           "# HELP ibrain_writeback_dropped_total Prefix insertions not shared (queue full or batch limit).\n"
+                           "# TYPE ibrain_writeback_dropped_total counter\nibrain_writeback_dropped_total %llu\n",
+                           (unsigned long long)atomic_load(&mpx->wb_batches_in),
+                           (unsigned long long)(atomic_load(&mpx->wb_dropped) + ring_drops));
     }
     rc = rc || bprintf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",
                        px->nworkers);

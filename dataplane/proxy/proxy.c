@@ -196,6 +196,16 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
     atomic_store(&px->nslots, cfg->nreplicas);
     if (ib_rtab_init_static(px) != 0)
         goto Error;
+    if (cfg->instance_id != NULL && cfg->instance_id[0] != '\0') {
+        snprintf(px->instance, sizeof(px->instance), "%s", cfg->instance_id);
+    } else {
+        char host[40] = "ibrain";
+        gethostname(host, sizeof(host) - 1);
+        host[sizeof(host) - 1] = '\0';
+        snprintf(px->instance, sizeof(px->instance), "%s-%d-%04llx", host, (int)getpid(),
+                 (unsigned long long)(ib_now_ns() & 0xffff));
+    }
+    snprintf(px->wb_last_id, sizeof(px->wb_last_id), "$");
 
     ib_raise_nofile();
     struct sockaddr_in sa;
@@ -277,7 +287,8 @@ int ib_proxy_run(ib_proxy_t *px)
     }
     if ((cfg_redis(px))) {
         ib_sync_config_t sc = {.redis = px->cfg.redis, .nsentinels = px->cfg.nredis_sentinels,
-                               .master_name = px->cfg.redis_master, .reread_ms = px->cfg.redis_reread_ms};
+                               .master_name = px->cfg.redis_master, .reread_ms = px->cfg.redis_reread_ms,
+                               .tick = px->cfg.no_writeback ? NULL : ib_writeback_tick, .tick_ms = 100};
         for (uint32_t i = 0; i < sc.nsentinels; i++)
             sc.sentinels[i] = px->cfg.redis_sentinels[i];
         px->sync = ib_sync_start(&sc, ib_rtab_apply_snapshot, px, &px->sync_status);

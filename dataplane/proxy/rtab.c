@@ -249,6 +249,7 @@ int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
     for (uint32_t i = 0; i < snap->nworkloads; i++) {
         const ib_snap_workload_t *sw = &snap->workloads[i];
         ib_workload_rt_t *w = &rt->wl[i];
+        snprintf(w->id, sizeof(w->id), "%s", sw->id);
         snprintf(w->model, sizeof(w->model), "%s", sw->model);
         ib_policy_t policy = IB_POLICY_AFFINITY;
         if (sw->policy[0] != '\0')

@@ -868,8 +868,11 @@ static void route_request(ib_worker_t *w, ib_client_t *c)
     uint64_t now = ib_now_ns();
     for (uint32_t k = 0; k < wl->nslots; k++) {
         uint32_t r = wl->slots[k];
-        load[r] = ib_replica_pending(&px->replicas[r], px->nworkers);
-        inflight[r] = ib_replica_inflight(&px->replicas[r], px->nworkers);
+        ib_replica_t *rep = &px->replicas[r];
+        /* this instance's figures, plus what the other instances report (write-back) */
+        load[r] = ib_replica_pending(rep, px->nworkers) + atomic_load_explicit(&rep->remote_pending, memory_order_relaxed);
+        inflight[r] = ib_replica_inflight(rep, px->nworkers) +
+                      atomic_load_explicit(&rep->remote_inflight, memory_order_relaxed);
         usable[r] = (uint8_t)(ib_mask_has(wl->ready, r) && ib_replica_healthy(&px->replicas[r], now));
     }
     c->cand[0] = wl->ready[0];
@@ -882,6 +885,12 @@ static void route_request(ib_worker_t *w, ib_client_t *c)
     ib_router_pick(wl->router, &in, &d);
     if (d.replica >= 0) {
         ib_router_commit(wl->router, &in, d.replica);
+        if (w->wb.buf != NULL && wl->router->policy == IB_POLICY_AFFINITY) {
+            uint32_t wi = (uint32_t)(wl - rt->wl);
+            ib_writeback_push(w, rt->version, wi, (uint32_t)d.replica, w->prompt.hashes, nblocks);
+            if (c->session_key != 0)
+                ib_writeback_push(w, rt->version, wi, (uint32_t)d.replica, &c->session_key, 1);
+        }
         c->routed = 1;
         c->route_reason = d.reason;
         c->route_matched = d.matched;
@@ -1400,6 +1409,13 @@ int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id)
     w->rng = 0x9e3779b97f4a7c15ull * (id + 1);
     if (w->wake_fd < 0 || w->idle == NULL || w->json == NULL)
         return -1;
+    int use_redis = (px->cfg.redis != NULL && px->cfg.redis[0] != '\0') || px->cfg.nredis_sentinels > 0;
+    if (use_redis && !px->cfg.no_writeback) {
+        w->wb.buf = calloc(IB_WB_RING_WORDS, sizeof(uint64_t));
+        w->wb.mask = IB_WB_RING_WORDS - 1;
+        if (w->wb.buf == NULL)
+            return -1;
+    }
     /* SINGLE_ISSUER: only this worker's thread submits. DEFER_TASKRUN: completions are
      * processed when the thread waits, never interrupting it. A large CQ so that bursts
      * never overflow it. The ring is created here but first used from the worker thread:
@@ -1453,6 +1469,7 @@ void ib_worker_destroy(ib_worker_t *w)
     ib_prompt_free(&w->prompt);
     for (int i = 0; i < IB_WORKER_TOKSTATES; i++)
         ib_tok_state_free(w->toks[i].s);
+    free(w->wb.buf);
     ib_json_parser_free(w->json);
     if (w->wake_fd > 0)
         close(w->wake_fd);

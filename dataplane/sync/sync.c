@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ibrain/net.h"
@@ -28,6 +29,7 @@ struct ib_sync {
     redisContext *cmd, *sub;
     char addr[64]; /* the master in use */
     uint64_t applied_version;
+    int tick_failed; /* a tick's command lost the connection */
 };
 
 static uint64_t now_ms(void)
@@ -191,10 +193,19 @@ static int drain_subscriber(ib_sync_t *s)
     }
 }
 
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void *sync_main(void *arg)
 {
     ib_sync_t *s = arg;
     uint32_t backoff = 100;
+    uint32_t tick_ms = s->cfg.tick != NULL ? s->cfg.tick_ms : s->cfg.reread_ms;
+    uint64_t next_reread = 0;
     while (!wait_stop(s, 0)) {
         if (s->cmd == NULL) {
             if (connect_all(s) != 0 || fetch(s) != 0) {
@@ -206,10 +217,11 @@ static void *sync_main(void *arg)
                 continue;
             }
             backoff = 100;
+            next_reread = mono_ms() + s->cfg.reread_ms;
             atomic_fetch_add_explicit(&s->st->reconnects, 1, memory_order_relaxed);
         }
         struct pollfd p[2] = {{s->stop_fd, POLLIN, 0}, {s->sub->fd, POLLIN, 0}};
-        int n = poll(p, 2, (int)s->cfg.reread_ms);
+        int n = poll(p, 2, (int)tick_ms);
         if (n < 0 && errno != EINTR)
             break;
         if (p[0].revents)
@@ -218,7 +230,14 @@ static void *sync_main(void *arg)
         if (n > 0 && p[1].revents) {
             int changed = drain_subscriber(s);
             rc = changed < 0 ? -1 : changed ? fetch(s) : 0;
-        } else if (n == 0) {
+        }
+        if (rc == 0 && s->cfg.tick != NULL) {
+            s->tick_failed = 0;
+            s->cfg.tick(s->ctx, s);
+            rc = s->tick_failed ? -1 : 0;
+        }
+        if (rc == 0 && mono_ms() >= next_reread) {
+            next_reread = mono_ms() + s->cfg.reread_ms;
             /* The safety net; with sentinels, also notice a failover. */
             if (s->cfg.nsentinels > 0) {
                 char addr[64];
@@ -240,6 +259,76 @@ static void *sync_main(void *arg)
     return NULL;
 }
 
+int ib_sync_stream_add(ib_sync_t *s, const char *key, const void *payload, size_t len, uint32_t maxlen,
+                       uint32_t ttl_ms)
+{
+    if (s->cmd == NULL)
+        return -1;
+    redisAppendCommand(s->cmd, "XADD %s MAXLEN ~ %u * p %b", key, maxlen, payload, len);
+    redisAppendCommand(s->cmd, "PEXPIRE %s %u", key, ttl_ms);
+    for (int i = 0; i < 2; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(s->cmd, (void **)&r) != REDIS_OK || r == NULL) {
+            s->tick_failed = 1;
+            return -1;
+        }
+        int bad = r->type == REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+        if (bad) {
+            count_error(s);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int ib_sync_stream_read(ib_sync_t *s, const char *key, char *last_id, uint32_t count, ib_sync_stream_fn fn,
+                        void *ctx)
+{
+    if (s->cmd == NULL)
+        return -1;
+    if (strcmp(last_id, "$") == 0) { /* start after the newest entry */
+        redisReply *r = redisCommand(s->cmd, "XREVRANGE %s + - COUNT 1", key);
+        if (r == NULL) {
+            s->tick_failed = 1;
+            return -1;
+        }
+        snprintf(last_id, 48, "0-0");
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+            r->element[0]->elements >= 1 && r->element[0]->element[0]->type == REDIS_REPLY_STRING)
+            snprintf(last_id, 48, "%s", r->element[0]->element[0]->str);
+        freeReplyObject(r);
+    }
+    redisReply *r = redisCommand(s->cmd, "XREAD COUNT %u STREAMS %s %s", count, key, last_id);
+    if (r == NULL) {
+        s->tick_failed = 1;
+        return -1;
+    }
+    int n = 0;
+    /* [[key, [[id, [field, value, ...]], ...]]] or nil */
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+        r->element[0]->elements == 2 && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY) {
+        redisReply *entries = r->element[0]->element[1];
+        for (size_t i = 0; i < entries->elements; i++) {
+            redisReply *e = entries->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+                continue;
+            snprintf(last_id, 48, "%s", e->element[0]->str);
+            redisReply *kv = e->element[1];
+            for (size_t k = 0; kv->type == REDIS_REPLY_ARRAY && k + 1 < kv->elements; k += 2)
+                if (kv->element[k]->type == REDIS_REPLY_STRING && strcmp(kv->element[k]->str, "p") == 0 &&
+                    kv->element[k + 1]->type == REDIS_REPLY_STRING)
+                    fn(ctx, kv->element[k + 1]->str, kv->element[k + 1]->len);
+            n++;
+        }
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        count_error(s);
+        n = -1;
+    }
+    freeReplyObject(r);
+    return n;
+}
+
 ib_sync_t *ib_sync_start(const ib_sync_config_t *cfg, ib_sync_apply_fn apply, void *ctx, ib_sync_status_t *status)
 {
     ib_sync_t *s = calloc(1, sizeof(*s));
@@ -248,6 +337,8 @@ ib_sync_t *ib_sync_start(const ib_sync_config_t *cfg, ib_sync_apply_fn apply, vo
     s->cfg = *cfg;
     if (s->cfg.reread_ms == 0)
         s->cfg.reread_ms = 2000;
+    if (s->cfg.tick_ms == 0)
+        s->cfg.tick_ms = 100;
     s->apply = apply;
     s->ctx = ctx;
     s->st = status;

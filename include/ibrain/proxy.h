@@ -54,6 +54,9 @@ typedef struct ib_replica {
     struct sockaddr_in addr;
     ib_inflight_slot_t inflight[IB_MAX_WORKERS];
     ib_inflight_slot_t pending[IB_MAX_WORKERS]; /* prompt blocks awaiting their first byte */
+    /* what other ibrain instances report about this replica (write-back), summed */
+    _Alignas(64) _Atomic int64_t remote_inflight;
+    _Atomic int64_t remote_pending;
     /* passive health, shared by all workers */
     _Alignas(64) _Atomic uint32_t consecutive_failures;
     _Atomic uint64_t ejected_until_ns;
@@ -95,6 +98,8 @@ typedef struct ib_proxy_config {
     uint32_t nredis_sentinels;
     const char *redis_master;       /* sentinel master name */
     uint32_t redis_reread_ms;       /* safety-net re-read period */
+    const char *instance_id;        /* this ibrain's name in write-back batches (default host-pid-random) */
+    int no_writeback;               /* do not share affinity and load with other instances */
 } ib_proxy_config_t;
 
 typedef struct ib_proxy ib_proxy_t; /* opaque: replicas, workers, shared state */

@@ -28,12 +28,20 @@ extern "C" {
 
 #define IB_SYNC_MAX_SENTINELS 8
 
+typedef struct ib_sync ib_sync_t;
+
+/** Called every tick_ms on the sync thread while Redis is connected: the place for
+ * write-back (ib_sync_stream_add / ib_sync_stream_read). */
+typedef void (*ib_sync_tick_fn)(void *ctx, ib_sync_t *s);
+
 typedef struct ib_sync_config {
     const char *redis;                               /* IPV4:PORT, when no sentinels */
     const char *sentinels[IB_SYNC_MAX_SENTINELS];    /* IPV4:PORT each */
     uint32_t nsentinels;
     const char *master_name;                         /* sentinel master name */
     uint32_t reread_ms;                              /* safety-net period (default 2000) */
+    ib_sync_tick_fn tick;                            /* optional */
+    uint32_t tick_ms;                                /* default 100 */
 } ib_sync_config_t;
 
 /** Called on the sync thread with each snapshot whose version is higher than the last one
@@ -52,8 +60,6 @@ typedef struct ib_sync_status {
     char master[64];                    /* the address in use (written by the sync thread) */
 } ib_sync_status_t;
 
-typedef struct ib_sync ib_sync_t;
-
 /* ---- functions ---- */
 
 /** Starts the thread. NULL (with a message on stderr) on a bad configuration. */
@@ -61,6 +67,24 @@ ib_sync_t *ib_sync_start(const ib_sync_config_t *cfg, ib_sync_apply_fn apply, vo
 
 /** Stops the thread and frees everything. */
 void ib_sync_stop(ib_sync_t *s);
+
+/**
+ * From a tick: XADD <key> MAXLEN ~ <maxlen> * p <payload>, then PEXPIRE <key> <ttl_ms>
+ * (the stream dies when every writer is gone). Returns 0, or -1 (the connection is then
+ * reset by the sync thread).
+ */
+int ib_sync_stream_add(ib_sync_t *s, const char *key, const void *payload, size_t len, uint32_t maxlen,
+                       uint32_t ttl_ms);
+
+typedef void (*ib_sync_stream_fn)(void *ctx, const void *payload, size_t len);
+
+/**
+ * From a tick: XREAD COUNT <count> STREAMS <key> <last_id>, calling <fn> for each entry's
+ * payload and advancing <last_id> (at least 48 bytes; "$" at first means "from now on",
+ * resolved to the stream's last id). Returns the number of entries, or -1.
+ */
+int ib_sync_stream_read(ib_sync_t *s, const char *key, char *last_id, uint32_t count, ib_sync_stream_fn fn,
+                        void *ctx);
 
 /**
  * Asks each sentinel in turn (IPV4:PORT) for the address of master <name>; writes

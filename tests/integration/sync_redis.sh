@@ -12,7 +12,9 @@ rport=$(ib_port redis)
 for e in qa qb; do ib_engine "$e" --model qwen3 --itl-ms 1; done
 ib_engine la --model llama --template llama3 --itl-ms 1
 ib_engine slow --model qwen3 --itl-ms 10
-ib_ibrain ib --workers 2 --redis "127.0.0.1:$rport" --redis-reread-ms 300
+# Write-back off here, so that the Redis command count below is the sync alone
+# (tests/integration/sync_writeback.sh covers write-back).
+ib_ibrain ib --workers 2 --redis "127.0.0.1:$rport" --redis-reread-ms 300 --no-writeback
 port=$(ib_port ib)
 url="http://127.0.0.1:$port"
 metric() { ib_metric "$url/metrics" "$1"; }

@@ -128,7 +128,10 @@ ib_redis() {
   local name=$1 port=${2:-} i
   shift $(($# > 1 ? 2 : 1))
   [ -n "$port" ] || port=$(ib_free_port)
-  ib_spawn "$name" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no "$@"
+  # Its own directory: a replica's full sync writes an RDB file there, which a later
+  # redis-server started in the same directory would load.
+  mkdir -p "$IB_TMP/$name.dir"
+  ib_spawn "$name" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$IB_TMP/$name.dir" "$@"
   for ((i = 0; i < 100; i++)); do
     if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then
       echo "$port" >"$IB_TMP/$name.port"
