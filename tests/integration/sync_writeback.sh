@@ -29,6 +29,14 @@ ports = [int(sys.argv[1]), int(sys.argv[2])]
 rng = random.Random(11)
 def words(k):
     return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(k))
+def applied(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    for line in conn.getresponse().read().decode().splitlines():
+        if line.startswith("ibrain_writeback_applied_total "):
+            return int(line.split()[1])
+    return 0
+seen = {p: applied(p) for p in ports}
 used = set()
 for c in range(6):
     # A system prompt of its own: the first turn matches nothing and lands anywhere.
@@ -46,7 +54,12 @@ for c in range(6):
         route = dict(kv.split("=", 1) for kv in r.getheader("X-IB-Route", "").split())
         served.append((port, r.getheader("X-IB-Replica"), route.get("reason"), route.get("matched")))
         messages.append({"role": "assistant", "content": data["choices"][0]["message"]["content"]})
-        time.sleep(0.4)  # write-back runs every 100 ms
+        # Write-back runs every 100 ms: wait until the other instance has applied this turn.
+        other = ports[(t + 1) % 2]
+        deadline = time.time() + 5
+        while applied(other) <= seen[other] and time.time() < deadline:
+            time.sleep(0.02)
+        seen[other] = applied(other)
     print(c, served)
     assert len({s[1] for s in served}) == 1, "conversation %d moved between replicas: %s" % (c, served)
     assert all(s[2] == "affinity" for s in served[1:]), "a later turn was not routed by affinity: %s" % served
