@@ -25,43 +25,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
-  echo "port $1 never opened" >&2
-  exit 1
-}
-
-# The request: a ~2 KB chat completion body.
-body=$(/usr/bin/python3 -c '
-import json
-msg = "You are a helpful assistant. " * 20
-q = "Summarise the following text in one sentence: " + "lorem ipsum dolor sit amet " * 45
-print(json.dumps({"model": "demo", "max_tokens": 16, "messages": [{"role": "system", "content": msg}, {"role": "user", "content": q}]}))')
-/usr/bin/python3 - "$body" >"$tmp/post.lua" <<'PY'
-import json, sys
-print('wrk.method = "POST"')
-print('wrk.headers["Content-Type"] = "application/json"')
-print('wrk.body = %s' % json.dumps(sys.argv[1]))
-PY
-
+source "$top/perf/lib.sh"
+write_post_lua
 # Backend: nginx answering a fixed completion, on BACKEND_CPU (default 0, beside the
 # proxy, so that wrk has CPU 1 to itself and the load saturates the proxy; the CPU
 # figures are per process either way).
-resp='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"demo","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":512,"completion_tokens":1,"total_tokens":513}}'
-bport=$(free_port)
-mkdir -p "$tmp/backend" "$tmp/nginx"
-cat >"$tmp/backend/nginx.conf" <<CONF
-daemon off; worker_processes 1; pid $tmp/backend/nginx.pid; error_log $tmp/backend/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000; client_body_buffer_size 64k;
-  server { listen 127.0.0.1:$bport reuseport; location / { default_type application/json; return 200 '$resp'; } }
-}
-CONF
-taskset -c "${BACKEND_CPU:-0}" nginx -p "$tmp/backend" -c "$tmp/backend/nginx.conf" -e "$tmp/backend/error.log" &
-pids+=($!)
-wait_port "$bport"
+start_backend "${BACKEND_CPU:-0}"
 
 # Proxies, each on CPU 0.
 iport=$(free_port)

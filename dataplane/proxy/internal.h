@@ -109,6 +109,10 @@ typedef struct ib_wb_ring {
     uint64_t *buf;
     uint64_t mask;
     _Atomic uint64_t dropped;           /* records that did not fit */
+    struct {
+        uint64_t key;                   /* last block hash ^ slot */
+        uint64_t at_ms;
+    } recent[1024];                     /* producer only: what was pushed in the last second */
 } ib_wb_ring_t;
 
 #define IB_WB_RING_WORDS (1u << 16)

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ibrain/clock.h"
@@ -306,13 +307,19 @@ int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
     }
     ib_rtab_t *prev = publish(px, rt);
     rt = NULL;
+    /* Every worker routes with the new table from here: the propagation time. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t prop_us = snap->written_unix_us > 0
+                          ? (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000 - snap->written_unix_us
+                          : -1;
     release_slots(px, atomic_load(&px->rtab));
     free(prev);
     for (uint32_t i = 0; i < nretired; i++)
         free_router(retired[i]);
     nretired = 0;
-    fprintf(stderr, "ibrain: snapshot %llu applied: %u workloads, %u replicas\n", (unsigned long long)snap->version,
-            snap->nworkloads, snap->nreplicas);
+    fprintf(stderr, "ibrain: snapshot %llu applied: %u workloads, %u replicas; every worker on it %lld us after it was written\n",
+            (unsigned long long)snap->version, snap->nworkloads, snap->nreplicas, (long long)prop_us);
     rc = 0;
 out:
     pthread_mutex_unlock(&px->rtab_lock);

@@ -80,6 +80,7 @@ int ib_snapshot_decode(const void *buf, size_t len, ib_snapshot_t *out, char *er
     int rc = -1;
     out->version = m->version;
     out->written_unix_ms = m->written_unix_ms;
+    out->written_unix_us = m->written_unix_us;
     out->workloads = calloc(m->n_workloads ? m->n_workloads : 1, sizeof(*out->workloads));
     out->replicas = calloc(m->n_replicas ? m->n_replicas : 1, sizeof(*out->replicas));
     if (out->workloads == NULL || out->replicas == NULL) {
@@ -127,6 +128,7 @@ int ib_snapshot_encode(const ib_snapshot_t *s, ib_buf_t *out)
     Ibrain__V1__Snapshot m = IBRAIN__V1__SNAPSHOT__INIT;
     m.version = s->version;
     m.written_unix_ms = s->written_unix_ms;
+    m.written_unix_us = s->written_unix_us;
     Ibrain__V1__Workload *ws = calloc(s->nworkloads + 1, sizeof(*ws));
     Ibrain__V1__Workload **wp = calloc(s->nworkloads + 1, sizeof(*wp));
     Ibrain__V1__Replica *rs = calloc(s->nreplicas + 1, sizeof(*rs));

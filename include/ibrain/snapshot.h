@@ -47,6 +47,7 @@ typedef struct ib_snap_replica {
 typedef struct ib_snapshot {
     uint64_t version;
     int64_t written_unix_ms;
+    int64_t written_unix_us;    /* the same instant in microseconds, 0 when unknown */
     ib_snap_workload_t *workloads;
     uint32_t nworkloads;
     ib_snap_replica_t *replicas;

@@ -13,6 +13,8 @@
  *                                                 restarts empty.
  *   ib-snapshot --redis HOST:PORT get             print the stored snapshot as JSON
  *   ib-snapshot check FILE.json                   validate a file, print it as JSON
+ *   ib-snapshot bench FILE.json N MS              write N versions MS apart (the last replica
+ *                                                 alternately draining), for perf/bench-sync.sh
  *
  * Exit status: 0, 1 on a Redis or validation error (message on stderr), 2 on bad usage.
  */
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include "ibrain/net.h"
 #include "ibrain/snapshot.h"
@@ -98,6 +101,43 @@ static int fetch(redisContext *c, ib_snapshot_t *out)
     return found;
 }
 
+static int64_t now_us(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+/* SET ib:snapshot and PUBLISH its version in one MULTI/EXEC; stamps the write time. */
+static int write_snapshot(redisContext *c, ib_snapshot_t *s)
+{
+    s->written_unix_us = now_us();
+    s->written_unix_ms = s->written_unix_us / 1000;
+    ib_buf_t enc = {0};
+    if (ib_snapshot_encode(s, &enc) != 0)
+        return -1;
+    char ver[32];
+    snprintf(ver, sizeof(ver), "%llu", (unsigned long long)s->version);
+    redisAppendCommand(c, "MULTI");
+    redisAppendCommand(c, "SET %s %b", IB_SNAPSHOT_KEY, enc.ptr, enc.len);
+    redisAppendCommand(c, "PUBLISH %s %s", IB_SNAPSHOT_CHANNEL, ver);
+    redisAppendCommand(c, "EXEC");
+    int rc = 0;
+    for (int k = 0; k < 4; k++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || r == NULL || r->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "ib-snapshot: write failed: %s\n", r ? r->str : c->errstr);
+            rc = -1;
+        }
+        if (r != NULL)
+            freeReplyObject(r);
+        if (rc != 0)
+            break;
+    }
+    ib_buf_free(&enc);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     const char *redis = "127.0.0.1:6379", *master = NULL;
@@ -157,26 +197,10 @@ int main(int argc, char **argv)
                     ib_snapshot_free(&cur);
                 }
             }
-            ib_buf_t enc = {0};
-            if (ib_snapshot_encode(&s, &enc) != 0)
+            if (write_snapshot(c, &s) != 0)
                 return 1;
-            char ver[32];
-            snprintf(ver, sizeof(ver), "%llu", (unsigned long long)s.version);
-            redisAppendCommand(c, "MULTI");
-            redisAppendCommand(c, "SET %s %b", IB_SNAPSHOT_KEY, enc.ptr, enc.len);
-            redisAppendCommand(c, "PUBLISH %s %s", IB_SNAPSHOT_CHANNEL, ver);
-            redisAppendCommand(c, "EXEC");
-            for (int k = 0; k < 4; k++) {
-                redisReply *r = NULL;
-                if (redisGetReply(c, (void **)&r) != REDIS_OK || r == NULL || r->type == REDIS_REPLY_ERROR) {
-                    fprintf(stderr, "ib-snapshot: write failed: %s\n", r ? r->str : c->errstr);
-                    return 1;
-                }
-                freeReplyObject(r);
-            }
-            printf("ib-snapshot: version %s written (%zu bytes, %u workloads, %u replicas)\n", ver, enc.len,
+            printf("ib-snapshot: version %llu written (%u workloads, %u replicas)\n", (unsigned long long)s.version,
                    s.nworkloads, s.nreplicas);
-            ib_buf_free(&enc);
             redisFree(c);
         } else {
             ib_buf_t out = {0};
@@ -185,6 +209,34 @@ int main(int argc, char **argv)
             ib_buf_free(&out);
         }
         ib_snapshot_free(&s);
+        return 0;
+    }
+    if (strcmp(cmd, "bench") == 0) { /* bench FILE.json CHANGES INTERVAL_MS */
+        if (i + 2 >= argc)
+            usage();
+        size_t len;
+        char *json = slurp(argv[i], &len);
+        ib_snapshot_t s;
+        if (json == NULL || ib_snapshot_from_json(json, len, &s, err, sizeof(err)) != 0) {
+            fprintf(stderr, "ib-snapshot: %s: %s\n", argv[i], json ? err : "cannot read");
+            return 1;
+        }
+        free(json);
+        long changes = atol(argv[i + 1]), interval_ms = atol(argv[i + 2]);
+        redisContext *c = connect_redis(redis);
+        uint64_t base = (uint64_t)(now_us() / 1000);
+        for (long k = 1; k <= changes; k++) {
+            s.version = base + (uint64_t)k;
+            if (s.nreplicas > 0) /* a real change each time: the last replica drains, then not */
+                s.replicas[s.nreplicas - 1].draining = (int)(k & 1);
+            if (write_snapshot(c, &s) != 0)
+                return 1;
+            usleep((useconds_t)interval_ms * 1000);
+        }
+        printf("ib-snapshot: %ld changes written, versions %llu..%llu\n", changes, (unsigned long long)base + 1,
+               (unsigned long long)(base + (uint64_t)changes));
+        ib_snapshot_free(&s);
+        redisFree(c);
         return 0;
     }
     if (strcmp(cmd, "get") == 0) {
