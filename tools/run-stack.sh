@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Starts ibrain's embedded stack in the foreground and stops all of it on Ctrl-C.
-# Today the stack is ibrain (standalone: a static replica list, no Redis) in front of the
-# demo workload's replicas, N mock inference engines (ib-mock-engine), all on loopback.
+# Today the stack is a loopback redis-server holding the routing snapshot, ibrain reading
+# it, and the demo workload's replicas, N mock inference engines (ib-mock-engine). Until the
+# control plane (issue 6) writes the snapshot, ib-snapshot does, from $IB_STATE_DIR/snapshot.json.
 # `make run` calls this after installing and building.
 #
 # Environment:
 #   IB_REPLICAS    number of mock engine replicas (default 2)
 #   IB_PORT        ibrain's port (default 8080; 0 = any free port)
-#   IB_PORT_BASE   first replica port; replica i listens on base+i (default 8001; 0 = any free ports)
+#   IB_PORT_BASE   first replica port; replica i listens on base+i (default 8001; 0 = any free ports,
+#                  Redis included)
+#   IB_REDIS_PORT  the redis-server's port (default 6399)
 #   IB_MODEL       model name served (default demo)
 #   IB_STATE_DIR   where logs and port files go (default a new temp directory)
 #   IB_TOKENIZER   tokenizer.json shared by ibrain and the replicas, so that prefix blocks
@@ -18,6 +21,7 @@ build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
 engine="$top/$build/tools/ib-mock-engine"
 ibrain="$top/$build/dataplane/ibrain"
+snapshot_tool="$top/$build/tools/ib-snapshot"
 [ -x "$engine" ] || { echo "run-stack: $engine not built (run: make build)" >&2; exit 1; }
 replicas=${IB_REPLICAS:-2}
 base=${IB_PORT_BASE:-8001}
@@ -29,7 +33,6 @@ engine_tok=() ibrain_tok=()
 if [ "$tokenizer" != none ]; then
   [ -f "$tokenizer" ] || { echo "run-stack: tokenizer $tokenizer not found (tools/setup.sh installs it; IB_TOKENIZER=none runs without)" >&2; exit 1; }
   engine_tok=(--template chatml --tokenizer "$tokenizer" --block-size 16 --max-model-len 131072)
-  ibrain_tok=(--template chatml --tokenizer "$tokenizer" --block-tokens 16 --context-length 131072)
 fi
 mkdir -p "$state"
 pids=()
@@ -79,16 +82,44 @@ for ((i = 0; i < replicas; i++)); do
   ports+=("$p")
 done
 
-replica_args=()
-for ((i = 0; i < replicas; i++)); do replica_args+=(--replica "replica-$i=127.0.0.1:${ports[$i]}"); done
+# Redis, holding the routing snapshot.
+rport=${IB_REDIS_PORT:-6399}
+[ "$base" -eq 0 ] && rport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" >"$state/redis.log" 2>&1 &
+pids+=($!)
+for ((t = 0; t < 100; t++)); do
+  [ "$(redis-cli -p "$rport" ping 2>/dev/null)" = PONG ] && break
+  kill -0 "${pids[-1]}" 2>/dev/null || { echo "run-stack: redis-server failed to start:" >&2; cat "$state/redis.log" >&2; exit 1; }
+  sleep 0.1
+done
+
 rm -f "$state/ibrain.port"
-"$ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" --model "$model" "${replica_args[@]}" \
-  "${ibrain_tok[@]}" >"$state/ibrain.log" 2>&1 &
+"$ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" --redis "127.0.0.1:$rport" \
+  --redis-reread-ms 1000 >"$state/ibrain.log" 2>&1 &
 pids+=($!)
 front=$(wait_port_file ibrain "${pids[-1]}") || exit 1
 
+# The demo workload's snapshot: one workload, its replicas.
+reps=""
+for ((i = 0; i < replicas; i++)); do
+  reps+="${reps:+, }{\"id\": \"replica-$i\", \"workload\": \"demo\", \"address\": \"127.0.0.1:${ports[$i]}\"}"
+done
+tok_field=""
+[ "$tokenizer" != none ] && tok_field="\"tokenizer\": \"$tokenizer\", \"context_length\": 131072, "
+cat >"$state/snapshot.json" <<JSON
+{"workloads": [{"id": "demo", "model": "$model", "chat_template": "chatml", ${tok_field}"block_size": 16, "policy": "affinity"}],
+ "replicas": [$reps]}
+JSON
+"$snapshot_tool" --redis "127.0.0.1:$rport" put "$state/snapshot.json" >"$state/snapshot.log" 2>&1 ||
+  { echo "run-stack: cannot write the snapshot:" >&2; cat "$state/snapshot.log" >&2; exit 1; }
+for ((t = 0; t < 100; t++)); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$front/ready")" = 200 ] && break
+  sleep 0.1
+done
+
 echo "run-stack: ibrain embedded stack is up (state in $state)"
 echo "  ibrain     http://127.0.0.1:$front  (OpenAI API, /metrics, /health, /ready)"
+echo "  redis      127.0.0.1:$rport  (routing snapshot: $state/snapshot.json)"
 [ "$tokenizer" != none ] && echo "  tokenizer  $tokenizer (16-token prefix blocks)"
 for ((i = 0; i < replicas; i++)); do
   echo "  replica-$i  ib-mock-engine  http://127.0.0.1:${ports[$i]}  (model '$model')"
@@ -106,6 +137,8 @@ Replay a trace slice:
     --trace $top/perf/traces/conversation_trace.jsonl --limit 200 --speedup 20 --max-output 32 \\
     $(for p in "${ports[@]}"; do printf -- '--metrics 127.0.0.1:%s ' "$p"; done)
 Metrics: curl -s http://127.0.0.1:$front/metrics
+Change the workload (e.g. drain a replica: "state": "draining"), then write it:
+  $snapshot_tool --redis 127.0.0.1:$rport put $state/snapshot.json
 
 Ctrl-C stops everything.
 MSG

@@ -18,6 +18,9 @@ p1=$(cat "$state/engine-1.port")
 front=$(cat "$state/ibrain.port")
 engine_pids=$(pgrep -f "port-file $state/" || true)
 ib_expect_eq "processes running" "$(echo "$engine_pids" | wc -w)" 3
+redis_pid=$(sed -n 's/.*Redis version=.*pid=\([0-9]*\).*/\1/p' "$state/redis.log" | head -n 1)
+[ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null || ib_fail "the stack's redis-server is not running"
+engine_pids="$engine_pids $redis_pid"
 for p in $p0 $p1 $front; do
   code=$(curl -s -o "$IB_TMP/r.json" -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
     -H 'Content-Type: application/json' -d '{"model":"demo","messages":[{"role":"user","content":"Hello!"}],"max_tokens":4}')
