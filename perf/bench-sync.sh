@@ -8,7 +8,8 @@
 #      static configuration (--replica) and once with the replica from the Redis snapshot
 #      and write-back on. Medians of REPEAT runs of DURATION seconds, alternating.
 #
-# usage: perf/bench-sync.sh [BUILD_DIR]  (env: CHANGES=1000 INTERVAL_MS=5 REPEAT=3 DURATION=8 CONNS=64)
+# usage: perf/bench-sync.sh [BUILD_DIR]
+#   env: CHANGES=1000 INTERVAL_MS=5 REPEAT=3 DURATION=8 CONNS=64 ORDER="static redis" (order within a round)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}
@@ -73,7 +74,7 @@ run_wrk() {
 snap put "$tmp/snap.json" >/dev/null
 : >"$tmp/static" && : >"$tmp/redis"
 for ((r = 0; r < repeat; r++)); do
-  for mode in static redis; do
+  for mode in ${ORDER:-static redis}; do
     iport=$(free_port)
     if [ $mode = static ]; then
       args=(--replica "backend=127.0.0.1:$bport" --model demo)
