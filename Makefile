@@ -34,6 +34,7 @@ bench: build
 	@bash perf/bench-engine.sh $(BUILD)
 	@bash perf/bench-proxy.sh $(BUILD)
 	@bash perf/bench-tokenizer.sh $(BUILD)
+	@bash perf/bench-sync.sh $(BUILD)
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
