@@ -1,0 +1,521 @@
+/* The workload manager's life cycle and its status server (include/ibrain/manager.h).
+ *
+ * The main thread runs the stages on a signalfd (SIGTERM, SIGINT, SIGCHLD) and a 500 ms
+ * timerfd; a second thread serves GET /status, /health and /metrics, one short request per
+ * connection, from a copy of the state taken under a mutex. */
+#include "ibrain/manager.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ibrain/chat.h"
+#include "ibrain/clock.h"
+#include "ibrain/http1.h"
+#include "ibrain/net.h"
+#include "ibrain/oai_error.h"
+
+#define HEALTH_EVERY_MS 500
+#define UNHEALTHY_LIMIT 3
+
+static const char *phase_names[IB_MGR__COUNT] = {"compiling", "starting", "ready",  "restarting",
+                                                 "failed",    "draining", "stopped"};
+
+const char *ib_mgr_phase_name(ib_mgr_phase_t p) { return p < IB_MGR__COUNT ? phase_names[p] : "unknown"; }
+
+typedef struct mgr {
+    ib_manager_config_t cfg;
+    pthread_mutex_t lock; /* guards the fields below it that the status thread reads */
+    ib_mgr_phase_t phase;
+    char reason[256];
+    ib_weights_info_t weights;
+    int weights_ok;
+    uint16_t engine_port;
+    pid_t engine_pid;
+    uint64_t restarts;
+    uint64_t phase_since_ms;
+    uint64_t health_failures_total;
+    /* main thread only */
+    uint32_t backoff_ms;
+    uint64_t restart_at_ns, started_ns, drain_deadline_ns;
+    int unhealthy;
+    int listen_fd;
+    int stop_fd; /* eventfd-like pipe: the status thread ends */
+    uint16_t port;
+} mgr_t;
+
+static uint64_t wall_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+static void set_phase(mgr_t *m, ib_mgr_phase_t p, const char *reason)
+{
+    pthread_mutex_lock(&m->lock);
+    if (m->phase != p || reason != NULL) {
+        m->phase = p;
+        m->phase_since_ms = wall_ms();
+        snprintf(m->reason, sizeof(m->reason), "%s", reason ? reason : "");
+    }
+    pthread_mutex_unlock(&m->lock);
+    fprintf(stderr, "ib-manager: %s: %s%s%s\n", m->cfg.replica, ib_mgr_phase_name(p), reason ? ": " : "",
+            reason ? reason : "");
+}
+
+/* ---- the engine process ---- */
+
+static uint16_t free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    uint16_t port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+/* Splits the engine command on spaces and substitutes the placeholders. */
+static int build_argv(const mgr_t *m, char *buf, size_t cap, char **argv, int max)
+{
+    char port[8];
+    snprintf(port, sizeof(port), "%u", m->engine_port);
+    const char *from[] = {"{port}", "{model}", "{weights}", "{replica}"};
+    const char *to[] = {port, m->cfg.model ? m->cfg.model : "", m->cfg.weights ? m->cfg.weights : "",
+                        m->cfg.replica ? m->cfg.replica : ""};
+    size_t o = 0;
+    for (const char *p = m->cfg.engine_cmd; *p;) {
+        int k;
+        for (k = 0; k < 4; k++)
+            if (strncmp(p, from[k], strlen(from[k])) == 0)
+                break;
+        const char *piece = k < 4 ? to[k] : p;
+        size_t n = k < 4 ? strlen(to[k]) : 1;
+        if (o + n + 1 >= cap)
+            return -1;
+        memcpy(buf + o, piece, n);
+        o += n;
+        p += k < 4 ? strlen(from[k]) : 1;
+    }
+    buf[o] = '\0';
+    int argc = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, " \t", &save); tok != NULL; tok = strtok_r(NULL, " \t", &save)) {
+        if (argc == max - 1)
+            return -1;
+        argv[argc++] = tok;
+    }
+    argv[argc] = NULL;
+    return argc;
+}
+
+static int start_engine(mgr_t *m)
+{
+    m->engine_port = m->cfg.engine_port ? (uint16_t)m->cfg.engine_port : free_port();
+    char buf[4096];
+    char *argv[64];
+    if (m->engine_port == 0 || build_argv(m, buf, sizeof(buf), argv, 64) <= 0) {
+        set_phase(m, IB_MGR_FAILED, "the engine command is empty or too long");
+        return -1;
+    }
+    char logpath[4096];
+    snprintf(logpath, sizeof(logpath), "%s/engine-%s.log", m->cfg.state_dir, m->cfg.replica);
+    pid_t pid = fork();
+    if (pid < 0) {
+        set_phase(m, IB_MGR_RESTARTING, "fork failed");
+        return -1;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execvp(argv[0], argv);
+        fprintf(stderr, "ib-manager: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    pthread_mutex_lock(&m->lock);
+    m->engine_pid = pid;
+    pthread_mutex_unlock(&m->lock);
+    m->started_ns = ib_now_ns();
+    m->unhealthy = 0;
+    char why[96];
+    snprintf(why, sizeof(why), "engine pid %d on 127.0.0.1:%u", (int)pid, m->engine_port);
+    set_phase(m, IB_MGR_STARTING, why);
+    return 0;
+}
+
+/* GET /health on the engine: 1 when it answers 200 within a second. */
+static int engine_healthy(const mgr_t *m)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    struct timeval tv = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(m->engine_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = 0;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        static const char req[] = "GET /health HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n\r\n";
+        char resp[64] = {0};
+        if (write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1) && read(fd, resp, sizeof(resp) - 1) > 12)
+            ok = strncmp(resp, "HTTP/1.1 200", 12) == 0 || strncmp(resp, "HTTP/1.0 200", 12) == 0;
+    }
+    close(fd);
+    return ok;
+}
+
+static void schedule_restart(mgr_t *m, const char *why)
+{
+    if (m->engine_pid > 0) {
+        kill(-m->engine_pid, SIGKILL);
+        pthread_mutex_lock(&m->lock);
+        m->engine_pid = 0;
+        pthread_mutex_unlock(&m->lock);
+    }
+    m->backoff_ms = m->backoff_ms ? (m->backoff_ms * 2 > 10000 ? 10000 : m->backoff_ms * 2) : 500;
+    m->restart_at_ns = ib_now_ns() + (uint64_t)m->backoff_ms * 1000000ull;
+    pthread_mutex_lock(&m->lock);
+    m->restarts++;
+    pthread_mutex_unlock(&m->lock);
+    char reason[200];
+    snprintf(reason, sizeof(reason), "%s; restart in %u ms", why, m->backoff_ms);
+    set_phase(m, IB_MGR_RESTARTING, reason);
+}
+
+/* ---- the status server ---- */
+
+static int json_str(ib_buf_t *b, const char *s)
+{
+    return ib_buf_append(b, "\"", 1) || ib_json_escape(b, s ? s : "", s ? strlen(s) : 0) || ib_buf_append(b, "\"", 1);
+}
+
+static void render_status(mgr_t *m, ib_buf_t *b)
+{
+    pthread_mutex_lock(&m->lock);
+    char head[512];
+    int n = snprintf(head, sizeof(head), "{\"phase\":\"%s\",\"ready\":%s,\"since_unix_ms\":%llu,\"workload\":",
+                     ib_mgr_phase_name(m->phase), m->phase == IB_MGR_READY ? "true" : "false",
+                     (unsigned long long)m->phase_since_ms);
+    ib_buf_append(b, head, (size_t)n);
+    json_str(b, m->cfg.workload);
+    ib_buf_append(b, ",\"replica\":", 11);
+    json_str(b, m->cfg.replica);
+    ib_buf_append(b, ",\"model\":", 9);
+    json_str(b, m->cfg.model);
+    ib_buf_append(b, ",\"reason\":", 10);
+    json_str(b, m->reason);
+    char addr[32] = "";
+    if (m->engine_pid > 0)
+        snprintf(addr, sizeof(addr), "127.0.0.1:%u", m->engine_port);
+    ib_buf_append(b, ",\"engine_address\":", 18);
+    json_str(b, addr);
+    n = snprintf(head, sizeof(head), ",\"engine_pid\":%d,\"restarts\":%llu,\"weights\":", (int)m->engine_pid,
+                 (unsigned long long)m->restarts);
+    ib_buf_append(b, head, (size_t)n);
+    if (m->weights_ok) {
+        ib_buf_append(b, "{\"path\":", 8);
+        json_str(b, m->cfg.weights);
+        n = snprintf(head, sizeof(head), ",\"bytes\":%llu,\"files\":%u,\"xxh3_128\":\"%s\"}}\n",
+                     (unsigned long long)m->weights.bytes, m->weights.files, m->weights.checksum);
+        ib_buf_append(b, head, (size_t)n);
+    } else {
+        ib_buf_append(b, "null}\n", 6);
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void render_metrics(mgr_t *m, ib_buf_t *b)
+{
+    pthread_mutex_lock(&m->lock);
+    char line[256];
+    int n = snprintf(line, sizeof(line), "# HELP ib_manager_phase 1 for the manager's current phase.\n"
+                                         "# TYPE ib_manager_phase gauge\n");
+    ib_buf_append(b, line, (size_t)n);
+    for (int p = 0; p < IB_MGR__COUNT; p++) {
+        n = snprintf(line, sizeof(line), "ib_manager_phase{phase=\"%s\"} %d\n", phase_names[p], (int)m->phase == p);
+        ib_buf_append(b, line, (size_t)n);
+    }
+    n = snprintf(line, sizeof(line),
+                 "# HELP ib_manager_engine_restarts_total Engine restarts after an exit or failed health checks.\n"
+                 "# TYPE ib_manager_engine_restarts_total counter\nib_manager_engine_restarts_total %llu\n",
+                 (unsigned long long)m->restarts);
+    ib_buf_append(b, line, (size_t)n);
+    n = snprintf(line, sizeof(line),
+                 "# HELP ib_manager_health_failures_total Engine health checks that failed.\n"
+                 "# TYPE ib_manager_health_failures_total counter\nib_manager_health_failures_total %llu\n",
+                 (unsigned long long)m->health_failures_total);
+    ib_buf_append(b, line, (size_t)n);
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void serve_one(mgr_t *m, int fd)
+{
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char in[8192];
+    size_t len = 0;
+    ib_http_req_t req;
+    ib_http_limits_t lim = {sizeof(in), 0};
+    int rc = 0; /* > 0: a complete head; 0: more bytes needed; < 0: refused */
+    while (len < sizeof(in)) {
+        ssize_t n = read(fd, in + len, sizeof(in) - len);
+        if (n <= 0)
+            return;
+        len += (size_t)n;
+        rc = ib_http_parse_request(in, len, &lim, &req);
+        if (rc != 0)
+            break;
+    }
+    ib_buf_t body = {0};
+    int status = 200;
+    const char *ctype = "application/json";
+    if (rc <= 0) {
+        status = 400;
+        ib_buf_append(&body, "{\"error\":{\"message\":\"bad request\",\"type\":\"invalid_request_error\"}}\n", 68);
+    } else if (req.method.len != 3 || memcmp(req.method.ptr, "GET", 3) != 0) {
+        status = 405;
+        ib_buf_append(&body, "{\"error\":{\"message\":\"method not allowed\",\"type\":\"invalid_request_error\"}}\n", 75);
+    } else if (req.path.len == 7 && memcmp(req.path.ptr, "/status", 7) == 0) {
+        render_status(m, &body);
+    } else if (req.path.len == 7 && memcmp(req.path.ptr, "/health", 7) == 0) {
+        ib_buf_append(&body, "{\"status\":\"ok\"}\n", 16);
+    } else if (req.path.len == 8 && memcmp(req.path.ptr, "/metrics", 8) == 0) {
+        ctype = "text/plain; version=0.0.4";
+        render_metrics(m, &body);
+    } else {
+        status = 404;
+        ib_buf_append(&body, "{\"error\":{\"message\":\"no such route\",\"type\":\"invalid_request_error\"}}\n", 69);
+    }
+    char head[256];
+    int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                     status, status == 200 ? "OK" : status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed" : "Bad Request",
+                     ctype, body.len);
+    if (write(fd, head, (size_t)n) == n && body.len > 0 && write(fd, body.ptr, body.len) < 0)
+        perror("ib-manager: status write");
+    ib_buf_free(&body);
+}
+
+static void *status_main(void *arg)
+{
+    mgr_t *m = arg;
+    for (;;) {
+        struct pollfd p[2] = {{m->listen_fd, POLLIN, 0}, {m->stop_fd, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (p[1].revents)
+            break;
+        if (p[0].revents) {
+            int fd = accept4(m->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0) {
+                serve_one(m, fd);
+                close(fd);
+            }
+        }
+    }
+    return NULL;
+}
+
+/* ---- the main loop ---- */
+
+static void on_tick(mgr_t *m)
+{
+    uint64_t now = ib_now_ns();
+    ib_mgr_phase_t phase = m->phase;
+    if (phase == IB_MGR_RESTARTING && now >= m->restart_at_ns) {
+        start_engine(m);
+    } else if (phase == IB_MGR_STARTING) {
+        if (engine_healthy(m)) {
+            m->backoff_ms = 0;
+            char why[96];
+            snprintf(why, sizeof(why), "engine healthy on 127.0.0.1:%u", m->engine_port);
+            set_phase(m, IB_MGR_READY, why);
+        } else if (now - m->started_ns > (uint64_t)m->cfg.ready_timeout_ms * 1000000ull) {
+            schedule_restart(m, "the engine did not become healthy in time");
+        }
+    } else if (phase == IB_MGR_READY) {
+        if (engine_healthy(m)) {
+            m->unhealthy = 0;
+        } else {
+            pthread_mutex_lock(&m->lock);
+            m->health_failures_total++;
+            pthread_mutex_unlock(&m->lock);
+            if (++m->unhealthy >= UNHEALTHY_LIMIT)
+                schedule_restart(m, "the engine failed 3 health checks in a row");
+        }
+    } else if (phase == IB_MGR_DRAINING && m->engine_pid > 0 && now > m->drain_deadline_ns) {
+        kill(-m->engine_pid, SIGKILL); /* past the drain deadline */
+    }
+}
+
+static void reap(mgr_t *m)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid != m->engine_pid)
+            continue;
+        pthread_mutex_lock(&m->lock);
+        m->engine_pid = 0;
+        pthread_mutex_unlock(&m->lock);
+        char why[128];
+        if (WIFEXITED(status))
+            snprintf(why, sizeof(why), "the engine exited with status %d", WEXITSTATUS(status));
+        else
+            snprintf(why, sizeof(why), "the engine was killed by signal %d", WTERMSIG(status));
+        if (m->phase == IB_MGR_DRAINING)
+            set_phase(m, IB_MGR_STOPPED, why);
+        else if (m->phase != IB_MGR_FAILED)
+            schedule_restart(m, why);
+    }
+}
+
+int ib_manager_run(const ib_manager_config_t *cfg)
+{
+    mgr_t *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return 1;
+    m->cfg = *cfg;
+    if (m->cfg.state_dir == NULL)
+        m->cfg.state_dir = ".";
+    if (m->cfg.ready_timeout_ms == 0)
+        m->cfg.ready_timeout_ms = 60000;
+    if (m->cfg.drain_timeout_ms == 0)
+        m->cfg.drain_timeout_ms = 10000;
+    if (m->cfg.replica == NULL)
+        m->cfg.replica = "replica";
+    pthread_mutex_init(&m->lock, NULL);
+    m->phase_since_ms = wall_ms();
+    int rc = 1;
+    int pipefd[2] = {-1, -1};
+    pthread_t thread;
+    int thread_started = 0;
+
+    struct sockaddr_in sa;
+    if (ib_parse_hostport(cfg->listen, &sa) != 0) {
+        fprintf(stderr, "ib-manager: --listen wants IPV4:PORT, got '%s'\n", cfg->listen);
+        goto out;
+    }
+    m->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(m->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    socklen_t slen = sizeof(sa);
+    if (m->listen_fd < 0 || bind(m->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        listen(m->listen_fd, 64) != 0 || getsockname(m->listen_fd, (struct sockaddr *)&sa, &slen) != 0) {
+        fprintf(stderr, "ib-manager: cannot listen on %s: %s\n", cfg->listen, strerror(errno));
+        goto out;
+    }
+    m->port = ntohs(sa.sin_port);
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL); /* before the thread: it inherits the mask */
+    signal(SIGPIPE, SIG_IGN);
+    if (pipe2(pipefd, O_CLOEXEC) != 0)
+        goto out;
+    m->stop_fd = pipefd[0];
+    if (pthread_create(&thread, NULL, status_main, m) != 0)
+        goto out;
+    thread_started = 1;
+    if (cfg->port_file != NULL && ib_write_port_file(cfg->port_file, m->port) != 0) {
+        fprintf(stderr, "ib-manager: cannot write %s\n", cfg->port_file);
+        goto out;
+    }
+    fprintf(stderr, "ib-manager: %s (workload %s) status on %s:%u\n", m->cfg.replica,
+            m->cfg.workload ? m->cfg.workload : "-", inet_ntoa(sa.sin_addr), m->port);
+
+    /* compile */
+    char err[256];
+    set_phase(m, IB_MGR_COMPILING, NULL);
+    ib_weights_info_t wi;
+    if (ib_weights_compile(cfg->weights, &wi, err, sizeof(err)) != 0) {
+        set_phase(m, IB_MGR_FAILED, err);
+    } else {
+        pthread_mutex_lock(&m->lock);
+        m->weights = wi;
+        m->weights_ok = 1;
+        pthread_mutex_unlock(&m->lock);
+        fprintf(stderr, "ib-manager: weights %s: %llu bytes in %u files, xxh3-128 %s\n", cfg->weights,
+                (unsigned long long)wi.bytes, wi.files, wi.checksum);
+        start_engine(m); /* execute */
+    }
+
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    struct itimerspec its = {{0, HEALTH_EVERY_MS * 1000000L}, {0, 100 * 1000000L}};
+    timerfd_settime(tfd, 0, &its, NULL);
+    for (;;) {
+        struct pollfd p[2] = {{sfd, POLLIN, 0}, {tfd, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (p[1].revents) {
+            uint64_t x;
+            (void)!read(tfd, &x, sizeof(x));
+            on_tick(m);
+        }
+        if (p[0].revents) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof(si)) != sizeof(si))
+                continue;
+            if (si.ssi_signo == SIGCHLD) {
+                reap(m);
+            } else if (m->phase != IB_MGR_DRAINING) { /* drain: the engine finishes, then stops */
+                m->drain_deadline_ns = ib_now_ns() + (uint64_t)m->cfg.drain_timeout_ms * 1000000ull;
+                set_phase(m, IB_MGR_DRAINING, si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+                if (m->engine_pid > 0)
+                    kill(-m->engine_pid, SIGTERM);
+            }
+        }
+        if (m->phase == IB_MGR_STOPPED || (m->phase == IB_MGR_DRAINING && m->engine_pid == 0))
+            break;
+    }
+    if (m->phase != IB_MGR_STOPPED)
+        set_phase(m, IB_MGR_STOPPED, NULL);
+    close(sfd);
+    close(tfd);
+    rc = 0;
+out:
+    if (thread_started) {
+        close(pipefd[1]);
+        pipefd[1] = -1;
+        pthread_join(thread, NULL);
+    }
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    if (m->listen_fd > 0)
+        close(m->listen_fd);
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+    return rc;
+}
