@@ -1,0 +1,60 @@
+/* ib-clusterd: the cluster server (include/ibrain/cluster.h), local driver. */
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ibrain/cluster.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: ib-clusterd [options]\n"
+               "  --listen IPV4:PORT   gRPC (default 127.0.0.1:7070; port 0: free)\n"
+               "  --port-file F        write the gRPC port to F once listening\n"
+               "  --state-dir DIR      managers' port files and logs (default ./ib-cluster-state)\n"
+               "  --manager PATH       the ib-manager binary (default: beside this one)\n"
+               "  --engine 'CMD'       engine command for workloads that name none (default: the manager's,\n"
+               "                       the mock engine)\n");
+}
+
+int main(int argc, char **argv)
+{
+    ib_cluster_config_t cfg = {.listen = "127.0.0.1:7070", .state_dir = "ib-cluster-state"};
+    static const struct option opts[] = {{"listen", 1, 0, 'l'},  {"port-file", 1, 0, 'p'}, {"state-dir", 1, 0, 's'},
+                                         {"manager", 1, 0, 'm'}, {"engine", 1, 0, 'e'},    {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l': cfg.listen = optarg; break;
+        case 'p': cfg.port_file = optarg; break;
+        case 's': cfg.state_dir = optarg; break;
+        case 'm': cfg.manager = optarg; break;
+        case 'e': cfg.engine = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    char manager[PATH_MAX + 32];
+    if (cfg.manager == NULL) {
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        self[n > 0 ? n : 0] = '\0';
+        snprintf(manager, sizeof(manager), "%s/ib-manager", n > 0 ? dirname(self) : ".");
+        cfg.manager = manager;
+    }
+    if (mkdir(cfg.state_dir, 0755) != 0 && access(cfg.state_dir, W_OK) != 0) {
+        perror(cfg.state_dir);
+        return 1;
+    }
+    ib_driver_t *d = ib_driver_local_new(&cfg);
+    if (d == NULL)
+        return 1;
+    int rc = ib_cluster_run(&cfg, d);
+    ib_driver_local_free(d);
+    return rc;
+}

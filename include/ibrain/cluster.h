@@ -1,0 +1,78 @@
+/*
+ * Cluster server (ib-clusterd): the workload lifecycle behind a gRPC service
+ * (controlplane/proto/cluster.proto), and the driver interface that runs replicas.
+ *
+ * The local driver (the embedded default) runs one ib-manager per replica as a child
+ * process, with its port file and logs in the state directory, restarts a manager that
+ * exits, and reads each manager's GET /status for the replica's phase and address.
+ * A kubernetes driver would implement the same four operations.
+ */
+#ifndef IBRAIN_CLUSTER_H
+#define IBRAIN_CLUSTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- types ---- */
+
+#define IB_CLUSTER_MAX_WORKLOADS 64
+#define IB_CLUSTER_MAX_REPLICAS 32 /* per workload */
+
+typedef struct ib_workload_spec {
+    char id[64];
+    char model[128];
+    uint32_t replicas;
+    char weights[256];
+    char engine_cmd[512];
+    char chat_template[16];
+    char tokenizer[256];
+    uint32_t block_size;
+    uint32_t context_length;
+    char policy[24];
+    uint64_t generation;
+} ib_workload_spec_t;
+
+typedef struct ib_replica_status {
+    char id[80];
+    char phase[16];      /* the manager's phase, or "pending" before it reports */
+    char reason[256];
+    char address[64];    /* the engine's IPV4:PORT once ready */
+    uint64_t generation;
+    uint32_t restarts;   /* manager restarts by the driver + engine restarts by the manager */
+} ib_replica_status_t;
+
+/** A driver: starts, stops and reports replicas. */
+typedef struct ib_driver {
+    void *self;
+    int (*start)(void *self, const ib_workload_spec_t *w, uint32_t index, char *err, size_t errlen);
+    void (*stop)(void *self, const char *replica_id);
+    void (*status)(void *self, const char *replica_id, ib_replica_status_t *out);
+    void (*tick)(void *self); /* reap and restart; called about every 200 ms */
+} ib_driver_t;
+
+typedef struct ib_cluster_config {
+    const char *listen;     /* gRPC, IPV4:PORT (port 0: free) */
+    const char *port_file;
+    const char *state_dir;  /* managers' port files and logs */
+    const char *manager;    /* ib-manager binary (default: beside this one) */
+    const char *engine;     /* default engine command for specs without one */
+} ib_cluster_config_t;
+
+/* ---- functions ---- */
+
+/** The local driver. NULL when out of memory. */
+ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg);
+void ib_driver_local_free(ib_driver_t *d);
+
+/** Runs the gRPC server until SIGTERM/SIGINT; stops every replica on the way out. */
+int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

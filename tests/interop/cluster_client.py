@@ -1,0 +1,106 @@
+"""The cluster service through python3-grpcio (a gRPC implementation nobody here wrote).
+
+usage: cluster_client.py PORT PROTO_DIR OUT_DIR WEIGHTS   -> prints a line per check
+Generates the Python stubs of cluster.proto with grpc_tools into OUT_DIR first.
+"""
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+port, proto_dir, out_dir, weights = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+subprocess.check_call([sys.executable, "-m", "grpc_tools.protoc", "-I", proto_dir, "--python_out", out_dir,
+                       "--grpc_python_out", out_dir, os.path.join(proto_dir, "cluster.proto")])
+sys.path.insert(0, out_dir)
+import grpc  # noqa: E402
+import cluster_pb2 as pb  # noqa: E402
+import cluster_pb2_grpc as rpc  # noqa: E402
+
+ch = grpc.insecure_channel("127.0.0.1:" + port)
+grpc.channel_ready_future(ch).result(timeout=10)
+stub = rpc.ClusterStub(ch)
+
+# grpc.health.v1: no Python health package on Debian 12, so the raw bytes.
+health = ch.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
+assert health(b"", timeout=5) == b"\x08\x01", "health: not SERVING"
+print("health: SERVING")
+
+
+def expect_error(fn, req, code, words):
+    try:
+        fn(req, timeout=10)
+    except grpc.RpcError as e:
+        assert e.code() == code, "%s: %s (%s)" % (req, e.code(), e.details())
+        assert words in e.details(), "%r does not mention %r" % (e.details(), words)
+        print("refused %s: %s %s" % (type(req).__name__, e.code().name, e.details()))
+        return
+    raise AssertionError("accepted: %s" % req)
+
+
+def wait_ready(wid, n, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        eps = [e for e in stub.ListEndpoints(pb.ListEndpointsRequest(workload=wid), timeout=10).endpoints if e.ready]
+        if len(eps) == n:
+            return eps
+        time.sleep(0.2)
+    raise AssertionError("%s: not %d ready endpoints: %s" % (wid, n, stub.GetWorkload(pb.WorkloadRef(id=wid))))
+
+
+# Bad specs: refused with the field named, nothing created.
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="Bad_Id", model="m", replicas=1, weights=weights),
+             grpc.StatusCode.INVALID_ARGUMENT, "id")
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="w", model="m", replicas=0, weights=weights),
+             grpc.StatusCode.INVALID_ARGUMENT, "replicas")
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="w", model="m", replicas=1),
+             grpc.StatusCode.INVALID_ARGUMENT, "weights")
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="w", replicas=1, weights=weights),
+             grpc.StatusCode.INVALID_ARGUMENT, "model")
+expect_error(stub.GetWorkload, pb.WorkloadRef(id="nope"), grpc.StatusCode.NOT_FOUND, "nope")
+assert len(stub.ListWorkloads(pb.ListWorkloadsRequest(), timeout=10).workloads) == 0, "a refused spec left a workload"
+
+# Create -> replicas ready -> each answers a request.
+st = stub.CreateWorkload(pb.WorkloadSpec(id="demo", model="demo", replicas=2, weights=weights), timeout=10)
+assert len(st.replicas) == 2 and st.spec.generation >= 1, st
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="demo", model="demo", replicas=1, weights=weights),
+             grpc.StatusCode.ALREADY_EXISTS, "demo")
+eps = wait_ready("demo", 2)
+for e in eps:
+    host, p = e.address.split(":")
+    c = http.client.HTTPConnection(host, int(p), timeout=10)
+    c.request("POST", "/v1/chat/completions", json.dumps({"model": "demo", "max_tokens": 2,
+                                                          "messages": [{"role": "user", "content": "hi"}]}))
+    assert c.getresponse().status == 200
+print("demo: 2 replicas ready and answering:", sorted(e.address for e in eps))
+
+# A workload whose weights are missing: created, its replicas report the compile failure.
+stub.CreateWorkload(pb.WorkloadSpec(id="broken", model="broken", replicas=1, weights="/no/such/weights"), timeout=10)
+deadline = time.time() + 15
+while time.time() < deadline:
+    r = stub.GetWorkload(pb.WorkloadRef(id="broken"), timeout=10).replicas[0]
+    if r.phase == "failed":
+        break
+    time.sleep(0.2)
+assert r.phase == "failed" and "No such file" in r.reason, r
+print("broken: failed:", r.reason)
+stub.DeleteWorkload(pb.WorkloadRef(id="broken"), timeout=10)
+
+# A manager killed: the driver restarts it and the replica is ready again.
+victim = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).replicas[0].id
+out = subprocess.run(["pgrep", "-f", "--", "ib-manager .*--replica %s " % victim], capture_output=True, text=True).stdout.split()
+assert out, "no manager process for %s" % victim
+for pid in out:
+    os.kill(int(pid), signal.SIGKILL)
+time.sleep(1)
+eps = wait_ready("demo", 2)
+r = [x for x in stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).replicas if x.id == victim][0]
+assert r.restarts >= 1, r
+print("demo: manager of %s killed, restarted (restarts=%d), ready again" % (victim, r.restarts))
+
+# Delete: its endpoints go.
+stub.DeleteWorkload(pb.WorkloadRef(id="demo"), timeout=10)
+assert not stub.ListEndpoints(pb.ListEndpointsRequest(), timeout=10).endpoints
+print("demo: deleted")
