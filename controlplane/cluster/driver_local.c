@@ -29,6 +29,7 @@ typedef struct child {
     uint32_t backoff_ms;
     uint64_t restart_at_ns;
     char last_exit[96];
+    int adopted; /* not our child: liveness by kill(pid, 0), no waitpid */
 } child_t;
 
 typedef struct local {
@@ -96,6 +97,7 @@ static int spawn(local_t *l, child_t *c)
     }
     setpgid(pid, pid);
     c->pid = pid;
+    c->adopted = 0;
     return 0;
 }
 
@@ -117,6 +119,43 @@ static int local_start(void *self, const ib_workload_spec_t *w, uint32_t index, 
     }
     l->n++;
     return 0;
+}
+
+/* The manager's own pid from its /status, or 0 when it does not answer. */
+static int get_status(const char *port_file, char *body, size_t cap);
+
+static pid_t running_manager(local_t *l, const char *id)
+{
+    char port_file[512], body[4096 + IB_JSON_PADDING];
+    snprintf(port_file, sizeof(port_file), "%s/%s.port", l->cfg.state_dir, id);
+    if (get_status(port_file, body, 4096) != 0)
+        return 0;
+    int64_t pid = 0;
+    ib_json_pointer_int(l->json, body, strlen(body), "/manager_pid", &pid);
+    return pid > 1 && kill((pid_t)pid, 0) == 0 ? (pid_t)pid : 0;
+}
+
+static int local_adopt(void *self, const ib_workload_spec_t *w, uint32_t index, char *err, size_t errlen)
+{
+    local_t *l = self;
+    char id[80];
+    snprintf(id, sizeof(id), "%s-g%llu-r%u", w->id, (unsigned long long)w->generation, index);
+    pid_t pid = running_manager(l, id);
+    if (pid == 0)
+        return local_start(self, w, index, err, errlen);
+    if (l->n == MAX_CHILDREN) {
+        snprintf(err, errlen, "too many replicas");
+        return -1;
+    }
+    child_t *c = &l->children[l->n++];
+    memset(c, 0, sizeof(*c));
+    snprintf(c->id, sizeof(c->id), "%s", id);
+    c->spec = *w;
+    c->index = index;
+    c->pid = pid;
+    c->adopted = 1;
+    fprintf(stderr, "ib-clusterd: adopted the manager of %s (pid %d)\n", id, (int)pid);
+    return 1;
 }
 
 static void local_stop(void *self, const char *id)
@@ -235,6 +274,19 @@ static void local_tick(void *self)
                         c->backoff_ms);
             }
         }
+    for (uint32_t i = 0; i < l->n; i++) { /* adopted managers are not our children */
+        child_t *c = &l->children[i];
+        if (c->adopted && c->pid > 0 && kill(c->pid, 0) != 0) {
+            c->pid = 0;
+            c->adopted = 0;
+            snprintf(c->last_exit, sizeof(c->last_exit), "(adopted) exited");
+            if (!c->stopping) {
+                c->backoff_ms = 500;
+                c->restart_at_ns = ib_now_ns() + 500000000ull;
+                c->restarts++;
+            }
+        }
+    }
     uint64_t now = ib_now_ns();
     for (uint32_t i = 0; i < l->n;) {
         child_t *c = &l->children[i];
@@ -262,7 +314,7 @@ ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg)
         free(l);
         return NULL;
     }
-    l->ops = (ib_driver_t){l, local_start, local_stop, local_status, local_tick};
+    l->ops = (ib_driver_t){l, local_start, local_adopt, local_stop, local_status, local_tick};
     return &l->ops;
 }
 

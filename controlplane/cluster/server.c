@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cluster.pb-c.h"
@@ -33,6 +35,7 @@ typedef struct workload {
 
 typedef struct cluster {
     ib_driver_t *driver;
+    const char *state_dir;
     workload_t workloads[IB_CLUSTER_MAX_WORKLOADS];
     uint32_t n;
     uint64_t next_generation;
@@ -154,6 +157,88 @@ static void reply_status(cluster_t *c, workload_t *w, reply_t *r)
         snprintf(dst, sizeof(dst), "%s", (src) ? (src) : "");                                                        \
     } while (0)
 
+/* Checks a WorkloadSpec message and copies it into <s>. 0, or -1 with <r> set. */
+static int spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *s, reply_t *r)
+{
+    memset(s, 0, sizeof(*s));
+    if (!valid_id(m->id)) {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "id: '%s' is not 1-48 characters of [a-z0-9-]", m->id ? m->id : "");
+        return -1;
+    }
+    if (m->model == NULL || m->model[0] == '\0') {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "model: required");
+        return -1;
+    }
+    if (m->replicas < 1 || m->replicas > IB_CLUSTER_MAX_REPLICAS) {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "replicas: must be 1..32");
+        return -1;
+    }
+    if (m->weights == NULL || m->weights[0] == '\0') {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "weights: required (a path the replicas' managers can read)");
+        return -1;
+    }
+    COPY(s->id, m->id, "id");
+    COPY(s->model, m->model, "model");
+    COPY(s->weights, m->weights, "weights");
+    COPY(s->engine_cmd, m->engine_cmd, "engine_cmd");
+    COPY(s->chat_template, m->chat_template, "chat_template");
+    COPY(s->tokenizer, m->tokenizer, "tokenizer");
+    COPY(s->policy, m->policy, "policy");
+    s->replicas = m->replicas;
+    s->block_size = m->block_size;
+    s->context_length = m->context_length;
+    s->generation = m->generation;
+    return 0;
+out:
+    return -1;
+}
+
+static void spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m)
+{
+    ibrain__v1__workload_spec__init(m);
+    m->id = (char *)s->id;
+    m->model = (char *)s->model;
+    m->replicas = s->replicas;
+    m->weights = (char *)s->weights;
+    m->engine_cmd = (char *)s->engine_cmd;
+    m->chat_template = (char *)s->chat_template;
+    m->tokenizer = (char *)s->tokenizer;
+    m->block_size = s->block_size;
+    m->context_length = s->context_length;
+    m->policy = (char *)s->policy;
+    m->generation = s->generation;
+}
+
+/* STATE_DIR/workloads/ID.spec holds each workload's spec (a WorkloadSpec message), so that
+ * a restarted cluster server knows its workloads. Written to a temporary file, renamed. */
+static void spec_path(const cluster_t *c, const char *id, char *out, size_t cap, const char *suffix)
+{
+    snprintf(out, cap, "%s/workloads/%s.spec%s", c->state_dir, id, suffix);
+}
+
+static int save_spec(const cluster_t *c, const ib_workload_spec_t *s)
+{
+    Ibrain__V1__WorkloadSpec m;
+    spec_to_msg(s, &m);
+    size_t len = ibrain__v1__workload_spec__get_packed_size(&m);
+    uint8_t *buf = malloc(len ? len : 1);
+    char tmp[600], path[600];
+    spec_path(c, s->id, tmp, sizeof(tmp), ".tmp");
+    spec_path(c, s->id, path, sizeof(path), "");
+    int rc = -1;
+    FILE *f = buf ? fopen(tmp, "wb") : NULL;
+    if (f != NULL) {
+        ibrain__v1__workload_spec__pack(&m, buf);
+        rc = fwrite(buf, 1, len, f) == len ? 0 : -1;
+        if (fclose(f) != 0)
+            rc = -1;
+        if (rc == 0)
+            rc = rename(tmp, path);
+    }
+    free(buf);
+    return rc;
+}
+
 static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t *r)
 {
     Ibrain__V1__WorkloadSpec *m = ibrain__v1__workload_spec__unpack(NULL, len, in);
@@ -162,42 +247,21 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
         return;
     }
     ib_workload_spec_t s;
-    memset(&s, 0, sizeof(s));
-    if (!valid_id(m->id)) {
-        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "id: '%s' is not 1-48 characters of [a-z0-9-]", m->id ? m->id : "");
+    if (spec_from_msg(m, &s, r) != 0)
         goto out;
-    }
-    if (m->model == NULL || m->model[0] == '\0') {
-        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "model: required");
-        goto out;
-    }
-    if (m->replicas < 1 || m->replicas > IB_CLUSTER_MAX_REPLICAS) {
-        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "replicas: must be 1..32");
-        goto out;
-    }
-    if (m->weights == NULL || m->weights[0] == '\0') {
-        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "weights: required (a path the replicas' managers can read)");
-        goto out;
-    }
-    if (find(c, m->id) != NULL) {
-        fail(r, GRPC_STATUS_ALREADY_EXISTS, "workload '%s' exists", m->id);
+    if (find(c, s.id) != NULL) {
+        fail(r, GRPC_STATUS_ALREADY_EXISTS, "workload '%s' exists", s.id);
         goto out;
     }
     if (c->n == IB_CLUSTER_MAX_WORKLOADS) {
         fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", "too many workloads");
         goto out;
     }
-    COPY(s.id, m->id, "id");
-    COPY(s.model, m->model, "model");
-    COPY(s.weights, m->weights, "weights");
-    COPY(s.engine_cmd, m->engine_cmd, "engine_cmd");
-    COPY(s.chat_template, m->chat_template, "chat_template");
-    COPY(s.tokenizer, m->tokenizer, "tokenizer");
-    COPY(s.policy, m->policy, "policy");
-    s.replicas = m->replicas;
-    s.block_size = m->block_size;
-    s.context_length = m->context_length;
     s.generation = ++c->next_generation;
+    if (save_spec(c, &s) != 0) {
+        fail(r, GRPC_STATUS_INTERNAL, "%s", "cannot write the workload to the state directory");
+        goto out;
+    }
     workload_t *w = &c->workloads[c->n];
     memset(w, 0, sizeof(*w));
     w->spec = s;
@@ -206,6 +270,9 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
         if (c->driver->start(c->driver->self, &s, i, err, sizeof(err)) != 0) {
             for (uint32_t k = 0; k < i; k++) /* nothing half-created */
                 c->driver->stop(c->driver->self, w->replica_ids[k]);
+            char path[600];
+            spec_path(c, s.id, path, sizeof(path), "");
+            unlink(path);
             fail(r, GRPC_STATUS_INTERNAL, "starting a replica: %s", err);
             goto out;
         }
@@ -218,6 +285,55 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
     reply_status(c, w, r);
 out:
     ibrain__v1__workload_spec__free_unpacked(m, NULL);
+}
+
+/* At start: every saved workload, its managers adopted when they still run. */
+static void load_specs(cluster_t *c)
+{
+    char dir[600];
+    snprintf(dir, sizeof(dir), "%s/workloads", c->state_dir);
+    mkdir(dir, 0755);
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort);
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i]->d_name;
+        size_t nl = strlen(name);
+        if (nl > 5 && strcmp(name + nl - 5, ".spec") == 0 && c->n < IB_CLUSTER_MAX_WORKLOADS) {
+            char path[1200];
+            snprintf(path, sizeof(path), "%s/%s", dir, name);
+            FILE *f = fopen(path, "rb");
+            uint8_t buf[4096];
+            size_t len = f ? fread(buf, 1, sizeof(buf), f) : 0;
+            if (f != NULL)
+                fclose(f);
+            Ibrain__V1__WorkloadSpec *m = len ? ibrain__v1__workload_spec__unpack(NULL, len, buf) : NULL;
+            reply_t r = {0};
+            workload_t *w = &c->workloads[c->n];
+            if (m != NULL && spec_from_msg(m, &w->spec, &r) == 0) {
+                int adopted = 0;
+                char err[160];
+                char wid[64];
+                snprintf(wid, sizeof(wid), "%s", w->spec.id);
+                for (uint32_t k = 0; k < w->spec.replicas; k++) {
+                    snprintf(w->replica_ids[k], sizeof(w->replica_ids[k]), "%s-g%llu-r%u", wid,
+                             (unsigned long long)w->spec.generation, k);
+                    adopted += c->driver->adopt(c->driver->self, &w->spec, k, err, sizeof(err)) == 1;
+                }
+                if (w->spec.generation > c->next_generation)
+                    c->next_generation = w->spec.generation;
+                fprintf(stderr, "ib-clusterd: workload %s restored from the state directory: %d of %u replicas adopted\n",
+                        w->spec.id, adopted, w->spec.replicas);
+                c->n++;
+            } else {
+                fprintf(stderr, "ib-clusterd: ignoring %s: %s\n", path, m ? r.message : "not a WorkloadSpec");
+            }
+            if (m != NULL)
+                ibrain__v1__workload_spec__free_unpacked(m, NULL);
+        }
+        free(names[i]);
+    }
+    if (n >= 0)
+        free(names);
 }
 
 static void get_or_delete(cluster_t *c, const uint8_t *in, size_t len, reply_t *r, int delete)
@@ -235,6 +351,9 @@ static void get_or_delete(cluster_t *c, const uint8_t *in, size_t len, reply_t *
         if (delete) {
             for (uint32_t i = 0; i < w->spec.replicas; i++)
                 c->driver->stop(c->driver->self, w->replica_ids[i]);
+            char path[600];
+            spec_path(c, w->spec.id, path, sizeof(path), "");
+            unlink(path);
             fprintf(stderr, "ib-clusterd: workload %s deleted\n", w->spec.id);
             *w = c->workloads[--c->n];
         }
@@ -429,6 +548,8 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
     if (c == NULL || sfd < 0)
         return 1;
     c->driver = driver;
+    c->state_dir = cfg->state_dir;
+    load_specs(c);
     grpc_init();
     grpc_server *server = grpc_server_create(NULL, NULL);
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);

@@ -237,8 +237,8 @@ static void render_status(mgr_t *m, ib_buf_t *b)
         snprintf(addr, sizeof(addr), "127.0.0.1:%u", m->engine_port);
     ib_buf_append(b, ",\"engine_address\":", 18);
     json_str(b, addr);
-    n = snprintf(head, sizeof(head), ",\"engine_pid\":%d,\"restarts\":%llu,\"weights\":", (int)m->engine_pid,
-                 (unsigned long long)m->restarts);
+    n = snprintf(head, sizeof(head), ",\"engine_pid\":%d,\"manager_pid\":%d,\"restarts\":%llu,\"weights\":",
+                 (int)m->engine_pid, (int)getpid(), (unsigned long long)m->restarts);
     ib_buf_append(b, head, (size_t)n);
     if (m->weights_ok) {
         ib_buf_append(b, "{\"path\":", 8);

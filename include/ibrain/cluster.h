@@ -5,6 +5,9 @@
  * The local driver (the embedded default) runs one ib-manager per replica as a child
  * process, with its port file and logs in the state directory, restarts a manager that
  * exits, and reads each manager's GET /status for the replica's phase and address.
+ * Managers run in their own process groups, so they outlive a crashed cluster server;
+ * the workload specs are kept in STATE_DIR/workloads/ID.spec, and a restarted cluster
+ * server adopts the managers that still answer on their port files.
  * A kubernetes driver would implement the same four operations.
  */
 #ifndef IBRAIN_CLUSTER_H
@@ -50,6 +53,9 @@ typedef struct ib_replica_status {
 typedef struct ib_driver {
     void *self;
     int (*start)(void *self, const ib_workload_spec_t *w, uint32_t index, char *err, size_t errlen);
+    /** After a cluster-server restart: take over the replica's manager if it still runs,
+     * else start it. Returns 1 when adopted, 0 when started, -1 on failure. */
+    int (*adopt)(void *self, const ib_workload_spec_t *w, uint32_t index, char *err, size_t errlen);
     void (*stop)(void *self, const char *replica_id);
     void (*status)(void *self, const char *replica_id, ib_replica_status_t *out);
     void (*tick)(void *self); /* reap and restart; called about every 200 ms */
