@@ -9,6 +9,8 @@
 #   env: N=4 TRACE=perf/traces/conversation_trace.jsonl LIMIT=1500 SPEEDUP=10
 #        CACHE_BLOCKS=32768 (per engine, 16-token blocks) PREFILL_US=5 MAX_OUTPUT=64
 #        POLICIES="affinity least-load round-robin consistent-hash" CEILINGS=1
+#        TOKENIZER=path/to/tokenizer.json (engines and ibrain count tokens and cut 16-token
+#        blocks with it; default: 4-byte pseudo-tokens)
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +21,11 @@ speedup=${SPEEDUP:-10}
 cache=${CACHE_BLOCKS:-32768}
 prefill=${PREFILL_US:-5}
 maxout=${MAX_OUTPUT:-64}
+tok_engine=() tok_ibrain=()
+if [ -n "${TOKENIZER:-}" ]; then
+  tok_engine=(--tokenizer "$TOKENIZER" --block-size 16)
+  tok_ibrain=(--tokenizer "$TOKENIZER" --block-tokens 16)
+fi
 tmp=$(mktemp -d)
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
@@ -27,7 +34,8 @@ trap 'stop_all; rm -rf "$tmp"' EXIT
 engine() { # NAME CACHE_BLOCKS; sets $port (not a subshell: the pid must stay in pids)
   rm -f "$tmp/$1.port"
   "$top/$build/tools/ib-mock-engine" --listen 127.0.0.1:0 --port-file "$tmp/$1.port" --id "$1" --model demo \
-    --cache-blocks "$2" --prefill-us-per-token "$prefill" --max-seqs 1024 --max-model-len 262144 >/dev/null 2>&1 &
+    --cache-blocks "$2" --prefill-us-per-token "$prefill" --max-seqs 1024 --max-model-len 262144 "${tok_engine[@]}" \
+    >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$tmp/$1.port" ] && break; sleep 0.05; done
   port=$(cat "$tmp/$1.port")
@@ -55,6 +63,7 @@ PY
 
 echo "trace: $(basename "$trace"), first $limit requests at ${speedup}x; $n engines of $cache blocks x 16 tokens;"
 echo "prefill 2 ms + ${prefill} us per uncached token, 10 ms decode steps, outputs capped at $maxout tokens"
+echo "tokens: ${TOKENIZER:-4-byte pseudo-tokens (no tokenizer)}"
 printf "%-18s %8s %10s %10s %9s %9s %7s %7s\n" policy hit_rate ttft_p50 ttft_p99 req/s max/mean ok errors
 for policy in ${POLICIES:-affinity least-load round-robin consistent-hash}; do
   metrics=()
@@ -67,7 +76,7 @@ for policy in ${POLICIES:-affinity least-load round-robin consistent-hash}; do
   rm -f "$tmp/ib.port"
   "$top/$build/dataplane/ibrain" --listen 127.0.0.1:0 --port-file "$tmp/ib.port" --workers 1 --policy "$policy" \
     --model demo --cache-blocks "$cache" --max-body-bytes 16777216 --upstream-timeout-ms 600000 "${replicas[@]}" \
-    >/dev/null 2>&1 &
+    "${tok_ibrain[@]}" >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$tmp/ib.port" ] && break; sleep 0.05; done
   load "$(cat "$tmp/ib.port")" "$tmp/$policy.json" "${metrics[@]}"
