@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -139,6 +140,7 @@ static int start_engine(mgr_t *m)
     }
     char logpath[4096];
     snprintf(logpath, sizeof(logpath), "%s/engine-%s.log", m->cfg.state_dir, m->cfg.replica);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         set_phase(m, IB_MGR_RESTARTING, "fork failed");
@@ -146,6 +148,11 @@ static int start_engine(mgr_t *m)
     }
     if (pid == 0) {
         setpgid(0, 0);
+        /* A manager that dies (even by SIGKILL) takes its engine with it: the engine gets
+         * SIGTERM and drains, and the restarted manager starts a fresh one. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(1);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);

@@ -10,7 +10,8 @@
  *   running   health is checked every 500 ms; an engine that exits or fails 3 checks in a
  *             row is restarted with back-off (0.5 s doubling to 10 s);
  *   drain     on SIGTERM: the engine gets SIGTERM (it finishes its in-flight requests),
- *             then SIGKILL after the drain deadline; the manager exits 0.
+ *             then SIGKILL after the drain deadline; the manager exits 0. A manager that
+ *             dies any other way takes its engine with it (PR_SET_PDEATHSIG: SIGTERM).
  * Its state is served on its own HTTP port: GET /status (JSON), /health, /metrics. The
  * cluster server reads /status (issue 6).
  */

@@ -59,4 +59,5 @@ pgrep -f -- "ib-manager .*--workload keep " >/dev/null && ib_fail "adopted manag
 ib_stop cd2 || ib_fail "ib-clusterd exited with $?"
 sleep 0.5
 pgrep -f "state-dir $IB_TMP/state" >/dev/null && ib_fail "managers left running: $(pgrep -af "state-dir $IB_TMP/state")"
+pgrep -f -- "--id (demo|keep)-g[0-9]+-r" >/dev/null && ib_fail "engines left running: $(pgrep -af -- "--id (demo|keep)-g[0-9]+-r")"
 echo "cluster_grpc: ok"

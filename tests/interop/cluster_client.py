@@ -89,7 +89,8 @@ print("broken: failed:", r.reason)
 stub.DeleteWorkload(pb.WorkloadRef(id="broken"), timeout=10)
 
 # A manager killed: the driver restarts it and the replica is ready again.
-victim = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).replicas[0].id
+victim_status = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).replicas[0]
+victim, old_address = victim_status.id, victim_status.address
 out = subprocess.run(["pgrep", "-f", "--", "ib-manager .*--replica %s " % victim], capture_output=True, text=True).stdout.split()
 assert out, "no manager process for %s" % victim
 for pid in out:
@@ -98,7 +99,18 @@ time.sleep(1)
 eps = wait_ready("demo", 2)
 r = [x for x in stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).replicas if x.id == victim][0]
 assert r.restarts >= 1, r
-print("demo: manager of %s killed, restarted (restarts=%d), ready again" % (victim, r.restarts))
+# The killed manager's engine went with it: its old address no longer answers.
+host, p = old_address.split(":")
+deadline = time.time() + 10
+while time.time() < deadline:
+    try:
+        http.client.HTTPConnection(host, int(p), timeout=2).request("GET", "/health")
+    except OSError:
+        break
+    time.sleep(0.2)
+else:
+    raise AssertionError("the engine of the killed manager still answers on %s" % old_address)
+print("demo: manager of %s killed, its engine stopped, restarted (restarts=%d), ready again" % (victim, r.restarts))
 
 # Delete: its endpoints go.
 stub.DeleteWorkload(pb.WorkloadRef(id="demo"), timeout=10)
