@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "ibrain/clock.h"
+#include "ibrain/net.h"
 #include "ibrain/ondemand_c.h"
 
 #define MAX_CHILDREN (IB_CLUSTER_MAX_WORKLOADS * IB_CLUSTER_MAX_REPLICAS)
@@ -178,32 +179,10 @@ static int get_status(const char *port_file, char *body, size_t cap)
         return -1;
     int ok = fscanf(f, "%u", &port) == 1;
     fclose(f);
-    if (!ok || port == 0 || port > 65535)
+    int status = 0;
+    if (!ok || port == 0 || port > 65535 || ib_http_get_local(port, "/status", 1000, &status, body, cap) != 0)
         return -1;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int rc = -1;
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-        static const char req[] = "GET /status HTTP/1.1\r\nHost: manager\r\n\r\n";
-        if (write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1)) {
-            size_t len = 0;
-            ssize_t n;
-            while (len + 1 < cap && (n = read(fd, body + len, cap - 1 - len)) > 0)
-                len += (size_t)n;
-            body[len] = '\0';
-            char *sep = strstr(body, "\r\n\r\n");
-            if (sep != NULL && strncmp(body, "HTTP/1.1 200", 12) == 0) {
-                memmove(body, sep + 4, strlen(sep + 4) + 1);
-                rc = 0;
-            }
-        }
-    }
-    if (fd >= 0)
-        close(fd);
-    return rc;
+    return status == 200 ? 0 : -1;
 }
 
 static void copy_span(char *dst, size_t cap, ib_span_t s)

@@ -1,6 +1,5 @@
 /* ib-clusterd: the cluster server (include/ibrain/cluster.h), local driver. */
 #include <getopt.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +8,7 @@
 #include <unistd.h>
 
 #include "ibrain/cluster.h"
+#include "ibrain/net.h"
 
 static void usage(FILE *f)
 {
@@ -39,12 +39,10 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    char manager[PATH_MAX + 32];
+    char manager[PATH_MAX];
     if (cfg.manager == NULL) {
-        char self[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-        self[n > 0 ? n : 0] = '\0';
-        snprintf(manager, sizeof(manager), "%s/ib-manager", n > 0 ? dirname(self) : ".");
+        if (ib_exe_sibling("ib-manager", manager, sizeof(manager)) != 0)
+            snprintf(manager, sizeof(manager), "./ib-manager");
         cfg.manager = manager;
     }
     if (mkdir(cfg.state_dir, 0755) != 0 && access(cfg.state_dir, W_OK) != 0) {

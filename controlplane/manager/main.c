@@ -1,6 +1,5 @@
 /* ib-manager: the workload manager of one replica (include/ibrain/manager.h). */
 #include <getopt.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +7,7 @@
 #include <unistd.h>
 
 #include "ibrain/manager.h"
+#include "ibrain/net.h"
 
 static void usage(FILE *f)
 {
@@ -55,13 +55,11 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    char cmd[PATH_MAX + 128];
+    char engine[PATH_MAX], cmd[PATH_MAX + 128];
     if (cfg.engine_cmd == NULL) { /* the mock engine of this build */
-        char self[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-        self[n > 0 ? n : 0] = '\0';
-        snprintf(cmd, sizeof(cmd), "%s/../tools/ib-mock-engine --listen 127.0.0.1:{port} --model {model} --id {replica}",
-                 n > 0 ? dirname(self) : ".");
+        if (ib_exe_sibling("../tools/ib-mock-engine", engine, sizeof(engine)) != 0)
+            snprintf(engine, sizeof(engine), "ib-mock-engine");
+        snprintf(cmd, sizeof(cmd), "%s --listen 127.0.0.1:{port} --model {model} --id {replica}", engine);
         cfg.engine_cmd = cmd;
     }
     return ib_manager_run(&cfg);

@@ -180,23 +180,8 @@ static int start_engine(mgr_t *m)
 /* GET /health on the engine: 1 when it answers 200 within a second. */
 static int engine_healthy(const mgr_t *m)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return 0;
-    struct timeval tv = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(m->engine_port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int ok = 0;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-        static const char req[] = "GET /health HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n\r\n";
-        char resp[64] = {0};
-        if (write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1) && read(fd, resp, sizeof(resp) - 1) > 12)
-            ok = strncmp(resp, "HTTP/1.1 200", 12) == 0 || strncmp(resp, "HTTP/1.0 200", 12) == 0;
-    }
-    close(fd);
-    return ok;
+    int status = 0;
+    return ib_http_get_local(m->engine_port, "/health", 1000, &status, NULL, 0) == 0 && status == 200;
 }
 
 static void schedule_restart(mgr_t *m, const char *why)

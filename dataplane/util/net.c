@@ -2,7 +2,12 @@
 #include "ibrain/net.h"
 
 #include <arpa/inet.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 #include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,4 +52,48 @@ void ib_raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+}
+
+int ib_http_get_local(unsigned port, const char *path, int timeout_ms, int *status, char *body, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    char req[512], resp[8192];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", path);
+    size_t len = 0;
+    int rc = -1;
+    if (n > 0 && (size_t)n < sizeof(req) && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        write(fd, req, (size_t)n) == n) {
+        ssize_t got;
+        while (len + 1 < sizeof(resp) && (got = read(fd, resp + len, sizeof(resp) - 1 - len)) > 0)
+            len += (size_t)got;
+        resp[len] = '\0';
+        int code;
+        char *sep = strstr(resp, "\r\n\r\n");
+        if (sscanf(resp, "HTTP/1.%*d %d", &code) == 1 && sep != NULL) {
+            *status = code;
+            if (body != NULL && cap > 0)
+                snprintf(body, cap, "%s", sep + 4);
+            rc = 0;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+int ib_exe_sibling(const char *name, char *out, size_t cap)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0)
+        return -1;
+    self[n] = '\0';
+    int m = snprintf(out, cap, "%s/%s", dirname(self), name);
+    return m > 0 && (size_t)m < cap ? 0 : -1;
 }

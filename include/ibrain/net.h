@@ -23,6 +23,19 @@ int ib_write_port_file(const char *path, unsigned port);
 /** Raises the soft open-file limit to the hard limit (servers of many connections). */
 void ib_raise_nofile(void);
 
+/**
+ * GET <path> from 127.0.0.1:<port> (HTTP/1.1, Connection: close), waiting at most
+ * <timeout_ms> per read or write. Writes the status to *status and the body (NUL
+ * terminated, cut at <cap> - 1 bytes) to <body> (may be NULL). Returns 0, or -1 when the
+ * server cannot be reached or answers no HTTP response. For the control plane's small
+ * status calls; not for the data path.
+ */
+int ib_http_get_local(unsigned port, const char *path, int timeout_ms, int *status, char *body, size_t cap);
+
+/** The path of <name> beside the running executable (/proc/self/exe's directory + "/" +
+ * name). Returns 0, or -1 when it does not fit or cannot be read. */
+int ib_exe_sibling(const char *name, char *out, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif
