@@ -16,14 +16,6 @@ ibrain="$top/$build/dataplane/ibrain"
 repeat=${REPEAT:-3}
 duration=${DURATION:-8}
 conns=${CONNS:-64}
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 
 source "$top/perf/lib.sh"
 write_post_lua
@@ -40,6 +32,7 @@ ipid=$!
 pids+=($ipid)
 
 nport=$(free_port)
+mkdir -p "$tmp/nginx"
 cat >"$tmp/nginx/nginx.conf" <<CONF
 daemon off; worker_processes 1; pid $tmp/nginx/nginx.pid; error_log $tmp/nginx/error.log;
 events { worker_connections 4096; }

@@ -19,14 +19,6 @@ interval=${INTERVAL_MS:-5}
 repeat=${REPEAT:-3}
 duration=${DURATION:-8}
 conns=${CONNS:-64}
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 source "$top/perf/lib.sh"
 write_post_lua
 start_backend 0

@@ -1,5 +1,15 @@
-# Shared by the perf/ scripts (sourced): ports, the fixed-response backend, the POST body.
-# The caller defines $tmp (a scratch directory) and the array pids (processes to stop).
+# Shared by the perf/ scripts (sourced): a scratch directory and cleanup, ports, the
+# fixed-response backend, the POST body. Sourcing it sets $tmp and the array pids
+# (processes stopped, and $tmp removed, on exit).
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -39,7 +39,7 @@ static uint64_t now_ms(void)
     return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
-static redisContext *connect_to(const char *hostport, int timeout_ms)
+redisContext *ib_redis_connect(const char *hostport, int timeout_ms)
 {
     struct sockaddr_in sa;
     if (ib_parse_hostport(hostport, &sa) != 0)
@@ -64,7 +64,7 @@ static redisContext *connect_to(const char *hostport, int timeout_ms)
 int ib_redis_sentinel_master(const char *const *sentinels, uint32_t n, const char *name, char *out, size_t cap)
 {
     for (uint32_t i = 0; i < n; i++) {
-        redisContext *c = connect_to(sentinels[i], 500);
+        redisContext *c = ib_redis_connect(sentinels[i], 500);
         if (c == NULL)
             continue;
         redisReply *r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", name);
@@ -111,8 +111,8 @@ static int connect_all(ib_sync_t *s)
     } else {
         snprintf(addr, sizeof(addr), "%s", s->redis);
     }
-    s->cmd = connect_to(addr, 1000);
-    s->sub = s->cmd != NULL ? connect_to(addr, 1000) : NULL;
+    s->cmd = ib_redis_connect(addr, 1000);
+    s->sub = s->cmd != NULL ? ib_redis_connect(addr, 1000) : NULL;
     if (s->sub == NULL) {
         disconnect(s);
         return -1;

@@ -86,6 +86,12 @@ typedef void (*ib_sync_stream_fn)(void *ctx, const void *payload, size_t len);
 int ib_sync_stream_read(ib_sync_t *s, const char *key, char *last_id, uint32_t count, ib_sync_stream_fn fn,
                         void *ctx);
 
+struct redisContext; /* hiredis */
+
+/** Connects to Redis at IPV4:PORT with <timeout_ms> for the connect and every command
+ * after it. NULL when malformed or unreachable. Free with redisFree(). */
+struct redisContext *ib_redis_connect(const char *hostport, int timeout_ms);
+
 /**
  * Asks each sentinel in turn (IPV4:PORT) for the address of master <name>; writes
  * "IP:PORT" to <out>. Returns 0, or -1 when no sentinel answers.

@@ -67,16 +67,11 @@ static redisContext *connect_redis(const char *hostport)
         fprintf(stderr, "ib-snapshot: --redis wants IPV4:PORT, got '%s'\n", hostport);
         exit(2);
     }
-    char host[64];
-    snprintf(host, sizeof(host), "%s", hostport);
-    *strrchr(host, ':') = '\0';
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout(host, ntohs(sa.sin_port), tv);
-    if (c == NULL || c->err) {
-        fprintf(stderr, "ib-snapshot: cannot connect to redis at %s: %s\n", hostport, c ? c->errstr : "out of memory");
+    redisContext *c = ib_redis_connect(hostport, 2000);
+    if (c == NULL) {
+        fprintf(stderr, "ib-snapshot: cannot connect to redis at %s\n", hostport);
         exit(1);
     }
-    redisSetTimeout(c, tv);
     return c;
 }
 
