@@ -487,40 +487,59 @@ static int segment(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out
     return 0;
 }
 
+/* The NFC form of <p> (malloc'd, length in *m) when the tokenizer normalizes and NFC may
+ * change it; NULL when the text stands as it is (or utf8proc refused it, which it should
+ * not on repaired UTF-8). */
+static char *nfc_of(const ib_tokenizer_t *t, const char *p, size_t n, size_t *m)
+{
+    if (!t->nfc || !may_need_nfc(p, n))
+        return NULL;
+    utf8proc_uint8_t *norm = NULL;
+    utf8proc_ssize_t len =
+        utf8proc_map((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)n, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    if (len < 0) {
+        free(norm);
+        return NULL;
+    }
+    *m = (size_t)len;
+    return (char *)norm;
+}
+
+/* <text> with invalid UTF-8 replaced: <text> itself when valid, else the repair in *buf
+ * (grown to 3 x len as needed). NULL when out of memory. */
+static const char *repaired(const char *text, size_t *len, char **buf, size_t *cap)
+{
+    if (ib_utf8_valid(text, *len))
+        return text;
+    if (*len > SIZE_MAX / 3)
+        return NULL;
+    if (3 * *len + 1 > *cap) {
+        char *c = realloc(*buf, 3 * *len + 1);
+        if (c == NULL)
+            return NULL;
+        *buf = c;
+        *cap = 3 * *len + 1;
+    }
+    *len = repair_utf8((const unsigned char *)text, *len, *buf);
+    return *buf;
+}
+
 static int segment_uncached(ib_tok_state_t *s, const char *p, size_t n, ib_tok_ids_t *out)
 {
     if (n == 0)
         return 0;
-    if (s->t->nfc && may_need_nfc(p, n)) {
-        utf8proc_uint8_t *norm = NULL;
-        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)n, &norm,
-                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-        if (m >= 0) {
-            int rc = pretokenize(s, (const char *)norm, (size_t)m, out);
-            free(norm);
-            return rc;
-        }
-        free(norm); /* utf8proc refused (it should not on repaired UTF-8): use the text as is */
-    }
-    return pretokenize(s, p, n, out);
+    size_t m;
+    char *norm = nfc_of(s->t, p, n, &m);
+    int rc = norm != NULL ? pretokenize(s, norm, m, out) : pretokenize(s, p, n, out);
+    free(norm);
+    return rc;
 }
 
 int ib_tokenize(ib_tok_state_t *s, const char *text, size_t len, unsigned flags, ib_tok_ids_t *out)
 {
     const ib_tokenizer_t *t = s->t;
-    if (!ib_utf8_valid(text, len)) {
-        if (len > SIZE_MAX / 3)
-            return -1;
-        if (3 * len > s->clean_cap) {
-            char *c = realloc(s->clean, 3 * len);
-            if (c == NULL)
-                return -1;
-            s->clean = c;
-            s->clean_cap = 3 * len;
-        }
-        len = repair_utf8((const unsigned char *)text, len, s->clean);
-        text = s->clean;
-    }
+    if ((text = repaired(text, &len, &s->clean, &s->clean_cap)) == NULL)
+        return -1;
     if ((flags & IB_TOK_NO_SPECIAL) || t->nadded == 0)
         return segment(s, text, len, out);
     size_t start = 0;
@@ -550,24 +569,15 @@ int ib_tokenize(ib_tok_state_t *s, const char *text, size_t len, unsigned flags,
 int ib_tokenizer_normalize(const ib_tokenizer_t *t, const char *text, size_t len, ib_buf_t *out)
 {
     char *clean = NULL;
-    if (!ib_utf8_valid(text, len)) {
-        if (len > SIZE_MAX / 3 || (clean = malloc(3 * len + 1)) == NULL)
-            return -1;
-        len = repair_utf8((const unsigned char *)text, len, clean);
-        text = clean;
-    }
-    int rc;
+    size_t cap = 0;
+    if ((text = repaired(text, &len, &clean, &cap)) == NULL)
+        return -1;
     /* Added tokens are ASCII in both families and NFC leaves ASCII alone, so normalizing
      * the whole text equals normalizing the pieces between them. */
-    if (t->nfc && may_need_nfc(text, len)) {
-        utf8proc_uint8_t *norm = NULL;
-        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len, &norm,
-                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-        rc = m >= 0 ? ib_buf_append(out, norm, (size_t)m) : ib_buf_append(out, text, len);
-        free(norm);
-    } else {
-        rc = ib_buf_append(out, text, len);
-    }
+    size_t m;
+    char *norm = nfc_of(t, text, len, &m);
+    int rc = norm != NULL ? ib_buf_append(out, norm, m) : ib_buf_append(out, text, len);
+    free(norm);
     free(clean);
     return rc;
 }
