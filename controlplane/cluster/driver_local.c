@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -56,7 +57,12 @@ static int spawn(local_t *l, child_t *c)
     snprintf(log, sizeof(log), "%s/%s.manager.log", l->cfg.state_dir, c->id);
     snprintf(state, sizeof(state), "%s", l->cfg.state_dir);
     unlink(port_file);
-    const char *engine = c->spec.engine_cmd[0] ? c->spec.engine_cmd : l->cfg.engine;
+    char engine[1024], err[160];
+    if (ib_engine_command(&c->spec, l->cfg.engine, engine, sizeof(engine), err, sizeof(err)) != 0) {
+        fprintf(stderr, "ib-clusterd: %s: %s\n", c->id, err); /* validated at create: not reached */
+        errno = EINVAL;
+        return -1;
+    }
     pid_t pid = fork();
     if (pid < 0)
         return -1;
@@ -87,10 +93,8 @@ static int spawn(local_t *l, child_t *c)
         argv[a++] = c->spec.weights;
         argv[a++] = "--state-dir";
         argv[a++] = state;
-        if (engine != NULL && engine[0] != '\0') {
-            argv[a++] = "--engine-cmd";
-            argv[a++] = engine;
-        }
+        argv[a++] = "--engine-cmd";
+        argv[a++] = engine;
         argv[a] = NULL;
         execv(l->cfg.manager, (char *const *)argv);
         fprintf(stderr, "ib-clusterd: cannot run %s: %s\n", l->cfg.manager, strerror(errno));
@@ -100,6 +104,22 @@ static int spawn(local_t *l, child_t *c)
     c->pid = pid;
     c->adopted = 0;
     return 0;
+}
+
+static int local_validate(void *self, const ib_workload_spec_t *w, char *err, size_t errlen)
+{
+    local_t *l = self;
+    struct stat st;
+    if (stat(w->weights, &st) != 0) {
+        snprintf(err, errlen, "weights: %s: %s", w->weights, strerror(errno));
+        return -1;
+    }
+    if (w->tokenizer[0] != '\0' && stat(w->tokenizer, &st) != 0) {
+        snprintf(err, errlen, "tokenizer: %s: %s", w->tokenizer, strerror(errno));
+        return -1;
+    }
+    char cmd[1024];
+    return ib_engine_command(w, l->cfg.engine, cmd, sizeof(cmd), err, errlen);
 }
 
 static int local_start(void *self, const ib_workload_spec_t *w, uint32_t index, char *err, size_t errlen)
@@ -293,7 +313,7 @@ ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg)
         free(l);
         return NULL;
     }
-    l->ops = (ib_driver_t){l, local_start, local_adopt, local_stop, local_status, local_tick};
+    l->ops = (ib_driver_t){l, local_validate, local_start, local_adopt, local_stop, local_status, local_tick};
     return &l->ops;
 }
 

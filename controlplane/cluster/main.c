@@ -17,8 +17,12 @@ static void usage(FILE *f)
                "  --port-file F        write the gRPC port to F once listening\n"
                "  --state-dir DIR      managers' port files and logs (default ./ib-cluster-state)\n"
                "  --manager PATH       the ib-manager binary (default: beside this one)\n"
-               "  --engine 'CMD'       engine command for workloads that name none (default: the manager's,\n"
-               "                       the mock engine)\n");
+               "  --engine 'CMD'       the command of engine \"mock\", placeholders included (default: this\n"
+               "                       build's ib-mock-engine --listen 127.0.0.1:{port} --model {model} --id {replica})\n"
+               "  --http-listen IPV4:PORT   GET /metrics and /health (default none; port 0: free)\n"
+               "  --http-port-file F   write that port to F\n"
+               "  --drain-grace-ms N   a retiring replica is announced as draining this long before it is\n"
+               "                       stopped, so that routers stop sending to it first (default 1500)\n");
 }
 
 int main(int argc, char **argv)
@@ -26,6 +30,8 @@ int main(int argc, char **argv)
     ib_cluster_config_t cfg = {.listen = "127.0.0.1:7070", .state_dir = "ib-cluster-state"};
     static const struct option opts[] = {{"listen", 1, 0, 'l'},  {"port-file", 1, 0, 'p'}, {"state-dir", 1, 0, 's'},
                                          {"manager", 1, 0, 'm'}, {"engine", 1, 0, 'e'},    {"help", 0, 0, 'h'},
+                                         {"http-listen", 1, 0, 'H'}, {"http-port-file", 1, 0, 'P'},
+                                         {"drain-grace-ms", 1, 0, 'g'},
                                          {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -35,6 +41,9 @@ int main(int argc, char **argv)
         case 's': cfg.state_dir = optarg; break;
         case 'm': cfg.manager = optarg; break;
         case 'e': cfg.engine = optarg; break;
+        case 'H': cfg.http_listen = optarg; break;
+        case 'P': cfg.http_port_file = optarg; break;
+        case 'g': cfg.drain_grace_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -45,6 +54,16 @@ int main(int argc, char **argv)
             snprintf(manager, sizeof(manager), "./ib-manager");
         cfg.manager = manager;
     }
+    char mock[PATH_MAX + 128];
+    if (cfg.engine == NULL) {
+        char bin[PATH_MAX];
+        if (ib_exe_sibling("../tools/ib-mock-engine", bin, sizeof(bin)) != 0)
+            snprintf(bin, sizeof(bin), "ib-mock-engine");
+        snprintf(mock, sizeof(mock), "%s --listen 127.0.0.1:{port} --model {model} --id {replica}", bin);
+        cfg.engine = mock;
+    }
+    if (cfg.drain_grace_ms == 0)
+        cfg.drain_grace_ms = 1500;
     if (mkdir(cfg.state_dir, 0755) != 0 && access(cfg.state_dir, W_OK) != 0) {
         perror(cfg.state_dir);
         return 1;

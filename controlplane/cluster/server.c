@@ -21,24 +21,56 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <pthread.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "cluster.pb-c.h"
+#include "ibrain/admin_http.h"
+#include "ibrain/clock.h"
 #include "ibrain/net.h"
+#include "ibrain/route.h"
+
+/* A replica on its way out: an older generation after an update, or one scaled away. It
+ * serves until every replica of the current generation is ready, is then announced as
+ * draining (ListEndpoints) for the drain grace, so that routers stop sending to it, and
+ * is then stopped: its manager drains the engine. Kept in STATE_DIR/workloads/ID.retiring. */
+typedef struct retiring {
+    char id[80];
+    int draining;
+    int stopped;
+    uint64_t stop_at_ns;
+} retiring_t;
+
+#define MAX_RETIRING (2 * IB_CLUSTER_MAX_REPLICAS)
+#define MAX_LISTED (IB_CLUSTER_MAX_REPLICAS + MAX_RETIRING)
 
 typedef struct workload {
     ib_workload_spec_t spec;
     char replica_ids[IB_CLUSTER_MAX_REPLICAS][80];
+    retiring_t old[MAX_RETIRING];
+    uint32_t nold;
 } workload_t;
+
+enum { M_CREATE, M_UPDATE, M_GET, M_LIST, M_DELETE, M_ENDPOINTS, M_HEALTH, M_OTHER, M__COUNT };
+static const char *method_names[M__COUNT] = {"CreateWorkload", "UpdateWorkload", "GetWorkload", "ListWorkloads",
+                                             "DeleteWorkload", "ListEndpoints",  "Health/Check", "other"};
 
 typedef struct cluster {
     ib_driver_t *driver;
+    const ib_cluster_config_t *cfg;
     const char *state_dir;
     workload_t workloads[IB_CLUSTER_MAX_WORKLOADS];
     uint32_t n;
     uint64_t next_generation;
+    /* metrics: counted on the main thread, rendered into <metrics> about once a second
+     * for the status thread, which only copies it under <lock> */
+    uint64_t calls[M__COUNT][17];
+    uint64_t rolling_updates_total, scale_total, replicas_retired_total;
+    uint64_t metrics_at_ns;
+    pthread_mutex_t lock;
+    ib_buf_t metrics;
 } cluster_t;
 
 typedef struct call {
@@ -97,30 +129,83 @@ static int valid_id(const char *s)
 typedef struct status_msg {
     Ibrain__V1__WorkloadStatus st;
     Ibrain__V1__WorkloadSpec spec;
-    Ibrain__V1__ReplicaStatus reps[IB_CLUSTER_MAX_REPLICAS];
-    Ibrain__V1__ReplicaStatus *rptrs[IB_CLUSTER_MAX_REPLICAS];
-    ib_replica_status_t raw[IB_CLUSTER_MAX_REPLICAS];
+    Ibrain__V1__ReplicaStatus reps[MAX_LISTED];
+    Ibrain__V1__ReplicaStatus *rptrs[MAX_LISTED];
+    ib_replica_status_t raw[MAX_LISTED];
+    char phase[16];
+    char message[300];
 } status_msg_t;
+
+/* Every replica of <w>, current generation first, then the retiring ones. */
+static uint32_t replica_statuses(cluster_t *c, workload_t *w, ib_replica_status_t *out)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < w->spec.replicas; i++)
+        c->driver->status(c->driver->self, w->replica_ids[i], &out[n++]);
+    for (uint32_t i = 0; i < w->nold; i++, n++) {
+        c->driver->status(c->driver->self, w->old[i].id, &out[n]);
+        out[n].retiring = 1;
+        out[n].draining = w->old[i].draining;
+    }
+    return n;
+}
+
+/* The workload's phase and why, from its replicas' statuses. Returns the ready replicas
+ * of the current generation. */
+static uint32_t workload_phase(const workload_t *w, const ib_replica_status_t *raw, char *phase, size_t pcap,
+                               char *msg, size_t mcap)
+{
+    uint32_t ready = 0, failed = 0, draining = 0;
+    const char *reason = "";
+    for (uint32_t i = 0; i < w->spec.replicas; i++) {
+        if (strcmp(raw[i].phase, "ready") == 0)
+            ready++;
+        else if (strcmp(raw[i].phase, "failed") == 0 || strcmp(raw[i].phase, "restarting") == 0) {
+            failed++;
+            if (reason[0] == '\0')
+                reason = raw[i].reason;
+        }
+    }
+    for (uint32_t i = 0; i < w->nold; i++)
+        draining += w->old[i].draining;
+    msg[0] = '\0';
+    if (w->nold > draining) {
+        snprintf(phase, pcap, "rolling");
+        snprintf(msg, mcap, "generation %llu: %u of %u replicas ready; %u older replicas serve until then%s%s",
+                 (unsigned long long)w->spec.generation, ready, w->spec.replicas, w->nold - draining,
+                 failed ? "; " : "", failed ? reason : "");
+    } else if (draining > 0) {
+        snprintf(phase, pcap, "rolling");
+        snprintf(msg, mcap, "%u retiring replicas draining", draining);
+    } else if (ready == w->spec.replicas) {
+        snprintf(phase, pcap, "ready");
+    } else if (failed > 0) {
+        snprintf(phase, pcap, "degraded");
+        snprintf(msg, mcap, "%u of %u replicas ready; %s", ready, w->spec.replicas, reason);
+    } else {
+        snprintf(phase, pcap, "progressing");
+        snprintf(msg, mcap, "%u of %u replicas ready", ready, w->spec.replicas);
+    }
+    return ready;
+}
+
+static void spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m);
+
+static void replica_id(char *out, size_t cap, const ib_workload_spec_t *s, uint32_t index)
+{
+    char id[80]; /* <out> may be inside the workload that holds <s> */
+    snprintf(id, sizeof(id), "%s-g%llu-r%u", s->id, (unsigned long long)s->generation, index);
+    snprintf(out, cap, "%s", id);
+}
+
 
 static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
 {
     ibrain__v1__workload_status__init(&m->st);
-    ibrain__v1__workload_spec__init(&m->spec);
-    const ib_workload_spec_t *s = &w->spec;
-    m->spec.id = (char *)s->id;
-    m->spec.model = (char *)s->model;
-    m->spec.replicas = s->replicas;
-    m->spec.weights = (char *)s->weights;
-    m->spec.engine_cmd = (char *)s->engine_cmd;
-    m->spec.chat_template = (char *)s->chat_template;
-    m->spec.tokenizer = (char *)s->tokenizer;
-    m->spec.block_size = s->block_size;
-    m->spec.context_length = s->context_length;
-    m->spec.policy = (char *)s->policy;
-    m->spec.generation = s->generation;
+    spec_to_msg(&w->spec, &m->spec);
     m->st.spec = &m->spec;
-    for (uint32_t i = 0; i < s->replicas; i++) {
-        c->driver->status(c->driver->self, w->replica_ids[i], &m->raw[i]);
+    uint32_t n = replica_statuses(c, w, m->raw);
+    for (uint32_t i = 0; i < n; i++) {
         ibrain__v1__replica_status__init(&m->reps[i]);
         m->reps[i].id = m->raw[i].id;
         m->reps[i].phase = m->raw[i].phase;
@@ -128,11 +213,14 @@ static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
         m->reps[i].address = m->raw[i].address;
         m->reps[i].generation = m->raw[i].generation;
         m->reps[i].restarts = m->raw[i].restarts;
+        m->reps[i].retiring = m->raw[i].retiring;
+        m->reps[i].draining = m->raw[i].draining;
         m->rptrs[i] = &m->reps[i];
-        if (strcmp(m->raw[i].phase, "ready") == 0)
-            m->st.ready_replicas++;
     }
-    m->st.n_replicas = s->replicas;
+    m->st.ready_replicas = workload_phase(w, m->raw, m->phase, sizeof(m->phase), m->message, sizeof(m->message));
+    m->st.phase = m->phase;
+    m->st.message = m->message;
+    m->st.n_replicas = n;
     m->st.replicas = m->rptrs;
 }
 
@@ -184,6 +272,25 @@ static int spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *
     COPY(s->chat_template, m->chat_template, "chat_template");
     COPY(s->tokenizer, m->tokenizer, "tokenizer");
     COPY(s->policy, m->policy, "policy");
+    COPY(s->engine, m->engine, "engine");
+    COPY(s->engine_args, m->engine_args, "engine_args");
+    COPY(s->version, m->version, "version");
+    ib_chat_template_t tpl;
+    if (s->chat_template[0] != '\0' && ib_chat_template_parse(s->chat_template, &tpl) != 0) {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "chat_template: unknown template '%s' (chatml, qwen3, llama3, plain)",
+             s->chat_template);
+        return -1;
+    }
+    ib_policy_t pol;
+    if (s->policy[0] != '\0' && ib_policy_parse(s->policy, &pol) != 0) {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT,
+             "policy: unknown policy '%s' (affinity, least-load, round-robin, consistent-hash)", s->policy);
+        return -1;
+    }
+    if (m->block_size > 65536) {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "block_size: must be 0..65536");
+        return -1;
+    }
     s->replicas = m->replicas;
     s->block_size = m->block_size;
     s->context_length = m->context_length;
@@ -207,6 +314,9 @@ static void spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m
     m->context_length = s->context_length;
     m->policy = (char *)s->policy;
     m->generation = s->generation;
+    m->engine = (char *)s->engine;
+    m->engine_args = (char *)s->engine_args;
+    m->version = (char *)s->version;
 }
 
 /* STATE_DIR/workloads/ID.spec holds each workload's spec (a WorkloadSpec message), so that
@@ -239,6 +349,15 @@ static int save_spec(const cluster_t *c, const ib_workload_spec_t *s)
     return rc;
 }
 
+static int driver_validate(cluster_t *c, const ib_workload_spec_t *s, reply_t *r)
+{
+    char err[200];
+    if (c->driver->validate(c->driver->self, s, err, sizeof(err)) == 0)
+        return 0;
+    fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
+    return -1;
+}
+
 static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t *r)
 {
     Ibrain__V1__WorkloadSpec *m = ibrain__v1__workload_spec__unpack(NULL, len, in);
@@ -253,6 +372,8 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
         fail(r, GRPC_STATUS_ALREADY_EXISTS, "workload '%s' exists", s.id);
         goto out;
     }
+    if (driver_validate(c, &s, r) != 0)
+        goto out;
     if (c->n == IB_CLUSTER_MAX_WORKLOADS) {
         fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", "too many workloads");
         goto out;
@@ -276,8 +397,7 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
             fail(r, GRPC_STATUS_INTERNAL, "starting a replica: %s", err);
             goto out;
         }
-        snprintf(w->replica_ids[i], sizeof(w->replica_ids[i]), "%s-g%llu-r%u", s.id, (unsigned long long)s.generation,
-                 i);
+        replica_id(w->replica_ids[i], sizeof(w->replica_ids[i]), &s, i);
     }
     c->n++;
     fprintf(stderr, "ib-clusterd: workload %s created: %u replicas of %s, generation %llu\n", s.id, s.replicas,
@@ -285,6 +405,206 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
     reply_status(c, w, r);
 out:
     ibrain__v1__workload_spec__free_unpacked(m, NULL);
+}
+
+/* STATE_DIR/workloads/ID.retiring: one line per retiring replica, "ID DRAINING". */
+static void save_retiring(const cluster_t *c, const workload_t *w)
+{
+    char tmp[600], path[600];
+    snprintf(tmp, sizeof(tmp), "%s/workloads/%s.retiring.tmp", c->state_dir, w->spec.id);
+    snprintf(path, sizeof(path), "%s/workloads/%s.retiring", c->state_dir, w->spec.id);
+    if (w->nold == 0) {
+        unlink(path);
+        return;
+    }
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return;
+    for (uint32_t i = 0; i < w->nold; i++)
+        fprintf(f, "%s %d\n", w->old[i].id, w->old[i].draining);
+    if (fclose(f) == 0)
+        rename(tmp, path);
+}
+
+/* After a restart: the retiring replicas' managers adopted (a manager that is gone is
+ * started again, then retired with the rest: the driver knows no other way to find it). */
+static void load_retiring(cluster_t *c, workload_t *w)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/workloads/%s.retiring", c->state_dir, w->spec.id);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return;
+    char id[80];
+    int draining;
+    uint64_t now = ib_now_ns();
+    while (w->nold < MAX_RETIRING && fscanf(f, "%79s %d", id, &draining) == 2) {
+        ib_workload_spec_t old = w->spec;
+        unsigned long long gen;
+        unsigned index;
+        const char *g = strrchr(id, 'g');
+        if (strncmp(id, w->spec.id, strlen(w->spec.id)) != 0 || g == NULL || sscanf(g, "g%llu-r%u", &gen, &index) != 2)
+            continue;
+        old.generation = gen;
+        char err[160];
+        if (c->driver->adopt(c->driver->self, &old, index, err, sizeof(err)) < 0)
+            continue;
+        retiring_t *o = &w->old[w->nold++];
+        memset(o, 0, sizeof(*o));
+        snprintf(o->id, sizeof(o->id), "%s", id);
+        o->draining = draining;
+        o->stop_at_ns = now + (uint64_t)c->cfg->drain_grace_ms * 1000000ull;
+    }
+    fclose(f);
+}
+
+static int retire(workload_t *w, const char *id, int draining, uint64_t stop_at_ns)
+{
+    if (w->nold == MAX_RETIRING)
+        return -1;
+    retiring_t *o = &w->old[w->nold++];
+    size_t l = strnlen(id, sizeof(o->id) - 1); /* <id> is another field of <w> */
+    memset(o, 0, sizeof(*o));
+    memcpy(o->id, id, l);
+    o->draining = draining;
+    o->stop_at_ns = stop_at_ns;
+    return 0;
+}
+
+static int same_but_replicas(const ib_workload_spec_t *a, const ib_workload_spec_t *b)
+{
+    ib_workload_spec_t x = *a, y = *b;
+    x.replicas = y.replicas = 0;
+    x.generation = y.generation = 0;
+    return memcmp(&x, &y, sizeof(x)) == 0;
+}
+
+/* UpdateWorkload: scale in place when only the replica count changed, else a rolling
+ * update to a new generation. Nothing changes when a replica cannot be started. */
+static void update_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t *r)
+{
+    Ibrain__V1__WorkloadSpec *m = ibrain__v1__workload_spec__unpack(NULL, len, in);
+    if (m == NULL) {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "not a WorkloadSpec");
+        return;
+    }
+    ib_workload_spec_t s;
+    workload_t *w;
+    char err[160];
+    if (spec_from_msg(m, &s, r) != 0)
+        goto out;
+    if ((w = find(c, s.id)) == NULL) {
+        fail(r, GRPC_STATUS_NOT_FOUND, "workload '%s' does not exist", s.id);
+        goto out;
+    }
+    if (driver_validate(c, &s, r) != 0)
+        goto out;
+    uint64_t now = ib_now_ns(), grace = (uint64_t)c->cfg->drain_grace_ms * 1000000ull;
+    if (same_but_replicas(&s, &w->spec)) { /* scale */
+        s.generation = w->spec.generation;
+        uint32_t had = w->spec.replicas;
+        if (s.replicas < had && w->nold + (had - s.replicas) > MAX_RETIRING) {
+            fail(r, GRPC_STATUS_FAILED_PRECONDITION, "%s", "too many replicas still retiring: retry when they are gone");
+            goto out;
+        }
+        for (uint32_t i = had; i < s.replicas; i++) {
+            if (c->driver->start(c->driver->self, &s, i, err, sizeof(err)) != 0) {
+                for (uint32_t k = had; k < i; k++)
+                    c->driver->stop(c->driver->self, w->replica_ids[k]);
+                fail(r, GRPC_STATUS_INTERNAL, "starting a replica: %s", err);
+                goto out;
+            }
+            replica_id(w->replica_ids[i], sizeof(w->replica_ids[i]), &s, i);
+        }
+        for (uint32_t i = s.replicas; i < had; i++) /* the highest indexes go, draining at once */
+            retire(w, w->replica_ids[i], 1, now + grace);
+        if (s.replicas != had)
+            c->scale_total++;
+        fprintf(stderr, "ib-clusterd: workload %s scaled from %u to %u replicas\n", s.id, had, s.replicas);
+    } else { /* rolling update: a new generation beside the old one */
+        if (w->nold + w->spec.replicas > MAX_RETIRING) {
+            fail(r, GRPC_STATUS_FAILED_PRECONDITION, "%s", "a rolling update is still retiring replicas: retry when it is done");
+            goto out;
+        }
+        s.generation = c->next_generation + 1;
+        char ids[IB_CLUSTER_MAX_REPLICAS][80];
+        for (uint32_t i = 0; i < s.replicas; i++) {
+            if (c->driver->start(c->driver->self, &s, i, err, sizeof(err)) != 0) {
+                for (uint32_t k = 0; k < i; k++)
+                    c->driver->stop(c->driver->self, ids[k]);
+                fail(r, GRPC_STATUS_INTERNAL, "starting a replica: %s", err);
+                goto out;
+            }
+            replica_id(ids[i], sizeof(ids[i]), &s, i);
+        }
+        c->next_generation++;
+        for (uint32_t i = 0; i < w->spec.replicas; i++) /* they serve until the new ones are ready */
+            retire(w, w->replica_ids[i], 0, 0);
+        memcpy(w->replica_ids, ids, sizeof(ids));
+        c->rolling_updates_total++;
+        fprintf(stderr, "ib-clusterd: workload %s: rolling update to generation %llu (%u replicas)\n", s.id,
+                (unsigned long long)s.generation, s.replicas);
+    }
+    w->spec = s;
+    if (save_spec(c, &w->spec) != 0)
+        fprintf(stderr, "ib-clusterd: cannot write %s's spec to the state directory\n", s.id);
+    save_retiring(c, w);
+    reply_status(c, w, r);
+out:
+    ibrain__v1__workload_spec__free_unpacked(m, NULL);
+}
+
+/* Moves rolling updates on: once every current replica is ready, the retiring ones are
+ * announced as draining; after the grace they are stopped; once gone, forgotten. */
+static void roll(cluster_t *c)
+{
+    uint64_t now = ib_now_ns(), grace = (uint64_t)c->cfg->drain_grace_ms * 1000000ull;
+    for (uint32_t i = 0; i < c->n; i++) {
+        workload_t *w = &c->workloads[i];
+        if (w->nold == 0)
+            continue;
+        int changed = 0, waiting = 0;
+        for (uint32_t k = 0; k < w->nold; k++)
+            waiting += !w->old[k].draining;
+        if (waiting) {
+            uint32_t ready = 0;
+            ib_replica_status_t st;
+            for (uint32_t k = 0; k < w->spec.replicas; k++) {
+                c->driver->status(c->driver->self, w->replica_ids[k], &st);
+                ready += strcmp(st.phase, "ready") == 0;
+            }
+            if (ready == w->spec.replicas) {
+                for (uint32_t k = 0; k < w->nold; k++)
+                    if (!w->old[k].draining) {
+                        w->old[k].draining = 1;
+                        w->old[k].stop_at_ns = now + grace;
+                    }
+                changed = 1;
+                fprintf(stderr, "ib-clusterd: workload %s: generation %llu ready, %d older replicas draining\n",
+                        w->spec.id, (unsigned long long)w->spec.generation, waiting);
+            }
+        }
+        for (uint32_t k = 0; k < w->nold;) {
+            retiring_t *o = &w->old[k];
+            if (o->draining && !o->stopped && now >= o->stop_at_ns) {
+                c->driver->stop(c->driver->self, o->id);
+                o->stopped = 1;
+            }
+            if (o->stopped) {
+                ib_replica_status_t st;
+                c->driver->status(c->driver->self, o->id, &st);
+                if (strcmp(st.phase, "gone") == 0) {
+                    w->old[k] = w->old[--w->nold];
+                    c->replicas_retired_total++;
+                    changed = 1;
+                    continue;
+                }
+            }
+            k++;
+        }
+        if (changed)
+            save_retiring(c, w);
+    }
 }
 
 /* At start: every saved workload, its managers adopted when they still run. */
@@ -312,13 +632,12 @@ static void load_specs(cluster_t *c)
             if (m != NULL && spec_from_msg(m, &w->spec, &r) == 0) {
                 int adopted = 0;
                 char err[160];
-                char wid[64];
-                snprintf(wid, sizeof(wid), "%s", w->spec.id);
+                w->nold = 0;
                 for (uint32_t k = 0; k < w->spec.replicas; k++) {
-                    snprintf(w->replica_ids[k], sizeof(w->replica_ids[k]), "%s-g%llu-r%u", wid,
-                             (unsigned long long)w->spec.generation, k);
+                    replica_id(w->replica_ids[k], sizeof(w->replica_ids[k]), &w->spec, k);
                     adopted += c->driver->adopt(c->driver->self, &w->spec, k, err, sizeof(err)) == 1;
                 }
+                load_retiring(c, w);
                 if (w->spec.generation > c->next_generation)
                     c->next_generation = w->spec.generation;
                 fprintf(stderr, "ib-clusterd: workload %s restored from the state directory: %d of %u replicas adopted\n",
@@ -351,9 +670,13 @@ static void get_or_delete(cluster_t *c, const uint8_t *in, size_t len, reply_t *
         if (delete) {
             for (uint32_t i = 0; i < w->spec.replicas; i++)
                 c->driver->stop(c->driver->self, w->replica_ids[i]);
+            for (uint32_t i = 0; i < w->nold; i++)
+                c->driver->stop(c->driver->self, w->old[i].id);
             char path[600];
             spec_path(c, w->spec.id, path, sizeof(path), "");
             unlink(path);
+            w->nold = 0;
+            save_retiring(c, w); /* removes the file */
             fprintf(stderr, "ib-clusterd: workload %s deleted\n", w->spec.id);
             *w = c->workloads[--c->n];
         }
@@ -388,7 +711,7 @@ static void list_endpoints(cluster_t *c, const uint8_t *in, size_t len, reply_t 
         fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "not a ListEndpointsRequest");
         return;
     }
-    size_t cap = (size_t)c->n * IB_CLUSTER_MAX_REPLICAS + 1, n = 0;
+    size_t cap = (size_t)c->n * MAX_LISTED + 1, n = 0;
     Ibrain__V1__Endpoint *eps = calloc(cap, sizeof(*eps));
     Ibrain__V1__Endpoint **ptrs = calloc(cap, sizeof(*ptrs));
     ib_replica_status_t *raw = calloc(cap, sizeof(*raw));
@@ -400,14 +723,15 @@ static void list_endpoints(cluster_t *c, const uint8_t *in, size_t len, reply_t 
         workload_t *w = &c->workloads[i];
         if (m->workload[0] != '\0' && strcmp(m->workload, w->spec.id) != 0)
             continue;
-        for (uint32_t k = 0; k < w->spec.replicas; k++, n++) {
-            c->driver->status(c->driver->self, w->replica_ids[k], &raw[n]);
+        uint32_t k = replica_statuses(c, w, &raw[n]);
+        for (uint32_t j = 0; j < k; j++, n++) {
             ibrain__v1__endpoint__init(&eps[n]);
             eps[n].workload = w->spec.id;
             eps[n].replica = raw[n].id;
             eps[n].address = raw[n].address;
             eps[n].ready = strcmp(raw[n].phase, "ready") == 0;
-            eps[n].generation = w->spec.generation;
+            eps[n].generation = raw[n].generation;
+            eps[n].draining = raw[n].draining;
             ptrs[n] = &eps[n];
         }
     }
@@ -425,16 +749,19 @@ out:
 static void dispatch(cluster_t *c, const char *method, const uint8_t *in, size_t len, reply_t *r)
 {
     r->code = GRPC_STATUS_OK;
+    int k = M_OTHER;
     if (strcmp(method, "/ibrain.v1.Cluster/CreateWorkload") == 0)
-        create_workload(c, in, len, r);
+        create_workload(c, in, len, r), k = M_CREATE;
+    else if (strcmp(method, "/ibrain.v1.Cluster/UpdateWorkload") == 0)
+        update_workload(c, in, len, r), k = M_UPDATE;
     else if (strcmp(method, "/ibrain.v1.Cluster/GetWorkload") == 0)
-        get_or_delete(c, in, len, r, 0);
+        get_or_delete(c, in, len, r, 0), k = M_GET;
     else if (strcmp(method, "/ibrain.v1.Cluster/DeleteWorkload") == 0)
-        get_or_delete(c, in, len, r, 1);
+        get_or_delete(c, in, len, r, 1), k = M_DELETE;
     else if (strcmp(method, "/ibrain.v1.Cluster/ListWorkloads") == 0)
-        list_workloads(c, r);
+        list_workloads(c, r), k = M_LIST;
     else if (strcmp(method, "/ibrain.v1.Cluster/ListEndpoints") == 0)
-        list_endpoints(c, in, len, r);
+        list_endpoints(c, in, len, r), k = M_ENDPOINTS;
     else if (strcmp(method, "/grpc.health.v1.Health/Check") == 0) {
         /* HealthCheckResponse{status: SERVING}: field 1, varint 1 */
         r->bytes = malloc(2);
@@ -443,8 +770,89 @@ static void dispatch(cluster_t *c, const char *method, const uint8_t *in, size_t
             r->bytes[1] = 0x01;
             r->len = 2;
         }
+        k = M_HEALTH;
     } else
         fail(r, GRPC_STATUS_UNIMPLEMENTED, "method %s is not implemented", method);
+    c->calls[k][(unsigned)r->code <= 16 ? (unsigned)r->code : 2]++;
+}
+
+/* ---- metrics (rendered on the main thread, served by the status thread) ---- */
+
+static void render_metrics(cluster_t *c)
+{
+    ib_buf_t b = {0};
+    char line[512];
+    int n;
+#define EMIT(...)                                                                                                  \
+    do {                                                                                                           \
+        n = snprintf(line, sizeof(line), __VA_ARGS__);                                                             \
+        ib_buf_append(&b, line, (size_t)n);                                                                        \
+    } while (0)
+    EMIT("# HELP ib_cluster_rpc_total gRPC calls served, by method and status code.\n"
+         "# TYPE ib_cluster_rpc_total counter\n");
+    for (int m = 0; m < M__COUNT; m++)
+        for (int code = 0; code <= 16; code++)
+            if (c->calls[m][code] || (code == 0 && m != M_OTHER))
+                EMIT("ib_cluster_rpc_total{method=\"%s\",code=\"%d\"} %llu\n", method_names[m], code,
+                     (unsigned long long)c->calls[m][code]);
+    uint32_t phases[8] = {0}, retiring = 0, rolling = 0, restarts = 0;
+    static const char *names[8] = {"ready", "compiling", "starting", "restarting", "failed", "draining", "pending", "other"};
+    ib_replica_status_t *raw = calloc(MAX_LISTED, sizeof(*raw));
+    for (uint32_t i = 0; raw != NULL && i < c->n; i++) {
+        workload_t *w = &c->workloads[i];
+        uint32_t k = replica_statuses(c, w, raw);
+        for (uint32_t j = 0; j < k; j++) {
+            int p = 7;
+            for (int q = 0; q < 7; q++)
+                if (strcmp(raw[j].phase, names[q]) == 0)
+                    p = q;
+            phases[p]++;
+            restarts += raw[j].restarts;
+        }
+        retiring += w->nold;
+        rolling += w->nold > 0;
+    }
+    free(raw);
+    EMIT("# HELP ib_cluster_workloads Workloads the cluster server runs.\n# TYPE ib_cluster_workloads gauge\n"
+         "ib_cluster_workloads %u\n", c->n);
+    EMIT("# HELP ib_cluster_workloads_rolling Workloads in a rolling update.\n"
+         "# TYPE ib_cluster_workloads_rolling gauge\nib_cluster_workloads_rolling %u\n", rolling);
+    EMIT("# HELP ib_cluster_replicas Replicas by their manager's phase.\n# TYPE ib_cluster_replicas gauge\n");
+    for (int q = 0; q < 8; q++)
+        EMIT("ib_cluster_replicas{phase=\"%s\"} %u\n", names[q], phases[q]);
+    EMIT("# HELP ib_cluster_replicas_retiring Replicas of older generations, or scaled away, not yet gone.\n"
+         "# TYPE ib_cluster_replicas_retiring gauge\nib_cluster_replicas_retiring %u\n", retiring);
+    EMIT("# HELP ib_cluster_replica_restarts Restarts of the current replicas (managers and engines).\n"
+         "# TYPE ib_cluster_replica_restarts gauge\nib_cluster_replica_restarts %u\n", restarts);
+    EMIT("# HELP ib_cluster_rolling_updates_total Rolling updates started.\n"
+         "# TYPE ib_cluster_rolling_updates_total counter\nib_cluster_rolling_updates_total %llu\n",
+         (unsigned long long)c->rolling_updates_total);
+    EMIT("# HELP ib_cluster_scale_total Replica-count changes.\n"
+         "# TYPE ib_cluster_scale_total counter\nib_cluster_scale_total %llu\n", (unsigned long long)c->scale_total);
+    EMIT("# HELP ib_cluster_replicas_retired_total Retiring replicas stopped and gone.\n"
+         "# TYPE ib_cluster_replicas_retired_total counter\nib_cluster_replicas_retired_total %llu\n",
+         (unsigned long long)c->replicas_retired_total);
+#undef EMIT
+    pthread_mutex_lock(&c->lock);
+    ib_buf_free(&c->metrics);
+    c->metrics = b;
+    pthread_mutex_unlock(&c->lock);
+}
+
+static int on_http(void *arg, const char *path, ib_buf_t *body, const char **ctype)
+{
+    cluster_t *c = arg;
+    if (strcmp(path, "/health") == 0) {
+        ib_buf_append(body, "{\"status\":\"ok\"}\n", 16);
+        return 200;
+    }
+    if (strcmp(path, "/metrics") != 0)
+        return 404;
+    *ctype = IB_PROM_CTYPE;
+    pthread_mutex_lock(&c->lock);
+    ib_buf_append(body, c->metrics.ptr, c->metrics.len);
+    pthread_mutex_unlock(&c->lock);
+    return 200;
 }
 
 /* ---- gRPC plumbing ---- */
@@ -548,8 +956,11 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
     if (c == NULL || sfd < 0)
         return 1;
     c->driver = driver;
+    c->cfg = cfg;
     c->state_dir = cfg->state_dir;
+    pthread_mutex_init(&c->lock, NULL);
     load_specs(c);
+    ib_admin_t *admin = NULL;
     grpc_init();
     grpc_server *server = grpc_server_create(NULL, NULL);
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
@@ -568,6 +979,17 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
         goto out;
     }
     fprintf(stderr, "ib-clusterd: gRPC on 127.0.0.1:%d, local driver, state in %s\n", port, cfg->state_dir);
+    if (cfg->http_listen != NULL) {
+        char err[160];
+        render_metrics(c);
+        admin = ib_admin_start(cfg->http_listen, on_http, c, err, sizeof(err));
+        if (admin == NULL || (cfg->http_port_file != NULL &&
+                              ib_write_port_file(cfg->http_port_file, ib_admin_port(admin)) != 0)) {
+            fprintf(stderr, "ib-clusterd: --http-listen: %s\n", admin ? "cannot write the port file" : err);
+            goto out;
+        }
+        fprintf(stderr, "ib-clusterd: metrics on http://127.0.0.1:%u/metrics\n", ib_admin_port(admin));
+    }
     if (request_call(server, cq) == NULL)
         goto out;
     for (;;) {
@@ -575,8 +997,13 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
         if (read(sfd, &si, sizeof(si)) == sizeof(si))
             break;
         driver->tick(driver->self);
+        roll(c);
+        if (admin != NULL && ib_now_ns() >= c->metrics_at_ns) {
+            render_metrics(c);
+            c->metrics_at_ns = ib_now_ns() + 1000000000ull;
+        }
         grpc_event ev = grpc_completion_queue_next(cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                                                    gpr_time_from_millis(200, GPR_TIMESPAN)),
+                                                                    gpr_time_from_millis(100, GPR_TIMESPAN)),
                                                    NULL);
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
@@ -607,9 +1034,13 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
     rc = 0;
     fprintf(stderr, "ib-clusterd: stopping: every replica's manager drains\n");
 out:
-    for (uint32_t i = 0; i < c->n; i++)
+    ib_admin_stop(admin);
+    for (uint32_t i = 0; i < c->n; i++) {
         for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++)
             driver->stop(driver->self, c->workloads[i].replica_ids[k]);
+        for (uint32_t k = 0; k < c->workloads[i].nold; k++)
+            driver->stop(driver->self, c->workloads[i].old[k].id);
+    }
     for (int t = 0; t < 150; t++) { /* up to 15 s for the managers to drain and exit */
         driver->tick(driver->self);
         ib_replica_status_t st;
@@ -617,6 +1048,11 @@ out:
         for (uint32_t i = 0; i < c->n; i++)
             for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++) {
                 driver->status(driver->self, c->workloads[i].replica_ids[k], &st);
+                alive += strcmp(st.phase, "gone") != 0;
+            }
+        for (uint32_t i = 0; i < c->n; i++)
+            for (uint32_t k = 0; k < c->workloads[i].nold; k++) {
+                driver->status(driver->self, c->workloads[i].old[k].id, &st);
                 alive += strcmp(st.phase, "gone") != 0;
             }
         if (alive == 0)
@@ -641,6 +1077,8 @@ out:
     grpc_completion_queue_destroy(cq);
     grpc_shutdown();
     close(sfd);
+    ib_buf_free(&c->metrics);
+    pthread_mutex_destroy(&c->lock);
     free(c);
     return rc;
 }

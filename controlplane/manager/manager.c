@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ibrain/admin_http.h"
 #include "ibrain/chat.h"
 #include "ibrain/clock.h"
 #include "ibrain/http1.h"
@@ -55,8 +56,6 @@ typedef struct mgr {
     uint32_t backoff_ms;
     uint64_t restart_at_ns, started_ns, drain_deadline_ns;
     int unhealthy;
-    int listen_fd;
-    int stop_fd; /* eventfd-like pipe: the status thread ends */
     uint16_t port;
 } mgr_t;
 
@@ -204,11 +203,6 @@ static void schedule_restart(mgr_t *m, const char *why)
 
 /* ---- the status server ---- */
 
-static int json_str(ib_buf_t *b, const char *s)
-{
-    return ib_buf_append(b, "\"", 1) || ib_json_escape(b, s ? s : "", s ? strlen(s) : 0) || ib_buf_append(b, "\"", 1);
-}
-
 static void render_status(mgr_t *m, ib_buf_t *b)
 {
     pthread_mutex_lock(&m->lock);
@@ -217,24 +211,24 @@ static void render_status(mgr_t *m, ib_buf_t *b)
                      ib_mgr_phase_name(m->phase), m->phase == IB_MGR_READY ? "true" : "false",
                      (unsigned long long)m->phase_since_ms);
     ib_buf_append(b, head, (size_t)n);
-    json_str(b, m->cfg.workload);
+    ib_json_str(b, m->cfg.workload);
     ib_buf_append(b, ",\"replica\":", 11);
-    json_str(b, m->cfg.replica);
+    ib_json_str(b, m->cfg.replica);
     ib_buf_append(b, ",\"model\":", 9);
-    json_str(b, m->cfg.model);
+    ib_json_str(b, m->cfg.model);
     ib_buf_append(b, ",\"reason\":", 10);
-    json_str(b, m->reason);
+    ib_json_str(b, m->reason);
     char addr[32] = "";
     if (m->engine_pid > 0)
         snprintf(addr, sizeof(addr), "127.0.0.1:%u", m->engine_port);
     ib_buf_append(b, ",\"engine_address\":", 18);
-    json_str(b, addr);
+    ib_json_str(b, addr);
     n = snprintf(head, sizeof(head), ",\"engine_pid\":%d,\"manager_pid\":%d,\"restarts\":%llu,\"weights\":",
                  (int)m->engine_pid, (int)getpid(), (unsigned long long)m->restarts);
     ib_buf_append(b, head, (size_t)n);
     if (m->weights_ok) {
         ib_buf_append(b, "{\"path\":", 8);
-        json_str(b, m->cfg.weights);
+        ib_json_str(b, m->cfg.weights);
         n = snprintf(head, sizeof(head), ",\"bytes\":%llu,\"files\":%u,\"xxh3_128\":\"%s\"}}\n",
                      (unsigned long long)m->weights.bytes, m->weights.files, m->weights.checksum);
         ib_buf_append(b, head, (size_t)n);
@@ -268,71 +262,20 @@ static void render_metrics(mgr_t *m, ib_buf_t *b)
     pthread_mutex_unlock(&m->lock);
 }
 
-static void serve_one(mgr_t *m, int fd)
-{
-    struct timeval tv = {2, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    char in[8192];
-    size_t len = 0;
-    ib_http_req_t req;
-    ib_http_limits_t lim = {sizeof(in), 0};
-    int rc = 0; /* > 0: a complete head; 0: more bytes needed; < 0: refused */
-    while (len < sizeof(in)) {
-        ssize_t n = read(fd, in + len, sizeof(in) - len);
-        if (n <= 0)
-            return;
-        len += (size_t)n;
-        rc = ib_http_parse_request(in, len, &lim, &req);
-        if (rc != 0)
-            break;
-    }
-    ib_buf_t body = {0};
-    int status = 200;
-    const char *ctype = "application/json";
-    if (rc <= 0) {
-        status = 400;
-        ib_buf_append(&body, "{\"error\":{\"message\":\"bad request\",\"type\":\"invalid_request_error\"}}\n", 68);
-    } else if (req.method.len != 3 || memcmp(req.method.ptr, "GET", 3) != 0) {
-        status = 405;
-        ib_buf_append(&body, "{\"error\":{\"message\":\"method not allowed\",\"type\":\"invalid_request_error\"}}\n", 75);
-    } else if (req.path.len == 7 && memcmp(req.path.ptr, "/status", 7) == 0) {
-        render_status(m, &body);
-    } else if (req.path.len == 7 && memcmp(req.path.ptr, "/health", 7) == 0) {
-        ib_buf_append(&body, "{\"status\":\"ok\"}\n", 16);
-    } else if (req.path.len == 8 && memcmp(req.path.ptr, "/metrics", 8) == 0) {
-        ctype = "text/plain; version=0.0.4";
-        render_metrics(m, &body);
-    } else {
-        status = 404;
-        ib_buf_append(&body, "{\"error\":{\"message\":\"no such route\",\"type\":\"invalid_request_error\"}}\n", 69);
-    }
-    char head[256];
-    int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-                     status, status == 200 ? "OK" : status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed" : "Bad Request",
-                     ctype, body.len);
-    if (write(fd, head, (size_t)n) == n && body.len > 0 && write(fd, body.ptr, body.len) < 0)
-        perror("ib-manager: status write");
-    ib_buf_free(&body);
-}
-
-static void *status_main(void *arg)
+static int on_status_request(void *arg, const char *path, ib_buf_t *body, const char **ctype)
 {
     mgr_t *m = arg;
-    for (;;) {
-        struct pollfd p[2] = {{m->listen_fd, POLLIN, 0}, {m->stop_fd, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0 && errno != EINTR)
-            break;
-        if (p[1].revents)
-            break;
-        if (p[0].revents) {
-            int fd = accept4(m->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-            if (fd >= 0) {
-                serve_one(m, fd);
-                close(fd);
-            }
-        }
+    if (strcmp(path, "/status") == 0) {
+        render_status(m, body);
+    } else if (strcmp(path, "/health") == 0) {
+        ib_buf_append(body, "{\"status\":\"ok\"}\n", 16);
+    } else if (strcmp(path, "/metrics") == 0) {
+        *ctype = IB_PROM_CTYPE;
+        render_metrics(m, body);
+    } else {
+        return 404;
     }
-    return NULL;
+    return 200;
 }
 
 /* ---- the main loop ---- */
@@ -406,44 +349,27 @@ int ib_manager_run(const ib_manager_config_t *cfg)
     pthread_mutex_init(&m->lock, NULL);
     m->phase_since_ms = wall_ms();
     int rc = 1;
-    int pipefd[2] = {-1, -1};
-    pthread_t thread;
-    int thread_started = 0;
-
-    struct sockaddr_in sa;
-    if (ib_parse_hostport(cfg->listen, &sa) != 0) {
-        fprintf(stderr, "ib-manager: --listen wants IPV4:PORT, got '%s'\n", cfg->listen);
-        goto out;
-    }
-    m->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(m->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    socklen_t slen = sizeof(sa);
-    if (m->listen_fd < 0 || bind(m->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        listen(m->listen_fd, 64) != 0 || getsockname(m->listen_fd, (struct sockaddr *)&sa, &slen) != 0) {
-        fprintf(stderr, "ib-manager: cannot listen on %s: %s\n", cfg->listen, strerror(errno));
-        goto out;
-    }
-    m->port = ntohs(sa.sin_port);
+    ib_admin_t *admin = NULL;
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGCHLD);
-    pthread_sigmask(SIG_BLOCK, &mask, NULL); /* before the thread: it inherits the mask */
+    pthread_sigmask(SIG_BLOCK, &mask, NULL); /* before the status thread: it inherits the mask */
     signal(SIGPIPE, SIG_IGN);
-    if (pipe2(pipefd, O_CLOEXEC) != 0)
+    char aerr[160];
+    admin = ib_admin_start(cfg->listen, on_status_request, m, aerr, sizeof(aerr));
+    if (admin == NULL) {
+        fprintf(stderr, "ib-manager: --listen: %s\n", aerr);
         goto out;
-    m->stop_fd = pipefd[0];
-    if (pthread_create(&thread, NULL, status_main, m) != 0)
-        goto out;
-    thread_started = 1;
+    }
+    m->port = ib_admin_port(admin);
     if (cfg->port_file != NULL && ib_write_port_file(cfg->port_file, m->port) != 0) {
         fprintf(stderr, "ib-manager: cannot write %s\n", cfg->port_file);
         goto out;
     }
-    fprintf(stderr, "ib-manager: %s (workload %s) status on %s:%u\n", m->cfg.replica,
-            m->cfg.workload ? m->cfg.workload : "-", inet_ntoa(sa.sin_addr), m->port);
+    fprintf(stderr, "ib-manager: %s (workload %s) status on %s (port %u)\n", m->cfg.replica,
+            m->cfg.workload ? m->cfg.workload : "-", cfg->listen, m->port);
 
     /* compile */
     char err[256];
@@ -496,17 +422,7 @@ int ib_manager_run(const ib_manager_config_t *cfg)
     close(tfd);
     rc = 0;
 out:
-    if (thread_started) {
-        close(pipefd[1]);
-        pipefd[1] = -1;
-        pthread_join(thread, NULL);
-    }
-    if (pipefd[0] >= 0)
-        close(pipefd[0]);
-    if (pipefd[1] >= 0)
-        close(pipefd[1]);
-    if (m->listen_fd > 0)
-        close(m->listen_fd);
+    ib_admin_stop(admin);
     pthread_mutex_destroy(&m->lock);
     free(m);
     return rc;

@@ -38,6 +38,9 @@ typedef struct ib_workload_spec {
     uint32_t context_length;
     char policy[24];
     uint64_t generation;
+    char engine[16];        /* "" or "mock" | "vllm" | "sglang" | "custom" (engine_cmd) */
+    char engine_args[512];  /* appended to the engine's command line */
+    char version[64];       /* the user's label of what runs */
 } ib_workload_spec_t;
 
 typedef struct ib_replica_status {
@@ -47,11 +50,16 @@ typedef struct ib_replica_status {
     char address[64];    /* the engine's IPV4:PORT once ready */
     uint64_t generation;
     uint32_t restarts;   /* manager restarts by the driver + engine restarts by the manager */
+    int retiring;        /* set by the cluster server: an older generation on its way out */
+    int draining;        /* retiring and announced as draining */
 } ib_replica_status_t;
 
 /** A driver: starts, stops and reports replicas. */
 typedef struct ib_driver {
     void *self;
+    /** Checks what only the driver can (the weights path exists where replicas run).
+     * 0, or -1 with <err> = "field: reason". */
+    int (*validate)(void *self, const ib_workload_spec_t *w, char *err, size_t errlen);
     int (*start)(void *self, const ib_workload_spec_t *w, uint32_t index, char *err, size_t errlen);
     /** After a cluster-server restart: take over the replica's manager if it still runs,
      * else start it. Returns 1 when adopted, 0 when started, -1 on failure. */
@@ -66,10 +74,21 @@ typedef struct ib_cluster_config {
     const char *port_file;
     const char *state_dir;  /* managers' port files and logs */
     const char *manager;    /* ib-manager binary (default: beside this one) */
-    const char *engine;     /* default engine command for specs without one */
+    const char *engine;     /* the mock engine's command, placeholders included (default: ib-mock-engine
+                             * from this build, --listen 127.0.0.1:{port} --model {model} --id {replica}) */
+    const char *http_listen;/* /metrics and /health, IPV4:PORT (NULL: none) */
+    const char *http_port_file;
+    uint32_t drain_grace_ms;/* retiring replica announced as draining -> stopped (default 1500) */
 } ib_cluster_config_t;
 
 /* ---- functions ---- */
+
+/**
+ * The engine command line a replica of <w> runs ({port} {model} {weights} {replica} left
+ * for the manager): the named engine's command with the workload's settings, then
+ * engine_args. <mock> is the mock engine's command (with the placeholders). 0, or -1 with <err> = "field: reason".
+ */
+int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, size_t cap, char *err, size_t errlen);
 
 /** The local driver. NULL when out of memory. */
 ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg);

@@ -9,11 +9,16 @@ source "$IB_SRC/tests/lib/proc.sh"
 echo "weights" >"$IB_TMP/weights.bin"
 mkdir -p "$IB_TMP/state" "$IB_TMP/py"
 ib_spawn cd "$IB_BUILD/controlplane/ib-clusterd" --listen 127.0.0.1:0 --port-file @PORTFILE --state-dir "$IB_TMP/state" \
-  --engine "$IB_BUILD/tools/ib-mock-engine --listen 127.0.0.1:{port} --model {model} --id {replica} --itl-ms 1"
+  --http-listen 127.0.0.1:0 --http-port-file "$IB_TMP/cd.http" --engine "$IB_BUILD/tools/ib-mock-engine --listen 127.0.0.1:{port} --model {model} --id {replica} --itl-ms 1"
 port=$(ib_wait_port cd)
 /usr/bin/python3 "$IB_SRC/tests/interop/cluster_client.py" "$port" "$IB_SRC/controlplane/proto" "$IB_TMP/py" \
   "$IB_TMP/weights.bin" >"$IB_TMP/client.txt" 2>&1 || ib_fail "cluster client: $(cat "$IB_TMP/client.txt")"
 cat "$IB_TMP/client.txt"
+curl -fsS "http://127.0.0.1:$(cat "$IB_TMP/cd.http")/metrics" >"$IB_TMP/cd.metrics" || ib_fail "cluster /metrics"
+promtool check metrics <"$IB_TMP/cd.metrics" || ib_fail "promtool on the cluster server's /metrics"
+grep -q '^ib_cluster_rolling_updates_total 1$' "$IB_TMP/cd.metrics" || ib_fail "rolling update not counted: $(cat "$IB_TMP/cd.metrics")"
+grep -q 'ib_cluster_rpc_total{method="CreateWorkload",code="3"}' "$IB_TMP/cd.metrics" || ib_fail "refused creates not counted"
+echo "cluster /metrics: promtool ok"
 
 # A cluster server that crashes loses no workload: its managers keep running (their own
 # process groups), and the restarted server adopts them from the state directory.

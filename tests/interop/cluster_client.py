@@ -76,15 +76,35 @@ for e in eps:
     assert c.getresponse().status == 200
 print("demo: 2 replicas ready and answering:", sorted(e.address for e in eps))
 
-# A workload whose weights are missing: created, its replicas report the compile failure.
-stub.CreateWorkload(pb.WorkloadSpec(id="broken", model="broken", replicas=1, weights="/no/such/weights"), timeout=10)
+# Specs the driver refuses: missing weights, an unknown engine, a bad template or policy.
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="broken", model="b", replicas=1, weights="/no/such/weights"),
+             grpc.StatusCode.INVALID_ARGUMENT, "weights")
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="broken", model="b", replicas=1, weights=weights, engine="tgi"),
+             grpc.StatusCode.INVALID_ARGUMENT, "engine")
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="broken", model="b", replicas=1, weights=weights, engine="custom"),
+             grpc.StatusCode.INVALID_ARGUMENT, "engine_cmd")
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="broken", model="b", replicas=1, weights=weights, chat_template="x"),
+             grpc.StatusCode.INVALID_ARGUMENT, "chat_template")
+expect_error(stub.CreateWorkload, pb.WorkloadSpec(id="broken", model="b", replicas=1, weights=weights, policy="random"),
+             grpc.StatusCode.INVALID_ARGUMENT, "policy")
+assert [w.spec.id for w in stub.ListWorkloads(pb.ListWorkloadsRequest(), timeout=10).workloads] == ["demo"]
+
+# Weights that pass the driver's check but fail the manager's compile stage (a shard is a
+# dangling link): created, the replica reports the failure and the workload is degraded.
+wdir = os.path.join(os.path.dirname(weights), "broken-weights")
+os.makedirs(wdir, exist_ok=True)
+if not os.path.islink(os.path.join(wdir, "shard-0")):
+    os.symlink("/no/such/shard", os.path.join(wdir, "shard-0"))
+stub.CreateWorkload(pb.WorkloadSpec(id="broken", model="broken", replicas=1, weights=wdir), timeout=10)
 deadline = time.time() + 15
 while time.time() < deadline:
-    r = stub.GetWorkload(pb.WorkloadRef(id="broken"), timeout=10).replicas[0]
+    st = stub.GetWorkload(pb.WorkloadRef(id="broken"), timeout=10)
+    r = st.replicas[0]
     if r.phase == "failed":
         break
     time.sleep(0.2)
 assert r.phase == "failed" and "No such file" in r.reason, r
+assert st.phase == "degraded" and "No such file" in st.message, st
 print("broken: failed:", r.reason)
 stub.DeleteWorkload(pb.WorkloadRef(id="broken"), timeout=10)
 
@@ -111,6 +131,52 @@ while time.time() < deadline:
 else:
     raise AssertionError("the engine of the killed manager still answers on %s" % old_address)
 print("demo: manager of %s killed, its engine stopped, restarted (restarts=%d), ready again" % (victim, r.restarts))
+
+# Scale in place: 2 -> 3 (same generation), then 3 -> 2 (the highest index drains, goes).
+spec = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).spec
+gen = spec.generation
+spec.replicas = 3
+st = stub.UpdateWorkload(spec, timeout=10)
+assert st.spec.generation == gen and len(st.replicas) == 3, st
+wait_ready("demo", 3)
+spec.replicas = 2
+st = stub.UpdateWorkload(spec, timeout=10)
+assert [r.retiring for r in st.replicas] == [False, False, True], st
+deadline = time.time() + 20
+while time.time() < deadline and len(stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).replicas) > 2:
+    time.sleep(0.2)
+st = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10)
+assert len(st.replicas) == 2 and st.phase == "ready", st
+print("demo: scaled to 3 and back to 2 in generation", gen)
+
+# Rolling update (a new version): a new generation comes up while the old one serves; the
+# old one is announced as draining only once every new replica is ready, then goes.
+spec.version = "v2"
+spec.engine_args = "--itl-ms 2"
+st = stub.UpdateWorkload(spec, timeout=10)
+assert st.spec.generation > gen and st.phase == "rolling", st
+seen_draining_with_new_ready = False
+deadline = time.time() + 30
+while time.time() < deadline:
+    eps = stub.ListEndpoints(pb.ListEndpointsRequest(workload="demo"), timeout=10).endpoints
+    old = [e for e in eps if e.generation == gen]
+    new = [e for e in eps if e.generation == st.spec.generation]
+    serving = [e for e in eps if e.ready and not e.draining]
+    assert serving, "no replica serving during the rolling update: %s" % eps
+    if any(e.draining for e in old):
+        assert len([e for e in new if e.ready]) == 2, "old drains before the new generation is ready: %s" % eps
+        seen_draining_with_new_ready = True
+    if not old:
+        break
+    time.sleep(0.05)
+assert seen_draining_with_new_ready and not old, eps
+st = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10)
+assert st.phase == "ready" and st.spec.version == "v2" and len(st.replicas) == 2, st
+print("demo: rolled to generation %d (v2); the old generation drained once the new one was ready" % st.spec.generation)
+expect_error(stub.UpdateWorkload, pb.WorkloadSpec(id="nope", model="m", replicas=1, weights=weights),
+             grpc.StatusCode.NOT_FOUND, "nope")
+spec.engine = "nope"
+expect_error(stub.UpdateWorkload, spec, grpc.StatusCode.INVALID_ARGUMENT, "engine")
 
 # Delete: its endpoints go.
 stub.DeleteWorkload(pb.WorkloadRef(id="demo"), timeout=10)

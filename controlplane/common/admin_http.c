@@ -1,0 +1,170 @@
+/* The control-plane daemons' status server (include/ibrain/admin_http.h). */
+#include "ibrain/admin_http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "ibrain/http1.h"
+#include "ibrain/net.h"
+#include "ibrain/oai_error.h"
+
+struct ib_admin {
+    ib_admin_fn fn;
+    void *arg;
+    int listen_fd;
+    int stop_pipe[2]; /* closing [1] ends the thread */
+    uint16_t port;
+    pthread_t thread;
+};
+
+int ib_json_str(ib_buf_t *b, const char *s)
+{
+    return ib_buf_append(b, "\"", 1) || ib_json_escape(b, s ? s : "", s ? strlen(s) : 0) || ib_buf_append(b, "\"", 1);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 503: return "Service Unavailable";
+    default: return status >= 500 ? "Internal Server Error" : "Bad Request";
+    }
+}
+
+static void error_body(ib_buf_t *b, const char *msg)
+{
+    char s[160];
+    int n = snprintf(s, sizeof(s), "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\"}}\n", msg);
+    ib_buf_append(b, s, (size_t)n);
+}
+
+static void serve_one(ib_admin_t *a, int fd)
+{
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char in[8192];
+    size_t len = 0;
+    ib_http_req_t req;
+    ib_http_limits_t lim = {sizeof(in), 0};
+    int rc = 0; /* > 0: a complete head; 0: more bytes needed; < 0: refused */
+    while (len < sizeof(in)) {
+        ssize_t n = read(fd, in + len, sizeof(in) - len);
+        if (n <= 0)
+            return;
+        len += (size_t)n;
+        rc = ib_http_parse_request(in, len, &lim, &req);
+        if (rc != 0)
+            break;
+    }
+    ib_buf_t body = {0};
+    int status;
+    const char *ctype = "application/json";
+    if (rc <= 0) {
+        status = 400;
+        error_body(&body, "bad request");
+    } else if (req.method.len != 3 || memcmp(req.method.ptr, "GET", 3) != 0) {
+        status = 405;
+        error_body(&body, "method not allowed");
+    } else {
+        char path[256];
+        size_t pl = req.path.len < sizeof(path) - 1 ? req.path.len : sizeof(path) - 1;
+        memcpy(path, req.path.ptr, pl);
+        path[pl] = '\0';
+        status = a->fn(a->arg, path, &body, &ctype);
+        if (status == 404 && body.len == 0)
+            error_body(&body, "no such route");
+    }
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", status,
+                     reason_phrase(status), ctype, body.len);
+    if (write(fd, head, (size_t)n) == n && body.len > 0 && write(fd, body.ptr, body.len) < 0)
+        perror("status server: write");
+    ib_buf_free(&body);
+}
+
+static void *admin_main(void *arg)
+{
+    ib_admin_t *a = arg;
+    for (;;) {
+        struct pollfd p[2] = {{a->listen_fd, POLLIN, 0}, {a->stop_pipe[0], POLLIN, 0}};
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (p[1].revents)
+            break;
+        if (p[0].revents) {
+            int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0) {
+                serve_one(a, fd);
+                close(fd);
+            }
+        }
+    }
+    return NULL;
+}
+
+ib_admin_t *ib_admin_start(const char *listen_addr, ib_admin_fn fn, void *arg, char *err, size_t errlen)
+{
+    ib_admin_t *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->fn = fn;
+    a->arg = arg;
+    a->stop_pipe[0] = a->stop_pipe[1] = -1;
+    struct sockaddr_in sa;
+    if (ib_parse_hostport(listen_addr, &sa) != 0) {
+        snprintf(err, errlen, "wants IPV4:PORT, got '%s'", listen_addr);
+        goto fail;
+    }
+    a->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    socklen_t slen = sizeof(sa);
+    if (a->listen_fd < 0 || setsockopt(a->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(a->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(a->listen_fd, 64) != 0 ||
+        getsockname(a->listen_fd, (struct sockaddr *)&sa, &slen) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", listen_addr, strerror(errno));
+        goto fail;
+    }
+    a->port = ntohs(sa.sin_port);
+    if (pipe2(a->stop_pipe, O_CLOEXEC) != 0 || pthread_create(&a->thread, NULL, admin_main, a) != 0) {
+        snprintf(err, errlen, "cannot start the status thread");
+        goto fail;
+    }
+    return a;
+fail:
+    if (a->listen_fd >= 0)
+        close(a->listen_fd);
+    if (a->stop_pipe[0] >= 0) {
+        close(a->stop_pipe[0]);
+        close(a->stop_pipe[1]);
+    }
+    free(a);
+    return NULL;
+}
+
+uint16_t ib_admin_port(const ib_admin_t *a) { return a->port; }
+
+void ib_admin_stop(ib_admin_t *a)
+{
+    if (a == NULL)
+        return;
+    close(a->stop_pipe[1]);
+    pthread_join(a->thread, NULL);
+    close(a->stop_pipe[0]);
+    close(a->listen_fd);
+    free(a);
+}
