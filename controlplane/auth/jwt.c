@@ -165,3 +165,44 @@ int ib_jwt_verify(const ib_jwt_config_t *cfg, const char *token, size_t len, con
     jwt_free(j);
     return 0;
 }
+
+char *ib_jwt_sign(const char *alg, const unsigned char *key, size_t key_len, const ib_jwt_claims_t *c, char *err,
+                  size_t errlen)
+{
+    jwt_alg_t a = strcmp(alg, "HS256") == 0 ? JWT_ALG_HS256 : strcmp(alg, "RS256") == 0 ? JWT_ALG_RS256 : JWT_ALG_NONE;
+    if (a == JWT_ALG_NONE) {
+        snprintf(err, errlen, "algorithm '%s': HS256 or RS256", alg);
+        return NULL;
+    }
+    jwt_t *j = NULL;
+    char *out = NULL;
+    if (jwt_new(&j) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int rc = 0;
+    if (c->subject != NULL)
+        rc |= jwt_add_grant(j, "sub", c->subject);
+    if (c->scope != NULL)
+        rc |= jwt_add_grant(j, "scope", c->scope);
+    if (c->issuer != NULL)
+        rc |= jwt_add_grant(j, "iss", c->issuer);
+    if (c->audience != NULL)
+        rc |= jwt_add_grant(j, "aud", c->audience);
+    rc |= jwt_add_grant_int(j, "iat", (long)c->issued_at);
+    rc |= jwt_add_grant_int(j, "exp", (long)c->expires_at);
+    if (c->not_before != 0)
+        rc |= jwt_add_grant_int(j, "nbf", (long)c->not_before);
+    if (rc != 0 || jwt_set_alg(j, a, key, (int)key_len) != 0) {
+        snprintf(err, errlen, "%s", rc != 0 ? "cannot add the claims" : "the key does not fit the algorithm");
+    } else {
+        char *s = jwt_encode_str(j);
+        if (s == NULL)
+            snprintf(err, errlen, "signing failed (a %s key?)", a == JWT_ALG_RS256 ? "PEM private" : "shared");
+        else
+            out = strdup(s);
+        free(s); /* libjwt 1.10 allocates with malloc (no jwt_free_str) */
+    }
+    jwt_free(j);
+    return out;
+}

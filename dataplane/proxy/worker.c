@@ -834,7 +834,7 @@ static void route_request(ib_worker_t *w, ib_client_t *c)
     }
     /* The table stays valid until this loop turn ends (rtab.c). */
     const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
-    if (rt->nworkloads == 0) {
+    if (rt->nworkloads == 0 && rt->version == 0) { /* no snapshot yet and no static replica */
         c->status = 503;
         respond_error(w, c, 503, "no routing snapshot yet: ibrain has no replica to send this to", "server_error",
                       "no_snapshot", "Retry-After: 1");

@@ -410,6 +410,19 @@ extern "C" int ib_json_pointer_int(ib_json_parser_t *p, const char *doc_bytes, s
     return v.get_int64().get(*out) == SUCCESS ? 0 : -1;
 }
 
+extern "C" int ib_json_pointer_bool(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, int *out)
+{
+    ondemand::document doc;
+    ondemand::value v;
+    if (int rc = pointer_value(p, doc_bytes, len, ptr, doc, v))
+        return rc;
+    bool b;
+    if (v.get_bool().get(b) != SUCCESS)
+        return -1;
+    *out = b;
+    return 0;
+}
+
 extern "C" int ib_json_pointer_int_array(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr,
                                          int64_t **out, size_t *n)
 {
@@ -442,5 +455,84 @@ extern "C" int ib_json_pointer_int_array(ib_json_parser_t *p, const char *doc_by
         vals[(*n)++] = x;
     }
     *out = vals;
+    return 0;
+}
+
+extern "C" int ib_json_object_fields(ib_json_parser_t *p, const char *doc_bytes, size_t len, size_t capacity,
+                                     ib_json_field_fn fn, void *ctx)
+{
+    ondemand::document doc;
+    if (start(p, doc_bytes, len, capacity, doc) != SUCCESS)
+        return -1;
+    ondemand::object obj;
+    if (doc.get_object().get(obj) != SUCCESS)
+        return -1;
+    for (auto field : obj) {
+        std::string_view key;
+        ondemand::value v;
+        if (field.unescaped_key().get(key) != SUCCESS || field.value().get(v) != SUCCESS)
+            return -1;
+        ondemand::json_type t;
+        if (v.type().get(t) != SUCCESS)
+            return -1;
+        ib_json_field_t f = {};
+        f.key = span(key);
+        switch (t) {
+        case ondemand::json_type::string: {
+            std::string_view sv;
+            if (v.get_string().get(sv) != SUCCESS)
+                return -1;
+            f.type = IB_JSON_STRING;
+            f.str = span(sv);
+            break;
+        }
+        case ondemand::json_type::number: {
+            f.type = IB_JSON_NUMBER;
+            f.int_ok = v.get_int64().get(f.num) == SUCCESS;
+            if (!f.int_ok) {
+                double d;
+                if (v.get_double().get(d) != SUCCESS)
+                    return -1;
+            }
+            break;
+        }
+        case ondemand::json_type::boolean: {
+            bool b;
+            if (v.get_bool().get(b) != SUCCESS)
+                return -1;
+            f.type = IB_JSON_BOOL;
+            f.num = b;
+            break;
+        }
+        case ondemand::json_type::null: {
+            bool isnull = false;
+            if (v.is_null().get(isnull) != SUCCESS || !isnull)
+                return -1;
+            f.type = IB_JSON_NULL;
+            break;
+        }
+        case ondemand::json_type::array: {
+            ondemand::array a;
+            std::string_view raw;
+            if (v.get_array().get(a) != SUCCESS || a.raw_json().get(raw) != SUCCESS) // validates and skips it
+                return -1;
+            f.type = IB_JSON_ARRAY;
+            break;
+        }
+        default: {
+            ondemand::object o;
+            std::string_view raw;
+            if (v.get_object().get(o) != SUCCESS || o.raw_json().get(raw) != SUCCESS)
+                return -1;
+            f.type = IB_JSON_OBJECT;
+            break;
+        }
+        }
+        if (int rc = fn(ctx, &f))
+            return rc;
+    }
+    const char *trailing;
+    if (doc.current_location().get(trailing) == SUCCESS)
+        return -1;
     return 0;
 }

@@ -387,3 +387,94 @@ void ib_sync_stop(ib_sync_t *s)
     close(s->stop_fd);
     free(s);
 }
+
+/* ---- writers ---- */
+
+int ib_snapshot_fetch(redisContext *c, ib_snapshot_t *out, char *err, size_t errlen)
+{
+    redisReply *r = redisCommand(c, "GET %s", IB_SNAPSHOT_KEY);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "GET %s: %s", IB_SNAPSHOT_KEY, r ? r->str : c->errstr);
+        if (r != NULL)
+            freeReplyObject(r);
+        return -1;
+    }
+    int rc = 0;
+    if (r->type == REDIS_REPLY_STRING) {
+        char why[200];
+        rc = 1;
+        if (ib_snapshot_decode(r->str, r->len, out, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "the stored snapshot is invalid: %s", why);
+            rc = -1;
+        }
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+/* KEYS: lease, snapshot, channel. ARGV: owner ("" = no lease), snapshot bytes, version. */
+static const char write_script[] =
+    "if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+    "redis.call('SET', KEYS[2], ARGV[2]) "
+    "redis.call('PUBLISH', KEYS[3], ARGV[3]) "
+    "return 1";
+
+int ib_snapshot_write(redisContext *c, ib_snapshot_t *s, const char *lease_key, const char *owner, char *err,
+                      size_t errlen)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    s->written_unix_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+    s->written_unix_ms = s->written_unix_us / 1000;
+    ib_buf_t enc = {0};
+    if (ib_snapshot_encode(s, &enc) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    char ver[32];
+    snprintf(ver, sizeof(ver), "%llu", (unsigned long long)s->version);
+    const char *own = lease_key != NULL && owner != NULL ? owner : "";
+    const char *argv[] = {"EVAL", write_script, "3", lease_key ? lease_key : "ib:leader", IB_SNAPSHOT_KEY,
+                          IB_SNAPSHOT_CHANNEL, own, enc.ptr, ver};
+    size_t lens[9];
+    for (int i = 0; i < 9; i++)
+        lens[i] = strlen(argv[i]);
+    lens[7] = enc.len;
+    redisReply *r = redisCommandArgv(c, 9, argv, lens);
+    ib_buf_free(&enc);
+    int rc = -1;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR)
+        snprintf(err, errlen, "writing the snapshot: %s", r ? r->str : c->errstr);
+    else
+        rc = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    if (r != NULL)
+        freeReplyObject(r);
+    return rc;
+}
+
+static const char lease_script[] =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end "
+    "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
+    "return 0";
+
+int ib_lease_acquire(redisContext *c, const char *key, const char *owner, uint32_t ttl_ms)
+{
+    redisReply *r = redisCommand(c, "EVAL %s 1 %s %s %u", lease_script, key, owner, ttl_ms);
+    int rc = r != NULL && r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
+    if (r != NULL)
+        freeReplyObject(r);
+    return rc;
+}
+
+int ib_lease_release(redisContext *c, const char *key, const char *owner)
+{
+    redisReply *r = redisCommand(c, "EVAL %s 1 %s %s",
+                                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+                                 "return 0",
+                                 key, owner);
+    int rc = r != NULL && r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
+    if (r != NULL)
+        freeReplyObject(r);
+    return rc;
+}

@@ -54,37 +54,72 @@ void ib_raise_nofile(void)
     }
 }
 
-int ib_http_get_local(unsigned port, const char *path, int timeout_ms, int *status, char *body, size_t cap)
+int ib_http_request(const char *hostport, const char *method, const char *path, const char *headers,
+                    const char *body, size_t blen, int timeout_ms, int *status, char **resp, size_t *resp_len)
 {
+    *resp = NULL;
+    *resp_len = 0;
+    struct sockaddr_in sa;
+    if (ib_parse_hostport(hostport, &sa) != 0)
+        return -1;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    char req[512], resp[8192];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", path);
-    size_t len = 0;
+    char head[4096];
+    int n = snprintf(head, sizeof(head),
+                     "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %zu\r\n%s%s\r\n",
+                     method, path, hostport, blen, headers ? headers : "", blen ? "Content-Type: application/json\r\n" : "");
+    size_t cap = 16384, len = 0;
+    char *buf = malloc(cap);
     int rc = -1;
-    if (n > 0 && (size_t)n < sizeof(req) && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        write(fd, req, (size_t)n) == n) {
+    if (buf != NULL && n > 0 && (size_t)n < sizeof(head) && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        write(fd, head, (size_t)n) == n && (blen == 0 || write(fd, body, blen) == (ssize_t)blen)) {
         ssize_t got;
-        while (len + 1 < sizeof(resp) && (got = read(fd, resp + len, sizeof(resp) - 1 - len)) > 0)
+        for (;;) {
+            if (len + 1 == cap) {
+                char *nb = cap < (64u << 20) ? realloc(buf, cap * 2) : NULL;
+                if (nb == NULL)
+                    break;
+                buf = nb;
+                cap *= 2;
+            }
+            got = read(fd, buf + len, cap - 1 - len);
+            if (got <= 0)
+                break;
             len += (size_t)got;
-        resp[len] = '\0';
+        }
+        buf[len] = '\0';
         int code;
-        char *sep = strstr(resp, "\r\n\r\n");
-        if (sscanf(resp, "HTTP/1.%*d %d", &code) == 1 && sep != NULL) {
+        char *sep = strstr(buf, "\r\n\r\n");
+        if (sscanf(buf, "HTTP/1.%*d %d", &code) == 1 && sep != NULL) {
             *status = code;
-            if (body != NULL && cap > 0)
-                snprintf(body, cap, "%s", sep + 4);
+            size_t off = (size_t)(sep + 4 - buf);
+            memmove(buf, buf + off, len - off + 1);
+            *resp = buf;
+            *resp_len = len - off;
+            buf = NULL;
             rc = 0;
         }
     }
+    free(buf);
     close(fd);
     return rc;
+}
+
+int ib_http_get_local(unsigned port, const char *path, int timeout_ms, int *status, char *body, size_t cap)
+{
+    char hp[32], *resp;
+    size_t len;
+    snprintf(hp, sizeof(hp), "127.0.0.1:%u", port);
+    if (ib_http_request(hp, "GET", path, NULL, NULL, 0, timeout_ms, status, &resp, &len) != 0)
+        return -1;
+    if (body != NULL && cap > 0)
+        snprintf(body, cap, "%s", resp);
+    free(resp);
+    return 0;
 }
 
 int ib_exe_sibling(const char *name, char *out, size_t cap)

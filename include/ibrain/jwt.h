@@ -49,6 +49,24 @@ typedef struct ib_jwt_result {
 int ib_jwt_verify(const ib_jwt_config_t *cfg, const char *token, size_t len, const char *scope, int64_t now,
                   ib_jwt_result_t *out);
 
+/** What ib_jwt_sign puts in a token. */
+typedef struct ib_jwt_claims {
+    const char *subject;   /* "sub" (NULL: none) */
+    const char *scope;     /* "scope", space separated (NULL: none) */
+    const char *issuer;    /* "iss" (NULL: none) */
+    const char *audience;  /* "aud" (NULL: none) */
+    int64_t issued_at;     /* "iat" */
+    int64_t expires_at;    /* "exp" */
+    int64_t not_before;    /* "nbf" (0: none) */
+} ib_jwt_claims_t;
+
+/**
+ * Signs a token: HS256 with <key> a shared secret (<key_len> bytes), or RS256 with <key>
+ * a PEM private key. Returns a malloc'd string (free() it), NULL on error (<err>).
+ */
+char *ib_jwt_sign(const char *alg, const unsigned char *key, size_t key_len, const ib_jwt_claims_t *c, char *err,
+                  size_t errlen);
+
 /** Extracts the token from an Authorization header value ("Bearer xyz"). 0, or -1. */
 int ib_jwt_from_header(const char *value, size_t len, const char **token, size_t *token_len);
 

@@ -32,6 +32,15 @@ void ib_raise_nofile(void);
  */
 int ib_http_get_local(unsigned port, const char *path, int timeout_ms, int *status, char *body, size_t cap);
 
+/**
+ * One HTTP/1.1 request (Connection: close) to <hostport> (IPV4:PORT): <headers> are extra
+ * "Name: value\r\n" lines, <body> is sent as JSON when <blen> > 0. On 0, *status is the
+ * response's status and *resp its body (malloc'd, NUL-terminated, free() it). -1 when the
+ * server cannot be reached or does not answer in <timeout_ms>.
+ */
+int ib_http_request(const char *hostport, const char *method, const char *path, const char *headers,
+                    const char *body, size_t blen, int timeout_ms, int *status, char **resp, size_t *resp_len);
+
 /** The path of <name> beside the running executable (/proc/self/exe's directory + "/" +
  * name). Returns 0, or -1 when it does not fit or cannot be read. */
 int ib_exe_sibling(const char *name, char *out, size_t cap);

@@ -99,6 +99,9 @@ int ib_json_pointer_string(ib_json_parser_t *p, const char *doc, size_t len, con
 /** Same for an integer value. */
 int ib_json_pointer_int(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int64_t *out);
 
+/** Same for a boolean (*out 0 or 1). */
+int ib_json_pointer_bool(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int *out);
+
 /**
  * Reads the array of integers at <ptr> into a malloc'd array (*out, *n; free() it).
  * Returns 0, 1 when the pointer does not exist, -1 when invalid, not an array of integers,
@@ -106,6 +109,29 @@ int ib_json_pointer_int(ib_json_parser_t *p, const char *doc, size_t len, const 
  */
 int ib_json_pointer_int_array(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int64_t **out,
                               size_t *n);
+
+/* ---- flat JSON objects (REST request bodies) ---- */
+
+typedef enum ib_json_type { IB_JSON_STRING, IB_JSON_NUMBER, IB_JSON_BOOL, IB_JSON_NULL, IB_JSON_ARRAY, IB_JSON_OBJECT } ib_json_type_t;
+
+typedef struct ib_json_field {
+    ib_span_t key;        /* unescaped, valid until the callback returns */
+    ib_json_type_t type;
+    ib_span_t str;        /* IB_JSON_STRING: unescaped */
+    int64_t num;          /* IB_JSON_NUMBER when int_ok; IB_JSON_BOOL: 0 or 1 */
+    int int_ok;           /* the number is an integer that fits int64 */
+} ib_json_field_t;
+
+/** Called for each member of the top-level object; a nonzero return stops the walk. */
+typedef int (*ib_json_field_fn)(void *ctx, const ib_json_field_t *f);
+
+/**
+ * Walks the members of the JSON object <doc> (nested arrays and objects are checked and
+ * reported by type only). Returns 0, -1 when <doc> is not one valid JSON object, or what
+ * <fn> returned. <capacity> as for ib_oai_parse.
+ */
+int ib_json_object_fields(ib_json_parser_t *p, const char *doc, size_t len, size_t capacity, ib_json_field_fn fn,
+                          void *ctx);
 
 /* ---- tokenizer.json (Hugging Face tokenizers), read by ibrain's tokenizer ---- */
 

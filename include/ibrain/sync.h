@@ -96,6 +96,32 @@ struct redisContext *ib_redis_connect(const char *hostport, int timeout_ms);
  * Asks each sentinel in turn (IPV4:PORT) for the address of master <name>; writes
  * "IP:PORT" to <out>. Returns 0, or -1 when no sentinel answers.
  */
+/* ---- writers: the orchestrator's leader, ib-snapshot ---- */
+
+/**
+ * Reads the stored snapshot. 1 with <out> filled (ib_snapshot_free it), 0 when there is
+ * none, -1 on a Redis error or an invalid snapshot (<err>).
+ */
+int ib_snapshot_fetch(struct redisContext *c, ib_snapshot_t *out, char *err, size_t errlen);
+
+/**
+ * Stamps <s> with the time, stores it as IB_SNAPSHOT_KEY and publishes its version on
+ * IB_SNAPSHOT_CHANNEL, atomically (one Lua script). With <lease_key> set, only while that
+ * key holds <owner>: a leader that lost its lease writes nothing (fencing). Returns 1
+ * written, 0 not written (the lease is another's), -1 on error (<err>).
+ */
+int ib_snapshot_write(struct redisContext *c, ib_snapshot_t *s, const char *lease_key, const char *owner, char *err,
+                      size_t errlen);
+
+/**
+ * Takes the lease <key> for <owner> when it is free, or renews it when <owner> holds it,
+ * for <ttl_ms>. 1 held by <owner>, 0 held by another, -1 on error.
+ */
+int ib_lease_acquire(struct redisContext *c, const char *key, const char *owner, uint32_t ttl_ms);
+
+/** Gives the lease up if <owner> holds it (a clean shutdown: the next leader need not wait). */
+int ib_lease_release(struct redisContext *c, const char *key, const char *owner);
+
 int ib_redis_sentinel_master(const char *const *sentinels, uint32_t n, const char *name, char *out, size_t cap);
 
 #ifdef __cplusplus

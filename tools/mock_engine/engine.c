@@ -634,7 +634,12 @@ static void on_signal(h2o_socket_t *sock, const char *err)
             h2o_socket_close(eng->listen_sock);
             eng->listen_sock = NULL;
         }
-        /* Close idle keep-alive connections now, busy ones after their response. */
+        /* Close idle keep-alive connections now, busy ones after their response: h2o 2.2's
+         * request_shutdown closes HTTP/1 connections only after their next response, so an
+         * idle one (a router's pooled connection) would wait out the 10 s request timeout;
+         * a zero timeout expires them on the next loop turn (h2o_timeout_run compares each
+         * entry's registration time plus this value with now). */
+        eng->h2o_ctx.http1.req_timeout.timeout = 0;
         h2o_context_request_shutdown(&eng->h2o_ctx);
     }
 }

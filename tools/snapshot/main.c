@@ -78,22 +78,13 @@ static redisContext *connect_redis(const char *hostport)
 /* Reads the stored snapshot: 1 and <out> when there is one, 0 when the key is absent. */
 static int fetch(redisContext *c, ib_snapshot_t *out)
 {
-    redisReply *r = redisCommand(c, "GET %s", IB_SNAPSHOT_KEY);
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-        fprintf(stderr, "ib-snapshot: GET failed: %s\n", r ? r->str : c->errstr);
+    char err[300];
+    int rc = ib_snapshot_fetch(c, out, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "ib-snapshot: %s\n", err);
         exit(1);
     }
-    int found = 0;
-    if (r->type == REDIS_REPLY_STRING) {
-        char err[256];
-        if (ib_snapshot_decode(r->str, r->len, out, err, sizeof(err)) != 0) {
-            fprintf(stderr, "ib-snapshot: the stored snapshot is invalid: %s\n", err);
-            exit(1);
-        }
-        found = 1;
-    }
-    freeReplyObject(r);
-    return found;
+    return rc;
 }
 
 static int64_t now_us(void)
@@ -106,31 +97,11 @@ static int64_t now_us(void)
 /* SET ib:snapshot and PUBLISH its version in one MULTI/EXEC; stamps the write time. */
 static int write_snapshot(redisContext *c, ib_snapshot_t *s)
 {
-    s->written_unix_us = now_us();
-    s->written_unix_ms = s->written_unix_us / 1000;
-    ib_buf_t enc = {0};
-    if (ib_snapshot_encode(s, &enc) != 0)
-        return -1;
-    char ver[32];
-    snprintf(ver, sizeof(ver), "%llu", (unsigned long long)s->version);
-    redisAppendCommand(c, "MULTI");
-    redisAppendCommand(c, "SET %s %b", IB_SNAPSHOT_KEY, enc.ptr, enc.len);
-    redisAppendCommand(c, "PUBLISH %s %s", IB_SNAPSHOT_CHANNEL, ver);
-    redisAppendCommand(c, "EXEC");
-    int rc = 0;
-    for (int k = 0; k < 4; k++) {
-        redisReply *r = NULL;
-        if (redisGetReply(c, (void **)&r) != REDIS_OK || r == NULL || r->type == REDIS_REPLY_ERROR) {
-            fprintf(stderr, "ib-snapshot: write failed: %s\n", r ? r->str : c->errstr);
-            rc = -1;
-        }
-        if (r != NULL)
-            freeReplyObject(r);
-        if (rc != 0)
-            break;
-    }
-    ib_buf_free(&enc);
-    return rc;
+    char err[300];
+    if (ib_snapshot_write(c, s, NULL, NULL, err, sizeof(err)) == 1)
+        return 0;
+    fprintf(stderr, "ib-snapshot: write failed: %s\n", err);
+    return -1;
 }
 
 int main(int argc, char **argv)
