@@ -32,7 +32,8 @@
 #include "ibrain/net.h"
 #include "ibrain/oai_error.h"
 
-#define HEALTH_EVERY_MS 500
+#define HEALTH_EVERY_MS 500 /* a ready engine's health check */
+#define TICK_MS 50          /* the loop's timer: a starting engine is checked this often */
 #define UNHEALTHY_LIMIT 3
 
 static const char *phase_names[IB_MGR__COUNT] = {"compiling", "starting", "ready",  "restarting",
@@ -54,7 +55,7 @@ typedef struct mgr {
     uint64_t health_failures_total;
     /* main thread only */
     uint32_t backoff_ms;
-    uint64_t restart_at_ns, started_ns, drain_deadline_ns;
+    uint64_t restart_at_ns, started_ns, drain_deadline_ns, next_health_ns;
     int unhealthy;
     uint16_t port;
 } mgr_t;
@@ -295,7 +296,8 @@ static void on_tick(mgr_t *m)
         } else if (now - m->started_ns > (uint64_t)m->cfg.ready_timeout_ms * 1000000ull) {
             schedule_restart(m, "the engine did not become healthy in time");
         }
-    } else if (phase == IB_MGR_READY) {
+    } else if (phase == IB_MGR_READY && now >= m->next_health_ns) {
+        m->next_health_ns = now + HEALTH_EVERY_MS * 1000000ull;
         if (engine_healthy(m)) {
             m->unhealthy = 0;
         } else {
@@ -389,7 +391,7 @@ int ib_manager_run(const ib_manager_config_t *cfg)
 
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
     int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
-    struct itimerspec its = {{0, HEALTH_EVERY_MS * 1000000L}, {0, 100 * 1000000L}};
+    struct itimerspec its = {{0, TICK_MS * 1000000L}, {0, TICK_MS * 1000000L}};
     timerfd_settime(tfd, 0, &its, NULL);
     for (;;) {
         struct pollfd p[2] = {{sfd, POLLIN, 0}, {tfd, POLLIN, 0}};

@@ -16,6 +16,7 @@ enum { R_COLLECTION, R_ITEM, R_HEALTH, R_METRICS, R_OTHER, R__COUNT };
 typedef struct leader {
     pthread_t thread;
     int stop_pipe[2];
+    int wake_fd;           /* eventfd: the REST thread changed a workload, poll now */
     /* read by the REST thread for /health and /metrics */
     atomic_int is_leader;
     atomic_int redis_up;
@@ -42,5 +43,7 @@ typedef struct orch {
 /* leader.c */
 int ib_leader_start(orch_t *o);
 void ib_leader_stop(orch_t *o);
+/** Makes the leader poll the cluster server now (after a create, update or delete). */
+void ib_leader_wake(orch_t *o);
 
 #endif

@@ -5,6 +5,10 @@
  * (snapshot.proto) when its content changed, fenced by the lease. Ready replicas go in as
  * READY, retiring ones announced as draining as DRAINING; replicas not ready are left out.
  *
+ * It polls every sync_ms, and every 50 ms (or sync_ms if less) while a workload is not
+ * settled (replicas starting, a rolling update) and right after this orchestrator's REST
+ * API changed one, so that new replicas reach the routers soon after they are ready.
+ *
  * Versions: max(last written + 1, wall-clock ms), and a new leader starts from the stored
  * snapshot's version, so versions only grow across leaders. The snapshot is written again
  * when it disappears from Redis (a Redis restarted empty).
@@ -15,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -82,6 +87,7 @@ typedef struct loop {
     uint64_t last_version;
     uint64_t next_lease_ms, next_exists_ms;
     int leading;
+    int busy;                /* a workload is not settled: poll fast */
 } loop_t;
 
 static void drop_redis(loop_t *L)
@@ -156,6 +162,10 @@ static void tick(loop_t *L)
     free(r.bytes);
     if (wl == NULL)
         return;
+    L->busy = 0;
+    for (size_t i = 0; i < wl->n_workloads; i++)
+        L->busy |= wl->workloads[i]->phase != NULL && strcmp(wl->workloads[i]->phase, "ready") != 0 &&
+                   strcmp(wl->workloads[i]->phase, "degraded") != 0;
     ib_snapshot_t snap;
     int built = build_snapshot(L->o, wl, &snap);
     ibrain__v1__workload_list__free_unpacked(wl, NULL);
@@ -210,10 +220,16 @@ static void *leader_main(void *arg)
         if (L.cluster != NULL)
             tick(&L);
         uint64_t spent_ms = (ib_now_ns() - t0) / 1000000;
-        int wait = spent_ms >= o->cfg->sync_ms ? 0 : (int)(o->cfg->sync_ms - spent_ms);
-        struct pollfd p = {o->leader.stop_pipe[0], POLLIN, 0};
-        if (poll(&p, 1, wait) > 0)
+        uint32_t period = L.busy && o->cfg->sync_ms > 50 ? 50 : o->cfg->sync_ms;
+        int wait = spent_ms >= period ? 0 : (int)(period - spent_ms);
+        struct pollfd p[2] = {{o->leader.stop_pipe[0], POLLIN, 0}, {o->leader.wake_fd, POLLIN, 0}};
+        if (poll(p, 2, wait) > 0 && p[0].revents)
             break;
+        if (p[1].revents) {
+            uint64_t x;
+            (void)!read(o->leader.wake_fd, &x, sizeof(x));
+            L.busy = 1;
+        }
     }
     if (L.redis != NULL && L.leading)
         ib_lease_release(L.redis, IB_LEADER_KEY, o->instance_id); /* the next leader need not wait */
@@ -224,8 +240,18 @@ static void *leader_main(void *arg)
     return NULL;
 }
 
+void ib_leader_wake(orch_t *o)
+{
+    uint64_t one = 1;
+    if (o->leader.wake_fd > 0)
+        (void)!write(o->leader.wake_fd, &one, sizeof(one));
+}
+
 int ib_leader_start(orch_t *o)
 {
+    o->leader.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (o->leader.wake_fd < 0)
+        return -1;
     if (pipe(o->leader.stop_pipe) != 0)
         return -1;
     if (pthread_create(&o->leader.thread, NULL, leader_main, o) != 0) {
@@ -241,4 +267,5 @@ void ib_leader_stop(orch_t *o)
     close(o->leader.stop_pipe[1]);
     pthread_join(o->leader.thread, NULL);
     close(o->leader.stop_pipe[0]);
+    close(o->leader.wake_fd);
 }

@@ -281,6 +281,8 @@ static void call_and_reply(server_t *s, h2o_req_t *req, int route, uint64_t t0, 
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, NULL, loc, (size_t)n);
     }
     ibrain__v1__workload_status__free_unpacked(st, NULL);
+    if (strcmp(method, "GetWorkload") != 0 && s->o->cfg->redis != NULL)
+        ib_leader_wake(s->o);
     send_body(s, req, route, t0, ok_status, "application/json", s->out.ptr, s->out.len);
 }
 
