@@ -88,6 +88,7 @@ typedef struct loop {
     uint64_t next_lease_ms, next_exists_ms;
     int leading;
     int busy;                /* a workload is not settled: poll fast */
+    int have_last;           /* <last> holds what was written (an empty snapshot encodes to 0 bytes) */
 } loop_t;
 
 static void drop_redis(loop_t *L)
@@ -113,6 +114,7 @@ static void set_leading(loop_t *L, int on)
             ib_snapshot_free(&cur);
         }
         ib_buf_free(&L->last);
+        L->have_last = 0;
     } else if (!on && L->leading) {
         atomic_fetch_add(&l->lease_lost_total, 1);
         fprintf(stderr, "ib-orchestrator: %s is no longer the leader\n", L->o->instance_id);
@@ -186,7 +188,8 @@ static void tick(loop_t *L)
         L->next_exists_ms = now + 1000;
     }
     if (ib_snapshot_encode(&snap, &enc) == 0 &&
-        (force || enc.len != L->last.len || memcmp(enc.ptr, L->last.ptr ? L->last.ptr : "", enc.len) != 0)) {
+        (force || !L->have_last || enc.len != L->last.len ||
+         (enc.len > 0 && memcmp(enc.ptr, L->last.ptr, enc.len) != 0))) {
         snap.version = L->last_version + 1 > now ? L->last_version + 1 : now;
         char err[300];
         int rc = ib_snapshot_write(L->redis, &snap, IB_LEADER_KEY, L->o->instance_id, err, sizeof(err));
@@ -194,6 +197,7 @@ static void tick(loop_t *L)
             L->last_version = snap.version;
             ib_buf_free(&L->last);
             L->last = enc;
+            L->have_last = 1;
             enc = (ib_buf_t){0};
             atomic_fetch_add(&l->snapshot_writes_total, 1);
             atomic_store(&l->snapshot_version, snap.version);

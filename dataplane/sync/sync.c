@@ -438,8 +438,7 @@ int ib_snapshot_write(redisContext *c, ib_snapshot_t *s, const char *lease_key, 
                           IB_SNAPSHOT_CHANNEL, own, enc.ptr, ver};
     size_t lens[9];
     for (int i = 0; i < 9; i++)
-        lens[i] = strlen(argv[i]);
-    lens[7] = enc.len;
+        lens[i] = i == 7 ? enc.len : strlen(argv[i]); /* [7] is the binary snapshot */
     redisReply *r = redisCommandArgv(c, 9, argv, lens);
     ib_buf_free(&enc);
     int rc = -1;
