@@ -35,6 +35,7 @@ bench: build
 	@bash perf/bench-proxy.sh $(BUILD)
 	@bash perf/bench-tokenizer.sh $(BUILD)
 	@bash perf/bench-sync.sh $(BUILD)
+	@bash perf/bench-controlplane.sh $(BUILD)
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
