@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster.pb-c.h"
+#include "ibrain/cluster.h"
+
 struct ib_cluster_client {
     grpc_channel *channel;
     grpc_completion_queue *cq;
@@ -136,4 +139,44 @@ const char *ib_rpc_code_name(int code)
                                   "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
                                   "UNAUTHENTICATED"};
     return code >= 0 && code <= 16 ? names[code] : "UNKNOWN";
+}
+
+void ib_spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m)
+{
+    ibrain__v1__workload_spec__init(m);
+    m->id = (char *)s->id;
+    m->model = (char *)s->model;
+    m->replicas = s->replicas;
+    m->weights = (char *)s->weights;
+    m->engine_cmd = (char *)s->engine_cmd;
+    m->chat_template = (char *)s->chat_template;
+    m->tokenizer = (char *)s->tokenizer;
+    m->block_size = s->block_size;
+    m->context_length = s->context_length;
+    m->policy = (char *)s->policy;
+    m->generation = s->generation;
+    m->engine = (char *)s->engine;
+    m->engine_args = (char *)s->engine_args;
+    m->version = (char *)s->version;
+}
+
+void ib_spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *s)
+{
+    memset(s, 0, sizeof(*s));
+#define CP(f) snprintf(s->f, sizeof(s->f), "%s", m->f ? m->f : "")
+    CP(id);
+    CP(model);
+    CP(weights);
+    CP(engine_cmd);
+    CP(chat_template);
+    CP(tokenizer);
+    CP(policy);
+    CP(engine);
+    CP(engine_args);
+    CP(version);
+#undef CP
+    s->replicas = m->replicas;
+    s->block_size = m->block_size;
+    s->context_length = m->context_length;
+    s->generation = m->generation;
 }

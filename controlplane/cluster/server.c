@@ -29,6 +29,7 @@
 #include "cluster.pb-c.h"
 #include "ibrain/admin_http.h"
 #include "ibrain/clock.h"
+#include "ibrain/cluster_client.h"
 #include "ibrain/net.h"
 #include "ibrain/route.h"
 
@@ -189,7 +190,6 @@ static uint32_t workload_phase(const workload_t *w, const ib_replica_status_t *r
     return ready;
 }
 
-static void spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m);
 
 static void replica_id(char *out, size_t cap, const ib_workload_spec_t *s, uint32_t index)
 {
@@ -202,7 +202,7 @@ static void replica_id(char *out, size_t cap, const ib_workload_spec_t *s, uint3
 static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
 {
     ibrain__v1__workload_status__init(&m->st);
-    spec_to_msg(&w->spec, &m->spec);
+    ib_spec_to_msg(&w->spec, &m->spec);
     m->st.spec = &m->spec;
     uint32_t n = replica_statuses(c, w, m->raw);
     for (uint32_t i = 0; i < n; i++) {
@@ -300,25 +300,6 @@ out:
     return -1;
 }
 
-static void spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m)
-{
-    ibrain__v1__workload_spec__init(m);
-    m->id = (char *)s->id;
-    m->model = (char *)s->model;
-    m->replicas = s->replicas;
-    m->weights = (char *)s->weights;
-    m->engine_cmd = (char *)s->engine_cmd;
-    m->chat_template = (char *)s->chat_template;
-    m->tokenizer = (char *)s->tokenizer;
-    m->block_size = s->block_size;
-    m->context_length = s->context_length;
-    m->policy = (char *)s->policy;
-    m->generation = s->generation;
-    m->engine = (char *)s->engine;
-    m->engine_args = (char *)s->engine_args;
-    m->version = (char *)s->version;
-}
-
 /* STATE_DIR/workloads/ID.spec holds each workload's spec (a WorkloadSpec message), so that
  * a restarted cluster server knows its workloads. Written to a temporary file, renamed. */
 static void spec_path(const cluster_t *c, const char *id, char *out, size_t cap, const char *suffix)
@@ -329,7 +310,7 @@ static void spec_path(const cluster_t *c, const char *id, char *out, size_t cap,
 static int save_spec(const cluster_t *c, const ib_workload_spec_t *s)
 {
     Ibrain__V1__WorkloadSpec m;
-    spec_to_msg(s, &m);
+    ib_spec_to_msg(s, &m);
     size_t len = ibrain__v1__workload_spec__get_packed_size(&m);
     uint8_t *buf = malloc(len ? len : 1);
     char tmp[600], path[600];

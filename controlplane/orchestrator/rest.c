@@ -209,45 +209,6 @@ static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
 
 /* ---- handlers ---- */
 
-static void spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m)
-{
-    ibrain__v1__workload_spec__init(m);
-    m->id = (char *)s->id;
-    m->model = (char *)s->model;
-    m->replicas = s->replicas;
-    m->weights = (char *)s->weights;
-    m->engine_cmd = (char *)s->engine_cmd;
-    m->chat_template = (char *)s->chat_template;
-    m->tokenizer = (char *)s->tokenizer;
-    m->block_size = s->block_size;
-    m->context_length = s->context_length;
-    m->policy = (char *)s->policy;
-    m->engine = (char *)s->engine;
-    m->engine_args = (char *)s->engine_args;
-    m->version = (char *)s->version;
-}
-
-static void msg_to_spec(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *s)
-{
-    memset(s, 0, sizeof(*s));
-#define CP(f) snprintf(s->f, sizeof(s->f), "%s", m->f ? m->f : "")
-    CP(id);
-    CP(model);
-    CP(weights);
-    CP(engine_cmd);
-    CP(chat_template);
-    CP(tokenizer);
-    CP(policy);
-    CP(engine);
-    CP(engine_args);
-    CP(version);
-#undef CP
-    s->replicas = m->replicas;
-    s->block_size = m->block_size;
-    s->context_length = m->context_length;
-    s->generation = m->generation;
-}
-
 /* Calls <method> with the packed spec (or ref) and answers with the workload's status. */
 static void call_and_reply(server_t *s, h2o_req_t *req, int route, uint64_t t0, const char *method,
                            const uint8_t *in, size_t len, int ok_status)
@@ -322,7 +283,7 @@ static void create(server_t *s, h2o_req_t *req, uint64_t t0)
             return;
         }
     Ibrain__V1__WorkloadSpec m;
-    spec_to_msg(&spec, &m);
+    ib_spec_to_msg(&spec, &m);
     uint8_t buf[4096];
     size_t len = ibrain__v1__workload_spec__pack(&m, buf);
     call_and_reply(s, req, R_COLLECTION, t0, "CreateWorkload", buf, len, 201);
@@ -386,7 +347,7 @@ static void item(server_t *s, h2o_req_t *req, uint64_t t0, const char *id, int m
         return;
     }
     ib_workload_spec_t spec;
-    msg_to_spec(st->spec, &spec);
+    ib_spec_from_msg(st->spec, &spec);
     ibrain__v1__workload_status__free_unpacked(st, NULL);
     uint32_t present = 0;
     if (read_body(s, req, R_ITEM, t0, &spec, &present) != 0)
@@ -398,7 +359,7 @@ static void item(server_t *s, h2o_req_t *req, uint64_t t0, const char *id, int m
     if ((present & IB_WF_ENGINE) && strcmp(spec.engine, "custom") != 0 && !(present & IB_WF_ENGINE_CMD))
         spec.engine_cmd[0] = '\0'; /* a named engine replaces a custom command */
     Ibrain__V1__WorkloadSpec m;
-    spec_to_msg(&spec, &m);
+    ib_spec_to_msg(&spec, &m);
     uint8_t out[4096];
     size_t n = ibrain__v1__workload_spec__pack(&m, out);
     call_and_reply(s, req, R_ITEM, t0, "UpdateWorkload", out, n, 200);

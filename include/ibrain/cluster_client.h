@@ -34,6 +34,15 @@ void ib_cluster_client_free(ib_cluster_client_t *c);
 int ib_cluster_call(ib_cluster_client_t *c, const char *method, const uint8_t *req, size_t len, int timeout_ms,
                     ib_rpc_result_t *out);
 
+struct Ibrain__V1__WorkloadSpec; /* cluster.pb-c.h */
+struct ib_workload_spec;
+
+/** Points the message's fields at <s>'s (no copy: <s> must outlive <m>). */
+void ib_spec_to_msg(const struct ib_workload_spec *s, struct Ibrain__V1__WorkloadSpec *m);
+
+/** Copies the message's fields into <s> (strings cut to the field sizes). */
+void ib_spec_from_msg(const struct Ibrain__V1__WorkloadSpec *m, struct ib_workload_spec *s);
+
 /** The gRPC status code's name ("INVALID_ARGUMENT"). */
 const char *ib_rpc_code_name(int code);
 
