@@ -9,6 +9,7 @@
 #   env: N=4 TRACE=perf/traces/conversation_trace.jsonl LIMIT=1500 SPEEDUP=10
 #        CACHE_BLOCKS=32768 (per engine, 16-token blocks) PREFILL_US=5 MAX_OUTPUT=64
 #        POLICIES="affinity least-load round-robin consistent-hash" CEILINGS=1
+#        IBRAIN_ARGS="--min-match-pct 25" (extra ibrain flags) REASONS=1 (print decisions by reason)
 #        TOKENIZER=path/to/tokenizer.json (engines and ibrain count tokens and cut 16-token
 #        blocks with it; default: 4-byte pseudo-tokens)
 set -euo pipefail
@@ -75,12 +76,14 @@ for policy in ${POLICIES:-affinity least-load round-robin consistent-hash}; do
   done
   rm -f "$tmp/ib.port"
   "$top/$build/dataplane/ibrain" --listen 127.0.0.1:0 --port-file "$tmp/ib.port" --workers 1 --policy "$policy" \
-    --model demo --cache-blocks "$cache" --max-body-bytes 16777216 --upstream-timeout-ms 600000 "${replicas[@]}" \
-    "${tok_ibrain[@]}" >/dev/null 2>&1 &
+    --model demo --cache-blocks "${IB_CACHE_BLOCKS:-$cache}" --max-body-bytes 16777216 --upstream-timeout-ms 600000 "${replicas[@]}" \
+    "${tok_ibrain[@]}" ${IBRAIN_ARGS:-} >/dev/null 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do [ -s "$tmp/ib.port" ] && break; sleep 0.05; done
   load "$(cat "$tmp/ib.port")" "$tmp/$policy.json" "${metrics[@]}"
   report "$policy" "$tmp/$policy.json" "$n"
+  [ -n "${REASONS:-}" ] && curl -s "http://127.0.0.1:$(cat "$tmp/ib.port")/metrics" |
+    awk '/^ibrain_route_decisions_total/ {printf "    %s %s\n", $1, $2}'
   stop_all
 done
 [ "${CEILINGS:-1}" = 1 ] || exit 0

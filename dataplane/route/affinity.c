@@ -33,6 +33,8 @@ int ib_affinity_init(ib_affinity_t *t, uint32_t sets_log2, uint32_t nreplicas, u
         atomic_init(&t->replicas[r].ttl_floor, 0);
         t->replicas[r].capacity_blocks = capacity_blocks;
     }
+    atomic_init(&t->used[0], 0);
+    atomic_init(&t->used[1], 0);
     t->set_mask = (1u << sets_log2) - 1;
     t->nreplicas = nreplicas;
     t->ttl_ms = ttl_ms;
@@ -59,21 +61,46 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
     uint32_t floor = atomic_load_explicit((_Atomic uint32_t *)&r->ttl_floor, memory_order_relaxed);
     uint32_t stamp = SLOT_STAMP(w);
     /* Unsigned differences: counters wrap. */
-    if ((uint32_t)(stamp - floor) >= (1u << 31))
-        return -1; /* older than the TTL floor */
+    if ((int32_t)(stamp - floor) <= 0)
+        return -1; /* stamped at or before the TTL floor (stamps start at 1) */
     uint32_t age = now - stamp;
     if (age >= (1u << 31))
         return r->capacity_blocks; /* stamped by a concurrent insert ahead of our read */
     return (int64_t)r->capacity_blocks - (int64_t)age;
 }
 
+/* 1 when replica <rep> holds a believed entry for <h>. */
+static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep)
+{
+    uint32_t tag = tag_of(h);
+    const _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
+    for (int k = 0; k < IB_AFF_WAYS; k++) {
+        uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
+        if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == rep)
+            return life(t, w) > 0;
+    }
+    return 0;
+}
+
 void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica)
 {
     if (n == 0 || replica >= t->nreplicas)
         return;
-    uint32_t base = atomic_fetch_add_explicit(&t->replicas[replica].counter, (uint32_t)n, memory_order_relaxed);
+    /* The clock advances by the blocks the replica must newly cache: as in its LRU, blocks
+     * it already holds are refreshed without evicting anything. At least by 1, so that
+     * every insert's stamps are newer than any TTL checkpoint taken before it. */
+    uint32_t adv = 0;
+    for (size_t i = 0; i < n; i++)
+        adv += !held(t, h[i], replica);
+    if (adv == 0)
+        adv = 1;
+    uint32_t base = atomic_fetch_add_explicit(&t->replicas[replica].counter, adv, memory_order_relaxed);
+    if (!(atomic_load_explicit(&t->used[replica >> 6], memory_order_relaxed) & (1ull << (replica & 63))))
+        atomic_fetch_or_explicit(&t->used[replica >> 6], 1ull << (replica & 63), memory_order_relaxed);
     for (size_t i = 0; i < n; i++) {
-        uint32_t stamp = base + (uint32_t)(n - 1 - i); /* head blocks newest */
+        /* head blocks newest (age 0), each later one a block older, at most adv - 1 older:
+         * stamps stay in (base, base + adv] */
+        uint32_t stamp = base + adv - (i < adv - 1 ? (uint32_t)i : adv - 1);
         uint32_t tag = tag_of(h[i]);
         _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
         uint64_t want = SLOT(tag, replica, stamp);
@@ -99,8 +126,13 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
 void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched)
 {
     uint32_t nr = t->nreplicas;
-    /* alive: replicas that matched every block so far (bitmap over up to 128 replicas). */
-    uint64_t alive[2] = {~0ull, nr > 64 ? ~0ull : 0};
+    /* alive: replicas still in the walk (bitmap over up to 128 replicas). A replica's match
+     * is the last block it holds; it leaves the walk after IB_AFF_GAP blocks in a row it is
+     * not known to hold. A hash covers its whole prefix, so holding block i means the
+     * prefix up to i was routed there: a gap is an entry lost to a full set (a block that
+     * every replica holds fills its set's 8 ways), not a hole in the engine's cache. */
+    uint64_t alive[2] = {atomic_load_explicit((_Atomic uint64_t *)&t->used[0], memory_order_relaxed),
+                         atomic_load_explicit((_Atomic uint64_t *)&t->used[1], memory_order_relaxed)};
     for (uint32_t r = 0; r < nr; r++)
         matched[r] = 0;
     for (size_t i = 0; i < n; i++) {
@@ -115,13 +147,17 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
             if (rep < nr && life(t, w) > 0)
                 here[rep >> 6] |= 1ull << (rep & 63);
         }
-        alive[0] &= here[0];
-        alive[1] &= here[1];
+        for (int q = 0; q < 2; q++) {
+            for (uint64_t m = here[q] & alive[q]; m != 0; m &= m - 1)
+                matched[q * 64 + (uint32_t)__builtin_ctzll(m)] = (uint32_t)(i + 1);
+            for (uint64_t m = alive[q] & ~here[q]; m != 0; m &= m - 1) {
+                uint32_t r = q * 64 + (uint32_t)__builtin_ctzll(m);
+                if (i + 1 - matched[r] > IB_AFF_GAP)
+                    alive[q] &= ~(1ull << (r & 63));
+            }
+        }
         if ((alive[0] | alive[1]) == 0)
             return;
-        for (uint32_t r = 0; r < nr; r++)
-            if (alive[r >> 6] & (1ull << (r & 63)))
-                matched[r] = (uint32_t)(i + 1);
     }
 }
 

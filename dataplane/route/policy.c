@@ -68,33 +68,40 @@ static void pick_affinity(ib_router_t *rt, const ib_route_input_t *in, ib_route_
 {
     uint32_t matched[IB_AFF_MAX_REPLICAS];
     ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
-    uint32_t top = 0; /* the longest match among usable replicas */
-    int best = -1;    /* the cheapest */
-    int64_t best_cost = 0;
     uint32_t n = in->nreplicas, rot = (uint32_t)(mix64(in->random) % (n ? n : 1));
     uint32_t floor_blocks = (uint32_t)(rt->min_match * (double)in->nblocks);
+    uint32_t top = 0;   /* the longest credited match among usable replicas */
+    int holder = -1;    /* the least loaded replica with that match */
+    int best = -1;      /* the cheapest: queued prefill plus the blocks it must compute */
+    int64_t best_cost = 0, sum = 0;
+    uint32_t usable = 0;
     for (uint32_t k = 0; k < n; k++) {
         uint32_t r = (k + rot) % n;
         if (!in->usable[r])
             continue;
-        if (matched[r] > top)
-            top = matched[r];
+        usable++;
+        sum += in->load[r];
+        uint32_t m = matched[r] >= floor_blocks ? matched[r] : 0;
+        if (m > top || (m == top && m > 0 && in->load[r] < in->load[holder]))
+            top = m, holder = (int)r;
         int64_t cost = affinity_cost(in, r, matched[r], floor_blocks);
         if (best < 0 || cost < best_cost)
             best = (int)r, best_cost = cost;
     }
     if (best < 0)
         return;
-    /* Session stickiness, within the same bound: the session's replica unless it costs
-     * more than (1 + eps) x the cheapest + c. */
+    /* Bounded load: the holder of the longest match takes the request unless its queued
+     * prefill is over (1 + eps) x the mean + c, c being this request's own size (the
+     * holder may run one such request more than its share). Following the prefix even when
+     * a colder replica would start sooner keeps the conversation's cache in one place; the
+     * cost-based pick below would move it, and the next turn would recompute it. */
+    double bound = (1.0 + rt->spill_eps) * ((double)sum / (double)usable) + (double)in->nblocks;
+    /* Session stickiness, within the same bound. */
     if (in->session_key != 0) {
         uint32_t sm[IB_AFF_MAX_REPLICAS];
         ib_affinity_match(&rt->table, &in->session_key, 1, sm);
         for (uint32_t r = 0; r < n; r++) {
-            if (!sm[r] || !in->usable[r])
-                continue;
-            int64_t cost = affinity_cost(in, r, matched[r], floor_blocks);
-            if ((double)cost <= (1.0 + rt->spill_eps) * (double)best_cost + rt->spill_c * 16) {
+            if (sm[r] && in->usable[r] && (double)in->load[r] <= bound) {
                 out->replica = (int)r;
                 out->reason = IB_REASON_SESSION;
                 out->matched = matched[r];
@@ -102,15 +109,15 @@ static void pick_affinity(ib_router_t *rt, const ib_route_input_t *in, ib_route_
             }
         }
     }
+    if (top > 0 && (double)in->load[holder] <= bound) {
+        out->replica = holder;
+        out->matched = matched[holder];
+        out->reason = IB_REASON_AFFINITY;
+        return;
+    }
     out->replica = best;
     out->matched = matched[best];
-    int useful = top > 0 && (double)top >= rt->min_match * (double)in->nblocks;
-    if (!useful)
-        out->reason = IB_REASON_NO_MATCH;
-    else if (matched[best] == top)
-        out->reason = IB_REASON_AFFINITY;
-    else
-        out->reason = IB_REASON_LOAD_SPILL;
+    out->reason = top > 0 ? IB_REASON_LOAD_SPILL : IB_REASON_NO_MATCH;
 }
 
 void ib_router_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out)

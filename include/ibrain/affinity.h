@@ -8,12 +8,14 @@
  * forced to 1, so 0 means an empty slot). A prefix held by several replicas has one slot
  * per replica.
  *
- * Each replica has an insertion counter. A block routed to replica r gets stamp =
- * r's counter at that moment (a prompt's head blocks get the newest stamps, as an engine
- * refreshes its LRU tail-first). An entry is believed only while
+ * Each replica has an insertion counter, advanced by the blocks a routed prompt adds to
+ * the replica's cache (those it is not believed to hold already: an LRU refreshes a hit
+ * without evicting anything; at least 1, so that stamps also order inserts in time). The prompt's blocks get stamps from the new counter value
+ * down (head blocks newest, as an engine refreshes its LRU tail-first). An entry is
+ * believed only while
  *     counter_r - stamp < capacity_r          (the capacity model: r's LRU cache holds its
- *                                              most recent capacity_r blocks)
- * and stamp >= ttl_floor_r (blocks unused for longer than the cache TTL are gone).
+ *                                              most recent capacity_r new blocks)
+ * and stamp > ttl_floor_r (blocks unused for longer than the cache TTL are gone).
  * ttl_floor_r is advanced by ib_affinity_tick() from checkpoints of the counter over time.
  *
  * Writers race benignly: a slot is replaced with one CAS, and a lost race loses one
@@ -33,6 +35,7 @@ extern "C" {
 #define IB_AFF_WAYS 8
 #define IB_AFF_MAX_REPLICAS 128
 #define IB_AFF_CHECKPOINTS 64
+#define IB_AFF_GAP 8 /* blocks a match may skip: entries lost to full sets */
 
 typedef struct ib_aff_replica {
     _Alignas(64) _Atomic uint32_t counter;   /* blocks inserted so far (wraps) */
@@ -49,6 +52,7 @@ typedef struct ib_affinity {
     uint32_t set_mask;
     uint32_t nreplicas;
     uint64_t ttl_ms;                         /* 0: no TTL */
+    _Atomic uint64_t used[2];                /* replicas ever inserted (bitmap): match walks only them */
     ib_aff_replica_t *replicas;
 } ib_affinity_t;
 
@@ -62,7 +66,9 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
 
 /**
  * For every replica r: matched[r] = how many leading blocks of h[0..n) the table believes
- * r holds (0..n). Lock-free; O(n x ways).
+ * r holds (0..n): the last block r holds, walking from the first and skipping up to
+ * IB_AFF_GAP blocks in a row that r is not known to hold (entries lost to full sets).
+ * Lock-free; O((matched + IB_AFF_GAP) x ways).
  */
 void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched);
 

@@ -1,17 +1,17 @@
 /*
  * Replica choice: the policies, selectable per workload, and the decision they return.
  *
- *  affinity (default): each replica's cost for this request is the prefill work queued on
- *     it (prompt blocks of its requests still waiting for their first byte) plus the
- *     blocks of this prompt it does not hold (affinity table); the cheapest wins, ties to
- *     the longer match. A cached prefix thus wins until the queue in front of it costs more
- *     than recomputing the prefix elsewhere: bounded load in units of prefill work, which
- *     is what time to first token depends on (a count of requests in flight is dominated
- *     by decoding ones). Reasons: affinity when the longest holder won with a match of at
- *     least min_match of the prompt, load_spill when such a holder lost on cost, no_match
- *     otherwise (a match shorter than min_match, such as a system prompt every request
- *     shares, is no affinity). A session id (X-Session-Id or the body's
- *     session_id / user) sticks to the replica it last went to, within the same bound.
+ *  affinity (default): the replica holding the longest cached prefix (affinity table),
+ *     counted only when it covers at least min_match of the prompt (a system prompt every
+ *     request shares is no affinity), takes the request, the least loaded of several such
+ *     holders, unless its load is over (1 + eps) x the mean + this prompt's blocks: bounded
+ *     load. Load is prefill work: the prompt blocks of a replica's requests still waiting
+ *     for their first byte (what time to first token depends on; a count of requests in
+ *     flight is dominated by decoding ones). Otherwise the cheapest replica wins, cost =
+ *     load + the blocks of this prompt it does not hold. Reasons: affinity (the holder
+ *     took it), load_spill (a holder was over the bound), no_match (no holder). A session
+ *     id (X-Session-Id or the body's session_id / user) sticks to the replica it last
+ *     went to, within the same bound.
  *  least-load: the fewest requests in flight.
  *  round-robin: in turn.
  *  consistent-hash: rendezvous hashing of the first prefix block (the shared system

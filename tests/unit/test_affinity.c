@@ -63,10 +63,18 @@ static void test_capacity_model(void **state)
     uint32_t m[2];
     ib_affinity_insert(&t, p1, 3, 0);
     ib_affinity_insert(&t, p2, 3, 0);
-    /* 6 blocks went to a 4-block cache: p2 (newest) is believed whole; p1 is gone, even
-     * its head (the table does not believe more than the cache can hold). */
+    /* 6 blocks went to a 4-block LRU cache: p2 (newest) is believed whole; of p1 only its
+     * head, refreshed last (tail-first), which an LRU of 4 still holds. */
     ib_affinity_match(&t, p2, 3, m);
     assert_int_equal(m[0], 3);
+    ib_affinity_match(&t, p1, 3, m);
+    assert_int_equal(m[0], 1);
+    assert_true(ib_affinity_count(&t, 0) <= 4);
+    /* One more new block pushes it out (the table does not believe more than the cache can
+     * hold). */
+    uint64_t p3[1];
+    chain(30, p3, 1);
+    ib_affinity_insert(&t, p3, 1, 0);
     ib_affinity_match(&t, p1, 3, m);
     assert_int_equal(m[0], 0);
     assert_true(ib_affinity_count(&t, 0) <= 4);
@@ -74,6 +82,54 @@ static void test_capacity_model(void **state)
     ib_affinity_insert(&t, p1, 1, 0);
     ib_affinity_match(&t, p1, 3, m);
     assert_int_equal(m[0], 1);
+    ib_affinity_destroy(&t);
+}
+
+/* Prompts the replica already holds refresh its LRU without evicting: a conversation's
+ * history sent again and again must not push other conversations out of the model (each
+ * such insert ages the others by one block, not by the prompt's length). */
+static void test_hits_do_not_age_others(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 10, 1, 40, 0), 0);
+    uint64_t a[8], b[8];
+    chain(40, a, 8);
+    chain(50, b, 8);
+    uint32_t m[1];
+    ib_affinity_insert(&t, a, 8, 0);
+    ib_affinity_insert(&t, b, 8, 0);
+    for (int i = 0; i < 20; i++) /* 160 blocks routed, all of them held already */
+        ib_affinity_insert(&t, b, 8, 0);
+    ib_affinity_match(&t, a, 8, m);
+    assert_int_equal(m[0], 8);
+    /* 40 new blocks do push it out */
+    uint64_t c[40];
+    chain(60, c, 40);
+    ib_affinity_insert(&t, c, 40, 0);
+    ib_affinity_match(&t, a, 8, m);
+    assert_int_equal(m[0], 0);
+    ib_affinity_destroy(&t);
+}
+
+/* A block the table lost (a full set) does not end the match: the walk skips up to
+ * IB_AFF_GAP blocks a replica is not known to hold. */
+static void test_match_skips_lost_entries(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 10, 2, 1000, 0), 0);
+    uint64_t p[24];
+    chain(70, p, 24);
+    uint32_t m[2];
+    ib_affinity_insert(&t, p, 3, 0);      /* blocks 0-2 */
+    ib_affinity_insert(&t, p + 4, 4, 0);  /* 4-7: block 3 missing */
+    ib_affinity_match(&t, p, 24, m);
+    assert_int_equal(m[0], 8);
+    assert_int_equal(m[1], 0);
+    ib_affinity_insert(&t, p + 8 + IB_AFF_GAP + 1, 2, 0); /* after a gap longer than allowed */
+    ib_affinity_match(&t, p, 24, m);
+    assert_int_equal(m[0], 8);
     ib_affinity_destroy(&t);
 }
 
@@ -193,6 +249,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
+        cmocka_unit_test(test_hits_do_not_age_others),
+        cmocka_unit_test(test_match_skips_lost_entries),
         cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
         cmocka_unit_test(test_concurrent_insert_and_match),
     };
