@@ -8,7 +8,7 @@
 #     alone.
 # Each figure is the median of REPEAT runs of DURATION seconds.
 #
-# usage: perf/bench-proxy.sh [BUILD_DIR]   (env: REPEAT=3 DURATION=8 CONNS=64)
+# usage: perf/bench-proxy.sh [BUILD_DIR]   (env: REPEAT=3 DURATION=8 CONNS=64 IBRAIN_ARGS=extra ibrain flags)
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +26,7 @@ start_backend "${BACKEND_CPU:-0}"
 
 # Proxies, each on CPU 0.
 iport=$(free_port)
-taskset -c 0 "$ibrain" --listen 127.0.0.1:$iport --workers 1 --model demo --replica backend=127.0.0.1:$bport \
+taskset -c 0 "$ibrain" --listen 127.0.0.1:$iport --workers 1 --model demo --replica backend=127.0.0.1:$bport ${IBRAIN_ARGS:-} \
   2>"$tmp/ibrain.log" &
 ipid=$!
 pids+=($ipid)
