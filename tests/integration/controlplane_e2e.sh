@@ -8,6 +8,8 @@
 #   - create -> ready -> requests through ibrain answered by the new replicas;
 #   - a rolling update (new version) under continuous load: zero failed requests, then
 #     only the new generation answers;
+#   - a bad update (the engine cannot start) leaves the old generation serving; the next
+#     update repairs it;
 #   - an engine killed -> restarted by its manager -> back in the snapshot;
 #   - the leader orchestrator killed -> the other takes over within the lease and
 #     snapshots keep flowing (a scale through it reaches ibrain);
@@ -136,6 +138,24 @@ for i in $(seq 1 8); do
   [[ "$s" == "200:demo-g$gen-r"[01] ]] || ib_fail "after the update, answered by $s (want generation $gen)"
 done
 echo "rolling update to generation $gen under 100 req/s: 600 of 600 requests ok, $(((t1 - t0) / 1000000)) ms to ready; new requests go to generation $gen"
+
+# ---- a bad update does not take the workload down; the next update repairs it ----
+"$IBCTL" workload update demo --engine-args "--no-such-flag" >"$IB_TMP/bad.txt" 2>&1 || ib_fail "bad update: $(cat "$IB_TMP/bad.txt")"
+sleep 3
+phase=$("$IBCTL" -o json workload get demo | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["status"]["phase"])')
+ib_expect_eq "phase while the new generation cannot start" "$phase" rolling
+for i in $(seq 1 6); do
+  s=$(chat "during the bad update $i" | awk '{print $1 ":" $2}')
+  [[ "$s" == "200:demo-g$gen-r"[01] ]] || ib_fail "during a broken update, answered by $s (want generation $gen)"
+done
+"$IBCTL" workload update demo --engine-args "--itl-ms 1" --wait --timeout 60 >"$IB_TMP/fix.txt" 2>&1 ||
+  ib_fail "repairing update: $(cat "$IB_TMP/fix.txt")"
+gen=$("$IBCTL" -o json workload get demo | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["generation"])')
+for i in $(seq 1 4); do
+  s=$(chat "after the repair $i" | awk '{print $1 ":" $2}')
+  [[ "$s" == "200:demo-g$gen-r"[01] ]] || ib_fail "after the repair, answered by $s (want generation $gen)"
+done
+echo "a bad update (--no-such-flag) left the old generation serving (phase rolling); the next update rolled to generation $gen"
 
 # ---- an engine killed -> restarted -> back in the snapshot ----
 snap_addr() { # REPLICA: its address in the stored snapshot
