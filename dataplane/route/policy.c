@@ -69,7 +69,25 @@ static void pick_affinity(ib_router_t *rt, const ib_route_input_t *in, ib_route_
     uint32_t matched[IB_AFF_MAX_REPLICAS];
     ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
     uint32_t n = in->nreplicas, rot = (uint32_t)(mix64(in->random) % (n ? n : 1));
+    /* A match earns credit when it covers min_match of the prompt, or when another replica
+     * also holds a shorter part of it (that part is a shared prefix such as a system
+     * prompt, so what only the holder has is a conversation's own history) and the part
+     * only the holder has covers min_match / 2. A prefix held by one replica alone and
+     * shorter than min_match may be a system prompt the first conversations happened to
+     * bring there: following it would pile new conversations onto that replica. */
+    uint32_t top_raw = 0, second = 0;
+    for (uint32_t r = 0; r < n; r++) {
+        if (!in->usable[r])
+            continue;
+        if (matched[r] > top_raw)
+            second = top_raw, top_raw = matched[r];
+        else if (matched[r] > second)
+            second = matched[r];
+    }
     uint32_t floor_blocks = (uint32_t)(rt->min_match * (double)in->nblocks);
+    if (second > 0 && top_raw - second >= (uint32_t)(rt->min_match / 2 * (double)in->nblocks) && top_raw > second &&
+        top_raw < floor_blocks)
+        floor_blocks = top_raw; /* credit the distinctive holder */
     uint32_t top = 0;   /* the longest credited match among usable replicas */
     int holder = -1;    /* the least loaded replica with that match */
     int best = -1;      /* the cheapest: queued prefill plus the blocks it must compute */

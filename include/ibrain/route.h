@@ -2,8 +2,9 @@
  * Replica choice: the policies, selectable per workload, and the decision they return.
  *
  *  affinity (default): the replica holding the longest cached prefix (affinity table),
- *     counted only when it covers at least min_match of the prompt (a system prompt every
- *     request shares is no affinity), takes the request, the least loaded of several such
+ *     counted only when it covers at least min_match of the prompt, or when another
+ *     replica holds a shorter part of it (a shared system prompt) and the part only the
+ *     holder has covers min_match / 2 (a conversation's own history), takes the request, the least loaded of several such
  *     holders, unless its load is over (1 + eps) x the mean + this prompt's blocks: bounded
  *     load. Load is prefill work: the prompt blocks of a replica's requests still waiting
  *     for their first byte (what time to first token depends on; a count of requests in

@@ -80,6 +80,55 @@ static void test_overloaded_holder_spills(void **state)
     ib_router_destroy(&rt);
 }
 
+/* A match under min_match earns credit when a shorter part of it is held elsewhere too (a
+ * shared system prompt) and the part only the holder has covers min_match / 2: a
+ * conversation's history behind a shared system prompt. */
+static void test_distinctive_history_counts(void **state)
+{
+    (void)state;
+    ib_router_t rt;
+    assert_int_equal(ib_router_init(&rt, IB_POLICY_AFFINITY, N, 10, 10000, 0), 0);
+    rt.min_match = 0.5;
+    uint64_t h[12];
+    chain(9, h, 12);
+    int64_t load[N] = {0};
+    uint8_t usable[N] = {1, 1, 1, 1};
+    ib_route_input_t in = {.hashes = h, .load = load, .inflight = load, .usable = usable, .nreplicas = N, .random = 7};
+    in.nblocks = 2; /* the system prompt, on replicas 1 and 2 */
+    ib_router_commit(&rt, &in, 1);
+    ib_router_commit(&rt, &in, 2);
+    in.nblocks = 5; /* a conversation's first turns, on replica 1 */
+    ib_router_commit(&rt, &in, 1);
+    in.nblocks = 12; /* its next turn: 5 of 12 blocks held (42%), 3 of them only by replica 1 */
+    ib_route_decision_t d;
+    ib_router_pick(&rt, &in, &d);
+    assert_int_equal(d.replica, 1);
+    assert_int_equal(d.reason, IB_REASON_AFFINITY);
+    assert_int_equal(d.matched, 5);
+    ib_router_destroy(&rt);
+}
+
+/* A prefix only one replica holds, under min_match, is no affinity: it may be a system
+ * prompt the first conversation brought there, and new conversations must spread. */
+static void test_lone_short_prefix_does_not_herd(void **state)
+{
+    (void)state;
+    ib_router_t rt;
+    assert_int_equal(ib_router_init(&rt, IB_POLICY_AFFINITY, N, 10, 10000, 0), 0);
+    uint64_t h[6];
+    chain(10, h, 6);
+    int64_t load[N] = {0};
+    uint8_t usable[N] = {1, 1, 1, 1};
+    ib_route_input_t in = {.hashes = h, .load = load, .inflight = load, .usable = usable, .nreplicas = N, .random = 3};
+    in.nblocks = 2;
+    ib_router_commit(&rt, &in, 0);
+    in.nblocks = 6; /* 2 of 6 blocks (33%) held by replica 0 alone */
+    ib_route_decision_t d;
+    ib_router_pick(&rt, &in, &d);
+    assert_int_equal(d.reason, IB_REASON_NO_MATCH);
+    ib_router_destroy(&rt);
+}
+
 static void test_two_holders_less_loaded_wins(void **state)
 {
     (void)state;
@@ -189,6 +238,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_prefix_same_replica), cmocka_unit_test(test_overloaded_holder_spills),
+        cmocka_unit_test(test_distinctive_history_counts), cmocka_unit_test(test_lone_short_prefix_does_not_herd),
         cmocka_unit_test(test_two_holders_less_loaded_wins), cmocka_unit_test(test_unusable_never_chosen),
         cmocka_unit_test(test_session_sticks),           cmocka_unit_test(test_baselines),
     };
