@@ -11,6 +11,7 @@
  *   --cold        no segment cache: every message is tokenized again, as for a new
  *                 conversation (the pre-token cache of frequent words stays on)
  */
+#include "ibrain/net.h"
 #include "ibrain/chat.h"
 #include "ibrain/clock.h"
 #include "ibrain/hashchain.h"
@@ -62,25 +63,6 @@ static size_t make_body(char *buf, size_t cap, size_t target, const char *text, 
     return n;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n > 0 ? malloc((size_t)n) : NULL;
-    if (buf == NULL || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 int main(int argc, char **argv)
 {
     int repeat = 7;
@@ -110,7 +92,7 @@ int main(int argc, char **argv)
     }
     size_t text_len = 0;
     char *text = NULL;
-    if (text_path != NULL && (text = slurp(text_path, &text_len)) == NULL) {
+    if (text_path != NULL && ((text = ib_read_file(text_path, &text_len)) == NULL || text_len == 0)) {
         perror(text_path);
         return 1;
     }

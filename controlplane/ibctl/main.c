@@ -55,35 +55,6 @@ static void usage(FILE *f)
             "environment: IBCTL_SERVER (default " DEFAULT_SERVER "), IBCTL_TOKEN, IBCTL_TOKEN_FILE\n");
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while (buf != NULL && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += got;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (buf == NULL)
-        return NULL;
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
 static void trim(char *s)
 {
     size_t n = strlen(s);
@@ -411,7 +382,7 @@ static int cmd_workload(cli_t *c, int argc, char **argv)
     if (strcmp(sub, "create") == 0) {
         if (argc >= 3 && strcmp(argv[1], "-f") == 0) {
             size_t len;
-            char *spec = slurp(argv[2], &len);
+            char *spec = ib_read_file(argv[2], &len);
             if (spec == NULL) {
                 fprintf(stderr, "ibctl: cannot read %s\n", argv[2]);
                 return 1;
@@ -531,7 +502,7 @@ static int cmd_token(int argc, char **argv)
         return 2;
     }
     size_t len;
-    char *key = slurp(secret_file ? secret_file : key_file, &len);
+    char *key = ib_read_file(secret_file ? secret_file : key_file, &len);
     if (key == NULL) {
         fprintf(stderr, "ibctl: cannot read %s\n", secret_file ? secret_file : key_file);
         return 1;
@@ -612,7 +583,7 @@ int main(int argc, char **argv)
     char tokbuf[8000] = "";
     if (token_file != NULL) {
         size_t len;
-        char *t = slurp(token_file, &len);
+        char *t = ib_read_file(token_file, &len);
         if (t == NULL) {
             fprintf(stderr, "ibctl: cannot read the token file %s\n", token_file);
             return 1;

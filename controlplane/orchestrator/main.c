@@ -30,20 +30,12 @@ static void usage(FILE *f)
             "Scopes: GET needs workloads:read; POST, PATCH and DELETE need workloads:write.\n");
 }
 
-static char *slurp(const char *path, size_t *len)
+/* A key file without its trailing newlines. */
+static char *read_trimmed(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    char *buf = malloc(65537);
-    size_t n = buf ? fread(buf, 1, 65536, f) : 0;
-    fclose(f);
-    if (buf == NULL)
-        return NULL;
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        n--;
-    buf[n] = '\0';
-    *len = n;
+    char *buf = ib_read_file(path, len);
+    while (buf != NULL && *len > 0 && (buf[*len - 1] == '\n' || buf[*len - 1] == '\r'))
+        buf[--*len] = '\0';
     return buf;
 }
 
@@ -98,7 +90,7 @@ int main(int argc, char **argv)
     size_t len = 0;
     char *secret = NULL, *pem = NULL;
     if (secret_file != NULL) {
-        secret = slurp(secret_file, &len);
+        secret = read_trimmed(secret_file, &len);
         if (secret == NULL || len < 32) {
             fprintf(stderr, "ib-orchestrator: --jwt-secret-file %s: %s\n", secret_file,
                     secret ? "a shared secret needs at least 32 bytes" : "cannot read");
@@ -108,7 +100,7 @@ int main(int argc, char **argv)
         cfg.jwt.hs256_secret_len = len;
     }
     if (pubkey_file != NULL) {
-        pem = slurp(pubkey_file, &len);
+        pem = read_trimmed(pubkey_file, &len);
         if (pem == NULL || strstr(pem, "PUBLIC KEY") == NULL) {
             fprintf(stderr, "ib-orchestrator: --jwt-public-key %s: not a readable PEM public key\n", pubkey_file);
             return 2;

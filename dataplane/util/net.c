@@ -122,6 +122,34 @@ int ib_http_get_local(unsigned port, const char *path, int timeout_ms, int *stat
     return 0;
 }
 
+char *ib_read_file(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (size_t got; buf != NULL && (got = fread(buf + n, 1, cap - n - 1, f)) > 0;) {
+        n += got;
+        if (n + 1 == cap) {
+            char *b = realloc(buf, cap *= 2);
+            if (b == NULL)
+                free(buf);
+            buf = b;
+        }
+    }
+    int failed = ferror(f);
+    if (f != stdin)
+        fclose(f);
+    if (buf == NULL || failed) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
 int ib_exe_sibling(const char *name, char *out, size_t cap)
 {
     char self[PATH_MAX];

@@ -41,6 +41,12 @@ int ib_http_get_local(unsigned port, const char *path, int timeout_ms, int *stat
 int ib_http_request(const char *hostport, const char *method, const char *path, const char *headers,
                     const char *body, size_t blen, int timeout_ms, int *status, char **resp, size_t *resp_len);
 
+/**
+ * The whole file at <path> ("-": standard input) in a malloc'd buffer, NUL-terminated (free()
+ * it); *len is its size without the NUL. NULL when it cannot be read or memory runs out.
+ */
+char *ib_read_file(const char *path, size_t *len);
+
 /** The path of <name> beside the running executable (/proc/self/exe's directory + "/" +
  * name). Returns 0, or -1 when it does not fit or cannot be read. */
 int ib_exe_sibling(const char *name, char *out, size_t cap);

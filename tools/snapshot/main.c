@@ -36,30 +36,6 @@ static void usage(void)
     exit(2);
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (size_t got; buf != NULL && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
-        n += got;
-        if (n == cap) {
-            char *b = realloc(buf, cap *= 2);
-            if (b == NULL) {
-                free(buf);
-                buf = NULL;
-            }
-            buf = b;
-        }
-    }
-    if (f != stdin)
-        fclose(f);
-    *len = n;
-    return buf;
-}
-
 static redisContext *connect_redis(const char *hostport)
 {
     struct sockaddr_in sa;
@@ -138,7 +114,7 @@ int main(int argc, char **argv)
         if (i >= argc)
             usage();
         size_t len;
-        char *json = slurp(argv[i], &len);
+        char *json = ib_read_file(argv[i], &len);
         if (json == NULL) {
             perror(argv[i]);
             return 1;
@@ -181,7 +157,7 @@ int main(int argc, char **argv)
         if (i + 2 >= argc)
             usage();
         size_t len;
-        char *json = slurp(argv[i], &len);
+        char *json = ib_read_file(argv[i], &len);
         ib_snapshot_t s;
         if (json == NULL || ib_snapshot_from_json(json, len, &s, err, sizeof(err)) != 0) {
             fprintf(stderr, "ib-snapshot: %s: %s\n", argv[i], json ? err : "cannot read");
