@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ibrain/clock.h"
 #include "ibrain/jwt.h"
 #include "ibrain/net.h"
 #include "ibrain/oai_error.h"
@@ -181,12 +182,7 @@ static void print_workload(cli_t *c, const resp_t *r)
 
 /* ---- commands ---- */
 
-static double now_s(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
-}
+static double now_s(void) { return (double)ib_now_ns() / 1e9; }
 
 /* Polls GET until the workload is ready: every current replica ready, no retiring one. */
 static int wait_ready(cli_t *c, const char *id, double timeout_s)

@@ -60,19 +60,12 @@ typedef struct mgr {
     uint16_t port;
 } mgr_t;
 
-static uint64_t wall_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-}
-
 static void set_phase(mgr_t *m, ib_mgr_phase_t p, const char *reason)
 {
     pthread_mutex_lock(&m->lock);
     if (m->phase != p || reason != NULL) {
         m->phase = p;
-        m->phase_since_ms = wall_ms();
+        m->phase_since_ms = ib_wall_ms();
         snprintf(m->reason, sizeof(m->reason), "%s", reason ? reason : "");
     }
     pthread_mutex_unlock(&m->lock);
@@ -349,7 +342,7 @@ int ib_manager_run(const ib_manager_config_t *cfg)
     if (m->cfg.replica == NULL)
         m->cfg.replica = "replica";
     pthread_mutex_init(&m->lock, NULL);
-    m->phase_since_ms = wall_ms();
+    m->phase_since_ms = ib_wall_ms();
     int rc = 1;
     ib_admin_t *admin = NULL;
     sigset_t mask;

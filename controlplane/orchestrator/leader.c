@@ -29,13 +29,6 @@
 #include "ibrain/sync.h"
 #include "internal.h"
 
-static uint64_t wall_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-}
-
 /* The snapshot for <l>'s workloads. Returns 0, -1 when out of memory. */
 static int build_snapshot(const orch_t *o, const Ibrain__V1__WorkloadList *l, ib_snapshot_t *out)
 {
@@ -127,7 +120,7 @@ static void tick(loop_t *L)
 {
     const ib_orch_config_t *cfg = L->o->cfg;
     leader_t *l = &L->o->leader;
-    uint64_t now = wall_ms();
+    uint64_t now = ib_wall_ms();
     if (L->redis == NULL) {
         L->redis = ib_redis_connect(cfg->redis, 1000);
         if (L->redis == NULL) {

@@ -24,13 +24,6 @@
 #define WB_MAX_HASHES_PER_BATCH 16384u /* per 100 ms tick: at most 164k hashes/s, 1.3 MB/s */
 #define WB_REMOTE_TTL_MS 2000u
 
-static uint64_t wall_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-}
-
 void ib_writeback_push(ib_worker_t *w, uint64_t version, uint32_t wl, uint32_t slot, const uint64_t *h, size_t n)
 {
     ib_wb_ring_t *r = &w->wb;
@@ -136,7 +129,7 @@ static void send_batch(ib_proxy_t *px, ib_sync_t *s, const ib_rtab_t *rt)
     if (b->updates == NULL || b->uptrs == NULL || b->hashes == NULL)
         goto out;
     drain_rings(px, rt, b);
-    uint64_t now = wall_ms();
+    uint64_t now = ib_wall_ms();
     int loads_due = now - px->wb_last_loads_ms >= 500;
     if (b->nupdates == 0 && !loads_due)
         goto out;
@@ -216,7 +209,7 @@ static void on_batch(void *ctx, const void *payload, size_t len)
             r = oldest;
             snprintf(r->instance, sizeof(r->instance), "%s", m->instance);
         }
-        r->at_ms = wall_ms();
+        r->at_ms = ib_wall_ms();
         memset(r->inflight, 0, sizeof(r->inflight));
         memset(r->pending, 0, sizeof(r->pending));
         uint32_t nslots = atomic_load(&px->nslots);
@@ -235,7 +228,7 @@ out:
 /* Sums the fresh remote figures into each replica's remote_* counters. */
 static void publish_remote_load(ib_proxy_t *px)
 {
-    uint64_t now = wall_ms();
+    uint64_t now = ib_wall_ms();
     uint32_t nslots = atomic_load(&px->nslots);
     for (uint32_t slot = 0; slot < nslots; slot++) {
         int64_t inflight = 0, pending = 0;

@@ -1,5 +1,6 @@
 /* The snapshot sync thread (include/ibrain/sync.h): hiredis, blocking calls with timeouts on
  * a command connection, and a subscriber connection read only when poll() says it has data. */
+#include "ibrain/clock.h"
 #include "ibrain/sync.h"
 
 #include <errno.h>
@@ -31,13 +32,6 @@ struct ib_sync {
     uint64_t applied_version;
     int tick_failed; /* a tick's command lost the connection */
 };
-
-static uint64_t now_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-}
 
 redisContext *ib_redis_connect(const char *hostport, int timeout_ms)
 {
@@ -149,7 +143,7 @@ static int fetch(ib_sync_t *s)
                     s->applied_version = snap.version;
                     atomic_store_explicit(&s->st->version, snap.version, memory_order_relaxed);
                     atomic_store_explicit(&s->st->written_unix_ms, snap.written_unix_ms, memory_order_relaxed);
-                    atomic_store_explicit(&s->st->applied_unix_ms, now_ms(), memory_order_relaxed);
+                    atomic_store_explicit(&s->st->applied_unix_ms, ib_wall_ms(), memory_order_relaxed);
                     atomic_fetch_add_explicit(&s->st->updates, 1, memory_order_relaxed);
                 } else {
                     count_error(s);
@@ -422,9 +416,7 @@ static const char write_script[] =
 int ib_snapshot_write(redisContext *c, ib_snapshot_t *s, const char *lease_key, const char *owner, char *err,
                       size_t errlen)
 {
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    s->written_unix_us = (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+    s->written_unix_us = ib_wall_us();
     s->written_unix_ms = s->written_unix_us / 1000;
     ib_buf_t enc = {0};
     if (ib_snapshot_encode(s, &enc) != 0) {

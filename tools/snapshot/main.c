@@ -25,6 +25,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "ibrain/clock.h"
 #include "ibrain/net.h"
 #include "ibrain/snapshot.h"
 #include "ibrain/sync.h"
@@ -61,13 +62,6 @@ static int fetch(redisContext *c, ib_snapshot_t *out)
         exit(1);
     }
     return rc;
-}
-
-static int64_t now_us(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
 }
 
 /* SET ib:snapshot and PUBLISH its version in one MULTI/EXEC; stamps the write time. */
@@ -125,9 +119,7 @@ int main(int argc, char **argv)
             return 1;
         }
         free(json);
-        struct timeval now;
-        gettimeofday(&now, NULL);
-        s.written_unix_ms = (int64_t)now.tv_sec * 1000 + now.tv_usec / 1000;
+        s.written_unix_ms = (int64_t)ib_wall_ms();
         if (strcmp(cmd, "put") == 0) {
             redisContext *c = connect_redis(redis);
             if (s.version == 0) {
@@ -166,7 +158,7 @@ int main(int argc, char **argv)
         free(json);
         long changes = atol(argv[i + 1]), interval_ms = atol(argv[i + 2]);
         redisContext *c = connect_redis(redis);
-        uint64_t base = (uint64_t)(now_us() / 1000);
+        uint64_t base = (uint64_t)(ib_wall_us() / 1000);
         for (long k = 1; k <= changes; k++) {
             s.version = base + (uint64_t)k;
             if (s.nreplicas > 0) /* a real change each time: the last replica drains, then not */
