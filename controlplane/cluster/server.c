@@ -762,19 +762,12 @@ static void dispatch(cluster_t *c, const char *method, const uint8_t *in, size_t
 static void render_metrics(cluster_t *c)
 {
     ib_buf_t b = {0};
-    char line[512];
-    int n;
-#define EMIT(...)                                                                                                  \
-    do {                                                                                                           \
-        n = snprintf(line, sizeof(line), __VA_ARGS__);                                                             \
-        ib_buf_append(&b, line, (size_t)n);                                                                        \
-    } while (0)
-    EMIT("# HELP ib_cluster_rpc_total gRPC calls served, by method and status code.\n"
+    ib_buf_printf(&b, "# HELP ib_cluster_rpc_total gRPC calls served, by method and status code.\n"
          "# TYPE ib_cluster_rpc_total counter\n");
     for (int m = 0; m < M__COUNT; m++)
         for (int code = 0; code <= 16; code++)
             if (c->calls[m][code] || (code == 0 && m != M_OTHER))
-                EMIT("ib_cluster_rpc_total{method=\"%s\",code=\"%d\"} %llu\n", method_names[m], code,
+                ib_buf_printf(&b, "ib_cluster_rpc_total{method=\"%s\",code=\"%d\"} %llu\n", method_names[m], code,
                      (unsigned long long)c->calls[m][code]);
     uint32_t phases[8] = {0}, retiring = 0, rolling = 0, restarts = 0;
     static const char *names[8] = {"ready", "compiling", "starting", "restarting", "failed", "draining", "pending", "other"};
@@ -794,26 +787,25 @@ static void render_metrics(cluster_t *c)
         rolling += w->nold > 0;
     }
     free(raw);
-    EMIT("# HELP ib_cluster_workloads Workloads the cluster server runs.\n# TYPE ib_cluster_workloads gauge\n"
+    ib_buf_printf(&b, "# HELP ib_cluster_workloads Workloads the cluster server runs.\n# TYPE ib_cluster_workloads gauge\n"
          "ib_cluster_workloads %u\n", c->n);
-    EMIT("# HELP ib_cluster_workloads_rolling Workloads in a rolling update.\n"
+    ib_buf_printf(&b, "# HELP ib_cluster_workloads_rolling Workloads in a rolling update.\n"
          "# TYPE ib_cluster_workloads_rolling gauge\nib_cluster_workloads_rolling %u\n", rolling);
-    EMIT("# HELP ib_cluster_replicas Replicas by their manager's phase.\n# TYPE ib_cluster_replicas gauge\n");
+    ib_buf_printf(&b, "# HELP ib_cluster_replicas Replicas by their manager's phase.\n# TYPE ib_cluster_replicas gauge\n");
     for (int q = 0; q < 8; q++)
-        EMIT("ib_cluster_replicas{phase=\"%s\"} %u\n", names[q], phases[q]);
-    EMIT("# HELP ib_cluster_replicas_retiring Replicas of older generations, or scaled away, not yet gone.\n"
+        ib_buf_printf(&b, "ib_cluster_replicas{phase=\"%s\"} %u\n", names[q], phases[q]);
+    ib_buf_printf(&b, "# HELP ib_cluster_replicas_retiring Replicas of older generations, or scaled away, not yet gone.\n"
          "# TYPE ib_cluster_replicas_retiring gauge\nib_cluster_replicas_retiring %u\n", retiring);
-    EMIT("# HELP ib_cluster_replica_restarts Restarts of the current replicas (managers and engines).\n"
+    ib_buf_printf(&b, "# HELP ib_cluster_replica_restarts Restarts of the current replicas (managers and engines).\n"
          "# TYPE ib_cluster_replica_restarts gauge\nib_cluster_replica_restarts %u\n", restarts);
-    EMIT("# HELP ib_cluster_rolling_updates_total Rolling updates started.\n"
+    ib_buf_printf(&b, "# HELP ib_cluster_rolling_updates_total Rolling updates started.\n"
          "# TYPE ib_cluster_rolling_updates_total counter\nib_cluster_rolling_updates_total %llu\n",
          (unsigned long long)c->rolling_updates_total);
-    EMIT("# HELP ib_cluster_scale_total Replica-count changes.\n"
+    ib_buf_printf(&b, "# HELP ib_cluster_scale_total Replica-count changes.\n"
          "# TYPE ib_cluster_scale_total counter\nib_cluster_scale_total %llu\n", (unsigned long long)c->scale_total);
-    EMIT("# HELP ib_cluster_replicas_retired_total Retiring replicas stopped and gone.\n"
+    ib_buf_printf(&b, "# HELP ib_cluster_replicas_retired_total Retiring replicas stopped and gone.\n"
          "# TYPE ib_cluster_replicas_retired_total counter\nib_cluster_replicas_retired_total %llu\n",
          (unsigned long long)c->replicas_retired_total);
-#undef EMIT
     pthread_mutex_lock(&c->lock);
     ib_buf_free(&c->metrics);
     c->metrics = b;

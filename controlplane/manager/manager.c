@@ -235,24 +235,18 @@ static void render_status(mgr_t *m, ib_buf_t *b)
 static void render_metrics(mgr_t *m, ib_buf_t *b)
 {
     pthread_mutex_lock(&m->lock);
-    char line[256];
-    int n = snprintf(line, sizeof(line), "# HELP ib_manager_phase 1 for the manager's current phase.\n"
-                                         "# TYPE ib_manager_phase gauge\n");
-    ib_buf_append(b, line, (size_t)n);
-    for (int p = 0; p < IB_MGR__COUNT; p++) {
-        n = snprintf(line, sizeof(line), "ib_manager_phase{phase=\"%s\"} %d\n", phase_names[p], (int)m->phase == p);
-        ib_buf_append(b, line, (size_t)n);
-    }
-    n = snprintf(line, sizeof(line),
-                 "# HELP ib_manager_engine_restarts_total Engine restarts after an exit or failed health checks.\n"
-                 "# TYPE ib_manager_engine_restarts_total counter\nib_manager_engine_restarts_total %llu\n",
-                 (unsigned long long)m->restarts);
-    ib_buf_append(b, line, (size_t)n);
-    n = snprintf(line, sizeof(line),
-                 "# HELP ib_manager_health_failures_total Engine health checks that failed.\n"
-                 "# TYPE ib_manager_health_failures_total counter\nib_manager_health_failures_total %llu\n",
-                 (unsigned long long)m->health_failures_total);
-    ib_buf_append(b, line, (size_t)n);
+    ib_buf_printf(b, "# HELP ib_manager_phase 1 for the manager's current phase.\n"
+                     "# TYPE ib_manager_phase gauge\n");
+    for (int p = 0; p < IB_MGR__COUNT; p++)
+        ib_buf_printf(b, "ib_manager_phase{phase=\"%s\"} %d\n", phase_names[p], (int)m->phase == p);
+    ib_buf_printf(b,
+                  "# HELP ib_manager_engine_restarts_total Engine restarts after an exit or failed health checks.\n"
+                  "# TYPE ib_manager_engine_restarts_total counter\nib_manager_engine_restarts_total %llu\n",
+                  (unsigned long long)m->restarts);
+    ib_buf_printf(b,
+                  "# HELP ib_manager_health_failures_total Engine health checks that failed.\n"
+                  "# TYPE ib_manager_health_failures_total counter\nib_manager_health_failures_total %llu\n",
+                  (unsigned long long)m->health_failures_total);
     pthread_mutex_unlock(&m->lock);
 }
 

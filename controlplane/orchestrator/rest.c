@@ -146,24 +146,18 @@ static void send_rpc_error(server_t *s, h2o_req_t *req, int route, uint64_t t0, 
 
 static int jstr(ib_buf_t *b, const char *key, const char *v, int comma)
 {
-    char head[64];
-    int n = snprintf(head, sizeof(head), "%s\"%s\":\"", comma ? "," : "", key);
-    return ib_buf_append(b, head, (size_t)n) || ib_json_escape(b, v ? v : "", v ? strlen(v) : 0) ||
-           ib_buf_append(b, "\"", 1);
+    return ib_buf_printf(b, "%s\"%s\":\"", comma ? "," : "", key) ||
+           ib_json_escape(b, v ? v : "", v ? strlen(v) : 0) || ib_buf_append(b, "\"", 1);
 }
 
 static int jnum(ib_buf_t *b, const char *key, unsigned long long v)
 {
-    char s[96];
-    int n = snprintf(s, sizeof(s), ",\"%s\":%llu", key, v);
-    return ib_buf_append(b, s, (size_t)n);
+    return ib_buf_printf(b, ",\"%s\":%llu", key, v);
 }
 
 static int jbool(ib_buf_t *b, const char *key, int v)
 {
-    char s[64];
-    int n = snprintf(s, sizeof(s), ",\"%s\":%s", key, v ? "true" : "false");
-    return ib_buf_append(b, s, (size_t)n);
+    return ib_buf_printf(b, ",\"%s\":%s", key, v ? "true" : "false");
 }
 
 static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
@@ -209,14 +203,15 @@ static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
 
 /* ---- handlers ---- */
 
-/* Calls <method> with the packed spec (or ref) and answers with the workload's status. */
-static void call_and_reply(server_t *s, h2o_req_t *req, int route, uint64_t t0, const char *method,
-                           const uint8_t *in, size_t len, int ok_status)
+/* Calls <method> and unpacks the WorkloadStatus it answers (free it with
+ * ibrain__v1__workload_status__free_unpacked), or sends the error and returns NULL. */
+static Ibrain__V1__WorkloadStatus *call_status(server_t *s, h2o_req_t *req, int route, uint64_t t0,
+                                                const char *method, const uint8_t *in, size_t len)
 {
     ib_rpc_result_t r;
     if (ib_cluster_call(s->cluster, method, in, len, RPC_TIMEOUT_MS, &r) != 0) {
         send_rpc_error(s, req, route, t0, &r);
-        return;
+        return NULL;
     }
     Ibrain__V1__WorkloadStatus *st = ibrain__v1__workload_status__unpack(NULL, r.len, r.bytes);
     free(r.bytes);
@@ -224,8 +219,18 @@ static void call_and_reply(server_t *s, h2o_req_t *req, int route, uint64_t t0, 
         if (st != NULL)
             ibrain__v1__workload_status__free_unpacked(st, NULL);
         send_error(s, req, route, t0, 500, "the cluster server sent an invalid WorkloadStatus", NULL, NULL);
-        return;
+        return NULL;
     }
+    return st;
+}
+
+/* Calls <method> with the packed spec (or ref) and answers with the workload's status. */
+static void call_and_reply(server_t *s, h2o_req_t *req, int route, uint64_t t0, const char *method,
+                           const uint8_t *in, size_t len, int ok_status)
+{
+    Ibrain__V1__WorkloadStatus *st = call_status(s, req, route, t0, method, in, len);
+    if (st == NULL)
+        return;
     ib_buf_reset(&s->out);
     if (strcmp(method, "DeleteWorkload") == 0) {
         ib_buf_append(&s->out, "{", 1);
@@ -333,19 +338,9 @@ static void item(server_t *s, h2o_req_t *req, uint64_t t0, const char *id, int m
         return;
     }
     /* PATCH: the body over the current spec */
-    ib_rpc_result_t r;
-    if (ib_cluster_call(s->cluster, "GetWorkload", buf, len, RPC_TIMEOUT_MS, &r) != 0) {
-        send_rpc_error(s, req, R_ITEM, t0, &r);
+    Ibrain__V1__WorkloadStatus *st = call_status(s, req, R_ITEM, t0, "GetWorkload", buf, len);
+    if (st == NULL)
         return;
-    }
-    Ibrain__V1__WorkloadStatus *st = ibrain__v1__workload_status__unpack(NULL, r.len, r.bytes);
-    free(r.bytes);
-    if (st == NULL || st->spec == NULL) {
-        if (st != NULL)
-            ibrain__v1__workload_status__free_unpacked(st, NULL);
-        send_error(s, req, R_ITEM, t0, 500, "the cluster server sent an invalid WorkloadStatus", NULL, NULL);
-        return;
-    }
     ib_workload_spec_t spec;
     ib_spec_from_msg(st->spec, &spec);
     ibrain__v1__workload_status__free_unpacked(st, NULL);
@@ -371,67 +366,59 @@ static void render_metrics(server_t *s, ib_buf_t *b)
 {
     orch_t *o = s->o;
     static const char *routes[R__COUNT] = {"/v1/workloads", "/v1/workloads/{id}", "/health", "/metrics", "other"};
-    char line[512];
-    int n;
-#define EMIT(...)                                                                                                  \
-    do {                                                                                                           \
-        n = snprintf(line, sizeof(line), __VA_ARGS__);                                                             \
-        ib_buf_append(b, line, (size_t)n);                                                                         \
-    } while (0)
-    EMIT("# HELP ib_orch_http_requests_total REST requests answered, by route and status.\n"
+    ib_buf_printf(b, "# HELP ib_orch_http_requests_total REST requests answered, by route and status.\n"
          "# TYPE ib_orch_http_requests_total counter\n");
     for (int r = 0; r < R__COUNT; r++)
         for (int k = 0; k < ORCH_CODES; k++)
             if (o->http[r][k] || (k == 0 && r != R_OTHER)) {
                 if (codes[k])
-                    EMIT("ib_orch_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n", routes[r], codes[k],
+                    ib_buf_printf(b, "ib_orch_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n", routes[r], codes[k],
                          (unsigned long long)o->http[r][k]);
                 else
-                    EMIT("ib_orch_http_requests_total{route=\"%s\",code=\"other\"} %llu\n", routes[r],
+                    ib_buf_printf(b, "ib_orch_http_requests_total{route=\"%s\",code=\"other\"} %llu\n", routes[r],
                          (unsigned long long)o->http[r][k]);
             }
-    EMIT("# HELP ib_orch_http_request_duration_seconds REST request time, cluster-server calls included.\n"
+    ib_buf_printf(b, "# HELP ib_orch_http_request_duration_seconds REST request time, cluster-server calls included.\n"
          "# TYPE ib_orch_http_request_duration_seconds histogram\n");
     uint64_t cum = 0, total = 0;
     for (int i = 0; i <= ORCH_BUCKETS; i++)
         total += o->latency_buckets[i];
     for (int i = 0; i < ORCH_BUCKETS; i++) {
         cum += o->latency_buckets[i];
-        EMIT("ib_orch_http_request_duration_seconds_bucket{le=\"%g\"} %llu\n", bucket_s[i], (unsigned long long)cum);
+        ib_buf_printf(b, "ib_orch_http_request_duration_seconds_bucket{le=\"%g\"} %llu\n", bucket_s[i], (unsigned long long)cum);
     }
-    EMIT("ib_orch_http_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)total);
-    EMIT("ib_orch_http_request_duration_seconds_sum %.6f\nib_orch_http_request_duration_seconds_count %llu\n",
+    ib_buf_printf(b, "ib_orch_http_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)total);
+    ib_buf_printf(b, "ib_orch_http_request_duration_seconds_sum %.6f\nib_orch_http_request_duration_seconds_count %llu\n",
          o->latency_sum, (unsigned long long)total);
-    EMIT("# HELP ib_orch_auth_failures_total Requests refused by JWT authentication (401) or scope (403).\n"
+    ib_buf_printf(b, "# HELP ib_orch_auth_failures_total Requests refused by JWT authentication (401) or scope (403).\n"
          "# TYPE ib_orch_auth_failures_total counter\n"
          "ib_orch_auth_failures_total{code=\"401\"} %llu\nib_orch_auth_failures_total{code=\"403\"} %llu\n",
          (unsigned long long)o->auth_failures[0], (unsigned long long)o->auth_failures[1]);
-    EMIT("# HELP ib_orch_cluster_errors_total Cluster-server calls of the REST API that failed (unreachable or internal).\n"
+    ib_buf_printf(b, "# HELP ib_orch_cluster_errors_total Cluster-server calls of the REST API that failed (unreachable or internal).\n"
          "# TYPE ib_orch_cluster_errors_total counter\nib_orch_cluster_errors_total %llu\n",
          (unsigned long long)o->cluster_errors);
     leader_t *l = &o->leader;
-    EMIT("# HELP ib_orch_leader 1 while this orchestrator holds the leader lease.\n# TYPE ib_orch_leader gauge\n"
+    ib_buf_printf(b, "# HELP ib_orch_leader 1 while this orchestrator holds the leader lease.\n# TYPE ib_orch_leader gauge\n"
          "ib_orch_leader %d\n", atomic_load(&l->is_leader));
-    EMIT("# HELP ib_orch_leader_transitions_total Times this orchestrator became the leader.\n"
+    ib_buf_printf(b, "# HELP ib_orch_leader_transitions_total Times this orchestrator became the leader.\n"
          "# TYPE ib_orch_leader_transitions_total counter\nib_orch_leader_transitions_total %llu\n",
          (unsigned long long)atomic_load(&l->transitions_total));
-    EMIT("# HELP ib_orch_lease_lost_total Times this orchestrator lost the lease it held.\n"
+    ib_buf_printf(b, "# HELP ib_orch_lease_lost_total Times this orchestrator lost the lease it held.\n"
          "# TYPE ib_orch_lease_lost_total counter\nib_orch_lease_lost_total %llu\n",
          (unsigned long long)atomic_load(&l->lease_lost_total));
-    EMIT("# HELP ib_orch_redis_up 1 when the last Redis command succeeded.\n# TYPE ib_orch_redis_up gauge\n"
+    ib_buf_printf(b, "# HELP ib_orch_redis_up 1 when the last Redis command succeeded.\n# TYPE ib_orch_redis_up gauge\n"
          "ib_orch_redis_up %d\n", atomic_load(&l->redis_up));
-    EMIT("# HELP ib_orch_cluster_up 1 when the leader's last cluster-server poll succeeded.\n"
+    ib_buf_printf(b, "# HELP ib_orch_cluster_up 1 when the leader's last cluster-server poll succeeded.\n"
          "# TYPE ib_orch_cluster_up gauge\nib_orch_cluster_up %d\n", atomic_load(&l->cluster_up));
-    EMIT("# HELP ib_orch_snapshot_writes_total Routing snapshots written to Redis by this orchestrator.\n"
+    ib_buf_printf(b, "# HELP ib_orch_snapshot_writes_total Routing snapshots written to Redis by this orchestrator.\n"
          "# TYPE ib_orch_snapshot_writes_total counter\nib_orch_snapshot_writes_total %llu\n",
          (unsigned long long)atomic_load(&l->snapshot_writes_total));
-    EMIT("# HELP ib_orch_snapshot_errors_total Snapshot writes that failed.\n"
+    ib_buf_printf(b, "# HELP ib_orch_snapshot_errors_total Snapshot writes that failed.\n"
          "# TYPE ib_orch_snapshot_errors_total counter\nib_orch_snapshot_errors_total %llu\n",
          (unsigned long long)atomic_load(&l->snapshot_errors_total));
-    EMIT("# HELP ib_orch_snapshot_version Version of the last snapshot this orchestrator wrote.\n"
+    ib_buf_printf(b, "# HELP ib_orch_snapshot_version Version of the last snapshot this orchestrator wrote.\n"
          "# TYPE ib_orch_snapshot_version gauge\nib_orch_snapshot_version %llu\n",
          (unsigned long long)atomic_load(&l->snapshot_version));
-#undef EMIT
 }
 
 /* ---- routing ---- */

@@ -9,6 +9,8 @@
 #include <stdint.h>
 
 #include <stdlib.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 int ib_buf_reserve(ib_buf_t *b, size_t extra)
@@ -34,6 +36,21 @@ int ib_buf_append(ib_buf_t *b, const void *p, size_t n)
         return -1;
     memcpy(b->ptr + b->len, p, n);
     b->len += n;
+    return 0;
+}
+
+int ib_buf_printf(ib_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || ib_buf_reserve(b, (size_t)n + 1) != 0)
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->ptr + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
     return 0;
 }
 

@@ -43,6 +43,8 @@ int ib_chat_render(ib_chat_template_t t, const ib_oai_request_t *req, ib_buf_t *
 /** Buffer helpers: append bytes (0 / -1 on OOM), reset length, free. */
 int ib_buf_append(ib_buf_t *b, const void *p, size_t n);
 int ib_buf_reserve(ib_buf_t *b, size_t extra);
+/** Appends printf-style text. 0, or -1 when out of memory or the format fails. */
+int ib_buf_printf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static inline void ib_buf_reset(ib_buf_t *b) { b->len = 0; }
 void ib_buf_free(ib_buf_t *b);
 
