@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ibrain against nginx and HAProxy as keep-alive reverse proxies in front of the same
-# backend, each proxy pinned to CPU 0, the load generator (wrk) and the backend on CPU 1.
+# backend, each proxy pinned to CPU 0 beside the backend (BACKEND_CPU), the load generator (wrk) on CPU 1.
 # Same request for all: a ~2 KB chat-completions POST. Prints side by side, from this run:
 #   - saturating load (wrk, CONNS connections): requests/s, proxy CPU, requests per
 #     proxy CPU-second, p50/p99 latency;
@@ -8,7 +8,13 @@
 #     alone.
 # Each figure is the median of REPEAT runs of DURATION seconds.
 #
-# usage: perf/bench-proxy.sh [BUILD_DIR]   (env: REPEAT=3 DURATION=8 CONNS=64 IBRAIN_ARGS=extra ibrain flags)
+# ibrain runs with its defaults, which include busy polling (--busy-poll-us 50: a worker
+# with nothing to do polls its ring for 50 us, yielding the core, before it sleeps).
+# Two more rows compare like with like: ibrain with busy polling off (--busy-poll-us 0),
+# and HAProxy with its own busy polling on (global busy-polling).
+#
+# usage: perf/bench-proxy.sh [BUILD_DIR]
+#   env: REPEAT=3 DURATION=8 CONNS=64 IBRAIN_ARGS=extra ibrain flags
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,33 +30,48 @@ write_post_lua
 # figures are per process either way).
 start_backend "${BACKEND_CPU:-0}"
 
-# Proxies, each on CPU 0.
-iport=$(free_port)
-taskset -c 0 "$ibrain" --listen 127.0.0.1:$iport --workers 1 --model demo --replica backend=127.0.0.1:$bport ${IBRAIN_ARGS:-} \
-  2>"$tmp/ibrain.log" &
-ipid=$!
-pids+=($ipid)
-
-nport=$(free_port)
-mkdir -p "$tmp/nginx"
-cat >"$tmp/nginx/nginx.conf" <<CONF
+# Each proxy runs on CPU 0 only while its own rows are measured, so that none of them
+# (a busy-polling one least of all) takes CPU from another's run.
+# start_proxy NAME: starts it and sets $port and $pid (the process whose CPU is counted).
+start_proxy() {
+  port=$(free_port)
+  case $1 in
+    ibrain | ibrain-no-poll)
+      local extra=""
+      [ "$1" = ibrain-no-poll ] && extra="--busy-poll-us 0"
+      # shellcheck disable=SC2086
+      taskset -c 0 "$ibrain" --listen 127.0.0.1:$port --workers 1 --model demo --replica backend=127.0.0.1:$bport \
+        $extra ${IBRAIN_ARGS:-} 2>"$tmp/$1.log" &
+      pid=$!
+      pids+=($pid)
+      wait_port "$port"
+      ;;
+    nginx)
+      mkdir -p "$tmp/nginx"
+      cat >"$tmp/nginx/nginx.conf" <<CONF
 daemon off; worker_processes 1; pid $tmp/nginx/nginx.pid; error_log $tmp/nginx/error.log;
 events { worker_connections 4096; }
 http {
   access_log off; keepalive_requests 1000000; client_body_buffer_size 64k; proxy_buffering off;
   upstream backend { server 127.0.0.1:$bport; keepalive 128; }
-  server { listen 127.0.0.1:$nport;
+  server { listen 127.0.0.1:$port;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
 CONF
-taskset -c 0 nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" &
-pids+=($!)
-
-hport=$(free_port)
-cat >"$tmp/haproxy.cfg" <<CONF
+      taskset -c 0 nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" &
+      pids+=($!)
+      wait_port "$port"
+      for _ in $(seq 50); do [ -s "$tmp/nginx/nginx.pid" ] && break; sleep 0.05; done
+      pid=$(pgrep -P "$(cat "$tmp/nginx/nginx.pid")" | head -n1) # nginx's worker, child of its master
+      ;;
+    haproxy | haproxy-busy-poll)
+      local extra=""
+      [ "$1" = haproxy-busy-poll ] && extra="busy-polling"
+      cat >"$tmp/$1.cfg" <<CONF
 global
   nbthread 1
   maxconn 4000
+  $extra
 defaults
   mode http
   timeout connect 5s
@@ -59,19 +80,26 @@ defaults
   http-reuse always
   option http-keep-alive
 frontend fe
-  bind 127.0.0.1:$hport
+  bind 127.0.0.1:$port
   default_backend be
 backend be
   server s1 127.0.0.1:$bport
 CONF
-taskset -c 0 haproxy -f "$tmp/haproxy.cfg" -db >"$tmp/haproxy.log" 2>&1 &
-hpid=$!
-pids+=($hpid)
-wait_port "$iport"
-wait_port "$nport"
-wait_port "$hport"
-for _ in $(seq 50); do [ -s "$tmp/nginx/nginx.pid" ] && break; sleep 0.05; done
-nworker=$(pgrep -P "$(cat "$tmp/nginx/nginx.pid")" | head -n1) # nginx's worker, child of its master
+      taskset -c 0 haproxy -f "$tmp/$1.cfg" -db >"$tmp/$1.log" 2>&1 &
+      pid=$!
+      pids+=($pid)
+      wait_port "$port"
+      ;;
+  esac
+}
+
+# stop_proxy NAME: stops what start_proxy started and waits for it to exit.
+stop_proxy() {
+  local victim=$pid
+  [ "$1" = nginx ] && victim=$(cat "$tmp/nginx/nginx.pid")
+  kill "$victim" 2>/dev/null || true
+  while kill -0 "$victim" 2>/dev/null; do sleep 0.05; done
+}
 
 clk=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -95,36 +123,48 @@ print(f"{rps:.0f} {p['50']:.0f} {p['99']:.0f} {ticks / clk / dur:.3f}")
 PY
 }
 
-median() { sort -n -k"$1" | sed -n "$(((repeat + 1) / 2))p"; }
+# col_median COL: the median of column COL of the lines on stdin.
+col_median() { awk -v c="$1" '{print $c}' | sort -n | sed -n "$(((repeat + 1) / 2))p"; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 echo "versions: $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | head -n1 | awk '{print $3}'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
 echo "request: ${#body}-byte chat completion POST; proxies pinned to CPU 0; wrk on CPU 1; backend (nginx return 200) on CPU ${BACKEND_CPU:-0}"
+echo "ibrain: defaults ${IBRAIN_ARGS:-}; ibrain-no-poll: --busy-poll-us 0; haproxy-busy-poll: global busy-polling"
 echo "$duration s per run, median of $repeat runs; saturating load with $conns connections"
 echo
-fmt="%-9s %10s %10s %15s %9s %9s  %12s %12s %12s\n"
-printf "$fmt" proxy "req/s" proxy_cpu "req/cpu-second" p50_us p99_us 1conn_p50_us 1conn_p99_us added_p50_us
-backend_p50=0
-for name in backend ibrain nginx haproxy; do
-  case $name in
-    backend) port=$bport pid="" ;;
-    ibrain) port=$iport pid=$ipid ;;
-    nginx) port=$nport pid=$nworker ;;
-    haproxy) port=$hport pid=$hpid ;;
-  esac
+fmt="%-18s %8s %9s %14s %8s %8s  %10s %10s %9s %11s %11s %10s %10s\n"
+printf "$fmt" proxy "req/s" proxy_cpu "req/cpu-second" p50_us p99_us 1conn_p50 1conn_p99 1conn_cpu backend_p50 backend_p99 \
+  added_p50 added_p99
+# At one connection the backend alone is measured right before each of a proxy's runs
+# (the proxy stopped, so that a busy-polling one cannot slow it), and the added latency is
+# the median of the differences run by run: this VM's latency drifts over minutes, so
+# a single backend figure taken first would drift away from the later rows.
+for name in ibrain nginx haproxy ibrain-no-poll haproxy-busy-poll; do
   sat=""
   single=""
+  back=""
+  added=""
   for _ in $(seq "$repeat"); do
-    [ "$name" != backend ] && sat+="$(run "$port" "$conns" "$pid")"$'\n'
-    single+="$(run "$port" 1 "")"$'\n'
+    b=$(run "$bport" 1 "")
+    start_proxy "$name"
+    sat+="$(run "$port" "$conns" "$pid" | awk '{printf "%s %s %s %s %.0f", $1, $2, $3, $4, ($4 > 0 ? $1 / $4 : 0)}')"$'\n'
+    s1=$(run "$port" 1 "$pid")
+    stop_proxy "$name"
+    back+="$b"$'\n'
+    single+="$s1"$'\n'
+    added+="$(echo "$s1 $b" | awk '{print $2 - $6, $3 - $7}')"$'\n'
   done
-  read -r s_p50 s_p99 <<<"$(echo -n "$single" | median 2 | awk '{print $2, $3}')"
-  if [ "$name" = backend ]; then
-    backend_p50=$s_p50
-    printf "$fmt" backend - - - - - "$s_p50" "$s_p99" -
-    continue
-  fi
-  read -r rps p50 p99 cpu <<<"$(echo -n "$sat" | median 1)"
-  per_cpu=$(/usr/bin/python3 -c "print(f'{$rps / $cpu:.0f}' if $cpu > 0 else '-')")
-  printf "$fmt" "$name" "$rps" "$cpu" "$per_cpu" "$p50" "$p99" "$s_p50" "$s_p99" "$((s_p50 - backend_p50))"
+  rps=$(echo -n "$sat" | col_median 1)
+  p50=$(echo -n "$sat" | col_median 2)
+  p99=$(echo -n "$sat" | col_median 3)
+  cpu=$(echo -n "$sat" | col_median 4)
+  per_cpu=$(echo -n "$sat" | col_median 5)
+  s_p50=$(echo -n "$single" | col_median 2)
+  s_p99=$(echo -n "$single" | col_median 3)
+  s_cpu=$(echo -n "$single" | col_median 4)
+  b_p50=$(echo -n "$back" | col_median 2)
+  b_p99=$(echo -n "$back" | col_median 3)
+  a_p50=$(echo -n "$added" | col_median 1)
+  a_p99=$(echo -n "$added" | col_median 2)
+  printf "$fmt" "$name" "$rps" "$cpu" "$per_cpu" "$p50" "$p99" "$s_p50" "$s_p99" "$s_cpu" "$b_p50" "$b_p99" "$a_p50" "$a_p99"
 done

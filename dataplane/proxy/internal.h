@@ -49,6 +49,7 @@ typedef struct ib_worker_metrics {
     ib_counter_t prompt_blocks;   /* prefix blocks hashed, for the matched/total ratio */
     ib_counter_t prompt_tokens;   /* prompt tokens counted by the tokenizer */
     ib_counter_t context_exceeded; /* requests refused: prompt + max_tokens over the context */
+    ib_counter_t busy_poll_ns;    /* time spent polling an empty ring (--busy-poll-us) */
 } ib_worker_metrics_t;
 
 extern const double ib_metrics_buckets_s[IB_NBUCKETS];

@@ -123,6 +123,11 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_connections_open gauge\nibrain_connections_open %lld\n",
                        (long long)(SUM(conns_open) - SUM(conns_open_dec)));
     rc = rc || ib_buf_printf(b,
+                       "# HELP ibrain_busy_poll_seconds_total Time workers spent polling an empty ring before sleeping "
+                       "(--busy-poll-us).\n"
+                       "# TYPE ibrain_busy_poll_seconds_total counter\nibrain_busy_poll_seconds_total %.6f\n",
+                       (double)SUM(busy_poll_ns) / 1e9);
+    rc = rc || ib_buf_printf(b,
                        "# HELP ibrain_upstream_connections_opened_total Connections opened to replicas.\n"
                        "# TYPE ibrain_upstream_connections_opened_total counter\n"
                        "ibrain_upstream_connections_opened_total %llu\n",

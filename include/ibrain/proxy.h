@@ -81,6 +81,8 @@ typedef struct ib_proxy_config {
     uint32_t eject_after_failures;  /* consecutive failures before a replica is ejected */
     uint32_t eject_ms;              /* base ejection time; doubles per ejection, max 32x */
     uint32_t max_conns_per_worker;
+    uint32_t busy_poll_us;          /* a worker with nothing to do polls its ring this long before sleeping
+                                     * (0: sleeps at once); see docs/operations.md, Latency */
     /* routing (the workload in standalone mode) */
     const char *policy;             /* affinity | least-load | round-robin | consistent-hash */
     const char *chat_template;      /* chatml (qwen3) | llama3 | plain: as the engines render */

@@ -73,5 +73,25 @@ for r in e1 e2; do
 done
 ib_expect_eq "408 counted" "$(ib_metric "$base/metrics" 'ibrain_requests_total{route="none",status="408"}')" 1
 
+# Busy polling (on by default, 50 us): the workers polled during the load, and an idle
+# ibrain sleeps: it takes almost no CPU over 2 s with nothing to do (a worker that kept
+# polling would take 2 s of CPU per worker).
+polled=$(ib_metric "$base/metrics" ibrain_busy_poll_seconds_total)
+/usr/bin/python3 -c "import sys; sys.exit(0 if float('$polled') > 0 else 1)" || ib_fail "no busy polling counted: '$polled'"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+t0=$(cpu_ticks "${IB_PID[ib]}")
+sleep 2
+t1=$(cpu_ticks "${IB_PID[ib]}")
+[ $((t1 - t0)) -lt $(($(getconf CLK_TCK) / 5)) ] || ib_fail "idle ibrain used $((t1 - t0)) ticks of CPU in 2 s"
+# --busy-poll-us 0: workers sleep at once, and serve the same.
+ib_ibrain nopoll --workers 1 --model mock --replica e1=127.0.0.1:$(ib_port e1) --busy-poll-us 0
+nbase="http://127.0.0.1:$(ib_port nopoll)"
+for _ in 1 2 3; do
+  ib_expect_eq "no-poll request" "$(curl -s -o /dev/null -w '%{http_code}' "$nbase/v1/chat/completions" \
+    -d '{"model":"mock","messages":[{"role":"user","content":"hi"}],"max_tokens":2}')" 200
+done
+ib_expect_eq "no polling" "$(ib_metric "$nbase/metrics" ibrain_busy_poll_seconds_total)" 0.000000
+ib_stop nopoll || ib_fail "ibrain --busy-poll-us 0 exited with $?"
+
 ib_stop ib || ib_fail "ibrain exited with $?"
 echo "proxy_http: ok"
