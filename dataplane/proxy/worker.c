@@ -108,6 +108,7 @@ typedef struct ib_client {
     struct phr_chunked_decoder resp_dec;
 } ib_client_t;
 
+_Static_assert(sizeof(((ib_client_t *)0)->request_id) >= 31, "make_request_id writes up to 31 bytes");
 _Static_assert(_Alignof(ib_client_t) >= 16 && _Alignof(ib_upstream_t) >= 16, "user_data packs the op in 4 bits");
 
 static void client_close(ib_worker_t *w, ib_client_t *c);
@@ -178,6 +179,40 @@ static void count_request(ib_worker_t *w, ib_client_t *c, int status)
 /* ---- client output ---- */
 
 static int out_append(ib_client_t *c, const void *p, size_t n) { return ib_buf_append(&c->out[c->out_cur], p, n); }
+
+/* Head building on the request path, without printf: a string, a literal, a number. */
+static void append_str(ib_buf_t *b, const char *s) { ib_buf_append(b, s, strlen(s)); }
+#define APPEND_LIT(b, lit) ib_buf_append((b), (lit), sizeof(lit) - 1)
+
+/* Writes V in base 10 or 16 at DST (at most 20 bytes, no NUL); returns the length. */
+static size_t format_uint(char *dst, uint64_t v, unsigned base)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v != 0);
+    memcpy(dst, tmp + i, sizeof(tmp) - i);
+    return sizeof(tmp) - i;
+}
+
+static void append_uint(ib_buf_t *b, uint64_t v, unsigned base)
+{
+    char tmp[24];
+    ib_buf_append(b, tmp, format_uint(tmp, v, base));
+}
+
+/* "ib-WORKER-SEQ", SEQ in hex: at most 3 + 10 + 1 + 16 bytes and a NUL. */
+static void make_request_id(char *out, uint32_t worker, uint64_t seq)
+{
+    size_t n = 3;
+    memcpy(out, "ib-", 3);
+    n += format_uint(out + n, worker, 10);
+    out[n++] = '-';
+    n += format_uint(out + n, seq, 16);
+    out[n] = '\0';
+}
 
 static size_t out_pending(const ib_client_t *c)
 {
@@ -407,16 +442,21 @@ static void upstream_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_err
 static void build_upstream_request(ib_worker_t *w, ib_client_t *c)
 {
     const ib_replica_t *r = &w->px->replicas[c->replica];
-    char head[512];
-    ib_buf_reset(&c->upreq);
-    int n = snprintf(head, sizeof(head), " HTTP/1.1\r\nHost: %s\r\n", r->hostport);
-    ib_buf_append(&c->upreq, c->method_path.ptr, c->method_path.len);
-    ib_buf_append(&c->upreq, head, (size_t)n);
-    ib_buf_append(&c->upreq, c->fwd_headers.ptr, c->fwd_headers.len);
-    n = snprintf(head, sizeof(head), "X-Request-Id: %s\r\nX-IB-Replica: %s\r\nContent-Length: %zu\r\n\r\n", c->request_id,
-                 r->name, c->body.len);
-    ib_buf_append(&c->upreq, head, (size_t)n);
-    ib_buf_append(&c->upreq, c->body.ptr, c->body.len);
+    ib_buf_t *b = &c->upreq;
+    ib_buf_reset(b);
+    ib_buf_append(b, c->method_path.ptr, c->method_path.len);
+    APPEND_LIT(b, " HTTP/1.1\r\nHost: ");
+    append_str(b, r->hostport);
+    APPEND_LIT(b, "\r\n");
+    ib_buf_append(b, c->fwd_headers.ptr, c->fwd_headers.len);
+    APPEND_LIT(b, "X-Request-Id: ");
+    append_str(b, c->request_id);
+    APPEND_LIT(b, "\r\nX-IB-Replica: ");
+    append_str(b, r->name);
+    APPEND_LIT(b, "\r\nContent-Length: ");
+    append_uint(b, c->body.len, 10);
+    APPEND_LIT(b, "\r\n\r\n");
+    ib_buf_append(b, c->body.ptr, c->body.len);
 }
 
 static void upstream_send(ib_worker_t *w, ib_upstream_t *u)
@@ -537,9 +577,11 @@ static int response_head(ib_worker_t *w, ib_client_t *c)
     c->up_keepalive = minor >= 1;
     int64_t cl = -1;
     ib_buf_t *o = &c->out[c->out_cur];
-    char line[256];
-    int k = snprintf(line, sizeof(line), "HTTP/1.1 %d %.*s\r\n", status, (int)(msglen < 64 ? msglen : 64), msg);
-    ib_buf_append(o, line, (size_t)k);
+    APPEND_LIT(o, "HTTP/1.1 ");
+    append_uint(o, (uint64_t)status, 10);
+    APPEND_LIT(o, " ");
+    ib_buf_append(o, msg, msglen < 64 ? msglen : 64);
+    APPEND_LIT(o, "\r\n");
     for (size_t i = 0; i < nh; i++) {
         const struct phr_header *h = &hdrs[i];
         if (h->name == NULL)
@@ -591,14 +633,20 @@ static int response_head(ib_worker_t *w, ib_client_t *c)
     if (!no_body && cl < 0 && c->minor == 0)
         c->keepalive = 0;
     if (c->debug) {
-        k = snprintf(line, sizeof(line), "X-IB-Route: policy=%s reason=%s matched=%u/%u attempts=%d\r\n",
+        char line[256];
+        int k = snprintf(line, sizeof(line), "X-IB-Route: policy=%s reason=%s matched=%u/%u attempts=%d\r\n",
                      ib_policy_name(c->route_policy), c->routed ? ib_route_reason_name(c->route_reason) : "retry",
                      c->route_matched, c->route_blocks, c->attempts);
         ib_buf_append(o, line, (size_t)k);
     }
-    k = snprintf(line, sizeof(line), "Server: ibrain\r\nX-Request-Id: %s\r\nX-IB-Replica: %s\r\n%s\r\n", c->request_id,
-                 w->px->replicas[c->replica].name, c->keepalive && !w->draining ? "" : "Connection: close\r\n");
-    ib_buf_append(o, line, (size_t)k);
+    APPEND_LIT(o, "Server: ibrain\r\nX-Request-Id: ");
+    append_str(o, c->request_id);
+    APPEND_LIT(o, "\r\nX-IB-Replica: ");
+    append_str(o, w->px->replicas[c->replica].name);
+    APPEND_LIT(o, "\r\n");
+    if (!c->keepalive || w->draining)
+        APPEND_LIT(o, "Connection: close\r\n");
+    APPEND_LIT(o, "\r\n");
     c->head_sent = 1;
     c->t_first = ib_now_ns();
     release_pending(w, c);
@@ -1006,11 +1054,12 @@ static void process_input(ib_worker_t *w, ib_client_t *c)
             c->keepalive = req.keepalive;
             c->minor = req.minor_version;
             c->is_get = req.method.len == 3 && memcmp(req.method.ptr, "GET", 3) == 0;
-            if (req.request_id.len > 0 && req.request_id.len < sizeof(c->request_id))
-                snprintf(c->request_id, sizeof(c->request_id), "%.*s", (int)req.request_id.len, req.request_id.ptr);
+            if (req.request_id.len > 0 && req.request_id.len < sizeof(c->request_id)) {
+                memcpy(c->request_id, req.request_id.ptr, req.request_id.len);
+                c->request_id[req.request_id.len] = '\0';
+            }
             else
-                snprintf(c->request_id, sizeof(c->request_id), "ib-%u-%llx", w->id,
-                         (unsigned long long)++w->next_request_id);
+                make_request_id(c->request_id, w->id, ++w->next_request_id);
             ib_buf_append(&c->method_path, req.method.ptr, req.method.len);
             ib_buf_append(&c->method_path, " ", 1);
             ib_buf_append(&c->method_path, req.path.ptr, req.path.len);
