@@ -206,7 +206,7 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
         snprintf(px->instance, sizeof(px->instance), "%s-%d-%04llx", host, (int)getpid(),
                  (unsigned long long)(ib_now_ns() & 0xffff));
     }
-    snprintf(px->wb_last_id, sizeof(px->wb_last_id), "$");
+    px->wb_last_id[0] = '\0'; /* set at the first tick (writeback.c) */
 
     ib_raise_nofile();
     struct sockaddr_in sa;

@@ -7,9 +7,9 @@
  * the rings into one SyncBatch (controlplane/proto/snapshot.proto), with this instance's
  * in-flight figures per replica, and appends it to the Redis stream ib:affinity (capped at
  * about 10,000 entries, expiring 60 s after the last write). It then reads the entries the
- * other instances appended since its last read, inserts their prefixes into the local
- * affinity tables (replicas and workloads matched by their snapshot ids) and adds their
- * load to what the local policy sees.
+ * other instances appended since its last read (at first: over the last minute), inserts
+ * their prefixes into the local affinity tables (replicas and workloads matched by their
+ * snapshot ids) and adds their load to what the local policy sees.
  */
 #include "internal.h"
 
@@ -23,6 +23,10 @@
 
 #define WB_MAX_HASHES_PER_BATCH 16384u /* per 100 ms tick: at most 164k hashes/s, 1.3 MB/s */
 #define WB_REMOTE_TTL_MS 2000u
+/* A starting instance first reads what the others appended over this window (the
+ * stream's own lifetime): it learns where recent prompts went, as if it had been running,
+ * and nothing appended while it was starting is missed. */
+#define WB_CATCHUP_MS 60000u
 
 void ib_writeback_push(ib_worker_t *w, uint64_t version, uint32_t wl, uint32_t slot, const uint64_t *h, size_t n)
 {
@@ -249,6 +253,11 @@ void ib_writeback_tick(void *arg, ib_sync_t *s)
     const ib_rtab_t *rt = atomic_load(&px->rtab);
     send_batch(px, s, rt);
     rx_t rx = {px, rt};
+    if (px->wb_last_id[0] == '\0') {
+        uint64_t now = ib_wall_ms();
+        snprintf(px->wb_last_id, sizeof(px->wb_last_id), "%llu-0",
+                 (unsigned long long)(now > WB_CATCHUP_MS ? now - WB_CATCHUP_MS : 0));
+    }
     for (int rounds = 0; rounds < 8; rounds++)
         if (ib_sync_stream_read(s, IB_WB_STREAM, px->wb_last_id, 256, on_batch, &rx) < 256)
             break;

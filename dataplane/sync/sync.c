@@ -281,18 +281,6 @@ int ib_sync_stream_read(ib_sync_t *s, const char *key, char *last_id, uint32_t c
 {
     if (s->cmd == NULL)
         return -1;
-    if (strcmp(last_id, "$") == 0) { /* start after the newest entry */
-        redisReply *r = redisCommand(s->cmd, "XREVRANGE %s + - COUNT 1", key);
-        if (r == NULL) {
-            s->tick_failed = 1;
-            return -1;
-        }
-        snprintf(last_id, 48, "0-0");
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
-            r->element[0]->elements >= 1 && r->element[0]->element[0]->type == REDIS_REPLY_STRING)
-            snprintf(last_id, 48, "%s", r->element[0]->element[0]->str);
-        freeReplyObject(r);
-    }
     redisReply *r = redisCommand(s->cmd, "XREAD COUNT %u STREAMS %s %s", count, key, last_id);
     if (r == NULL) {
         s->tick_failed = 1;

@@ -80,8 +80,9 @@ typedef void (*ib_sync_stream_fn)(void *ctx, const void *payload, size_t len);
 
 /**
  * From a tick: XREAD COUNT <count> STREAMS <key> <last_id>, calling <fn> for each entry's
- * payload and advancing <last_id> (at least 48 bytes; "$" at first means "from now on",
- * resolved to the stream's last id). Returns the number of entries, or -1.
+ * payload and advancing <last_id> (at least 48 bytes, a stream id: "MS-SEQ" reads what
+ * came after it, "MS-0" what was appended from Unix time MS on). Returns the number of
+ * entries, or -1.
  */
 int ib_sync_stream_read(ib_sync_t *s, const char *key, char *last_id, uint32_t count, ib_sync_stream_fn fn,
                         void *ctx);

@@ -23,7 +23,7 @@ for i in a b; do
   done
 done
 
-/usr/bin/python3 - "$(ib_port iba)" "$(ib_port ibb)" >"$IB_TMP/conv.txt" 2>&1 <<'PY' || ib_fail "alternating conversations: $(cat "$IB_TMP/conv.txt")"
+/usr/bin/python3 - "$(ib_port iba)" "$(ib_port ibb)" "$IB_TMP" >"$IB_TMP/conv.txt" 2>&1 <<'PY' || ib_fail "alternating conversations: $(cat "$IB_TMP/conv.txt")"
 import http.client, json, random, sys, time
 ports = [int(sys.argv[1]), int(sys.argv[2])]
 rng = random.Random(11)
@@ -61,6 +61,10 @@ for c in range(6):
             time.sleep(0.02)
         seen[other] = applied(other)
     print(c, served)
+    if c == 0:  # the next turn of this conversation, for the instance started later
+        messages.append({"role": "user", "content": "Conversation 0, turn 4: %s" % words(100)})
+        json.dump({"model": "demo", "messages": messages, "max_tokens": 8}, open(sys.argv[3] + "/next_turn.json", "w"))
+        json.dump({"replica": served[0][1]}, open(sys.argv[3] + "/conv.json", "w"))
     assert len({s[1] for s in served}) == 1, "conversation %d moved between replicas: %s" % (c, served)
     assert all(s[2] == "affinity" for s in served[1:]), "a later turn was not routed by affinity: %s" % served
     used |= {s[1] for s in served}
@@ -88,6 +92,24 @@ for rate in 30 300; do
   echo "at $rate requests/s: $ok requests, $n Redis commands from both instances"
   [ "$n" -le 250 ] || ib_fail "$n Redis commands for $ok requests at $rate/s"
 done
+
+# A new instance first reads the last minute of the stream: without a single request of
+# its own it learns where the others routed, and a conversation's next turn sent to it
+# goes by affinity to the replica that holds the conversation.
+first_replica=$(ib_json "$IB_TMP/conv.json" 'd["replica"]')
+ib_ibrain ibc --workers 1 --redis "127.0.0.1:$rport" --instance-id ib-c
+for ((k = 0; k < 100; k++)); do
+  [ "$(ib_metric "http://127.0.0.1:$(ib_port ibc)/metrics" ibrain_writeback_applied_total)" -gt 0 ] 2>/dev/null && break
+  sleep 0.05
+done
+caught=$(ib_metric "http://127.0.0.1:$(ib_port ibc)/metrics" ibrain_writeback_applied_total)
+[ "${caught:-0}" -gt 0 ] || ib_fail "the new instance read nothing of the last minute"
+curl -s -D "$IB_TMP/c.h" -o /dev/null "http://127.0.0.1:$(ib_port ibc)/v1/chat/completions" -H 'X-IB-Debug: 1' \
+  -H 'Content-Type: application/json' --data-binary @"$IB_TMP/next_turn.json"
+grep -qi "^x-ib-replica: $first_replica" "$IB_TMP/c.h" || ib_fail "next turn on the new instance left $first_replica: $(cat "$IB_TMP/c.h")"
+grep -qi "^x-ib-route: .*reason=affinity" "$IB_TMP/c.h" || ib_fail "next turn on the new instance not by affinity: $(cat "$IB_TMP/c.h")"
+echo "a new instance caught up on $caught prefix insertions and routed a returning conversation to $first_replica by affinity"
+ib_stop ibc || ib_fail "ibc exited with $?"
 for i in a b; do ib_stop "ib$i" || ib_fail "ib$i exited with $?"; done
 for e in r1 r2 r3 r4; do ib_stop "$e" || ib_fail "$e exited with $?"; done
 echo "sync_writeback: ok"
