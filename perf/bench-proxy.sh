@@ -133,38 +133,31 @@ echo "ibrain: defaults ${IBRAIN_ARGS:-}; ibrain-no-poll: --busy-poll-us 0; hapro
 echo "$duration s per run, median of $repeat runs; saturating load with $conns connections"
 echo
 fmt="%-18s %8s %9s %14s %8s %8s  %10s %10s %9s %11s %11s %10s %10s\n"
-printf "$fmt" proxy "req/s" proxy_cpu "req/cpu-second" p50_us p99_us 1conn_p50 1conn_p99 1conn_cpu backend_p50 backend_p99 \
-  added_p50 added_p99
-# At one connection the backend alone is measured right before each of a proxy's runs
-# (the proxy stopped, so that a busy-polling one cannot slow it), and the added latency is
-# the median of the differences run by run: this VM's latency drifts over minutes, so
-# a single backend figure taken first would drift away from the later rows.
-for name in ibrain nginx haproxy ibrain-no-poll haproxy-busy-poll; do
-  sat=""
-  single=""
-  back=""
-  added=""
-  for _ in $(seq "$repeat"); do
+# The proxies take turns: each round measures every proxy once, so that this VM's drift
+# over minutes (neighbours come and go) spreads over all of them instead of landing on
+# whichever ran at the time. At one connection the backend alone is measured right
+# before each proxy's run (the proxy stopped, so that a busy-polling one cannot slow it),
+# and the added latency is the median of the differences run by run.
+names=(ibrain nginx haproxy ibrain-no-poll haproxy-busy-poll)
+declare -A sat single back added
+for round in $(seq "$repeat"); do
+  echo "round $round of $repeat" >&2
+  for name in "${names[@]}"; do
     b=$(run "$bport" 1 "")
     start_proxy "$name"
-    sat+="$(run "$port" "$conns" "$pid" | awk '{printf "%s %s %s %s %.0f", $1, $2, $3, $4, ($4 > 0 ? $1 / $4 : 0)}')"$'\n'
+    sat[$name]+="$(run "$port" "$conns" "$pid" | awk '{printf "%s %s %s %s %.0f", $1, $2, $3, $4, ($4 > 0 ? $1 / $4 : 0)}')"$'\n'
     s1=$(run "$port" 1 "$pid")
     stop_proxy "$name"
-    back+="$b"$'\n'
-    single+="$s1"$'\n'
-    added+="$(echo "$s1 $b" | awk '{print $2 - $6, $3 - $7}')"$'\n'
+    back[$name]+="$b"$'\n'
+    single[$name]+="$s1"$'\n'
+    added[$name]+="$(echo "$s1 $b" | awk '{print $2 - $6, $3 - $7}')"$'\n'
   done
-  rps=$(echo -n "$sat" | col_median 1)
-  p50=$(echo -n "$sat" | col_median 2)
-  p99=$(echo -n "$sat" | col_median 3)
-  cpu=$(echo -n "$sat" | col_median 4)
-  per_cpu=$(echo -n "$sat" | col_median 5)
-  s_p50=$(echo -n "$single" | col_median 2)
-  s_p99=$(echo -n "$single" | col_median 3)
-  s_cpu=$(echo -n "$single" | col_median 4)
-  b_p50=$(echo -n "$back" | col_median 2)
-  b_p99=$(echo -n "$back" | col_median 3)
-  a_p50=$(echo -n "$added" | col_median 1)
-  a_p99=$(echo -n "$added" | col_median 2)
-  printf "$fmt" "$name" "$rps" "$cpu" "$per_cpu" "$p50" "$p99" "$s_p50" "$s_p99" "$s_cpu" "$b_p50" "$b_p99" "$a_p50" "$a_p99"
+done
+printf "$fmt" proxy "req/s" proxy_cpu "req/cpu-second" p50_us p99_us 1conn_p50 1conn_p99 1conn_cpu backend_p50 backend_p99 \
+  added_p50 added_p99
+m() { echo -n "$1" | col_median "$2"; } # m RUNS COL: the median of column COL
+for name in "${names[@]}"; do
+  printf "$fmt" "$name" "$(m "${sat[$name]}" 1)" "$(m "${sat[$name]}" 4)" "$(m "${sat[$name]}" 5)" "$(m "${sat[$name]}" 2)" \
+    "$(m "${sat[$name]}" 3)" "$(m "${single[$name]}" 2)" "$(m "${single[$name]}" 3)" "$(m "${single[$name]}" 4)" \
+    "$(m "${back[$name]}" 2)" "$(m "${back[$name]}" 3)" "$(m "${added[$name]}" 1)" "$(m "${added[$name]}" 2)"
 done
