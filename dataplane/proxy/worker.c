@@ -214,6 +214,21 @@ static void make_request_id(char *out, uint32_t worker, uint64_t seq)
     out[n] = '\0';
 }
 
+/* Body bytes for the client, as one chunk when its response is chunked. */
+static void append_chunk(ib_client_t *c, const char *p, size_t n)
+{
+    if (n == 0)
+        return;
+    if (c->client_chunked) {
+        append_uint(&c->out[c->out_cur], n, 16);
+        out_append(c, "\r\n", 2);
+        out_append(c, p, n);
+        out_append(c, "\r\n", 2);
+    } else {
+        out_append(c, p, n);
+    }
+}
+
 static size_t out_pending(const ib_client_t *c)
 {
     return c->out[c->out_cur].len + (c->sending ? c->out[!c->out_cur].len - c->send_off : 0);
@@ -424,11 +439,8 @@ static void upstream_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_err
         static const char ev[] =
             "data: {\"error\":{\"message\":\"the model replica failed mid-stream\",\"type\":\"server_error\","
             "\"param\":null,\"code\":\"upstream_error\"}}\n\n";
-        char size[16];
-        int n = snprintf(size, sizeof(size), "%zx\r\n", sizeof(ev) - 1);
-        out_append(c, size, (size_t)n);
-        out_append(c, ev, sizeof(ev) - 1);
-        out_append(c, "\r\n0\r\n\r\n", 7);
+        append_chunk(c, ev, sizeof(ev) - 1);
+        out_append(c, "0\r\n\r\n", 5);
     }
     count_request(w, c, c->status);
     c->keepalive = 0;
@@ -655,21 +667,6 @@ static int response_head(ib_worker_t *w, ib_client_t *c)
     memmove(c->resp_head.ptr, c->resp_head.ptr + n, c->resp_head.len - (size_t)n);
     c->resp_head.len -= (size_t)n;
     return 1;
-}
-
-static void append_chunk(ib_client_t *c, const char *p, size_t n)
-{
-    if (n == 0)
-        return;
-    if (c->client_chunked) {
-        char size[20];
-        int k = snprintf(size, sizeof(size), "%zx\r\n", n);
-        out_append(c, size, (size_t)k);
-        out_append(c, p, n);
-        out_append(c, "\r\n", 2);
-    } else {
-        out_append(c, p, n);
-    }
 }
 
 /* Relays body bytes; 1 when the response is complete, 0 for more, -1 broken framing. */
