@@ -20,8 +20,7 @@ int ib_http_is_hop_by_hop(const struct phr_header *h)
     return 0;
 }
 
-/* Does the comma-separated header value contain <token> (case-insensitive)? */
-static int value_has_token(const char *v, size_t n, const char *token)
+int ib_http_value_has_token(const char *v, size_t n, const char *token)
 {
     size_t tn = strlen(token);
     size_t i = 0;
@@ -40,7 +39,7 @@ static int value_has_token(const char *v, size_t n, const char *token)
     return 0;
 }
 
-static int parse_content_length(const char *v, size_t n, int64_t *out)
+int ib_http_parse_content_length(const char *v, size_t n, int64_t *out)
 {
     while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
         n--;
@@ -102,7 +101,7 @@ int ib_http_parse_request(const char *buf, size_t len, const ib_http_limits_t *l
             return -400;
         if (ib_http_name_is(h, "content-length")) {
             int64_t cl;
-            if (parse_content_length(h->value, h->value_len, &cl) != 0)
+            if (ib_http_parse_content_length(h->value, h->value_len, &cl) != 0)
                 return -400;
             if (out->content_length >= 0 && out->content_length != cl)
                 return -400;
@@ -116,9 +115,9 @@ int ib_http_parse_request(const char *buf, size_t len, const ib_http_limits_t *l
             have_te = 1;
             out->chunked = 1;
         } else if (ib_http_name_is(h, "connection")) {
-            if (value_has_token(h->value, h->value_len, "close"))
+            if (ib_http_value_has_token(h->value, h->value_len, "close"))
                 out->keepalive = 0;
-            else if (value_has_token(h->value, h->value_len, "keep-alive"))
+            else if (ib_http_value_has_token(h->value, h->value_len, "keep-alive"))
                 out->keepalive = 1;
         } else if (ib_http_name_is(h, "expect")) {
             if (!(h->value_len == 12 && strncasecmp(h->value, "100-continue", 12) == 0))

@@ -7,8 +7,11 @@
 
 #include <liburing.h>
 #include <pthread.h>
+#include <string.h>
 
 #include "ibrain/chat.h"
+#include "ibrain/clock.h"
+#include "ibrain/http1.h"
 #include "ibrain/ondemand_c.h"
 #include "ibrain/prompt.h"
 #include "ibrain/proxy.h"
@@ -126,6 +129,81 @@ void ib_writeback_push(struct ib_worker *w, uint64_t version, uint32_t wl, uint3
 /** Sync thread side, every tick: send this instance's batch, apply the others'. */
 void ib_writeback_tick(void *px, ib_sync_t *s);
 
+/* ---- connections (worker.c, upstream.c) ---- */
+
+enum ib_op { IB_OP_ACCEPT = 1, IB_OP_CRECV, IB_OP_CSEND, IB_OP_UCONN, IB_OP_USEND, IB_OP_URECV, IB_OP_TICK, IB_OP_WAKE };
+#define IB_OP_MASK 15u
+#define IB_BGID 1                        /* the provided-buffer group of receives */
+#define IB_OUT_HIGH_WATER (1u << 20)     /* stop reading the upstream above this much unsent */
+#define IB_IN_MAX_PIPELINED (1u << 20)
+#define IB_RESP_MAX_HEAD 65536u          /* a replica's response head, interim heads included */
+
+/* A client connection's state: reading a head, reading a body, waiting on a replica
+ * (request sent, response being relayed), or closed (freed when its last op returns). */
+enum ib_cstate { IB_C_HEAD, IB_C_BODY, IB_C_UPSTREAM, IB_C_CLOSED };
+/* An upstream connection's state: connecting, idle in its replica's pool, or carrying
+ * one exchange. */
+enum ib_ustate { IB_U_CONNECTING, IB_U_IDLE, IB_U_BUSY };
+
+typedef struct ib_upstream {
+    _Alignas(16) int fd;
+    uint32_t ops;                 /* operations in flight */
+    int replica;
+    enum ib_ustate state;
+    int closing;
+    int reused;                   /* taken from the pool (not freshly connected) */
+    int recv_armed;
+    struct ib_client *client;     /* the exchange it carries (IB_U_BUSY, IB_U_CONNECTING) */
+    size_t send_off;
+    uint64_t deadline_ns;
+    struct ib_upstream *next_idle;
+    uint32_t epoch;               /* the replica slot's epoch when connected */
+} ib_upstream_t;
+
+typedef struct ib_client {
+    _Alignas(16) int fd;
+    uint32_t ops;                 /* operations in flight */
+    enum ib_cstate state;
+    int closing;
+    int recv_armed;
+    int keepalive;
+    int minor;
+    int is_get;
+    int close_after_send;
+    ib_buf_t in;
+    ib_buf_t out[2];              /* [out_cur] fills while [!out_cur] is being sent */
+    int out_cur;
+    int sending;
+    size_t send_off;
+    uint64_t deadline_ns;         /* header / body / idle deadline */
+    struct ib_client *prev, *next;
+    /* the exchange in progress */
+    enum ib_route route;
+    uint64_t t_start, t_first;
+    int64_t body_need;            /* Content-Length still to read, -1 when chunked */
+    struct phr_chunked_decoder body_dec;
+    ib_buf_t method_path;         /* "METHOD PATH" */
+    ib_buf_t fwd_headers;         /* headers to forward, "Name: value\r\n"... */
+    ib_buf_t body;
+    ib_buf_t upreq;               /* the assembled upstream request */
+    char request_id[48];
+    int replica, attempts, inflight_counted;
+    ib_upstream_t *up;
+    int upstream_blocked;         /* upstream receive paused for back-pressure */
+    int debug;                    /* X-IB-Debug: 1 -> X-IB-Route in the response */
+    uint64_t session_key;         /* hash of X-Session-Id, 0 when none */
+    ib_route_reason_t route_reason;
+    uint32_t route_matched, route_blocks;
+    int routed;                   /* the router chose the replica (vs. least-load) */
+    ib_policy_t route_policy;
+    uint64_t cand[2];             /* slots a retry may go to: the workload's ready replicas */
+    int64_t pending_blocks;       /* prefill work counted on c->replica until the first byte */
+    /* response */
+    ib_buf_t resp_head;           /* upstream head being accumulated */
+    int head_sent, status, sse, client_chunked, up_keepalive;
+    ib_http_body_t resp_body;     /* where the replica's body ends */
+} ib_client_t;
+
 /* ---- worker ---- */
 
 struct ib_client;
@@ -203,9 +281,143 @@ struct ib_proxy {
     _Atomic int stopping;
 };
 
+/* ---- the event loop and connections (worker.c) ---- */
+
 void *ib_worker_main(void *arg);
 int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id);
 void ib_worker_destroy(ib_worker_t *w);
+
+/** A submission queue entry, submitting what is queued when the ring is full. */
+static inline struct io_uring_sqe *ib_get_sqe(ib_worker_t *w)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    while (sqe == NULL) {
+        io_uring_submit(&w->ring);
+        sqe = io_uring_get_sqe(&w->ring);
+    }
+    return sqe;
+}
+
+/** Operations carry their object and kind in user_data: (pointer | op), objects being
+ * 16-byte aligned. */
+static inline void ib_set_data(struct io_uring_sqe *sqe, void *obj, enum ib_op op)
+{
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)obj | op);
+}
+
+static inline uint64_t ib_deadline(uint32_t ms) { return ib_now_ns() + (uint64_t)ms * 1000000ull; }
+
+/** Closes a client connection: its exchange is abandoned (counted), its socket shut down;
+ * it is freed when its last operation completes. */
+void ib_client_close(ib_worker_t *w, ib_client_t *c);
+
+/* ---- what a worker writes to clients (respond.c) ---- */
+
+/** Head building on the request path, without printf: a string, a literal, a number. */
+static inline int ib_append_str(ib_buf_t *b, const char *s) { return ib_buf_append(b, s, strlen(s)); }
+#define IB_APPEND_LIT(b, lit) ib_buf_append((b), (lit), sizeof(lit) - 1)
+/** Writes <v> in base 10 or 16 at <dst> (at most 20 bytes, no NUL); returns the length. */
+size_t ib_format_uint(char *dst, uint64_t v, unsigned base);
+void ib_append_uint(ib_buf_t *b, uint64_t v, unsigned base);
+
+/** Appends to the client's filling output buffer. */
+int ib_out_append(ib_client_t *c, const void *p, size_t n);
+/** Body bytes for the client, as one chunk when its response is chunked. */
+void ib_out_chunk(ib_client_t *c, const char *p, size_t n);
+/** Bytes queued for the client and not yet sent. */
+size_t ib_out_pending(const ib_client_t *c);
+/** Sends what is queued (one send in flight at a time); closes after it when asked. */
+void ib_client_flush(ib_worker_t *w, ib_client_t *c);
+/** Counts the exchange in the request metrics with <status>. */
+void ib_count_request(ib_worker_t *w, ib_client_t *c, int status);
+/** Queues a complete local response and ends the exchange. */
+void ib_respond(ib_worker_t *w, ib_client_t *c, int status, const char *ctype, const char *body, size_t len,
+                const char *extra_headers);
+/** An OpenAI-style JSON error response (<param>, <code> and <extra_headers> may be NULL). */
+void ib_respond_error(ib_worker_t *w, ib_client_t *c, int status, const char *msg, const char *type,
+                      const char *param, const char *code, const char *extra_headers);
+
+/* ---- reading a client's request (request.c) ---- */
+
+/** Parses what the client sent (heads, bodies, pipelined requests) and acts on each
+ * complete request. */
+void ib_request_input(ib_worker_t *w, ib_client_t *c);
+/** Refuses the request in progress with <status> (400, 408, 413, 417, 431, 500, 501,
+ * 505; anything else is a 400) and closes after the answer. */
+void ib_request_refuse(ib_worker_t *w, ib_client_t *c, int status);
+/** The route a request path names. */
+enum ib_route ib_route_of(ib_span_t path);
+
+/* ---- routing a chat or completion request (routing.c) ---- */
+
+/** Why a request cannot be routed: the answer it gets. */
+typedef struct ib_routing_error {
+    int status;
+    const char *type, *param, *code, *extra_headers; /* static strings, or param_buf */
+    char param_buf[64];
+    char message[320];
+} ib_routing_error_t;
+
+/**
+ * Understands c->body as an OpenAI request of c->route and picks its replica: parses it,
+ * finds its workload, renders, tokenizes and hashes the prompt, checks the context length,
+ * asks the workload's router and records the choice (c->routed, c->route_*, c->cand,
+ * write-back). Returns the replica slot, -1 when no replica is usable (the caller falls
+ * back to least load), or -2 with <err> filled when the request is refused.
+ */
+int ib_routing_plan(ib_worker_t *w, ib_client_t *c, ib_routing_error_t *err);
+/** ib_routing_plan, then the request is dispatched or refused. */
+void ib_routing_request(ib_worker_t *w, ib_client_t *c);
+
+/* ---- local endpoints: /health, /ready, /metrics, /v1/models (local.c) ---- */
+
+typedef struct ib_local_resp {
+    int status;
+    const char *ctype;
+    const char *extra_headers;    /* NULL or "Name: value" */
+} ib_local_resp_t;
+
+/** Renders the answer of local route <route> to a GET (or another method) into <body>.
+ * 0, or -1 when out of memory. */
+int ib_local_render(ib_worker_t *w, enum ib_route route, int is_get, ib_buf_t *body, ib_local_resp_t *out);
+/** Answers a request to a local route. */
+void ib_local_respond(ib_worker_t *w, ib_client_t *c);
+
+/* ---- upstream connections and their pools (upstream.c) ---- */
+
+/** An idle pooled connection to <replica> (stale ones are closed on the way), or NULL. */
+ib_upstream_t *ib_upstream_take(ib_worker_t *w, int replica);
+/** A new connection to <replica>, connecting; NULL when no socket could be made. */
+ib_upstream_t *ib_upstream_connect(ib_worker_t *w, int replica);
+/** Back into its replica's pool, with a receive armed to notice a close while idle. */
+void ib_upstream_pool_put(ib_worker_t *w, ib_upstream_t *u);
+/** Sends the rest of its client's upstream request. */
+void ib_upstream_send(ib_worker_t *w, ib_upstream_t *u);
+/** Arms one receive (single-shot: the back-pressure from a slow client). */
+void ib_upstream_arm_recv(ib_worker_t *w, ib_upstream_t *u);
+/** Closes it: freed now when nothing is in flight, else when its last op returns. */
+void ib_upstream_close(ib_worker_t *w, ib_upstream_t *u);
+void ib_upstream_free(ib_worker_t *w, ib_upstream_t *u);
+/** Closes idle pooled connections past their deadline (every tick), or all (drain). */
+void ib_upstream_close_idle(ib_worker_t *w, uint64_t now, int all);
+
+/* ---- one request's exchange with a replica (exchange.c) ---- */
+
+/** Sends the request to <replica>, or to the least-loaded usable one (other than the
+ * last tried) when <replica> is -1; answers 503 when there is none. */
+void ib_exchange_dispatch(ib_worker_t *w, ib_client_t *c, int replica);
+/** Forgets the previous exchange of a keep-alive connection. */
+void ib_exchange_reset(ib_client_t *c);
+/** The client left: its in-flight accounting is released and its upstream closed. */
+void ib_exchange_abandon(ib_worker_t *w, ib_client_t *c);
+/** The replica failed (or timed out): retry before the first byte, else end cleanly. */
+void ib_exchange_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_error kind, int timeout);
+/** Completions of an upstream connection's operations. */
+void ib_exchange_on_connect(ib_worker_t *w, ib_upstream_t *u, int res);
+void ib_exchange_on_send(ib_worker_t *w, ib_upstream_t *u, int res);
+void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, char *data);
+
+/* ---- routing helpers (proxy.c) ---- */
 
 /** Picks the replica for a request: healthy, least in-flight, ties rotating; <avoid> (or
  * -1) is skipped when another healthy replica exists. -1 when none is usable. */

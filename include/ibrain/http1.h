@@ -1,8 +1,12 @@
 /*
- * HTTP/1.1 request heads for ibrain's data plane: picohttpparser (from libh2o) does the
+ * HTTP/1.1 messages for ibrain's data plane: picohttpparser (from libh2o) does the
  * parsing; this module applies the limits and the message-framing rules of RFC 9112 that
  * a proxy must enforce (request smuggling: Content-Length with Transfer-Encoding, repeated
  * or malformed Content-Length, transfer codings other than chunked).
+ *
+ *  - requests from clients (http1.c): head, limits, framing;
+ *  - responses from replicas (response.c): head (interim 1xx dropped), framing, and the
+ *    body decoder that tells where a Content-Length or chunked body ends.
  */
 #ifndef IBRAIN_HTTP1_H
 #define IBRAIN_HTTP1_H
@@ -38,6 +42,35 @@ typedef struct ib_http_req {
     ib_span_t session_id;              /* X-Session-Id, if any */
 } ib_http_req_t;
 
+/** How a response body is delimited (RFC 9112 6.3). */
+typedef enum ib_http_framing {
+    IB_FRAMING_NONE,      /* no body: 204, 304, Content-Length: 0 */
+    IB_FRAMING_LENGTH,    /* Content-Length bytes (> 0) */
+    IB_FRAMING_CHUNKED,   /* Transfer-Encoding: chunked */
+    IB_FRAMING_CLOSE,     /* until the connection closes */
+} ib_http_framing_t;
+
+typedef struct ib_http_resp {
+    int status;                        /* 200..599 */
+    int minor_version;
+    ib_span_t reason;
+    struct phr_header headers[IB_HTTP_MAX_HEADERS];
+    size_t nheaders;
+    size_t head_len;                   /* bytes up to the body, interim 1xx heads included */
+    ib_http_framing_t framing;
+    int64_t content_length;            /* -1 when absent */
+    int keepalive;                     /* HTTP/1.1 without Connection: close */
+    int sse;                           /* Content-Type: text/event-stream */
+} ib_http_resp_t;
+
+/** Where a response body ends, fed the bytes as they arrive. */
+typedef struct ib_http_body {
+    ib_http_framing_t framing;
+    int64_t remaining;                 /* LENGTH: bytes still to come */
+    int done;
+    struct phr_chunked_decoder dec;    /* CHUNKED */
+} ib_http_body_t;
+
 /**
  * Parses the request head at the start of <buf>. Returns the head length (> 0) when
  * complete, 0 when more bytes are needed, or -STATUS for a request that must be refused:
@@ -45,6 +78,36 @@ typedef struct ib_http_req {
  * limit or too many headers, -501 unsupported transfer coding, -505 HTTP version.
  */
 int ib_http_parse_request(const char *buf, size_t len, const ib_http_limits_t *lim, ib_http_req_t *out);
+
+/**
+ * Parses a replica's response head at the start of <buf>, dropping interim (1xx)
+ * responses before it. Returns the bytes up to the body (> 0), 0 when more are needed, or
+ * -1 for a response that cannot be relayed: malformed, a head over <max_head> bytes,
+ * 101, a bad or conflicting Content-Length, a transfer coding other than chunked alone.
+ * Header pointers point into <buf>.
+ */
+int ib_http_parse_response(const char *buf, size_t len, size_t max_head, ib_http_resp_t *out);
+
+/** Starts decoding the body of <r>. */
+void ib_http_body_init(ib_http_body_t *b, const ib_http_resp_t *r);
+
+/**
+ * Feeds the next <*n> body bytes at <p>, decoded in place: on return p[0..*n) is body
+ * data to relay (bytes after the body's end are dropped). Returns 1 when the body is
+ * complete, 0 when more is expected, -1 on broken chunked framing.
+ */
+int ib_http_body_feed(ib_http_body_t *b, char *p, size_t *n);
+
+/** The connection closed: 1 when that ends the body well (close-delimited, or already
+ * complete), -1 when the body was cut short. */
+int ib_http_body_eof(ib_http_body_t *b);
+
+/** Parses a Content-Length value (digits, optional surrounding blanks, at most 18
+ * digits). 0, or -1 when malformed. */
+int ib_http_parse_content_length(const char *v, size_t n, int64_t *out);
+
+/** Does the comma-separated header value contain <token> (case-insensitive)? */
+int ib_http_value_has_token(const char *v, size_t n, const char *token);
 
 /** Case-insensitive comparison of a header name with a lower-case literal. */
 int ib_http_name_is(const struct phr_header *h, const char *lower);

@@ -1,0 +1,414 @@
+/*
+ * One request's exchange with a replica: the replica chosen (or least load), its
+ * in-flight and prefill accounting, the upstream request assembled once (kept for a
+ * retry), the response head parsed (http/response.c) and ours sent, the body relayed as
+ * it arrives — Content-Length bodies as they are, chunked and close-delimited bodies
+ * re-chunked, so that ibrain always stands at a chunk boundary and can end a broken SSE
+ * stream with an error event — and the failure path: retry before the first byte, a
+ * clean end after it.
+ */
+#include "internal.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- accounting ---- */
+
+/* Adds <d> to this worker's own slot of a per-replica counter: single writer, so a plain
+ * relaxed load and store (no locked instruction); readers sum the slots. */
+static void slot_add(ib_inflight_slot_t *slot, int64_t d)
+{
+    atomic_store_explicit(&slot->v, atomic_load_explicit(&slot->v, memory_order_relaxed) + d, memory_order_relaxed);
+}
+
+static void inflight_add(ib_worker_t *w, int replica, int64_t d) { slot_add(&w->px->replicas[replica].inflight[w->id], d); }
+
+static void pending_add(ib_worker_t *w, int replica, int64_t d) { slot_add(&w->px->replicas[replica].pending[w->id], d); }
+
+/* The replica started answering (or the request left it): its prefill is no longer queued. */
+static void release_pending(ib_worker_t *w, ib_client_t *c)
+{
+    assert(c->pending_blocks >= 0);
+    if (c->pending_blocks != 0) {
+        pending_add(w, c->replica, -c->pending_blocks);
+        c->pending_blocks = 0;
+    }
+}
+
+static void release_inflight(ib_worker_t *w, ib_client_t *c)
+{
+    release_pending(w, c);
+    if (c->inflight_counted) {
+        assert(c->replica >= 0);
+        inflight_add(w, c->replica, -1);
+        c->inflight_counted = 0;
+    }
+}
+
+/* Detaches the upstream connection from <c>: back to the pool when it is reusable. */
+static void detach_upstream(ib_worker_t *w, ib_client_t *c, int reusable)
+{
+    ib_upstream_t *u = c->up;
+    if (u == NULL)
+        return;
+    assert(u->client == c);
+    c->up = NULL;
+    u->client = NULL;
+    if (reusable && !u->closing && !w->draining)
+        ib_upstream_pool_put(w, u);
+    else
+        ib_upstream_close(w, u);
+}
+
+void ib_exchange_reset(ib_client_t *c)
+{
+    assert(c->up == NULL && !c->inflight_counted && c->pending_blocks == 0);
+    ib_buf_reset(&c->method_path);
+    ib_buf_reset(&c->fwd_headers);
+    ib_buf_reset(&c->body);
+    ib_buf_reset(&c->upreq);
+    ib_buf_reset(&c->resp_head);
+    c->request_id[0] = '\0';
+    c->replica = -1;
+    c->attempts = 0;
+    c->head_sent = c->status = c->sse = c->client_chunked = 0;
+    memset(&c->resp_body, 0, sizeof(c->resp_body));
+    c->up_keepalive = 1;
+    c->upstream_blocked = 0;
+    c->t_first = 0;
+    c->routed = 0;
+    c->route_matched = c->route_blocks = 0;
+}
+
+void ib_exchange_abandon(ib_worker_t *w, ib_client_t *c)
+{
+    release_inflight(w, c);
+    detach_upstream(w, c, 0);
+}
+
+/* The response was relayed completely. */
+static void finish_exchange(ib_worker_t *w, ib_client_t *c)
+{
+    assert(c->state == IB_C_UPSTREAM && c->head_sent && c->replica >= 0);
+    int until_close = c->resp_body.framing == IB_FRAMING_CLOSE;
+    ib_replica_ok(w->px, &w->px->replicas[c->replica]);
+    release_inflight(w, c);
+    detach_upstream(w, c, c->up_keepalive && !until_close);
+    ib_count_request(w, c, c->status);
+    if (!c->keepalive || w->draining || until_close)
+        c->close_after_send = 1;
+    ib_exchange_reset(c);
+    c->state = IB_C_HEAD;
+    c->deadline_ns = ib_deadline(w->px->cfg.idle_timeout_ms);
+    ib_client_flush(w, c);
+    if (!c->close_after_send && c->in.len > 0)
+        ib_request_input(w, c); /* a pipelined request waits */
+}
+
+void ib_exchange_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_error kind, int timeout)
+{
+    assert(c->state == IB_C_UPSTREAM && c->replica >= 0);
+    ib_upstream_t *u = c->up;
+    int stale_reuse = u != NULL && u->reused && kind == IB_UPERR_IO && c->resp_head.len == 0;
+    ib_counter_add(&w->m.upstream_errors[c->replica][c->head_sent ? IB_UPERR_MIDSTREAM : kind], 1);
+    /* A pooled connection that the replica had already closed is not the replica's fault. */
+    if (!stale_reuse)
+        ib_replica_failed(w->px, &w->px->replicas[c->replica], ib_now_ns());
+    release_inflight(w, c);
+    detach_upstream(w, c, 0);
+    if (!c->head_sent && c->resp_head.len == 0 && !timeout) {
+        if (c->attempts < 2 || stale_reuse) {
+            ib_counter_add(&w->m.retries, 1);
+            ib_exchange_dispatch(w, c, -1);
+            return;
+        }
+        ib_respond_error(w, c, 502, "the model replica failed before responding", "server_error", NULL,
+                         "upstream_error", NULL);
+        return;
+    }
+    if (!c->head_sent) {
+        ib_respond_error(w, c, timeout ? 504 : 502,
+                         timeout ? "the model replica did not respond in time" : "the model replica sent a broken response",
+                         "server_error", NULL, timeout ? "upstream_timeout" : "upstream_error", NULL);
+        return;
+    }
+    if (c->sse && c->client_chunked) {
+        static const char ev[] =
+            "data: {\"error\":{\"message\":\"the model replica failed mid-stream\",\"type\":\"server_error\","
+            "\"param\":null,\"code\":\"upstream_error\"}}\n\n";
+        ib_out_chunk(c, ev, sizeof(ev) - 1);
+        ib_out_append(c, "0\r\n\r\n", 5);
+    }
+    ib_count_request(w, c, c->status);
+    c->keepalive = 0;
+    c->close_after_send = 1;
+    c->state = IB_C_HEAD;
+    ib_client_flush(w, c);
+}
+
+/* ---- the request ---- */
+
+static void build_upstream_request(ib_worker_t *w, ib_client_t *c)
+{
+    const ib_replica_t *r = &w->px->replicas[c->replica];
+    ib_buf_t *b = &c->upreq;
+    ib_buf_reset(b);
+    ib_buf_append(b, c->method_path.ptr, c->method_path.len);
+    IB_APPEND_LIT(b, " HTTP/1.1\r\nHost: ");
+    ib_append_str(b, r->hostport);
+    IB_APPEND_LIT(b, "\r\n");
+    ib_buf_append(b, c->fwd_headers.ptr, c->fwd_headers.len);
+    IB_APPEND_LIT(b, "X-Request-Id: ");
+    ib_append_str(b, c->request_id);
+    IB_APPEND_LIT(b, "\r\nX-IB-Replica: ");
+    ib_append_str(b, r->name);
+    IB_APPEND_LIT(b, "\r\nContent-Length: ");
+    ib_append_uint(b, c->body.len, 10);
+    IB_APPEND_LIT(b, "\r\n\r\n");
+    ib_buf_append(b, c->body.ptr, c->body.len);
+}
+
+/* Counts the request on <replica>: in flight, and the prefill work it queues there (the
+ * blocks it is not believed to hold: all of them on a retry or an unrouted request, at
+ * least one). */
+static void count_on(ib_worker_t *w, ib_client_t *c, int replica)
+{
+    assert(!c->inflight_counted && c->pending_blocks == 0);
+    c->replica = replica;
+    c->attempts++;
+    inflight_add(w, replica, 1);
+    c->inflight_counted = 1;
+    int64_t work = c->route_blocks;
+    if (c->routed && c->attempts == 1)
+        work -= c->route_matched;
+    c->pending_blocks = work > 0 ? work : 1;
+    pending_add(w, replica, c->pending_blocks);
+}
+
+void ib_exchange_dispatch(ib_worker_t *w, ib_client_t *c, int replica)
+{
+    assert(c->up == NULL);
+    if (replica < 0)
+        replica = ib_proxy_pick(w->px, w, c->cand, c->attempts > 0 ? c->replica : -1);
+    if (replica < 0) {
+        ib_respond_error(w, c, 503, "no model replica is available", "server_error", NULL, "no_replica",
+                         "Retry-After: 1");
+        return;
+    }
+    assert(replica < IB_MAX_REPLICAS);
+    count_on(w, c, replica);
+    ib_buf_reset(&c->resp_head);
+    build_upstream_request(w, c);
+    ib_upstream_t *u = ib_upstream_take(w, replica);
+    if (u == NULL && (u = ib_upstream_connect(w, replica)) == NULL) {
+        ib_counter_add(&w->m.upstream_errors[replica][IB_UPERR_CONNECT], 1);
+        release_inflight(w, c);
+        ib_respond_error(w, c, 502, "cannot open a connection to the model replica", "server_error", NULL,
+                         "upstream_error", NULL);
+        return;
+    }
+    c->up = u;
+    u->client = c;
+    u->send_off = 0;
+    c->state = IB_C_UPSTREAM;
+    if (u->state == IB_U_CONNECTING) {
+        u->deadline_ns = ib_deadline(w->px->cfg.connect_timeout_ms);
+        return; /* the send follows the connect */
+    }
+    u->state = IB_U_BUSY;
+    u->deadline_ns = ib_deadline(w->px->cfg.upstream_timeout_ms);
+    ib_upstream_send(w, u);
+    if (!u->recv_armed)
+        ib_upstream_arm_recv(w, u);
+}
+
+/* ---- the response ---- */
+
+/* Our head for the client, from the replica's. */
+static void send_head(ib_worker_t *w, ib_client_t *c, const ib_http_resp_t *r)
+{
+    ib_buf_t *o = &c->out[c->out_cur];
+    IB_APPEND_LIT(o, "HTTP/1.1 ");
+    ib_append_uint(o, (uint64_t)r->status, 10);
+    IB_APPEND_LIT(o, " ");
+    ib_buf_append(o, r->reason.ptr, r->reason.len < 64 ? r->reason.len : 64);
+    IB_APPEND_LIT(o, "\r\n");
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const struct phr_header *h = &r->headers[i];
+        if (ib_http_is_hop_by_hop(h) || ib_http_name_is(h, "x-request-id") || ib_http_name_is(h, "server"))
+            continue;
+        if (c->client_chunked && ib_http_name_is(h, "content-length"))
+            continue; /* a chunked body's Content-Length is not the length we send */
+        ib_buf_append(o, h->name, h->name_len);
+        ib_buf_append(o, ": ", 2);
+        ib_buf_append(o, h->value, h->value_len);
+        ib_buf_append(o, "\r\n", 2);
+    }
+    if (c->client_chunked)
+        IB_APPEND_LIT(o, "Transfer-Encoding: chunked\r\n");
+    if (c->debug) {
+        char line[256];
+        int k = snprintf(line, sizeof(line), "X-IB-Route: policy=%s reason=%s matched=%u/%u attempts=%d\r\n",
+                         ib_policy_name(c->route_policy), c->routed ? ib_route_reason_name(c->route_reason) : "retry",
+                         c->route_matched, c->route_blocks, c->attempts);
+        ib_buf_append(o, line, (size_t)k);
+    }
+    IB_APPEND_LIT(o, "Server: ibrain\r\nX-Request-Id: ");
+    ib_append_str(o, c->request_id);
+    IB_APPEND_LIT(o, "\r\nX-IB-Replica: ");
+    ib_append_str(o, w->px->replicas[c->replica].name);
+    IB_APPEND_LIT(o, "\r\n");
+    if (!c->keepalive || w->draining)
+        IB_APPEND_LIT(o, "Connection: close\r\n");
+    IB_APPEND_LIT(o, "\r\n");
+}
+
+/* Parses the upstream's response head and sends ours. 1 done, 0 need more, -1 broken. */
+static int response_head(ib_worker_t *w, ib_client_t *c)
+{
+    ib_http_resp_t r;
+    int n = ib_http_parse_response(c->resp_head.ptr, c->resp_head.len, IB_RESP_MAX_HEAD, &r);
+    if (n <= 0)
+        return n;
+    assert((size_t)n <= c->resp_head.len);
+    c->status = r.status;
+    c->up_keepalive = r.keepalive;
+    c->sse = r.sse;
+    ib_http_body_init(&c->resp_body, &r);
+    /* Chunked and close-delimited bodies are re-chunked for HTTP/1.1 clients; an HTTP/1.0
+     * client reads them until we close. */
+    int open_ended = r.framing == IB_FRAMING_CHUNKED || r.framing == IB_FRAMING_CLOSE;
+    c->client_chunked = open_ended && c->minor >= 1;
+    if (open_ended && c->minor == 0)
+        c->keepalive = 0;
+    send_head(w, c, &r);
+    c->head_sent = 1;
+    c->t_first = ib_now_ns();
+    release_pending(w, c);
+    ib_metrics_observe(w->m.ttfb_bucket, &w->m.ttfb_sum_us, &w->m.ttfb_count, c->t_first - c->t_start);
+    /* What followed the head in the buffer is body. */
+    memmove(c->resp_head.ptr, c->resp_head.ptr + n, c->resp_head.len - (size_t)n);
+    c->resp_head.len -= (size_t)n;
+    return 1;
+}
+
+/* Relays body bytes; 1 when the response is complete, 0 for more, -1 broken framing. */
+static int relay_body(ib_client_t *c, char *p, size_t n)
+{
+    int rc = ib_http_body_feed(&c->resp_body, p, &n);
+    if (rc < 0)
+        return -1;
+    if (c->resp_body.framing == IB_FRAMING_LENGTH)
+        ib_out_append(c, p, n);
+    else
+        ib_out_chunk(c, p, n);
+    if (rc == 1 && c->client_chunked)
+        ib_out_append(c, "0\r\n\r\n", 5);
+    return rc;
+}
+
+static void on_data(ib_worker_t *w, ib_upstream_t *u, char *p, size_t n)
+{
+    ib_client_t *c = u->client;
+    u->deadline_ns = ib_deadline(w->px->cfg.upstream_timeout_ms);
+    int done;
+    if (!c->head_sent) {
+        if (ib_buf_append(&c->resp_head, p, n) != 0) {
+            ib_exchange_failed(w, c, IB_UPERR_IO, 0);
+            return;
+        }
+        int rc = response_head(w, c);
+        if (rc < 0) {
+            ib_exchange_failed(w, c, IB_UPERR_IO, 0);
+            return;
+        }
+        if (rc == 0) {
+            ib_upstream_arm_recv(w, u);
+            return;
+        }
+        done = relay_body(c, c->resp_head.ptr, c->resp_head.len);
+        ib_buf_reset(&c->resp_head);
+    } else {
+        done = relay_body(c, p, n);
+    }
+    if (done < 0) {
+        ib_exchange_failed(w, c, IB_UPERR_IO, 0);
+        return;
+    }
+    if (done) {
+        finish_exchange(w, c);
+        return;
+    }
+    ib_client_flush(w, c);
+    if (ib_out_pending(c) > IB_OUT_HIGH_WATER)
+        c->upstream_blocked = 1;
+    else
+        ib_upstream_arm_recv(w, u);
+}
+
+/* ---- completions ---- */
+
+void ib_exchange_on_connect(ib_worker_t *w, ib_upstream_t *u, int res)
+{
+    ib_client_t *c = u->client;
+    if (c == NULL || u->closing) { /* the client left while we connected */
+        ib_upstream_close(w, u);
+        return;
+    }
+    if (res < 0) {
+        ib_exchange_failed(w, c, IB_UPERR_CONNECT, 0);
+        return;
+    }
+    assert(u->state == IB_U_CONNECTING);
+    u->state = IB_U_BUSY;
+    u->deadline_ns = ib_deadline(w->px->cfg.upstream_timeout_ms);
+    ib_upstream_send(w, u);
+    ib_upstream_arm_recv(w, u);
+}
+
+void ib_exchange_on_send(ib_worker_t *w, ib_upstream_t *u, int res)
+{
+    ib_client_t *c = u->client;
+    if (c == NULL || u->closing)
+        return;
+    if (res < 0) {
+        /* The receive reports the failure too; act once, here. */
+        ib_exchange_failed(w, c, IB_UPERR_IO, 0);
+        return;
+    }
+    u->send_off += (size_t)res;
+    assert(u->send_off <= c->upreq.len);
+    if (u->send_off < c->upreq.len)
+        ib_upstream_send(w, u);
+}
+
+void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, char *data)
+{
+    u->recv_armed = 0;
+    if (res > 0) {
+        if (u->client != NULL && !u->closing)
+            on_data(w, u, data, (size_t)res);
+        else
+            ib_upstream_close(w, u); /* bytes on an idle connection: not HTTP we can use */
+        return;
+    }
+    if (res == -ENOBUFS) {
+        if (!u->closing)
+            ib_upstream_arm_recv(w, u);
+        return;
+    }
+    ib_client_t *c = u->client;
+    if (c == NULL || u->closing) {
+        ib_upstream_close(w, u); /* an idle pooled connection was closed by the replica */
+        return;
+    }
+    if (res == 0 && c->head_sent && ib_http_body_eof(&c->resp_body) == 1) { /* close-delimited body ended */
+        if (c->client_chunked)
+            ib_out_append(c, "0\r\n\r\n", 5);
+        c->up_keepalive = 0;
+        finish_exchange(w, c);
+        return;
+    }
+    ib_exchange_failed(w, c, IB_UPERR_IO, 0);
+}

@@ -1,0 +1,77 @@
+/*
+ * ibrain's own endpoints, answered by the worker without a replica: /health (the process
+ * serves), /ready (some ready replica is healthy, and not draining), /metrics (Prometheus
+ * text, metrics.c) and /v1/models (the models the routing table serves).
+ */
+#include "internal.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ibrain/oai_error.h"
+
+static int render_ready(ib_worker_t *w, ib_buf_t *body, ib_local_resp_t *out)
+{
+    ib_proxy_t *px = w->px;
+    uint64_t now = ib_now_ns();
+    int healthy = 0;
+    const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
+    uint32_t nslots = atomic_load_explicit(&px->nslots, memory_order_acquire);
+    assert(nslots <= IB_MAX_REPLICAS);
+    for (uint32_t i = 0; i < nslots; i++)
+        healthy += ib_mask_has(rt->all_ready, i) && ib_replica_healthy(&px->replicas[i], now);
+    int ready = healthy && !w->draining;
+    out->status = ready ? 200 : 503;
+    return ib_buf_printf(body, "{\"status\":\"%s\",\"replicas_healthy\":%d}", ready ? "ready" : "not_ready", healthy);
+}
+
+static int render_models(ib_worker_t *w, ib_buf_t *b)
+{
+    ib_proxy_t *px = w->px;
+    const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
+    uint32_t nm = rt->version == 0 ? px->cfg.nmodels : rt->nworkloads;
+    int rc = ib_buf_append(b, "{\"object\":\"list\",\"data\":[", 25);
+    for (uint32_t i = 0; i < nm && rc == 0; i++) {
+        const char *name = rt->version == 0 ? px->cfg.models[i] : rt->wl[i].model;
+        rc |= ib_buf_append(b, i ? ",{\"id\":\"" : "{\"id\":\"", i ? 8 : 7);
+        rc |= ib_json_escape(b, name, strlen(name));
+        rc |= ib_buf_printf(b, "\",\"object\":\"model\",\"created\":%llu,\"owned_by\":\"ibrain\"}",
+                            (unsigned long long)px->started_unix);
+    }
+    return rc | ib_buf_append(b, "]}", 2);
+}
+
+int ib_local_render(ib_worker_t *w, enum ib_route route, int is_get, ib_buf_t *body, ib_local_resp_t *out)
+{
+    assert(route == IB_ROUTE_MODELS || route == IB_ROUTE_HEALTH || route == IB_ROUTE_READY ||
+           route == IB_ROUTE_METRICS);
+    *out = (ib_local_resp_t){.status = 200, .ctype = "application/json", .extra_headers = NULL};
+    if (!is_get) {
+        out->status = 405;
+        out->extra_headers = "Allow: GET";
+        return ib_oai_error_json(body, "method not allowed", "invalid_request_error", NULL, NULL);
+    }
+    switch (route) {
+    case IB_ROUTE_HEALTH:
+        return ib_buf_append(body, "{\"status\":\"ok\"}", 15);
+    case IB_ROUTE_READY:
+        return render_ready(w, body, out);
+    case IB_ROUTE_METRICS:
+        out->ctype = "text/plain; version=0.0.4; charset=utf-8";
+        return ib_metrics_render(w->px, body);
+    default:
+        return render_models(w, body);
+    }
+}
+
+void ib_local_respond(ib_worker_t *w, ib_client_t *c)
+{
+    ib_local_resp_t r;
+    ib_buf_reset(&w->scratch);
+    if (ib_local_render(w, c->route, c->is_get, &w->scratch, &r) != 0) {
+        ib_client_close(w, c); /* out of memory */
+        return;
+    }
+    ib_respond(w, c, r.status, r.ctype, w->scratch.ptr, w->scratch.len, r.extra_headers);
+}
