@@ -126,6 +126,16 @@ typedef struct ib_wb_ring {
 struct ib_worker;
 /** Worker side: records that <slot> of workload <wl> now holds <h>[0..n). */
 void ib_writeback_push(struct ib_worker *w, uint64_t version, uint32_t wl, uint32_t slot, const uint64_t *h, size_t n);
+/**
+ * Sync thread side: drains every worker's ring into one packed SyncBatch (records of an
+ * older table dropped), with this instance's load per replica every 500 ms. <*out>
+ * (free() it) is NULL when there is nothing to send. Returns the affinity updates in it,
+ * or -1 when out of memory.
+ */
+int ib_writeback_build(ib_proxy_t *px, const ib_rtab_t *rt, uint64_t now_ms, uint8_t **out, size_t *len);
+/** Applies another instance's packed batch to <rt>'s affinity tables and the remote load
+ * figures. Returns the updates applied, or -1 when it does not decode. */
+int ib_writeback_apply(ib_proxy_t *px, const ib_rtab_t *rt, const void *payload, size_t len);
 /** Sync thread side, every tick: send this instance's batch, apply the others'. */
 void ib_writeback_tick(void *px, ib_sync_t *s);
 

@@ -13,6 +13,7 @@
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,53 +121,78 @@ static void add_loads(ib_proxy_t *px, const ib_rtab_t *rt, batch_t *b)
         }
 }
 
-static void send_batch(ib_proxy_t *px, ib_sync_t *s, const ib_rtab_t *rt)
+static void free_batch(batch_t *b)
 {
-    static const size_t max_updates = WB_MAX_HASHES_PER_BATCH; /* at least one hash each */
-    batch_t *b = calloc(1, sizeof(*b));
     if (b == NULL)
         return;
-    b->updates = malloc(max_updates * sizeof(*b->updates));
-    b->uptrs = malloc(max_updates * sizeof(*b->uptrs));
-    b->hashes = malloc(WB_MAX_HASHES_PER_BATCH * sizeof(*b->hashes));
-    if (b->updates == NULL || b->uptrs == NULL || b->hashes == NULL)
-        goto out;
-    drain_rings(px, rt, b);
-    uint64_t now = ib_wall_ms();
-    int loads_due = now - px->wb_last_loads_ms >= 500;
-    if (b->nupdates == 0 && !loads_due)
-        goto out;
-    add_loads(px, rt, b);
-    px->wb_last_loads_ms = now;
-    Ibrain__V1__SyncBatch m = IBRAIN__V1__SYNC_BATCH__INIT;
-    m.instance = px->instance;
-    m.seq = ++px->wb_seq;
-    m.sent_unix_ms = (int64_t)now;
-    m.updates = b->uptrs;
-    m.n_updates = b->nupdates;
-    m.loads = b->lptrs;
-    m.n_loads = b->nloads;
-    size_t len = ibrain__v1__sync_batch__get_packed_size(&m);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (buf == NULL)
-        goto out;
-    ibrain__v1__sync_batch__pack(&m, buf);
-    if (ib_sync_stream_add(s, IB_WB_STREAM, buf, len, 10000, 60000) == 0)
-        atomic_fetch_add_explicit(&px->wb_sent, b->nupdates, memory_order_relaxed);
-    free(buf);
-out:
     free(b->updates);
     free(b->uptrs);
     free(b->hashes);
     free(b);
 }
 
-/* ---- receiving ---- */
+static batch_t *new_batch(void)
+{
+    static const size_t max_updates = WB_MAX_HASHES_PER_BATCH; /* at least one hash each */
+    batch_t *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return NULL;
+    b->updates = malloc(max_updates * sizeof(*b->updates));
+    b->uptrs = malloc(max_updates * sizeof(*b->uptrs));
+    b->hashes = malloc(WB_MAX_HASHES_PER_BATCH * sizeof(*b->hashes));
+    if (b->updates == NULL || b->uptrs == NULL || b->hashes == NULL) {
+        free_batch(b);
+        return NULL;
+    }
+    return b;
+}
 
-typedef struct rx {
-    ib_proxy_t *px;
-    const ib_rtab_t *rt;
-} rx_t;
+int ib_writeback_build(ib_proxy_t *px, const ib_rtab_t *rt, uint64_t now_ms, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    batch_t *b = new_batch();
+    if (b == NULL)
+        return -1;
+    drain_rings(px, rt, b);
+    int loads_due = now_ms - px->wb_last_loads_ms >= 500;
+    int rc = (int)b->nupdates;
+    if (b->nupdates == 0 && !loads_due)
+        goto out;
+    add_loads(px, rt, b);
+    assert(b->nloads <= IB_MAX_REPLICAS && b->nhashes <= WB_MAX_HASHES_PER_BATCH);
+    px->wb_last_loads_ms = now_ms;
+    Ibrain__V1__SyncBatch m = IBRAIN__V1__SYNC_BATCH__INIT;
+    m.instance = px->instance;
+    m.seq = ++px->wb_seq;
+    m.sent_unix_ms = (int64_t)now_ms;
+    m.updates = b->uptrs;
+    m.n_updates = b->nupdates;
+    m.loads = b->lptrs;
+    m.n_loads = b->nloads;
+    *len = ibrain__v1__sync_batch__get_packed_size(&m);
+    *out = malloc(*len ? *len : 1);
+    if (*out == NULL) {
+        rc = -1;
+        goto out;
+    }
+    ibrain__v1__sync_batch__pack(&m, *out);
+out:
+    free_batch(b);
+    return rc;
+}
+
+static void send_batch(ib_proxy_t *px, ib_sync_t *s, const ib_rtab_t *rt)
+{
+    uint8_t *buf;
+    size_t len;
+    int n = ib_writeback_build(px, rt, ib_wall_ms(), &buf, &len);
+    if (buf != NULL && ib_sync_stream_add(s, IB_WB_STREAM, buf, len, 10000, 60000) == 0)
+        atomic_fetch_add_explicit(&px->wb_sent, (uint64_t)n, memory_order_relaxed);
+    free(buf);
+}
+
+/* ---- receiving ---- */
 
 static int slot_by_name(const ib_proxy_t *px, const ib_workload_rt_t *wl, const char *name)
 {
@@ -176,56 +202,75 @@ static int slot_by_name(const ib_proxy_t *px, const ib_workload_rt_t *wl, const 
     return -1;
 }
 
-static void on_batch(void *ctx, const void *payload, size_t len)
+/* Remembers the per-replica figures of the instance that sent <m>, by slot. */
+static void take_loads(ib_proxy_t *px, const Ibrain__V1__SyncBatch *m)
 {
-    rx_t *rx = ctx;
-    ib_proxy_t *px = rx->px;
+    struct ib_wb_remote *r = NULL, *oldest = &px->wb_remote[0];
+    for (size_t k = 0; k < 8 && r == NULL; k++) {
+        if (strcmp(px->wb_remote[k].instance, m->instance) == 0)
+            r = &px->wb_remote[k];
+        else if (px->wb_remote[k].at_ms < oldest->at_ms)
+            oldest = &px->wb_remote[k];
+    }
+    if (r == NULL) {
+        r = oldest;
+        snprintf(r->instance, sizeof(r->instance), "%s", m->instance);
+    }
+    r->at_ms = ib_wall_ms();
+    memset(r->inflight, 0, sizeof(r->inflight));
+    memset(r->pending, 0, sizeof(r->pending));
+    uint32_t nslots = atomic_load(&px->nslots);
+    for (size_t i = 0; i < m->n_loads; i++)
+        for (uint32_t slot = 0; slot < nslots; slot++)
+            if (atomic_load(&px->replicas[slot].in_use) && m->loads[i]->replica != NULL &&
+                strcmp(px->replicas[slot].name, m->loads[i]->replica) == 0) {
+                r->inflight[slot] = m->loads[i]->in_flight;
+                r->pending[slot] = m->loads[i]->pending_blocks;
+            }
+}
+
+int ib_writeback_apply(ib_proxy_t *px, const ib_rtab_t *rt, const void *payload, size_t len)
+{
     Ibrain__V1__SyncBatch *m = ibrain__v1__sync_batch__unpack(NULL, len, payload);
     if (m == NULL)
-        return;
+        return -1;
+    int applied = 0;
     if (m->instance == NULL || strcmp(m->instance, px->instance) == 0)
-        goto out;
+        goto out; /* our own batch */
     atomic_fetch_add_explicit(&px->wb_batches_in, 1, memory_order_relaxed);
     for (size_t i = 0; i < m->n_updates; i++) {
         const Ibrain__V1__AffinityUpdate *u = m->updates[i];
-        for (uint32_t w = 0; w < rx->rt->nworkloads; w++) {
-            const ib_workload_rt_t *wl = &rx->rt->wl[w];
+        if (u->workload == NULL || u->replica == NULL)
+            continue;
+        for (uint32_t w = 0; w < rt->nworkloads; w++) {
+            const ib_workload_rt_t *wl = &rt->wl[w];
             if (strcmp(wl->id, u->workload) != 0 || wl->router->policy != IB_POLICY_AFFINITY)
                 continue;
             int slot = slot_by_name(px, wl, u->replica);
             if (slot >= 0 && u->n_hashes > 0) {
                 ib_affinity_insert(&wl->router->table, u->hashes, u->n_hashes, (uint32_t)slot);
                 atomic_fetch_add_explicit(&px->wb_applied, 1, memory_order_relaxed);
+                applied++;
             }
             break;
         }
     }
-    if (m->n_loads > 0) { /* remember this instance's figures, by slot */
-        struct ib_wb_remote *r = NULL, *oldest = &px->wb_remote[0];
-        for (size_t k = 0; k < 8 && r == NULL; k++) {
-            if (strcmp(px->wb_remote[k].instance, m->instance) == 0)
-                r = &px->wb_remote[k];
-            else if (px->wb_remote[k].at_ms < oldest->at_ms)
-                oldest = &px->wb_remote[k];
-        }
-        if (r == NULL) {
-            r = oldest;
-            snprintf(r->instance, sizeof(r->instance), "%s", m->instance);
-        }
-        r->at_ms = ib_wall_ms();
-        memset(r->inflight, 0, sizeof(r->inflight));
-        memset(r->pending, 0, sizeof(r->pending));
-        uint32_t nslots = atomic_load(&px->nslots);
-        for (size_t i = 0; i < m->n_loads; i++)
-            for (uint32_t slot = 0; slot < nslots; slot++)
-                if (atomic_load(&px->replicas[slot].in_use) &&
-                    strcmp(px->replicas[slot].name, m->loads[i]->replica) == 0) {
-                    r->inflight[slot] = m->loads[i]->in_flight;
-                    r->pending[slot] = m->loads[i]->pending_blocks;
-                }
-    }
+    if (m->n_loads > 0)
+        take_loads(px, m);
 out:
     ibrain__v1__sync_batch__free_unpacked(m, NULL);
+    return applied;
+}
+
+typedef struct rx {
+    ib_proxy_t *px;
+    const ib_rtab_t *rt;
+} rx_t;
+
+static void on_batch(void *ctx, const void *payload, size_t len)
+{
+    rx_t *rx = ctx;
+    ib_writeback_apply(rx->px, rx->rt, payload, len);
 }
 
 /* Sums the fresh remote figures into each replica's remote_* counters. */
