@@ -13,8 +13,12 @@
 # Two more rows compare like with like: ibrain with busy polling off (--busy-poll-us 0),
 # and HAProxy with its own busy polling on (global busy-polling).
 #
+# An A/B of two ibrain builds, side by side in the same rounds: IBRAIN_BASE=path/to/other/ibrain
+# adds the rows ibrain-base and ibrain-base-no-poll; PROXIES picks the rows, e.g.
+#   IBRAIN_BASE=../base/build/dataplane/ibrain PROXIES="ibrain ibrain-base" perf/bench-proxy.sh
+#
 # usage: perf/bench-proxy.sh [BUILD_DIR]
-#   env: REPEAT=3 DURATION=8 CONNS=64 IBRAIN_ARGS=extra ibrain flags
+#   env: REPEAT=3 DURATION=8 CONNS=64 IBRAIN_ARGS=extra ibrain flags, IBRAIN_BASE, PROXIES
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,11 +40,12 @@ start_backend "${BACKEND_CPU:-0}"
 start_proxy() {
   port=$(free_port)
   case $1 in
-    ibrain | ibrain-no-poll)
-      local extra=""
-      [ "$1" = ibrain-no-poll ] && extra="--busy-poll-us 0"
+    ibrain | ibrain-no-poll | ibrain-base | ibrain-base-no-poll)
+      local extra="" bin=$ibrain
+      case $1 in *-no-poll) extra="--busy-poll-us 0" ;; esac
+      case $1 in ibrain-base*) bin=${IBRAIN_BASE:?IBRAIN_BASE names the other ibrain binary} ;; esac
       # shellcheck disable=SC2086
-      taskset -c 0 "$ibrain" --listen 127.0.0.1:$port --workers 1 --model demo --replica backend=127.0.0.1:$bport \
+      taskset -c 0 "$bin" --listen 127.0.0.1:$port --workers 1 --model demo --replica backend=127.0.0.1:$bport \
         $extra ${IBRAIN_ARGS:-} 2>"$tmp/$1.log" &
       pid=$!
       pids+=($pid)
@@ -138,7 +143,9 @@ fmt="%-18s %8s %9s %14s %8s %8s  %10s %10s %9s %11s %11s %10s %10s\n"
 # whichever ran at the time. At one connection the backend alone is measured right
 # before each proxy's run (the proxy stopped, so that a busy-polling one cannot slow it),
 # and the added latency is the median of the differences run by run.
-names=(ibrain nginx haproxy ibrain-no-poll haproxy-busy-poll)
+default_names="ibrain nginx haproxy ibrain-no-poll haproxy-busy-poll"
+[ -n "${IBRAIN_BASE:-}" ] && default_names+=" ibrain-base ibrain-base-no-poll"
+read -r -a names <<<"${PROXIES:-$default_names}"
 declare -A sat single back added
 for round in $(seq "$repeat"); do
   echo "round $round of $repeat" >&2
@@ -161,3 +168,15 @@ for name in "${names[@]}"; do
     "$(m "${sat[$name]}" 3)" "$(m "${single[$name]}" 2)" "$(m "${single[$name]}" 3)" "$(m "${single[$name]}" 4)" \
     "$(m "${back[$name]}" 2)" "$(m "${back[$name]}" 3)" "$(m "${added[$name]}" 1)" "$(m "${added[$name]}" 2)"
 done
+# The spread of the efficiency figure over the rounds, and the A/B ratio when there is one.
+echo
+echo "req/cpu-second over the rounds (min .. max):"
+for name in "${names[@]}"; do
+  echo "  $name: $(echo -n "${sat[$name]}" | awk '{print $5}' | sort -n | paste -sd' ' | awk '{print $1 " .. " $NF}')"
+done
+if [ -n "${sat[ibrain]:-}" ] && [ -n "${sat[ibrain-base]:-}" ]; then
+  a=$(m "${sat[ibrain]}" 5) b=$(m "${sat[ibrain-base]}" 5)
+  echo "ibrain / ibrain-base, req/cpu-second (medians): $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", a / b}')"
+  a=$(m "${added[ibrain]}" 1) b=$(m "${added[ibrain-base]}" 1)
+  echo "added p50 at one connection: ibrain $a us, ibrain-base $b us"
+fi
