@@ -191,8 +191,9 @@ int ib_rtab_init_static(ib_proxy_t *px)
         rt->nworkloads = 1;
         ib_policy_t policy;
         if (ib_policy_parse(cfg->policy, &policy) != 0) {
-            fprintf(stderr, "ibrain: unknown --policy '%s' (affinity, least-load, round-robin, consistent-hash)\n",
-                    cfg->policy);
+            char names[256];
+            ib_policy_list(names, sizeof(names), ", ");
+            fprintf(stderr, "ibrain: unknown --policy '%s' (%s)\n", cfg->policy, names);
             goto out;
         }
         if (ib_chat_template_parse(cfg->chat_template, &w->tpl) != 0) {
