@@ -1,5 +1,6 @@
 /* ibrain: command line for the data plane (include/ibrain/proxy.h). */
 #include "ibrain/proxy.h"
+#include "ibrain/route.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -8,6 +9,8 @@
 
 static void usage(FILE *f)
 {
+    char policies[256];
+    ib_policy_list(policies, sizeof(policies), " | ");
     fprintf(f,
             "usage: ibrain --replica NAME=HOST:PORT [--replica ...] [options]\n"
             "  --listen HOST:PORT          address to serve on (default 127.0.0.1:8080; port 0 = any free port)\n"
@@ -28,7 +31,7 @@ static void usage(FILE *f)
             "  --eject-after N             consecutive failures that eject a replica (default 3)\n"
             "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n"
             "routing (the replicas' workload):\n"
-            "  --policy NAME               affinity | least-load | round-robin | consistent-hash (default affinity)\n"
+            "  --policy NAME               %s (default %s)\n"
             "  --template NAME             chat template the engines apply: chatml (qwen3) | llama3 | plain (default chatml)\n"
             "  --block-bytes N             without a tokenizer: prefix block size in bytes, the engines' block size x 4\n"
             "                              (default 64)\n"
@@ -49,7 +52,8 @@ static void usage(FILE *f)
             "  --cache-ttl-ms N            the engines' cache TTL, 0 for none (default 0)\n"
             "  --affinity-sets-log2 N      affinity table size: 2^N sets of 8 slots (default 17)\n"
             "  --min-match-pct N           affinity: a cached prefix shorter than N%% of the prompt counts as no match\n"
-            "                              (default 50)\n");
+            "                              (default 50)\n",
+            policies, ib_policy_name(IB_POLICY_AFFINITY));
 }
 
 int main(int argc, char **argv)

@@ -45,7 +45,7 @@ typedef struct ib_worker_metrics {
     ib_counter_t conns_open_dec;
     ib_counter_t upstream_conns_opened;
     ib_counter_t client_aborts;   /* clients gone before their response ended */
-    ib_counter_t route_reason[4][IB_REASON__COUNT]; /* by policy, reason */
+    ib_counter_t route_reason[IB_POLICY_MAX][IB_REASON__COUNT]; /* by policy, reason */
     ib_counter_t matched_bucket[IB_NMATCHED + 1];
     ib_counter_t matched_sum;
     ib_counter_t matched_count;

@@ -134,11 +134,11 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                        (unsigned long long)SUM(upstream_conns_opened));
     rc = rc || ib_buf_printf(b, "# HELP ibrain_route_decisions_total Routing decisions of chat and completion requests, by reason.\n"
                           "# TYPE ibrain_route_decisions_total counter\n");
-    for (int p = 0; p < 4 && !rc; p++)
+    for (uint32_t p = 0; p < ib_policy_count() && !rc; p++)
         for (int k = 0; k < IB_REASON__COUNT && !rc; k++)
             if (SUM(route_reason[p][k]) > 0)
                 rc = ib_buf_printf(b, "ibrain_route_decisions_total{policy=\"%s\",reason=\"%s\"} %llu\n",
-                             ib_policy_name((ib_policy_t)p), ib_route_reason_name((ib_route_reason_t)k),
+                             ib_policy_name(p), ib_route_reason_name((ib_route_reason_t)k),
                              (unsigned long long)SUM(route_reason[p][k]));
     rc = rc || ib_buf_printf(b, "# HELP ibrain_route_matched_blocks Prefix blocks the chosen replica was believed to hold.\n"
                           "# TYPE ibrain_route_matched_blocks histogram\n");

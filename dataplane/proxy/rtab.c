@@ -8,9 +8,16 @@
  * workloads) are freed. A replica slot is reused only when no table names it, nothing is
  * in flight on it, and every worker has moved on; pooled connections to a slot's previous
  * occupant are told apart by the slot's epoch.
+ *
+ * Asserted in debug and sanitizer builds: writers hold rtab_lock; a table is published
+ * once, complete (every workload has a router, its slots within bounds), and the static
+ * one first; px->epoch only grows and no worker echoes an epoch not yet published; a
+ * table is freed only once every worker has echoed the epoch that replaced it; a retired
+ * router is named by no published table.
  */
 #include "internal.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +26,57 @@
 
 #include "ibrain/clock.h"
 #include "ibrain/net.h"
+
+/* ---- invariants (for assert(): compiled out with NDEBUG) ---- */
+
+#ifndef NDEBUG
+/* 1 when rtab_lock is held, by the caller as writers are (a default mutex: trylock fails
+ * while anyone holds it). */
+static int rtab_locked(ib_proxy_t *px)
+{
+    if (pthread_mutex_trylock(&px->rtab_lock) != 0)
+        return 1;
+    pthread_mutex_unlock(&px->rtab_lock);
+    return 0;
+}
+
+/* 1 when <rt> is complete: what a worker may read once it is published. */
+static int rtab_complete(const ib_rtab_t *rt)
+{
+    for (uint32_t i = 0; i < rt->nworkloads; i++) {
+        const ib_workload_rt_t *w = &rt->wl[i];
+        if (w->router == NULL || w->router->ops == NULL || w->nslots > IB_MAX_REPLICAS ||
+            w->max_slot > IB_MAX_REPLICAS)
+            return 0;
+        for (uint32_t k = 0; k < w->nslots; k++)
+            if (w->slots[k] >= w->max_slot)
+                return 0;
+    }
+    return 1;
+}
+
+/* 1 when some workload of <rt> routes with <r>. */
+static int router_named(const ib_rtab_t *rt, const ib_router_t *r)
+{
+    for (uint32_t i = 0; rt != NULL && i < rt->nworkloads; i++)
+        if (rt->wl[i].router == r)
+            return 1;
+    return 0;
+}
+#endif
+
+/* 1 when every worker has echoed epoch <e> (been at the top of its loop since it was
+ * published), so none holds a pointer into a table replaced before it. */
+static int workers_passed(const ib_proxy_t *px, uint64_t e)
+{
+    for (uint32_t i = 0; i < px->nworkers; i++) {
+        uint64_t seen = atomic_load(&px->workers[i].qs_epoch);
+        assert(seen <= atomic_load(&px->epoch)); /* never an epoch not yet published */
+        if (seen < e)
+            return 0;
+    }
+    return 1;
+}
 
 /* ---- registries (writers only, under rtab_lock) ---- */
 
@@ -53,6 +111,8 @@ static ib_tokenizer_t *tokenizer_for(ib_proxy_t *px, const char *path)
 static ib_router_t *router_for(ib_proxy_t *px, const char *id, ib_policy_t policy, uint32_t cache_blocks,
                                uint32_t ttl_ms, ib_router_t **retired)
 {
+    assert(rtab_locked(px));
+    assert(ib_policy_ops(policy) != NULL);
     *retired = NULL;
     uint32_t i = 0;
     while (i < px->nrouters && strcmp(px->routers[i].id, id) != 0)
@@ -77,6 +137,8 @@ static ib_router_t *router_for(ib_proxy_t *px, const char *id, ib_policy_t polic
     px->routers[i].cache_blocks = cache_blocks;
     px->routers[i].ttl_ms = ttl_ms;
     px->routers[i].router = r;
+    assert(*retired != r);
+    assert(r->policy == policy);
     return r;
 }
 
@@ -141,23 +203,27 @@ static int slot_for(ib_proxy_t *px, const char *name, const char *addr, const ib
 
 /* ---- publishing ---- */
 
-/* Publishes <next>, waits until every worker has left the previous table, and returns it. */
-static ib_rtab_t *publish(ib_proxy_t *px, ib_rtab_t *next)
+/* Publishes <next>, waits until every worker has left the previous table, and returns it;
+ * *<epoch> is the epoch that published <next>. */
+static ib_rtab_t *publish(ib_proxy_t *px, ib_rtab_t *next, uint64_t *epoch)
 {
+    assert(rtab_locked(px));
+    assert(next != NULL);
+    assert(rtab_complete(next));
     ib_rtab_t *prev = atomic_exchange(&px->rtab, next);
+    assert(prev != next); /* a table is published once */
     uint64_t e = atomic_fetch_add(&px->epoch, 1) + 1;
+    assert(e > 0);
     for (uint32_t i = 0; i < px->nworkers; i++) {
         uint64_t one = 1;
         (void)!write(px->workers[i].wake_fd, &one, sizeof(one));
     }
     for (int spins = 0; spins < 100000; spins++) { /* 10 s at most; a worker turns in < 100 ms */
-        uint32_t behind = 0;
-        for (uint32_t i = 0; i < px->nworkers; i++)
-            behind += atomic_load(&px->workers[i].qs_epoch) < e;
-        if (behind == 0 || atomic_load(&px->stopping))
+        if (workers_passed(px, e) || atomic_load(&px->stopping))
             break;
         usleep(100);
     }
+    *epoch = e;
     return prev;
 }
 
@@ -185,14 +251,16 @@ int ib_rtab_init_static(ib_proxy_t *px)
     if (rt == NULL)
         return -1;
     pthread_mutex_lock(&px->rtab_lock);
+    assert(rtab_locked(px));
     int rc = -1;
     if (cfg->nreplicas > 0) {
         ib_workload_rt_t *w = &rt->wl[0];
         rt->nworkloads = 1;
         ib_policy_t policy;
         if (ib_policy_parse(cfg->policy, &policy) != 0) {
-            fprintf(stderr, "ibrain: unknown --policy '%s' (affinity, least-load, round-robin, consistent-hash)\n",
-                    cfg->policy);
+            char names[256];
+            ib_policy_list(names, sizeof(names), ", ");
+            fprintf(stderr, "ibrain: unknown --policy '%s' (%s)\n", cfg->policy, names);
             goto out;
         }
         if (ib_chat_template_parse(cfg->chat_template, &w->tpl) != 0) {
@@ -220,6 +288,10 @@ int ib_rtab_init_static(ib_proxy_t *px)
         }
         finish_workload(w);
     }
+    /* The static table is the first: it replaces none, and no worker runs yet. */
+    assert(atomic_load(&px->rtab) == NULL);
+    assert(atomic_load(&px->epoch) == 0);
+    assert(rtab_complete(rt));
     atomic_store(&px->rtab, rt);
     rt = NULL;
     rc = 0;
@@ -229,24 +301,12 @@ out:
     return rc;
 }
 
-int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
+/* Fills <rt>'s workloads from <snap>'s, with their routers; routers replaced because their
+ * settings changed are appended to <retired> (*<nretired>). 0, or -1 when a router cannot
+ * be made (rt->nworkloads then counts those filled). */
+static int snapshot_workloads(ib_proxy_t *px, const ib_snapshot_t *snap, ib_rtab_t *rt, ib_router_t **retired,
+                              uint32_t *nretired)
 {
-    ib_proxy_t *px = arg;
-    ib_rtab_t *rt = calloc(1, sizeof(*rt) + snap->nworkloads * sizeof(ib_workload_rt_t));
-    ib_router_t *retired[IB_MAX_WORKLOADS + 1];
-    uint32_t nretired = 0;
-    if (rt == NULL)
-        return -1;
-    if (snap->nworkloads > IB_MAX_WORKLOADS) {
-        fprintf(stderr, "ibrain: snapshot %llu: more than %d workloads\n", (unsigned long long)snap->version,
-                IB_MAX_WORKLOADS);
-        free(rt);
-        return -1;
-    }
-    pthread_mutex_lock(&px->rtab_lock);
-    ib_rtab_t *cur = atomic_load(&px->rtab);
-    rt->version = snap->version;
-    int rc = -1;
     for (uint32_t i = 0; i < snap->nworkloads; i++) {
         const ib_snap_workload_t *sw = &snap->workloads[i];
         ib_workload_rt_t *w = &rt->wl[i];
@@ -268,11 +328,20 @@ int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
         ib_router_t *old;
         w->router = router_for(px, sw->id, policy, sw->cache_blocks ? sw->cache_blocks : 65536, sw->cache_ttl_ms, &old);
         if (w->router == NULL)
-            goto out;
-        if (old != NULL)
-            retired[nretired++] = old;
+            return -1;
+        if (old != NULL) {
+            assert(*nretired < IB_MAX_WORKLOADS + 1);
+            retired[(*nretired)++] = old;
+        }
         rt->nworkloads++;
     }
+    return 0;
+}
+
+/* Places <snap>'s replicas into slots and into their workloads' slot lists in <rt>;
+ * <cur> is the table still published. A replica that finds no free slot is left out. */
+static void snapshot_replicas(ib_proxy_t *px, const ib_snapshot_t *snap, ib_rtab_t *rt, const ib_rtab_t *cur)
+{
     for (uint32_t i = 0; i < snap->nreplicas; i++) {
         const ib_snap_replica_t *sr = &snap->replicas[i];
         uint32_t k = 0;
@@ -293,19 +362,52 @@ int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
     }
     for (uint32_t i = 0; i < rt->nworkloads; i++)
         finish_workload(&rt->wl[i]);
-    /* Routers of workloads that are gone. */
+}
+
+/* Removes the routers of workloads <snap> no longer has from px->routers, appending them
+ * to <retired> (*<nretired>). */
+static void retire_gone_routers(ib_proxy_t *px, const ib_snapshot_t *snap, ib_router_t **retired, uint32_t *nretired)
+{
     for (uint32_t i = 0; i < px->nrouters;) {
         uint32_t k = 0;
         while (k < snap->nworkloads && strcmp(snap->workloads[k].id, px->routers[i].id) != 0)
             k++;
         if (k == snap->nworkloads) {
-            retired[nretired++] = px->routers[i].router;
+            assert(*nretired < IB_MAX_WORKLOADS + 1);
+            retired[(*nretired)++] = px->routers[i].router;
             px->routers[i] = px->routers[--px->nrouters];
         } else {
             i++;
         }
     }
-    ib_rtab_t *prev = publish(px, rt);
+}
+
+int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
+{
+    ib_proxy_t *px = arg;
+    ib_rtab_t *rt = calloc(1, sizeof(*rt) + snap->nworkloads * sizeof(ib_workload_rt_t));
+    ib_router_t *retired[IB_MAX_WORKLOADS + 1];
+    uint32_t nretired = 0;
+    if (rt == NULL)
+        return -1;
+    if (snap->nworkloads > IB_MAX_WORKLOADS) {
+        fprintf(stderr, "ibrain: snapshot %llu: more than %d workloads\n", (unsigned long long)snap->version,
+                IB_MAX_WORKLOADS);
+        free(rt);
+        return -1;
+    }
+    pthread_mutex_lock(&px->rtab_lock);
+    ib_rtab_t *cur = atomic_load(&px->rtab);
+    rt->version = snap->version;
+    int rc = -1;
+    if (snapshot_workloads(px, snap, rt, retired, &nretired) != 0)
+        goto out;
+    assert(rt->nworkloads == snap->nworkloads);
+    snapshot_replicas(px, snap, rt, cur);
+    retire_gone_routers(px, snap, retired, &nretired);
+    uint64_t e;
+    ib_rtab_t *prev = publish(px, rt, &e);
+    assert(prev == cur); /* writers hold the lock: nothing else published meanwhile */
     rt = NULL;
     /* Every worker routes with the new table from here: the propagation time. */
     struct timespec now;
@@ -314,9 +416,13 @@ int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
                           ? (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000 - snap->written_unix_us
                           : -1;
     release_slots(px, atomic_load(&px->rtab));
+    /* Freed only once no worker can hold them: every one has echoed the epoch after. */
+    assert(workers_passed(px, e) || atomic_load(&px->stopping));
     free(prev);
-    for (uint32_t i = 0; i < nretired; i++)
+    for (uint32_t i = 0; i < nretired; i++) {
+        assert(!router_named(atomic_load(&px->rtab), retired[i]));
         free_router(retired[i]);
+    }
     nretired = 0;
     fprintf(stderr, "ibrain: snapshot %llu applied: %u workloads, %u replicas; every worker on it %lld us after it was written\n",
             (unsigned long long)snap->version, snap->nworkloads, snap->nreplicas, (long long)prop_us);
@@ -348,6 +454,7 @@ const ib_workload_rt_t *ib_rtab_find(const ib_proxy_t *px, const ib_rtab_t *rt, 
     if (rt == NULL || rt->nworkloads == 0)
         return NULL;
     if (rt->version == 0) { /* static: one workload, the --model list (if any) decides */
+        assert(rt->wl[0].router != NULL); /* published complete (rtab_complete) */
         if (px->cfg.nmodels == 0)
             return &rt->wl[0];
         for (uint32_t i = 0; i < px->cfg.nmodels; i++)
@@ -356,7 +463,9 @@ const ib_workload_rt_t *ib_rtab_find(const ib_proxy_t *px, const ib_rtab_t *rt, 
         return NULL;
     }
     for (uint32_t i = 0; i < rt->nworkloads; i++)
-        if (strlen(rt->wl[i].model) == model.len && memcmp(rt->wl[i].model, model.ptr, model.len) == 0)
+        if (strlen(rt->wl[i].model) == model.len && memcmp(rt->wl[i].model, model.ptr, model.len) == 0) {
+            assert(rt->wl[i].router != NULL); /* published complete (rtab_complete) */
             return &rt->wl[i];
+        }
     return NULL;
 }

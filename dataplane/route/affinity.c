@@ -1,6 +1,7 @@
 /* The lock-free affinity table (include/ibrain/affinity.h). */
 #include "ibrain/affinity.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,11 +10,26 @@
 #define SLOT_REP(w) ((uint32_t)(((w) >> 32) & 0xff))
 #define SLOT_STAMP(w) ((uint32_t)(w))
 
+_Static_assert(IB_AFF_MAX_REPLICAS <= 256, "a slot's replica field is 8 bits");
+_Static_assert(IB_AFF_MAX_REPLICAS <= 64 * sizeof(((ib_affinity_t *)0)->used) / sizeof(uint64_t),
+               "the used bitmap has a bit per replica");
+
 static uint32_t tag_of(uint64_t h) { return (uint32_t)(h >> 40) | 1u; }
+
+/* Slot states: a word is empty (0) or an entry, whose tag has its lowest bit set (so an
+ * entry is never 0) and whose replica is one of the table's. Checked where a slot is
+ * written (insert) and wherever one is read. */
+static void assert_slot_state(const ib_affinity_t *t, uint64_t w)
+{
+    (void)t, (void)w;
+    assert(w == 0 || (SLOT_TAG(w) & 1u) == 1u);
+    assert(w == 0 || SLOT_REP(w) < t->nreplicas);
+}
 
 int ib_affinity_init(ib_affinity_t *t, uint32_t sets_log2, uint32_t nreplicas, uint32_t capacity_blocks,
                      uint64_t ttl_ms)
 {
+    assert(t != NULL);
     memset(t, 0, sizeof(*t));
     if (sets_log2 > 28 || nreplicas == 0 || nreplicas > IB_AFF_MAX_REPLICAS || capacity_blocks == 0 ||
         capacity_blocks >= (1u << 31))
@@ -38,6 +54,9 @@ int ib_affinity_init(ib_affinity_t *t, uint32_t sets_log2, uint32_t nreplicas, u
     t->set_mask = (1u << sets_log2) - 1;
     t->nreplicas = nreplicas;
     t->ttl_ms = ttl_ms;
+    assert((t->set_mask & (t->set_mask + 1)) == 0); /* sets: a power of two */
+    assert(t->nreplicas > 0);
+    assert(t->nreplicas <= IB_AFF_MAX_REPLICAS);
     return 0;
 }
 
@@ -51,6 +70,7 @@ void ib_affinity_destroy(ib_affinity_t *t)
 /* Remaining life of a slot word in blocks: > 0 while believed. */
 static int64_t life(const ib_affinity_t *t, uint64_t w)
 {
+    assert_slot_state(t, w);
     if (w == 0)
         return -1;
     uint32_t rep = SLOT_REP(w);
@@ -64,9 +84,11 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
     if ((int32_t)(stamp - floor) <= 0)
         return -1; /* stamped at or before the TTL floor (stamps start at 1) */
     uint32_t age = now - stamp;
+    assert(r->capacity_blocks > 0);
+    assert(r->capacity_blocks < (1u << 31));
     if (age >= (1u << 31))
         return r->capacity_blocks; /* stamped by a concurrent insert ahead of our read */
-    return (int64_t)r->capacity_blocks - (int64_t)age;
+    return (int64_t)r->capacity_blocks - (int64_t)age; /* never more than the capacity */
 }
 
 /* 1 when replica <rep> holds a believed entry for <h>. */
@@ -76,6 +98,7 @@ static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep)
     const _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
     for (int k = 0; k < IB_AFF_WAYS; k++) {
         uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
+        assert_slot_state(t, w);
         if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == rep)
             return life(t, w) > 0;
     }
@@ -84,8 +107,10 @@ static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep)
 
 void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica)
 {
+    assert(t->slots != NULL);
+    assert(h != NULL || n == 0);
     if (n == 0 || replica >= t->nreplicas)
-        return;
+        return; /* a replica outside the table: write-back entries from an instance with more */
     /* The clock advances by the blocks the replica must newly cache: as in its LRU, blocks
      * it already holds are refreshed without evicting anything. At least by 1, so that
      * every insert's stamps are newer than any TTL checkpoint taken before it. */
@@ -94,21 +119,30 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
         adv += !held(t, h[i], replica);
     if (adv == 0)
         adv = 1;
+    assert(adv <= n);
     uint32_t base = atomic_fetch_add_explicit(&t->replicas[replica].counter, adv, memory_order_relaxed);
     if (!(atomic_load_explicit(&t->used[replica >> 6], memory_order_relaxed) & (1ull << (replica & 63))))
         atomic_fetch_or_explicit(&t->used[replica >> 6], 1ull << (replica & 63), memory_order_relaxed);
+    /* Before any of its slots is written, match will walk the replica. */
+    assert(atomic_load_explicit(&t->used[replica >> 6], memory_order_relaxed) & (1ull << (replica & 63)));
     for (size_t i = 0; i < n; i++) {
         /* head blocks newest (age 0), each later one a block older, at most adv - 1 older:
          * stamps stay in (base, base + adv] */
         uint32_t stamp = base + adv - (i < adv - 1 ? (uint32_t)i : adv - 1);
+        assert(stamp - base - 1u < adv); /* in (base, base + adv], counters wrapping */
         uint32_t tag = tag_of(h[i]);
         _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
         uint64_t want = SLOT(tag, replica, stamp);
+        assert(want != 0); /* an entry is never the empty word */
+        assert_slot_state(t, want);
+        assert(SLOT_REP(want) == replica);
+        assert(SLOT_STAMP(want) == stamp);
         int victim = -1;
         int64_t victim_life = INT64_MAX;
         uint64_t victim_word = 0;
         for (int k = 0; k < IB_AFF_WAYS; k++) {
             uint64_t w = atomic_load_explicit(&set[k], memory_order_relaxed);
+            assert_slot_state(t, w);
             if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == replica) {
                 victim = k, victim_word = w; /* refresh our own entry */
                 break;
@@ -117,6 +151,9 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
             if (l < victim_life)
                 victim = k, victim_life = l, victim_word = w;
         }
+        /* Every word's life is below INT64_MAX (an empty one's is -1): a victim is found. */
+        assert(victim >= 0);
+        assert(victim < IB_AFF_WAYS);
         /* One attempt: a lost race means another writer just used this slot. */
         atomic_compare_exchange_strong_explicit(&set[victim], &victim_word, want, memory_order_relaxed,
                                                 memory_order_relaxed);
@@ -125,6 +162,9 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
 
 void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched)
 {
+    assert(t->slots != NULL);
+    assert(h != NULL || n == 0);
+    assert(matched != NULL);
     uint32_t nr = t->nreplicas;
     /* alive: replicas still in the walk (bitmap over up to 128 replicas). A replica's match
      * is the last block it holds; it leaves the walk after IB_AFF_GAP blocks in a row it is
@@ -141,6 +181,7 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
         uint64_t here[2] = {0, 0};
         for (int k = 0; k < IB_AFF_WAYS; k++) {
             uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
+            assert_slot_state(t, w);
             if (w == 0 || SLOT_TAG(w) != tag)
                 continue;
             uint32_t rep = SLOT_REP(w);
@@ -157,18 +198,29 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
             }
         }
         if ((alive[0] | alive[1]) == 0)
-            return;
+            break;
     }
+#ifndef NDEBUG
+    /* The negative space: no match longer than the prompt, and none for a replica never
+     * inserted (match walks only those in used[]). */
+    for (uint32_t r = 0; r < nr; r++) {
+        assert(matched[r] <= n);
+        assert(matched[r] == 0 || (atomic_load_explicit((_Atomic uint64_t *)&t->used[r >> 6], memory_order_relaxed) &
+                                   (1ull << (r & 63))));
+    }
+#endif
 }
 
 void ib_affinity_tick(ib_affinity_t *t, uint64_t now_ms)
 {
+    assert(t->replicas != NULL || t->nreplicas == 0);
     if (t->ttl_ms == 0)
         return;
     for (uint32_t r = 0; r < t->nreplicas; r++) {
         ib_aff_replica_t *rep = &t->replicas[r];
         /* Checkpoint the counter about every ttl/16 (at least every 10 ms). */
         uint64_t every = t->ttl_ms / 16 > 10 ? t->ttl_ms / 16 : 10;
+        assert(rep->cp_next < IB_AFF_CHECKPOINTS);
         uint32_t last = (rep->cp_next + IB_AFF_CHECKPOINTS - 1) % IB_AFF_CHECKPOINTS;
         if (rep->cp_time_ms[last] == 0 || now_ms - rep->cp_time_ms[last] >= every) {
             rep->cp_time_ms[rep->cp_next] = now_ms;
@@ -188,6 +240,9 @@ void ib_affinity_tick(ib_affinity_t *t, uint64_t now_ms)
                 found = 1;
             }
         }
+        /* The floor is a value the counter had: never ahead of it (counters wrap, so as a
+         * difference). */
+        assert(!found || (int32_t)(atomic_load_explicit(&rep->counter, memory_order_relaxed) - floor) >= 0);
         if (found)
             atomic_store_explicit(&rep->ttl_floor, floor, memory_order_relaxed);
     }
@@ -199,6 +254,7 @@ uint64_t ib_affinity_count(const ib_affinity_t *t, uint32_t replica)
     size_t nslots = ((size_t)t->set_mask + 1) * IB_AFF_WAYS;
     for (size_t i = 0; i < nslots; i++) {
         uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&t->slots[i], memory_order_relaxed);
+        assert_slot_state(t, w);
         if (w != 0 && SLOT_REP(w) == replica && life(t, w) > 0)
             n++;
     }

@@ -20,6 +20,13 @@
  *
  * Writers race benignly: a slot is replaced with one CAS, and a lost race loses one
  * insertion; every read returns a whole word some writer wrote.
+ *
+ * Invariants, asserted in debug and sanitizer builds (affinity.c): a slot is empty (0) or
+ * an entry with its tag's lowest bit set and a replica below nreplicas, where it is
+ * written and wherever it is read; an insert's stamps lie in (counter before, counter
+ * after]; a replica is in used[] before any of its entries is written, and no match is
+ * longer than the prompt or credited to a replica not in used[]; a TTL floor is never
+ * ahead of its counter; a believed entry's remaining life is at most the capacity.
  */
 #ifndef IBRAIN_AFFINITY_H
 #define IBRAIN_AFFINITY_H
@@ -48,7 +55,7 @@ typedef struct ib_aff_replica {
 } ib_aff_replica_t;
 
 typedef struct ib_affinity {
-    _Atomic uint64_t *slots;                 /* nsets x IB_AFF_WAYS */
+    _Atomic uint64_t *slots;                 /* nsets x IB_AFF_WAYS; 0 or SLOT(tag | 1, replica, stamp) */
     uint32_t set_mask;
     uint32_t nreplicas;
     uint64_t ttl_ms;                         /* 0: no TTL */

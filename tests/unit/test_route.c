@@ -33,6 +33,14 @@ static void scenario_init(struct scenario *s, uint64_t c, uint64_t rnd)
                                .random = rnd};
 }
 
+/* The registered policy called <name>. */
+static ib_policy_t policy(const char *name)
+{
+    ib_policy_t p = ib_policy_count();
+    assert_int_equal(ib_policy_parse(name, &p), 0);
+    return p;
+}
+
 static int route(ib_router_t *rt, struct scenario *s, ib_route_decision_t *d)
 {
     ib_router_pick(rt, &s->in, d);
@@ -152,10 +160,9 @@ static void test_two_holders_less_loaded_wins(void **state)
 static void test_unusable_never_chosen(void **state)
 {
     (void)state;
-    ib_policy_t policies[] = {IB_POLICY_AFFINITY, IB_POLICY_LEAST_LOAD, IB_POLICY_ROUND_ROBIN, IB_POLICY_CONSISTENT_HASH};
-    for (size_t p = 0; p < 4; p++) {
+    for (ib_policy_t p = 0; p < ib_policy_count(); p++) {
         ib_router_t rt;
-        assert_int_equal(ib_router_init(&rt, policies[p], N, 10, 10000, 0), 0);
+        assert_int_equal(ib_router_init(&rt, p, N, 10, 10000, 0), 0);
         struct scenario s;
         scenario_init(&s, 4, 1);
         ib_router_commit(&rt, &s.in, 3); /* the prefix lives on 3, which is now draining */
@@ -199,9 +206,9 @@ static void test_baselines(void **state)
 {
     (void)state;
     ib_router_t rr, ch, ll;
-    assert_int_equal(ib_router_init(&rr, IB_POLICY_ROUND_ROBIN, N, 4, 100, 0), 0);
-    assert_int_equal(ib_router_init(&ch, IB_POLICY_CONSISTENT_HASH, N, 4, 100, 0), 0);
-    assert_int_equal(ib_router_init(&ll, IB_POLICY_LEAST_LOAD, N, 4, 100, 0), 0);
+    assert_int_equal(ib_router_init(&rr, policy("round-robin"), N, 4, 100, 0), 0);
+    assert_int_equal(ib_router_init(&ch, policy("consistent-hash"), N, 4, 100, 0), 0);
+    assert_int_equal(ib_router_init(&ll, policy("least-load"), N, 4, 100, 0), 0);
     struct scenario s;
     ib_route_decision_t d;
     int seen[N] = {0};
@@ -227,11 +234,75 @@ static void test_baselines(void **state)
     assert_int_equal(d.replica, 1);
     ib_policy_t p;
     assert_int_equal(ib_policy_parse("consistent-hash", &p), 0);
-    assert_int_equal(p, IB_POLICY_CONSISTENT_HASH);
+    assert_string_equal(ib_policy_name(p), "consistent-hash");
     assert_int_equal(ib_policy_parse("random", &p), -1);
     ib_router_destroy(&rr);
     ib_router_destroy(&ch);
     ib_router_destroy(&ll);
+}
+
+/* Every registered policy is found by its name, and only by it. */
+static void test_registry_finds_each_by_name(void **state)
+{
+    (void)state;
+    assert_true(ib_policy_count() > 0);
+    assert_true(ib_policy_count() <= IB_POLICY_MAX);
+    for (ib_policy_t p = 0; p < ib_policy_count(); p++) {
+        const ib_policy_ops_t *ops = ib_policy_ops(p);
+        assert_non_null(ops);
+        ib_policy_t found = ib_policy_count();
+        assert_int_equal(ib_policy_parse(ops->name, &found), 0);
+        assert_int_equal(found, p);
+        assert_string_equal(ib_policy_name(p), ops->name);
+        for (ib_policy_t q = 0; q < p; q++)
+            assert_true(strcmp(ib_policy_ops(q)->name, ops->name) != 0); /* names are unique */
+        ib_router_t rt;
+        assert_int_equal(ib_router_init(&rt, p, N, 4, 100, 0), 0);
+        assert_ptr_equal(rt.ops, ops);
+        ib_router_destroy(&rt);
+    }
+    /* The names the flags, snapshots and docs use; the default comes first. */
+    const char *known[] = {"affinity", "least-load", "round-robin", "consistent-hash"};
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        assert_string_equal(ib_policy_name(policy(known[i])), known[i]);
+    assert_string_equal(ib_policy_name(IB_POLICY_AFFINITY), "affinity");
+    char list[256];
+    int n = ib_policy_list(list, sizeof(list), ", ");
+    assert_int_equal(n, (int)strlen(list));
+    assert_non_null(strstr(list, "affinity, least-load"));
+    char cut[5];
+    assert_int_equal(ib_policy_list(cut, sizeof(cut), ", "), n);
+    assert_string_equal(cut, "affi");
+}
+
+/* A name no policy has is refused, and so is a policy outside the registry. */
+static void test_registry_refuses_unknown(void **state)
+{
+    (void)state;
+    const char *unknown[] = {"random", "", "Affinity", "affinity ", "least_load", "precise"};
+    for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
+        ib_policy_t p = 12345;
+        assert_int_equal(ib_policy_parse(unknown[i], &p), -1);
+        assert_int_equal(p, 12345); /* untouched */
+    }
+    assert_null(ib_policy_ops(ib_policy_count()));
+    assert_string_equal(ib_policy_name(ib_policy_count()), "unknown");
+    ib_router_t rt;
+    assert_int_equal(ib_router_init(&rt, ib_policy_count(), N, 4, 100, 0), -1);
+    ib_router_destroy(&rt);
+}
+
+/* No ops table lacks a member the router calls. */
+static void test_registry_ops_complete(void **state)
+{
+    (void)state;
+    for (ib_policy_t p = 0; p < ib_policy_count(); p++) {
+        const ib_policy_ops_t *ops = ib_policy_ops(p);
+        assert_non_null(ops->name);
+        assert_true(ops->name[0] != '\0');
+        assert_non_null(ops->pick);
+        assert_non_null(ops->commit);
+    }
 }
 
 int main(void)
@@ -241,6 +312,8 @@ int main(void)
         cmocka_unit_test(test_distinctive_history_counts), cmocka_unit_test(test_lone_short_prefix_does_not_herd),
         cmocka_unit_test(test_two_holders_less_loaded_wins), cmocka_unit_test(test_unusable_never_chosen),
         cmocka_unit_test(test_session_sticks),           cmocka_unit_test(test_baselines),
+        cmocka_unit_test(test_registry_finds_each_by_name), cmocka_unit_test(test_registry_refuses_unknown),
+        cmocka_unit_test(test_registry_ops_complete),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
