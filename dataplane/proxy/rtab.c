@@ -382,6 +382,21 @@ static void retire_gone_routers(ib_proxy_t *px, const ib_snapshot_t *snap, ib_ro
     }
 }
 
+/* Puts the router registry back as <saved> (<n> entries) after a snapshot failed half
+ * way: the routers made for it (in the registry now, not in <saved>) are freed. */
+static void rollback_routers(ib_proxy_t *px, const __typeof__(px->routers[0]) *saved, uint32_t n)
+{
+    for (uint32_t i = 0; i < px->nrouters; i++) {
+        int kept = 0;
+        for (uint32_t k = 0; k < n && !kept; k++)
+            kept = saved[k].router == px->routers[i].router;
+        if (!kept)
+            free_router(px->routers[i].router);
+    }
+    memcpy(px->routers, saved, sizeof(px->routers));
+    px->nrouters = n;
+}
+
 int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
 {
     ib_proxy_t *px = arg;
@@ -400,11 +415,20 @@ int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
     ib_rtab_t *cur = atomic_load(&px->rtab);
     rt->version = snap->version;
     int rc = -1;
-    if (snapshot_workloads(px, snap, rt, retired, &nretired) != 0)
+    /* The registry as it was: a failure below puts it back, so that the routers the
+     * published table still uses stay registered and alive. Gone workloads leave it
+     * first, so that a snapshot replacing every workload with new ones has room. */
+    __typeof__(px->routers) saved;
+    uint32_t saved_n = px->nrouters;
+    memcpy(saved, px->routers, sizeof(saved));
+    retire_gone_routers(px, snap, retired, &nretired);
+    if (snapshot_workloads(px, snap, rt, retired, &nretired) != 0) {
+        rollback_routers(px, saved, saved_n);
+        nretired = 0; /* nothing retired: the published table keeps using them */
         goto out;
+    }
     assert(rt->nworkloads == snap->nworkloads);
     snapshot_replicas(px, snap, rt, cur);
-    retire_gone_routers(px, snap, retired, &nretired);
     uint64_t e;
     ib_rtab_t *prev = publish(px, rt, &e);
     assert(prev == cur); /* writers hold the lock: nothing else published meanwhile */
@@ -429,11 +453,7 @@ int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
     rc = 0;
 out:
     pthread_mutex_unlock(&px->rtab_lock);
-    if (rt != NULL) {
-        free(rt);
-        for (uint32_t i = 0; i < nretired; i++)
-            free_router(retired[i]);
-    }
+    free(rt);
     return rc;
 }
 
