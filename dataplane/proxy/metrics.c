@@ -60,7 +60,8 @@ static int histogram(const ib_proxy_t *px, ib_buf_t *b, const char *name, const 
                          (unsigned long long)sum(px, count_off));
 }
 
-int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
+/* Requests by route and status, durations, time to first byte. */
+static int render_requests(const ib_proxy_t *px, ib_buf_t *b)
 {
     int rc = ib_buf_printf(b, "# HELP ibrain_requests_total HTTP requests answered, by route and status.\n"
                         "# TYPE ibrain_requests_total counter\n");
@@ -81,6 +82,13 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                          "Time from a complete request head to the replica's response head (proxied requests).",
                          offsetof(ib_worker_metrics_t, ttfb_bucket), offsetof(ib_worker_metrics_t, ttfb_sum_us),
                          offsetof(ib_worker_metrics_t, ttfb_count));
+    return rc;
+}
+
+/* Per replica: upstream errors, in flight, health, ejections. */
+static int render_replicas(const ib_proxy_t *px, ib_buf_t *b)
+{
+    int rc = 0;
     rc = rc || ib_buf_printf(b, "# HELP ibrain_upstream_errors_total Failures talking to a replica, by kind.\n"
                           "# TYPE ibrain_upstream_errors_total counter\n");
     uint32_t nslots = atomic_load_explicit(&((ib_proxy_t *)px)->nslots, memory_order_acquire);
@@ -106,6 +114,13 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
         rc = !SLOT_SHOWN(r) ? 0 : ib_buf_printf(b, "ibrain_replica_ejections_total{replica=\"%s\"} %llu\n", px->replicas[r].name,
                      (unsigned long long)atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->ejections,
                                                               memory_order_relaxed));
+    return rc;
+}
+
+/* Retries, aborts, connections, busy polling. */
+static int render_counters(const ib_proxy_t *px, ib_buf_t *b)
+{
+    int rc = 0;
     rc = rc || ib_buf_printf(b,
                        "# HELP ibrain_retries_total Requests retried on another replica after a failure before any response byte.\n"
                        "# TYPE ibrain_retries_total counter\nibrain_retries_total %llu\n",
@@ -132,6 +147,13 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_upstream_connections_opened_total counter\n"
                        "ibrain_upstream_connections_opened_total %llu\n",
                        (unsigned long long)SUM(upstream_conns_opened));
+    return rc;
+}
+
+/* Routing decisions, matched prefixes, prompt blocks and tokens. */
+static int render_routing(const ib_proxy_t *px, ib_buf_t *b)
+{
+    int rc = 0;
     rc = rc || ib_buf_printf(b, "# HELP ibrain_route_decisions_total Routing decisions of chat and completion requests, by reason.\n"
                           "# TYPE ibrain_route_decisions_total counter\n");
     for (uint32_t p = 0; p < ib_policy_count() && !rc; p++)
@@ -166,53 +188,65 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_context_length_exceeded_total counter\n"
                        "ibrain_context_length_exceeded_total %llu\n",
                        (unsigned long long)SUM(prompt_tokens), (unsigned long long)SUM(context_exceeded));
-    if (px->cfg.redis != NULL || px->cfg.nredis_sentinels > 0) {
-        const ib_sync_status_t *st = &px->sync_status;
-        int64_t written = atomic_load_explicit(&((ib_sync_status_t *)st)->written_unix_ms, memory_order_relaxed);
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        double age = written > 0 ? (double)ts.tv_sec + ts.tv_nsec / 1e9 - (double)written / 1e3 : 0;
-        ib_sync_status_t *sst = (ib_sync_status_t *)st;
-        rc = rc || ib_buf_printf(b,
-                           "# HELP ibrain_redis_up 1 while the snapshot sync is connected to Redis.\n"
-                           "# TYPE ibrain_redis_up gauge\nibrain_redis_up %d\n"
-                           "# HELP ibrain_snapshot_version Version of the routing snapshot in force (0: none yet).\n"
-                           "# TYPE ibrain_snapshot_version gauge\nibrain_snapshot_version %llu\n",
-                           atomic_load(&sst->redis_up), (unsigned long long)atomic_load(&sst->version));
-        rc = rc || ib_buf_printf(b,
-                           "# HELP ibrain_snapshot_age_seconds Time since the snapshot in force was written.\n"
-                           "# TYPE ibrain_snapshot_age_seconds gauge\nibrain_snapshot_age_seconds %.3f\n"
-                           "# HELP ibrain_snapshot_updates_total Snapshots applied.\n"
-                           "# TYPE ibrain_snapshot_updates_total counter\nibrain_snapshot_updates_total %llu\n",
-                           age, (unsigned long long)atomic_load(&sst->updates));
-        rc = rc || ib_buf_printf(b,
-                           "# HELP ibrain_redis_errors_total Redis connect, command and snapshot decode failures.\n"
-                           "# TYPE ibrain_redis_errors_total counter\nibrain_redis_errors_total %llu\n"
-                           "# HELP ibrain_redis_connects_total Successful (re)connections to Redis.\n"
-                           "# TYPE ibrain_redis_connects_total counter\nibrain_redis_connects_total %llu\n",
-                           (unsigned long long)atomic_load(&sst->errors),
-                           (unsigned long long)atomic_load(&sst->reconnects));
-        ib_proxy_t *mpx = (ib_proxy_t *)px;
-        uint64_t ring_drops = 0;
-        for (uint32_t i = 0; i < px->nworkers; i++)
-            ring_drops += atomic_load_explicit(&mpx->workers[i].wb.dropped, memory_order_relaxed);
-        rc = rc || ib_buf_printf(b,
-                           "# HELP ibrain_writeback_sent_total Prefix insertions sent to other instances.\n"
-                           "# TYPE ibrain_writeback_sent_total counter\nibrain_writeback_sent_total %llu\n"
-                           "# HELP ibrain_writeback_applied_total Prefix insertions from other instances applied here.\n"
-                           "# TYPE ibrain_writeback_applied_total counter\nibrain_writeback_applied_total %llu\n",
-                           (unsigned long long)atomic_load(&mpx->wb_sent),
-                           (unsigned long long)atomic_load(&mpx->wb_applied));
-        rc = rc || ib_buf_printf(b,
-                           "# HELP ibrain_writeback_batches_received_total Write-back batches read from other instances.\n"
-                           "# TYPE ibrain_writeback_batches_received_total counter\n"
-                           "ibrain_writeback_batches_received_total %llu\n"
-                           "# HELP ibrain_writeback_dropped_total Prefix insertions not shared (queue full or batch limit).\n"
-                           "# TYPE ibrain_writeback_dropped_total counter\nibrain_writeback_dropped_total %llu\n",
-                           (unsigned long long)atomic_load(&mpx->wb_batches_in),
-                           (unsigned long long)(atomic_load(&mpx->wb_dropped) + ring_drops));
-    }
+    return rc;
+}
+
+/* Snapshot sync and write-back (with Redis only). */
+static int render_sync(const ib_proxy_t *px, ib_buf_t *b)
+{
+    const ib_sync_status_t *st = &px->sync_status;
+    int64_t written = atomic_load_explicit(&((ib_sync_status_t *)st)->written_unix_ms, memory_order_relaxed);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double age = written > 0 ? (double)ts.tv_sec + ts.tv_nsec / 1e9 - (double)written / 1e3 : 0;
+    ib_sync_status_t *sst = (ib_sync_status_t *)st;
+    int rc = ib_buf_printf(b,
+                       "# HELP ibrain_redis_up 1 while the snapshot sync is connected to Redis.\n"
+                       "# TYPE ibrain_redis_up gauge\nibrain_redis_up %d\n"
+                       "# HELP ibrain_snapshot_version Version of the routing snapshot in force (0: none yet).\n"
+                       "# TYPE ibrain_snapshot_version gauge\nibrain_snapshot_version %llu\n",
+                       atomic_load(&sst->redis_up), (unsigned long long)atomic_load(&sst->version));
+    rc = rc || ib_buf_printf(b,
+                       "# HELP ibrain_snapshot_age_seconds Time since the snapshot in force was written.\n"
+                       "# TYPE ibrain_snapshot_age_seconds gauge\nibrain_snapshot_age_seconds %.3f\n"
+                       "# HELP ibrain_snapshot_updates_total Snapshots applied.\n"
+                       "# TYPE ibrain_snapshot_updates_total counter\nibrain_snapshot_updates_total %llu\n",
+                       age, (unsigned long long)atomic_load(&sst->updates));
+    rc = rc || ib_buf_printf(b,
+                       "# HELP ibrain_redis_errors_total Redis connect, command and snapshot decode failures.\n"
+                       "# TYPE ibrain_redis_errors_total counter\nibrain_redis_errors_total %llu\n"
+                       "# HELP ibrain_redis_connects_total Successful (re)connections to Redis.\n"
+                       "# TYPE ibrain_redis_connects_total counter\nibrain_redis_connects_total %llu\n",
+                       (unsigned long long)atomic_load(&sst->errors),
+                       (unsigned long long)atomic_load(&sst->reconnects));
+    ib_proxy_t *mpx = (ib_proxy_t *)px;
+    uint64_t ring_drops = 0;
+    for (uint32_t i = 0; i < px->nworkers; i++)
+        ring_drops += atomic_load_explicit(&mpx->workers[i].wb.dropped, memory_order_relaxed);
+    rc = rc || ib_buf_printf(b,
+                       "# HELP ibrain_writeback_sent_total Prefix insertions sent to other instances.\n"
+                       "# TYPE ibrain_writeback_sent_total counter\nibrain_writeback_sent_total %llu\n"
+                       "# HELP ibrain_writeback_applied_total Prefix insertions from other instances applied here.\n"
+                       "# TYPE ibrain_writeback_applied_total counter\nibrain_writeback_applied_total %llu\n",
+                       (unsigned long long)atomic_load(&mpx->wb_sent),
+                       (unsigned long long)atomic_load(&mpx->wb_applied));
+    rc = rc || ib_buf_printf(b,
+                       "# HELP ibrain_writeback_batches_received_total Write-back batches read from other instances.\n"
+                       "# TYPE ibrain_writeback_batches_received_total counter\n"
+                       "ibrain_writeback_batches_received_total %llu\n"
+                       "# HELP ibrain_writeback_dropped_total Prefix insertions not shared (queue full or batch limit).\n"
+                       "# TYPE ibrain_writeback_dropped_total counter\nibrain_writeback_dropped_total %llu\n",
+                       (unsigned long long)atomic_load(&mpx->wb_batches_in),
+                       (unsigned long long)(atomic_load(&mpx->wb_dropped) + ring_drops));
+    return rc;
+}
+
+int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
+{
+    int rc = render_requests(px, b) || render_replicas(px, b) || render_counters(px, b) || render_routing(px, b);
+    if (px->cfg.redis != NULL || px->cfg.nredis_sentinels > 0)
+        rc = rc || render_sync(px, b);
     rc = rc || ib_buf_printf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",
-                       px->nworkers);
+                             px->nworkers);
     return rc ? -1 : 0;
 }

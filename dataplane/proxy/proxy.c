@@ -155,6 +155,27 @@ static int bind_listener(const struct sockaddr_in *sa)
     return fd;
 }
 
+/* The line that says what a new proxy serves, and how. */
+static void log_listening(const ib_proxy_t *px, const struct sockaddr_in *sa)
+{
+    const ib_proxy_config_t *cfg = &px->cfg;
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof(ip));
+    char blocks[48];
+    const ib_rtab_t *rt = atomic_load(&px->rtab);
+    if (rt->nworkloads > 0 && rt->wl[0].tokenizer != NULL)
+        snprintf(blocks, sizeof(blocks), "%u-token blocks", cfg->block_tokens);
+    else
+        snprintf(blocks, sizeof(blocks), "%u-byte blocks", cfg->block_bytes);
+    if (rt->nworkloads > 0)
+        fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas, policy %s, template %s, %s\n", ip,
+                px->port, px->nworkers, cfg->nreplicas, ib_policy_name(rt->wl[0].router->policy),
+                ib_chat_template_name(rt->wl[0].tpl), blocks);
+    else
+        fprintf(stderr, "ibrain: listening on %s:%u with %u workers; replicas come from the Redis snapshot\n", ip,
+                px->port, px->nworkers);
+}
+
 ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
 {
     ib_proxy_t *px = calloc(1, sizeof(*px));
@@ -240,21 +261,7 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
         fprintf(stderr, "ibrain: cannot write %s: %s\n", cfg->port_file, strerror(errno));
         goto Error;
     }
-    char ip[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
-    char blocks[48];
-    const ib_rtab_t *rt = atomic_load(&px->rtab);
-    if (rt->nworkloads > 0 && rt->wl[0].tokenizer != NULL)
-        snprintf(blocks, sizeof(blocks), "%u-token blocks", cfg->block_tokens);
-    else
-        snprintf(blocks, sizeof(blocks), "%u-byte blocks", cfg->block_bytes);
-    if (rt->nworkloads > 0)
-        fprintf(stderr, "ibrain: listening on %s:%u with %u workers, %u replicas, policy %s, template %s, %s\n", ip,
-                px->port, px->nworkers, cfg->nreplicas, ib_policy_name(rt->wl[0].router->policy),
-                ib_chat_template_name(rt->wl[0].tpl), blocks);
-    else
-        fprintf(stderr, "ibrain: listening on %s:%u with %u workers; replicas come from the Redis snapshot\n", ip,
-                px->port, px->nworkers);
+    log_listening(px, &sa);
     return px;
 Error:
     ib_proxy_destroy(px);
