@@ -19,7 +19,7 @@
 #include "ibrain/net.h"
 #include "ibrain/ondemand_c.h"
 
-#define MAX_CHILDREN (IB_CLUSTER_MAX_WORKLOADS * IB_CLUSTER_MAX_REPLICAS)
+#define MAX_CHILDREN (IB_MAX_WORKLOADS * IB_MAX_WORKLOAD_REPLICAS)
 
 typedef struct child {
     char id[80];

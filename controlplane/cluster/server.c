@@ -44,12 +44,12 @@ typedef struct retiring {
     uint64_t stop_at_ns;
 } retiring_t;
 
-#define MAX_RETIRING (2 * IB_CLUSTER_MAX_REPLICAS)
-#define MAX_LISTED (IB_CLUSTER_MAX_REPLICAS + MAX_RETIRING)
+#define MAX_RETIRING (2 * IB_MAX_WORKLOAD_REPLICAS)
+#define MAX_LISTED (IB_MAX_WORKLOAD_REPLICAS + MAX_RETIRING)
 
 typedef struct workload {
     ib_workload_spec_t spec;
-    char replica_ids[IB_CLUSTER_MAX_REPLICAS][80];
+    char replica_ids[IB_MAX_WORKLOAD_REPLICAS][80];
     retiring_t old[MAX_RETIRING];
     uint32_t nold;
 } workload_t;
@@ -62,7 +62,7 @@ typedef struct cluster {
     ib_driver_t *driver;
     const ib_cluster_config_t *cfg;
     const char *state_dir;
-    workload_t workloads[IB_CLUSTER_MAX_WORKLOADS];
+    workload_t workloads[IB_MAX_WORKLOADS];
     uint32_t n;
     uint64_t next_generation;
     /* metrics: counted on the main thread, rendered into <metrics> about once a second
@@ -114,6 +114,24 @@ static workload_t *find(cluster_t *c, const char *id)
         if (strcmp(c->workloads[i].spec.id, id) == 0)
             return &c->workloads[i];
     return NULL;
+}
+
+/* Whether the workloads, with <s> replacing (or added as) the one of its id, ask for more
+ * replicas than a routing snapshot holds (IB_MAX_REPLICAS). 0, or -1 with <r> set to
+ * RESOURCE_EXHAUSTED naming the limit. */
+static int check_total_replicas(cluster_t *c, const ib_workload_spec_t *s, reply_t *r)
+{
+    uint32_t total = s->replicas;
+    for (uint32_t i = 0; i < c->n; i++)
+        if (strcmp(c->workloads[i].spec.id, s->id) != 0)
+            total += c->workloads[i].spec.replicas;
+    if (total <= IB_MAX_REPLICAS)
+        return 0;
+    char msg[200];
+    snprintf(msg, sizeof(msg), "replicas: the workloads would ask for %u replicas, over IB_MAX_REPLICAS (%d), what a "
+             "routing snapshot holds", total, IB_MAX_REPLICAS);
+    fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", msg);
+    return -1;
 }
 
 static int valid_id(const char *s)
@@ -257,8 +275,10 @@ static int spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *
         fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "model: required");
         return -1;
     }
-    if (m->replicas < 1 || m->replicas > IB_CLUSTER_MAX_REPLICAS) {
-        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "replicas: must be 1..32");
+    if (m->replicas < 1 || m->replicas > IB_MAX_WORKLOAD_REPLICAS) {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "replicas: must be 1..%d", IB_MAX_WORKLOAD_REPLICAS);
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", msg);
         return -1;
     }
     if (m->weights == NULL || m->weights[0] == '\0') {
@@ -355,10 +375,14 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
     }
     if (driver_validate(c, &s, r) != 0)
         goto out;
-    if (c->n == IB_CLUSTER_MAX_WORKLOADS) {
-        fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", "too many workloads");
+    if (c->n == IB_MAX_WORKLOADS) {
+        char msg[120];
+        snprintf(msg, sizeof(msg), "too many workloads: IB_MAX_WORKLOADS is %d", IB_MAX_WORKLOADS);
+        fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", msg);
         goto out;
     }
+    if (check_total_replicas(c, &s, r) != 0)
+        goto out;
     s.generation = ++c->next_generation;
     if (save_spec(c, &s) != 0) {
         fail(r, GRPC_STATUS_INTERNAL, "%s", "cannot write the workload to the state directory");
@@ -478,7 +502,7 @@ static void update_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
         fail(r, GRPC_STATUS_NOT_FOUND, "workload '%s' does not exist", s.id);
         goto out;
     }
-    if (driver_validate(c, &s, r) != 0)
+    if (driver_validate(c, &s, r) != 0 || check_total_replicas(c, &s, r) != 0)
         goto out;
     uint64_t now = ib_now_ns(), grace = (uint64_t)c->cfg->drain_grace_ms * 1000000ull;
     if (same_but_replicas(&s, &w->spec)) { /* scale */
@@ -508,7 +532,7 @@ static void update_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
             goto out;
         }
         s.generation = c->next_generation + 1;
-        char ids[IB_CLUSTER_MAX_REPLICAS][80];
+        char ids[IB_MAX_WORKLOAD_REPLICAS][80];
         for (uint32_t i = 0; i < s.replicas; i++) {
             if (c->driver->start(c->driver->self, &s, i, err, sizeof(err)) != 0) {
                 for (uint32_t k = 0; k < i; k++)
@@ -599,7 +623,7 @@ static void load_specs(cluster_t *c)
     for (int i = 0; i < n; i++) {
         const char *name = names[i]->d_name;
         size_t nl = strlen(name);
-        if (nl > 5 && strcmp(name + nl - 5, ".spec") == 0 && c->n < IB_CLUSTER_MAX_WORKLOADS) {
+        if (nl > 5 && strcmp(name + nl - 5, ".spec") == 0 && c->n < IB_MAX_WORKLOADS) {
             char path[1200];
             snprintf(path, sizeof(path), "%s/%s", dir, name);
             FILE *f = fopen(path, "rb");

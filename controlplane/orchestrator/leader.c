@@ -82,7 +82,25 @@ typedef struct loop {
     int leading;
     int busy;                /* a workload is not settled: poll fast */
     int have_last;           /* <last> holds what was written (an empty snapshot encodes to 0 bytes) */
+    char refused[300];       /* why the last snapshot built was not written ("" when it was fine) */
 } loop_t;
+
+/* Whether <snap> is within the limits ibrain holds (ib_snapshot_check). When not, it is
+ * not written (the one in Redis stays): counted in snapshot_errors_total and logged when
+ * the reason changes. Returns 0 when it may be written. */
+static int refuse_over_limits(loop_t *L, const ib_snapshot_t *snap)
+{
+    char err[256];
+    if (ib_snapshot_check(snap, err, sizeof(err)) == 0) {
+        L->refused[0] = '\0';
+        return 0;
+    }
+    atomic_fetch_add(&L->o->leader.snapshot_errors_total, 1);
+    if (strcmp(err, L->refused) != 0)
+        fprintf(stderr, "ib-orchestrator: snapshot not written, the last one stays: %s\n", err);
+    snprintf(L->refused, sizeof(L->refused), "%s", err);
+    return -1;
+}
 
 static void drop_redis(loop_t *L)
 {
@@ -166,6 +184,10 @@ static void tick(loop_t *L)
     ibrain__v1__workload_list__free_unpacked(wl, NULL);
     if (built != 0)
         return;
+    if (refuse_over_limits(L, &snap) != 0) {
+        ib_snapshot_free(&snap);
+        return;
+    }
     ib_buf_t enc = {0};
     int force = 0;
     if (now >= L->next_exists_ms) { /* a Redis restarted empty gets the snapshot again */

@@ -17,14 +17,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "ibrain/limits.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* ---- types ---- */
 
-#define IB_CLUSTER_MAX_WORKLOADS 64
-#define IB_CLUSTER_MAX_REPLICAS 32 /* per workload */
+/* IB_MAX_WORKLOADS, IB_MAX_WORKLOAD_REPLICAS (per workload) and IB_MAX_REPLICAS (every
+ * workload together, what a routing snapshot holds): include/ibrain/limits.h */
 
 typedef struct ib_workload_spec {
     char id[64];

@@ -50,7 +50,9 @@ ib_expect_eq "model ids" "$(ib_json "$IB_TMP/models.json" 'sorted(int(m["id"][1:
 code=$(curl -s -D "$IB_TMP/h.txt" -o "$IB_TMP/b.json" -w '%{http_code}' "$url/v1/chat/completions" \
   -d '{"model":"m40","messages":[{"role":"user","content":"hello"}],"max_tokens":2}')
 ib_expect_eq "m40 status" "$code" 200
-ib_expect_eq "m40 served by" "$(tr -d '\r' <"$IB_TMP/h.txt" | awk -F': ' 'tolower($1) == "x-ib-replica" {print $2}')" last
+ib_expect_eq "m40 routed to" "$(tr -d '\r' <"$IB_TMP/h.txt" | awk -F': ' 'tolower($1) == "x-ib-replica" {print $2}')" r40
+# The mock engine names itself (--id) in the completion's id.
+ib_expect_eq "m40 answered by engine 'last'" "$(ib_json "$IB_TMP/b.json" '"-last-" in d["id"]')" True
 
 # 2. The writer refuses one workload, or one replica, over the limits, naming the limit;
 #    Redis keeps version 7 and ibrain stays on it with no error counted.
