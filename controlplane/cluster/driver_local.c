@@ -299,6 +299,16 @@ static void local_tick(void *self)
     }
 }
 
+static void local_destroy(ib_driver_t *d)
+{
+    if (d == NULL)
+        return;
+    local_t *l = d->self;
+    free(l->children);
+    ib_json_parser_free(l->json);
+    free(l);
+}
+
 ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg)
 {
     local_t *l = calloc(1, sizeof(*l));
@@ -313,16 +323,16 @@ ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg)
         free(l);
         return NULL;
     }
-    l->ops = (ib_driver_t){l, local_validate, local_start, local_adopt, local_stop, local_status, local_tick};
+    l->ops = (ib_driver_t){
+        .self = l,
+        .name = "local",
+        .validate = local_validate,
+        .start = local_start,
+        .adopt = local_adopt,
+        .stop = local_stop,
+        .status = local_status,
+        .tick = local_tick,
+        .destroy = local_destroy,
+    };
     return &l->ops;
-}
-
-void ib_driver_local_free(ib_driver_t *d)
-{
-    if (d == NULL)
-        return;
-    local_t *l = d->self;
-    free(l->children);
-    ib_json_parser_free(l->json);
-    free(l);
 }

@@ -975,7 +975,7 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
         fprintf(stderr, "ib-clusterd: cannot write %s\n", cfg->port_file);
         goto out;
     }
-    fprintf(stderr, "ib-clusterd: gRPC on 127.0.0.1:%d, local driver, state in %s\n", port, cfg->state_dir);
+    fprintf(stderr, "ib-clusterd: gRPC on 127.0.0.1:%d, %s driver, state in %s\n", port, driver->name, cfg->state_dir);
     if (cfg->http_listen != NULL) {
         char err[160];
         render_metrics(c);
