@@ -44,6 +44,26 @@ typedef struct retiring {
     uint64_t stop_at_ns;
 } retiring_t;
 
+/* Phases cross gRPC as numbers: cluster.proto's enums are include/ibrain/phase.h's. */
+_Static_assert(IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_UNKNOWN == (int)IB_REPLICA_UNKNOWN &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_PENDING == (int)IB_REPLICA_PENDING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_COMPILING == (int)IB_REPLICA_COMPILING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_STARTING == (int)IB_REPLICA_STARTING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_READY == (int)IB_REPLICA_READY &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_RESTARTING == (int)IB_REPLICA_RESTARTING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_FAILED == (int)IB_REPLICA_FAILED &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_DRAINING == (int)IB_REPLICA_DRAINING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_STOPPED == (int)IB_REPLICA_STOPPED &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_GONE == (int)IB_REPLICA_GONE && IB_REPLICA__COUNT == 10,
+               "cluster.proto ReplicaPhase matches ib_replica_phase_t");
+_Static_assert(IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_UNKNOWN == (int)IB_WORKLOAD_UNKNOWN &&
+                   IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_PROGRESSING == (int)IB_WORKLOAD_PROGRESSING &&
+                   IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_READY == (int)IB_WORKLOAD_READY &&
+                   IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_ROLLING == (int)IB_WORKLOAD_ROLLING &&
+                   IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_DEGRADED == (int)IB_WORKLOAD_DEGRADED &&
+                   IB_WORKLOAD__COUNT == 5,
+               "cluster.proto WorkloadPhase matches ib_workload_phase_t");
+
 #define MAX_RETIRING (2 * IB_MAX_WORKLOAD_REPLICAS)
 #define MAX_LISTED (IB_MAX_WORKLOAD_REPLICAS + MAX_RETIRING)
 
@@ -151,7 +171,6 @@ typedef struct status_msg {
     Ibrain__V1__ReplicaStatus reps[MAX_LISTED];
     Ibrain__V1__ReplicaStatus *rptrs[MAX_LISTED];
     ib_replica_status_t raw[MAX_LISTED];
-    char phase[16];
     char message[300];
 } status_msg_t;
 
@@ -171,15 +190,15 @@ static uint32_t replica_statuses(cluster_t *c, workload_t *w, ib_replica_status_
 
 /* The workload's phase and why, from its replicas' statuses. Returns the ready replicas
  * of the current generation. */
-static uint32_t workload_phase(const workload_t *w, const ib_replica_status_t *raw, char *phase, size_t pcap,
+static uint32_t workload_phase(const workload_t *w, const ib_replica_status_t *raw, ib_workload_phase_t *phase,
                                char *msg, size_t mcap)
 {
     uint32_t ready = 0, failed = 0, draining = 0;
     const char *reason = "";
     for (uint32_t i = 0; i < w->spec.replicas; i++) {
-        if (strcmp(raw[i].phase, "ready") == 0)
+        if (raw[i].phase == IB_REPLICA_READY)
             ready++;
-        else if (strcmp(raw[i].phase, "failed") == 0 || strcmp(raw[i].phase, "restarting") == 0) {
+        else if (raw[i].phase == IB_REPLICA_FAILED || raw[i].phase == IB_REPLICA_RESTARTING) {
             failed++;
             if (reason[0] == '\0')
                 reason = raw[i].reason;
@@ -189,20 +208,20 @@ static uint32_t workload_phase(const workload_t *w, const ib_replica_status_t *r
         draining += w->old[i].draining;
     msg[0] = '\0';
     if (w->nold > draining) {
-        snprintf(phase, pcap, "rolling");
+        *phase = IB_WORKLOAD_ROLLING;
         snprintf(msg, mcap, "generation %llu: %u of %u replicas ready; %u older replicas serve until then%s%s",
                  (unsigned long long)w->spec.generation, ready, w->spec.replicas, w->nold - draining,
                  failed ? "; " : "", failed ? reason : "");
     } else if (draining > 0) {
-        snprintf(phase, pcap, "rolling");
+        *phase = IB_WORKLOAD_ROLLING;
         snprintf(msg, mcap, "%u retiring replicas draining", draining);
     } else if (ready == w->spec.replicas) {
-        snprintf(phase, pcap, "ready");
+        *phase = IB_WORKLOAD_READY;
     } else if (failed > 0) {
-        snprintf(phase, pcap, "degraded");
+        *phase = IB_WORKLOAD_DEGRADED;
         snprintf(msg, mcap, "%u of %u replicas ready; %s", ready, w->spec.replicas, reason);
     } else {
-        snprintf(phase, pcap, "progressing");
+        *phase = IB_WORKLOAD_PROGRESSING;
         snprintf(msg, mcap, "%u of %u replicas ready", ready, w->spec.replicas);
     }
     return ready;
@@ -226,7 +245,7 @@ static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
     for (uint32_t i = 0; i < n; i++) {
         ibrain__v1__replica_status__init(&m->reps[i]);
         m->reps[i].id = m->raw[i].id;
-        m->reps[i].phase = m->raw[i].phase;
+        m->reps[i].phase = (Ibrain__V1__ReplicaPhase)m->raw[i].phase;
         m->reps[i].reason = m->raw[i].reason;
         m->reps[i].address = m->raw[i].address;
         m->reps[i].generation = m->raw[i].generation;
@@ -235,8 +254,9 @@ static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
         m->reps[i].draining = m->raw[i].draining;
         m->rptrs[i] = &m->reps[i];
     }
-    m->st.ready_replicas = workload_phase(w, m->raw, m->phase, sizeof(m->phase), m->message, sizeof(m->message));
-    m->st.phase = m->phase;
+    ib_workload_phase_t phase = IB_WORKLOAD_UNKNOWN;
+    m->st.ready_replicas = workload_phase(w, m->raw, &phase, m->message, sizeof(m->message));
+    m->st.phase = (Ibrain__V1__WorkloadPhase)phase;
     m->st.message = m->message;
     m->st.n_replicas = n;
     m->st.replicas = m->rptrs;
@@ -576,7 +596,7 @@ static void roll(cluster_t *c)
             ib_replica_status_t st;
             for (uint32_t k = 0; k < w->spec.replicas; k++) {
                 c->driver->status(c->driver->self, w->replica_ids[k], &st);
-                ready += strcmp(st.phase, "ready") == 0;
+                ready += st.phase == IB_REPLICA_READY;
             }
             if (ready == w->spec.replicas) {
                 for (uint32_t k = 0; k < w->nold; k++)
@@ -598,7 +618,7 @@ static void roll(cluster_t *c)
             if (o->stopped) {
                 ib_replica_status_t st;
                 c->driver->status(c->driver->self, o->id, &st);
-                if (strcmp(st.phase, "gone") == 0) {
+                if (st.phase == IB_REPLICA_GONE) {
                     w->old[k] = w->old[--w->nold];
                     c->replicas_retired_total++;
                     changed = 1;
@@ -734,7 +754,7 @@ static void list_endpoints(cluster_t *c, const uint8_t *in, size_t len, reply_t 
             eps[n].workload = w->spec.id;
             eps[n].replica = raw[n].id;
             eps[n].address = raw[n].address;
-            eps[n].ready = strcmp(raw[n].phase, "ready") == 0;
+            eps[n].ready = raw[n].phase == IB_REPLICA_READY;
             eps[n].generation = raw[n].generation;
             eps[n].draining = raw[n].draining;
             ptrs[n] = &eps[n];
@@ -794,7 +814,10 @@ static void render_metrics(cluster_t *c)
                 ib_buf_printf(&b, "ib_cluster_rpc_total{method=\"%s\",code=\"%d\"} %llu\n", method_names[m], code,
                      (unsigned long long)c->calls[m][code]);
     uint32_t phases[8] = {0}, retiring = 0, rolling = 0, restarts = 0;
-    static const char *names[8] = {"ready", "compiling", "starting", "restarting", "failed", "draining", "pending", "other"};
+    /* the phases shown, in this order; every other one counts as "other" */
+    static const ib_replica_phase_t shown[7] = {IB_REPLICA_READY,      IB_REPLICA_COMPILING, IB_REPLICA_STARTING,
+                                                IB_REPLICA_RESTARTING, IB_REPLICA_FAILED,    IB_REPLICA_DRAINING,
+                                                IB_REPLICA_PENDING};
     ib_replica_status_t *raw = calloc(MAX_LISTED, sizeof(*raw));
     for (uint32_t i = 0; raw != NULL && i < c->n; i++) {
         workload_t *w = &c->workloads[i];
@@ -802,7 +825,7 @@ static void render_metrics(cluster_t *c)
         for (uint32_t j = 0; j < k; j++) {
             int p = 7;
             for (int q = 0; q < 7; q++)
-                if (strcmp(raw[j].phase, names[q]) == 0)
+                if (raw[j].phase == shown[q])
                     p = q;
             phases[p]++;
             restarts += raw[j].restarts;
@@ -817,7 +840,8 @@ static void render_metrics(cluster_t *c)
          "# TYPE ib_cluster_workloads_rolling gauge\nib_cluster_workloads_rolling %u\n", rolling);
     ib_buf_printf(&b, "# HELP ib_cluster_replicas Replicas by their manager's phase.\n# TYPE ib_cluster_replicas gauge\n");
     for (int q = 0; q < 8; q++)
-        ib_buf_printf(&b, "ib_cluster_replicas{phase=\"%s\"} %u\n", names[q], phases[q]);
+        ib_buf_printf(&b, "ib_cluster_replicas{phase=\"%s\"} %u\n", q < 7 ? ib_replica_phase_name(shown[q]) : "other",
+                      phases[q]);
     ib_buf_printf(&b, "# HELP ib_cluster_replicas_retiring Replicas of older generations, or scaled away, not yet gone.\n"
          "# TYPE ib_cluster_replicas_retiring gauge\nib_cluster_replicas_retiring %u\n", retiring);
     ib_buf_printf(&b, "# HELP ib_cluster_replica_restarts Restarts of the current replicas (managers and engines).\n"
@@ -1045,12 +1069,12 @@ out:
         for (uint32_t i = 0; i < c->n; i++)
             for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++) {
                 driver->status(driver->self, c->workloads[i].replica_ids[k], &st);
-                alive += strcmp(st.phase, "gone") != 0;
+                alive += st.phase != IB_REPLICA_GONE;
             }
         for (uint32_t i = 0; i < c->n; i++)
             for (uint32_t k = 0; k < c->workloads[i].nold; k++) {
                 driver->status(driver->self, c->workloads[i].old[k].id, &st);
-                alive += strcmp(st.phase, "gone") != 0;
+                alive += st.phase != IB_REPLICA_GONE;
             }
         if (alive == 0)
             break;

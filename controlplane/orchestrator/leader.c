@@ -59,7 +59,7 @@ static int build_snapshot(const orch_t *o, const Ibrain__V1__WorkloadList *l, ib
         w->cache_blocks = o->cfg->cache_blocks;
         for (size_t k = 0; k < st->n_replicas; k++) {
             const Ibrain__V1__ReplicaStatus *r = st->replicas[k];
-            if (strcmp(r->phase, "ready") != 0 || r->address[0] == '\0')
+            if (r->phase != IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_READY || r->address[0] == '\0')
                 continue;
             ib_snap_replica_t *x = &out->replicas[out->nreplicas++];
             snprintf(x->id, sizeof(x->id), "%s", r->id);
@@ -177,8 +177,8 @@ static void tick(loop_t *L)
         return;
     L->busy = 0;
     for (size_t i = 0; i < wl->n_workloads; i++)
-        L->busy |= wl->workloads[i]->phase != NULL && strcmp(wl->workloads[i]->phase, "ready") != 0 &&
-                   strcmp(wl->workloads[i]->phase, "degraded") != 0;
+        L->busy |= wl->workloads[i]->phase != IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_READY &&
+                   wl->workloads[i]->phase != IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_DEGRADED;
     ib_snapshot_t snap;
     int built = build_snapshot(L->o, wl, &snap);
     ibrain__v1__workload_list__free_unpacked(wl, NULL);

@@ -21,6 +21,7 @@
 #include <sys/types.h>
 
 #include "ibrain/limits.h"
+#include "ibrain/phase.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,7 +51,7 @@ typedef struct ib_workload_spec {
 
 typedef struct ib_replica_status {
     char id[80];
-    char phase[16];      /* the manager's phase, or "pending" before it reports */
+    ib_replica_phase_t phase; /* the manager's phase, or pending before it reports */
     char reason[256];
     char address[64];    /* the engine's IPV4:PORT once ready */
     uint64_t generation;
