@@ -959,6 +959,64 @@ static void on_read(cluster_t *c, call_t *k)
         free_call(k);
 }
 
+/* A completion on the server's queue: a new call (read its request) or its request read
+ * (answer it); anything else ends the call. */
+static void on_event(cluster_t *c, grpc_server *server, grpc_completion_queue *cq, call_t *k, int success)
+{
+    if (k->state == CALL_REQUESTED) {
+        request_call(server, cq); /* the next one */
+        if (!success) {
+            free_call(k);
+            return;
+        }
+        grpc_op ops[2];
+        memset(ops, 0, sizeof(ops));
+        ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[1].op = GRPC_OP_RECV_MESSAGE;
+        ops[1].data.recv_message.recv_message = &k->req;
+        k->state = CALL_READ;
+        if (grpc_call_start_batch(k->call, ops, 2, k, NULL) != GRPC_CALL_OK)
+            free_call(k);
+    } else if (k->state == CALL_READ) {
+        if (success)
+            on_read(c, k);
+        else
+            free_call(k);
+    } else {
+        free_call(k);
+    }
+}
+
+/* On the way out: stops every replica and waits up to 15 s for the managers to drain and
+ * exit (the driver reports them gone). */
+static void stop_every_replica(cluster_t *c, ib_driver_t *driver)
+{
+    for (uint32_t i = 0; i < c->n; i++) {
+        for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++)
+            driver->stop(driver->self, c->workloads[i].replica_ids[k]);
+        for (uint32_t k = 0; k < c->workloads[i].nold; k++)
+            driver->stop(driver->self, c->workloads[i].old[k].id);
+    }
+    for (int t = 0; t < 150; t++) {
+        driver->tick(driver->self);
+        ib_replica_status_t st;
+        int alive = 0;
+        for (uint32_t i = 0; i < c->n; i++)
+            for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++) {
+                driver->status(driver->self, c->workloads[i].replica_ids[k], &st);
+                alive += st.phase != IB_REPLICA_GONE;
+            }
+        for (uint32_t i = 0; i < c->n; i++)
+            for (uint32_t k = 0; k < c->workloads[i].nold; k++) {
+                driver->status(driver->self, c->workloads[i].old[k].id, &st);
+                alive += st.phase != IB_REPLICA_GONE;
+            }
+        if (alive == 0)
+            return;
+        usleep(100000);
+    }
+}
+
 int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
 {
     struct sockaddr_in sa;
@@ -1028,58 +1086,13 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
                                                    NULL);
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
-        call_t *k = ev.tag;
-        if (k->state == CALL_REQUESTED) {
-            request_call(server, cq); /* the next one */
-            if (!ev.success) {
-                free_call(k);
-                continue;
-            }
-            grpc_op ops[2];
-            memset(ops, 0, sizeof(ops));
-            ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-            ops[1].op = GRPC_OP_RECV_MESSAGE;
-            ops[1].data.recv_message.recv_message = &k->req;
-            k->state = CALL_READ;
-            if (grpc_call_start_batch(k->call, ops, 2, k, NULL) != GRPC_CALL_OK)
-                free_call(k);
-        } else if (k->state == CALL_READ) {
-            if (ev.success)
-                on_read(c, k);
-            else
-                free_call(k);
-        } else {
-            free_call(k);
-        }
+        on_event(c, server, cq, ev.tag, ev.success);
     }
     rc = 0;
     fprintf(stderr, "ib-clusterd: stopping: every replica's manager drains\n");
 out:
     ib_admin_stop(admin);
-    for (uint32_t i = 0; i < c->n; i++) {
-        for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++)
-            driver->stop(driver->self, c->workloads[i].replica_ids[k]);
-        for (uint32_t k = 0; k < c->workloads[i].nold; k++)
-            driver->stop(driver->self, c->workloads[i].old[k].id);
-    }
-    for (int t = 0; t < 150; t++) { /* up to 15 s for the managers to drain and exit */
-        driver->tick(driver->self);
-        ib_replica_status_t st;
-        int alive = 0;
-        for (uint32_t i = 0; i < c->n; i++)
-            for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++) {
-                driver->status(driver->self, c->workloads[i].replica_ids[k], &st);
-                alive += st.phase != IB_REPLICA_GONE;
-            }
-        for (uint32_t i = 0; i < c->n; i++)
-            for (uint32_t k = 0; k < c->workloads[i].nold; k++) {
-                driver->status(driver->self, c->workloads[i].old[k].id, &st);
-                alive += st.phase != IB_REPLICA_GONE;
-            }
-        if (alive == 0)
-            break;
-        usleep(100000);
-    }
+    stop_every_replica(c, driver);
     grpc_server_shutdown_and_notify(server, cq, NULL);
     grpc_server_cancel_all_calls(server);
     for (;;) { /* drain the queue: the pending request_call and the shutdown tag */
