@@ -19,7 +19,7 @@
 #include "ibrain/net.h"
 #include "ibrain/ondemand_c.h"
 
-#define MAX_CHILDREN (IB_CLUSTER_MAX_WORKLOADS * IB_CLUSTER_MAX_REPLICAS)
+#define MAX_CHILDREN (IB_MAX_WORKLOADS * IB_MAX_WORKLOAD_REPLICAS)
 
 typedef struct child {
     char id[80];
@@ -219,34 +219,34 @@ static void local_status(void *self, const char *id, ib_replica_status_t *out)
     snprintf(out->id, sizeof(out->id), "%s", id);
     child_t *c = find(l, id);
     if (c == NULL) {
-        snprintf(out->phase, sizeof(out->phase), "gone");
+        out->phase = IB_REPLICA_GONE;
         return;
     }
     out->generation = c->spec.generation;
     out->restarts = c->restarts;
     if (c->pid <= 0) {
-        snprintf(out->phase, sizeof(out->phase), c->stopping ? "stopped" : "restarting");
+        out->phase = c->stopping ? IB_REPLICA_STOPPED : IB_REPLICA_RESTARTING;
         snprintf(out->reason, sizeof(out->reason), "manager %s", c->last_exit);
         return;
     }
     char port_file[512], body[4096 + IB_JSON_PADDING];
     snprintf(port_file, sizeof(port_file), "%s/%s.port", l->cfg.state_dir, c->id);
     if (get_status(port_file, body, 4096) != 0) {
-        snprintf(out->phase, sizeof(out->phase), "pending");
+        out->phase = IB_REPLICA_PENDING;
         return;
     }
     size_t len = strlen(body);
     ib_span_t s;
     int64_t restarts = 0;
     if (ib_json_pointer_string(l->json, body, len, "/phase", &s) == 0)
-        copy_span(out->phase, sizeof(out->phase), s);
+        out->phase = ib_replica_phase_parse(s.ptr, s.len);
     if (ib_json_pointer_string(l->json, body, len, "/reason", &s) == 0)
         copy_span(out->reason, sizeof(out->reason), s);
     if (ib_json_pointer_string(l->json, body, len, "/engine_address", &s) == 0)
         copy_span(out->address, sizeof(out->address), s);
     if (ib_json_pointer_int(l->json, body, len, "/restarts", &restarts) == 0)
         out->restarts += (uint32_t)restarts;
-    if (strcmp(out->phase, "ready") != 0)
+    if (out->phase != IB_REPLICA_READY)
         out->address[0] = '\0';
 }
 
@@ -299,6 +299,16 @@ static void local_tick(void *self)
     }
 }
 
+static void local_destroy(ib_driver_t *d)
+{
+    if (d == NULL)
+        return;
+    local_t *l = d->self;
+    free(l->children);
+    ib_json_parser_free(l->json);
+    free(l);
+}
+
 ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg)
 {
     local_t *l = calloc(1, sizeof(*l));
@@ -313,16 +323,16 @@ ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg)
         free(l);
         return NULL;
     }
-    l->ops = (ib_driver_t){l, local_validate, local_start, local_adopt, local_stop, local_status, local_tick};
+    l->ops = (ib_driver_t){
+        .self = l,
+        .name = "local",
+        .validate = local_validate,
+        .start = local_start,
+        .adopt = local_adopt,
+        .stop = local_stop,
+        .status = local_status,
+        .tick = local_tick,
+        .destroy = local_destroy,
+    };
     return &l->ops;
-}
-
-void ib_driver_local_free(ib_driver_t *d)
-{
-    if (d == NULL)
-        return;
-    local_t *l = d->self;
-    free(l->children);
-    ib_json_parser_free(l->json);
-    free(l);
 }

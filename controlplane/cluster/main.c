@@ -1,4 +1,4 @@
-/* ib-clusterd: the cluster server (include/ibrain/cluster.h), local driver. */
+/* ib-clusterd: the cluster server (include/ibrain/cluster.h) with a driver from ib_drivers[]. */
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
@@ -22,7 +22,11 @@ static void usage(FILE *f)
                "  --http-listen IPV4:PORT   GET /metrics and /health (default none; port 0: free)\n"
                "  --http-port-file F   write that port to F\n"
                "  --drain-grace-ms N   a retiring replica is announced as draining this long before it is\n"
-               "                       stopped, so that routers stop sending to it first (default 1500)\n");
+               "                       stopped, so that routers stop sending to it first (default 1500)\n"
+               "  --driver NAME        what runs the replicas (default %s):\n",
+            ib_drivers[0].name);
+    for (const ib_driver_entry_t *d = ib_drivers; d->name != NULL; d++)
+        fprintf(f, "                         %-8s %s\n", d->name, d->summary);
 }
 
 int main(int argc, char **argv)
@@ -31,11 +35,12 @@ int main(int argc, char **argv)
     static const struct option opts[] = {{"listen", 1, 0, 'l'},  {"port-file", 1, 0, 'p'}, {"state-dir", 1, 0, 's'},
                                          {"manager", 1, 0, 'm'}, {"engine", 1, 0, 'e'},    {"help", 0, 0, 'h'},
                                          {"http-listen", 1, 0, 'H'}, {"http-port-file", 1, 0, 'P'},
-                                         {"drain-grace-ms", 1, 0, 'g'},
+                                         {"drain-grace-ms", 1, 0, 'g'}, {"driver", 1, 0, 'd'},
                                          {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
+        case 'd': cfg.driver = optarg; break;
         case 'l': cfg.listen = optarg; break;
         case 'p': cfg.port_file = optarg; break;
         case 's': cfg.state_dir = optarg; break;
@@ -68,10 +73,18 @@ int main(int argc, char **argv)
         perror(cfg.state_dir);
         return 1;
     }
-    ib_driver_t *d = ib_driver_local_new(&cfg);
+    const ib_driver_entry_t *entry = ib_driver_find(cfg.driver);
+    if (entry == NULL) {
+        fprintf(stderr, "ib-clusterd: --driver: no driver named '%s' (", cfg.driver);
+        for (const ib_driver_entry_t *e = ib_drivers; e->name != NULL; e++)
+            fprintf(stderr, "%s%s", e == ib_drivers ? "" : ", ", e->name);
+        fprintf(stderr, ")\n");
+        return 2;
+    }
+    ib_driver_t *d = entry->create(&cfg);
     if (d == NULL)
         return 1;
     int rc = ib_cluster_run(&cfg, d);
-    ib_driver_local_free(d);
+    d->destroy(d);
     return rc;
 }

@@ -44,12 +44,32 @@ typedef struct retiring {
     uint64_t stop_at_ns;
 } retiring_t;
 
-#define MAX_RETIRING (2 * IB_CLUSTER_MAX_REPLICAS)
-#define MAX_LISTED (IB_CLUSTER_MAX_REPLICAS + MAX_RETIRING)
+/* Phases cross gRPC as numbers: cluster.proto's enums are include/ibrain/phase.h's. */
+_Static_assert(IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_UNKNOWN == (int)IB_REPLICA_UNKNOWN &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_PENDING == (int)IB_REPLICA_PENDING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_COMPILING == (int)IB_REPLICA_COMPILING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_STARTING == (int)IB_REPLICA_STARTING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_READY == (int)IB_REPLICA_READY &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_RESTARTING == (int)IB_REPLICA_RESTARTING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_FAILED == (int)IB_REPLICA_FAILED &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_DRAINING == (int)IB_REPLICA_DRAINING &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_STOPPED == (int)IB_REPLICA_STOPPED &&
+                   IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_GONE == (int)IB_REPLICA_GONE && IB_REPLICA__COUNT == 10,
+               "cluster.proto ReplicaPhase matches ib_replica_phase_t");
+_Static_assert(IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_UNKNOWN == (int)IB_WORKLOAD_UNKNOWN &&
+                   IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_PROGRESSING == (int)IB_WORKLOAD_PROGRESSING &&
+                   IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_READY == (int)IB_WORKLOAD_READY &&
+                   IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_ROLLING == (int)IB_WORKLOAD_ROLLING &&
+                   IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_DEGRADED == (int)IB_WORKLOAD_DEGRADED &&
+                   IB_WORKLOAD__COUNT == 5,
+               "cluster.proto WorkloadPhase matches ib_workload_phase_t");
+
+#define MAX_RETIRING (2 * IB_MAX_WORKLOAD_REPLICAS)
+#define MAX_LISTED (IB_MAX_WORKLOAD_REPLICAS + MAX_RETIRING)
 
 typedef struct workload {
     ib_workload_spec_t spec;
-    char replica_ids[IB_CLUSTER_MAX_REPLICAS][80];
+    char replica_ids[IB_MAX_WORKLOAD_REPLICAS][80];
     retiring_t old[MAX_RETIRING];
     uint32_t nold;
 } workload_t;
@@ -62,7 +82,7 @@ typedef struct cluster {
     ib_driver_t *driver;
     const ib_cluster_config_t *cfg;
     const char *state_dir;
-    workload_t workloads[IB_CLUSTER_MAX_WORKLOADS];
+    workload_t workloads[IB_MAX_WORKLOADS];
     uint32_t n;
     uint64_t next_generation;
     /* metrics: counted on the main thread, rendered into <metrics> about once a second
@@ -116,6 +136,24 @@ static workload_t *find(cluster_t *c, const char *id)
     return NULL;
 }
 
+/* Whether the workloads, with <s> replacing (or added as) the one of its id, ask for more
+ * replicas than a routing snapshot holds (IB_MAX_REPLICAS). 0, or -1 with <r> set to
+ * RESOURCE_EXHAUSTED naming the limit. */
+static int check_total_replicas(cluster_t *c, const ib_workload_spec_t *s, reply_t *r)
+{
+    uint32_t total = s->replicas;
+    for (uint32_t i = 0; i < c->n; i++)
+        if (strcmp(c->workloads[i].spec.id, s->id) != 0)
+            total += c->workloads[i].spec.replicas;
+    if (total <= IB_MAX_REPLICAS)
+        return 0;
+    char msg[200];
+    snprintf(msg, sizeof(msg), "replicas: the workloads would ask for %u replicas, over IB_MAX_REPLICAS (%d), what a "
+             "routing snapshot holds", total, IB_MAX_REPLICAS);
+    fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", msg);
+    return -1;
+}
+
 static int valid_id(const char *s)
 {
     if (s == NULL || s[0] == '\0' || strlen(s) > 48)
@@ -133,7 +171,6 @@ typedef struct status_msg {
     Ibrain__V1__ReplicaStatus reps[MAX_LISTED];
     Ibrain__V1__ReplicaStatus *rptrs[MAX_LISTED];
     ib_replica_status_t raw[MAX_LISTED];
-    char phase[16];
     char message[300];
 } status_msg_t;
 
@@ -153,15 +190,15 @@ static uint32_t replica_statuses(cluster_t *c, workload_t *w, ib_replica_status_
 
 /* The workload's phase and why, from its replicas' statuses. Returns the ready replicas
  * of the current generation. */
-static uint32_t workload_phase(const workload_t *w, const ib_replica_status_t *raw, char *phase, size_t pcap,
+static uint32_t workload_phase(const workload_t *w, const ib_replica_status_t *raw, ib_workload_phase_t *phase,
                                char *msg, size_t mcap)
 {
     uint32_t ready = 0, failed = 0, draining = 0;
     const char *reason = "";
     for (uint32_t i = 0; i < w->spec.replicas; i++) {
-        if (strcmp(raw[i].phase, "ready") == 0)
+        if (raw[i].phase == IB_REPLICA_READY)
             ready++;
-        else if (strcmp(raw[i].phase, "failed") == 0 || strcmp(raw[i].phase, "restarting") == 0) {
+        else if (raw[i].phase == IB_REPLICA_FAILED || raw[i].phase == IB_REPLICA_RESTARTING) {
             failed++;
             if (reason[0] == '\0')
                 reason = raw[i].reason;
@@ -171,20 +208,20 @@ static uint32_t workload_phase(const workload_t *w, const ib_replica_status_t *r
         draining += w->old[i].draining;
     msg[0] = '\0';
     if (w->nold > draining) {
-        snprintf(phase, pcap, "rolling");
+        *phase = IB_WORKLOAD_ROLLING;
         snprintf(msg, mcap, "generation %llu: %u of %u replicas ready; %u older replicas serve until then%s%s",
                  (unsigned long long)w->spec.generation, ready, w->spec.replicas, w->nold - draining,
                  failed ? "; " : "", failed ? reason : "");
     } else if (draining > 0) {
-        snprintf(phase, pcap, "rolling");
+        *phase = IB_WORKLOAD_ROLLING;
         snprintf(msg, mcap, "%u retiring replicas draining", draining);
     } else if (ready == w->spec.replicas) {
-        snprintf(phase, pcap, "ready");
+        *phase = IB_WORKLOAD_READY;
     } else if (failed > 0) {
-        snprintf(phase, pcap, "degraded");
+        *phase = IB_WORKLOAD_DEGRADED;
         snprintf(msg, mcap, "%u of %u replicas ready; %s", ready, w->spec.replicas, reason);
     } else {
-        snprintf(phase, pcap, "progressing");
+        *phase = IB_WORKLOAD_PROGRESSING;
         snprintf(msg, mcap, "%u of %u replicas ready", ready, w->spec.replicas);
     }
     return ready;
@@ -208,7 +245,7 @@ static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
     for (uint32_t i = 0; i < n; i++) {
         ibrain__v1__replica_status__init(&m->reps[i]);
         m->reps[i].id = m->raw[i].id;
-        m->reps[i].phase = m->raw[i].phase;
+        m->reps[i].phase = (Ibrain__V1__ReplicaPhase)m->raw[i].phase;
         m->reps[i].reason = m->raw[i].reason;
         m->reps[i].address = m->raw[i].address;
         m->reps[i].generation = m->raw[i].generation;
@@ -217,8 +254,9 @@ static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
         m->reps[i].draining = m->raw[i].draining;
         m->rptrs[i] = &m->reps[i];
     }
-    m->st.ready_replicas = workload_phase(w, m->raw, m->phase, sizeof(m->phase), m->message, sizeof(m->message));
-    m->st.phase = m->phase;
+    ib_workload_phase_t phase = IB_WORKLOAD_UNKNOWN;
+    m->st.ready_replicas = workload_phase(w, m->raw, &phase, m->message, sizeof(m->message));
+    m->st.phase = (Ibrain__V1__WorkloadPhase)phase;
     m->st.message = m->message;
     m->st.n_replicas = n;
     m->st.replicas = m->rptrs;
@@ -257,8 +295,10 @@ static int spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *
         fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "model: required");
         return -1;
     }
-    if (m->replicas < 1 || m->replicas > IB_CLUSTER_MAX_REPLICAS) {
-        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "replicas: must be 1..32");
+    if (m->replicas < 1 || m->replicas > IB_MAX_WORKLOAD_REPLICAS) {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "replicas: must be 1..%d", IB_MAX_WORKLOAD_REPLICAS);
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", msg);
         return -1;
     }
     if (m->weights == NULL || m->weights[0] == '\0') {
@@ -355,10 +395,14 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
     }
     if (driver_validate(c, &s, r) != 0)
         goto out;
-    if (c->n == IB_CLUSTER_MAX_WORKLOADS) {
-        fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", "too many workloads");
+    if (c->n == IB_MAX_WORKLOADS) {
+        char msg[120];
+        snprintf(msg, sizeof(msg), "too many workloads: IB_MAX_WORKLOADS is %d", IB_MAX_WORKLOADS);
+        fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", msg);
         goto out;
     }
+    if (check_total_replicas(c, &s, r) != 0)
+        goto out;
     s.generation = ++c->next_generation;
     if (save_spec(c, &s) != 0) {
         fail(r, GRPC_STATUS_INTERNAL, "%s", "cannot write the workload to the state directory");
@@ -478,7 +522,7 @@ static void update_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
         fail(r, GRPC_STATUS_NOT_FOUND, "workload '%s' does not exist", s.id);
         goto out;
     }
-    if (driver_validate(c, &s, r) != 0)
+    if (driver_validate(c, &s, r) != 0 || check_total_replicas(c, &s, r) != 0)
         goto out;
     uint64_t now = ib_now_ns(), grace = (uint64_t)c->cfg->drain_grace_ms * 1000000ull;
     if (same_but_replicas(&s, &w->spec)) { /* scale */
@@ -508,7 +552,7 @@ static void update_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
             goto out;
         }
         s.generation = c->next_generation + 1;
-        char ids[IB_CLUSTER_MAX_REPLICAS][80];
+        char ids[IB_MAX_WORKLOAD_REPLICAS][80];
         for (uint32_t i = 0; i < s.replicas; i++) {
             if (c->driver->start(c->driver->self, &s, i, err, sizeof(err)) != 0) {
                 for (uint32_t k = 0; k < i; k++)
@@ -552,7 +596,7 @@ static void roll(cluster_t *c)
             ib_replica_status_t st;
             for (uint32_t k = 0; k < w->spec.replicas; k++) {
                 c->driver->status(c->driver->self, w->replica_ids[k], &st);
-                ready += strcmp(st.phase, "ready") == 0;
+                ready += st.phase == IB_REPLICA_READY;
             }
             if (ready == w->spec.replicas) {
                 for (uint32_t k = 0; k < w->nold; k++)
@@ -574,7 +618,7 @@ static void roll(cluster_t *c)
             if (o->stopped) {
                 ib_replica_status_t st;
                 c->driver->status(c->driver->self, o->id, &st);
-                if (strcmp(st.phase, "gone") == 0) {
+                if (st.phase == IB_REPLICA_GONE) {
                     w->old[k] = w->old[--w->nold];
                     c->replicas_retired_total++;
                     changed = 1;
@@ -599,7 +643,7 @@ static void load_specs(cluster_t *c)
     for (int i = 0; i < n; i++) {
         const char *name = names[i]->d_name;
         size_t nl = strlen(name);
-        if (nl > 5 && strcmp(name + nl - 5, ".spec") == 0 && c->n < IB_CLUSTER_MAX_WORKLOADS) {
+        if (nl > 5 && strcmp(name + nl - 5, ".spec") == 0 && c->n < IB_MAX_WORKLOADS) {
             char path[1200];
             snprintf(path, sizeof(path), "%s/%s", dir, name);
             FILE *f = fopen(path, "rb");
@@ -710,7 +754,7 @@ static void list_endpoints(cluster_t *c, const uint8_t *in, size_t len, reply_t 
             eps[n].workload = w->spec.id;
             eps[n].replica = raw[n].id;
             eps[n].address = raw[n].address;
-            eps[n].ready = strcmp(raw[n].phase, "ready") == 0;
+            eps[n].ready = raw[n].phase == IB_REPLICA_READY;
             eps[n].generation = raw[n].generation;
             eps[n].draining = raw[n].draining;
             ptrs[n] = &eps[n];
@@ -770,7 +814,10 @@ static void render_metrics(cluster_t *c)
                 ib_buf_printf(&b, "ib_cluster_rpc_total{method=\"%s\",code=\"%d\"} %llu\n", method_names[m], code,
                      (unsigned long long)c->calls[m][code]);
     uint32_t phases[8] = {0}, retiring = 0, rolling = 0, restarts = 0;
-    static const char *names[8] = {"ready", "compiling", "starting", "restarting", "failed", "draining", "pending", "other"};
+    /* the phases shown, in this order; every other one counts as "other" */
+    static const ib_replica_phase_t shown[7] = {IB_REPLICA_READY,      IB_REPLICA_COMPILING, IB_REPLICA_STARTING,
+                                                IB_REPLICA_RESTARTING, IB_REPLICA_FAILED,    IB_REPLICA_DRAINING,
+                                                IB_REPLICA_PENDING};
     ib_replica_status_t *raw = calloc(MAX_LISTED, sizeof(*raw));
     for (uint32_t i = 0; raw != NULL && i < c->n; i++) {
         workload_t *w = &c->workloads[i];
@@ -778,7 +825,7 @@ static void render_metrics(cluster_t *c)
         for (uint32_t j = 0; j < k; j++) {
             int p = 7;
             for (int q = 0; q < 7; q++)
-                if (strcmp(raw[j].phase, names[q]) == 0)
+                if (raw[j].phase == shown[q])
                     p = q;
             phases[p]++;
             restarts += raw[j].restarts;
@@ -793,7 +840,8 @@ static void render_metrics(cluster_t *c)
          "# TYPE ib_cluster_workloads_rolling gauge\nib_cluster_workloads_rolling %u\n", rolling);
     ib_buf_printf(&b, "# HELP ib_cluster_replicas Replicas by their manager's phase.\n# TYPE ib_cluster_replicas gauge\n");
     for (int q = 0; q < 8; q++)
-        ib_buf_printf(&b, "ib_cluster_replicas{phase=\"%s\"} %u\n", names[q], phases[q]);
+        ib_buf_printf(&b, "ib_cluster_replicas{phase=\"%s\"} %u\n", q < 7 ? ib_replica_phase_name(shown[q]) : "other",
+                      phases[q]);
     ib_buf_printf(&b, "# HELP ib_cluster_replicas_retiring Replicas of older generations, or scaled away, not yet gone.\n"
          "# TYPE ib_cluster_replicas_retiring gauge\nib_cluster_replicas_retiring %u\n", retiring);
     ib_buf_printf(&b, "# HELP ib_cluster_replica_restarts Restarts of the current replicas (managers and engines).\n"
@@ -911,6 +959,64 @@ static void on_read(cluster_t *c, call_t *k)
         free_call(k);
 }
 
+/* A completion on the server's queue: a new call (read its request) or its request read
+ * (answer it); anything else ends the call. */
+static void on_event(cluster_t *c, grpc_server *server, grpc_completion_queue *cq, call_t *k, int success)
+{
+    if (k->state == CALL_REQUESTED) {
+        request_call(server, cq); /* the next one */
+        if (!success) {
+            free_call(k);
+            return;
+        }
+        grpc_op ops[2];
+        memset(ops, 0, sizeof(ops));
+        ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[1].op = GRPC_OP_RECV_MESSAGE;
+        ops[1].data.recv_message.recv_message = &k->req;
+        k->state = CALL_READ;
+        if (grpc_call_start_batch(k->call, ops, 2, k, NULL) != GRPC_CALL_OK)
+            free_call(k);
+    } else if (k->state == CALL_READ) {
+        if (success)
+            on_read(c, k);
+        else
+            free_call(k);
+    } else {
+        free_call(k);
+    }
+}
+
+/* On the way out: stops every replica and waits up to 15 s for the managers to drain and
+ * exit (the driver reports them gone). */
+static void stop_every_replica(cluster_t *c, ib_driver_t *driver)
+{
+    for (uint32_t i = 0; i < c->n; i++) {
+        for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++)
+            driver->stop(driver->self, c->workloads[i].replica_ids[k]);
+        for (uint32_t k = 0; k < c->workloads[i].nold; k++)
+            driver->stop(driver->self, c->workloads[i].old[k].id);
+    }
+    for (int t = 0; t < 150; t++) {
+        driver->tick(driver->self);
+        ib_replica_status_t st;
+        int alive = 0;
+        for (uint32_t i = 0; i < c->n; i++)
+            for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++) {
+                driver->status(driver->self, c->workloads[i].replica_ids[k], &st);
+                alive += st.phase != IB_REPLICA_GONE;
+            }
+        for (uint32_t i = 0; i < c->n; i++)
+            for (uint32_t k = 0; k < c->workloads[i].nold; k++) {
+                driver->status(driver->self, c->workloads[i].old[k].id, &st);
+                alive += st.phase != IB_REPLICA_GONE;
+            }
+        if (alive == 0)
+            return;
+        usleep(100000);
+    }
+}
+
 int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
 {
     struct sockaddr_in sa;
@@ -951,7 +1057,7 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
         fprintf(stderr, "ib-clusterd: cannot write %s\n", cfg->port_file);
         goto out;
     }
-    fprintf(stderr, "ib-clusterd: gRPC on 127.0.0.1:%d, local driver, state in %s\n", port, cfg->state_dir);
+    fprintf(stderr, "ib-clusterd: gRPC on 127.0.0.1:%d, %s driver, state in %s\n", port, driver->name, cfg->state_dir);
     if (cfg->http_listen != NULL) {
         char err[160];
         render_metrics(c);
@@ -980,58 +1086,13 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
                                                    NULL);
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
-        call_t *k = ev.tag;
-        if (k->state == CALL_REQUESTED) {
-            request_call(server, cq); /* the next one */
-            if (!ev.success) {
-                free_call(k);
-                continue;
-            }
-            grpc_op ops[2];
-            memset(ops, 0, sizeof(ops));
-            ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-            ops[1].op = GRPC_OP_RECV_MESSAGE;
-            ops[1].data.recv_message.recv_message = &k->req;
-            k->state = CALL_READ;
-            if (grpc_call_start_batch(k->call, ops, 2, k, NULL) != GRPC_CALL_OK)
-                free_call(k);
-        } else if (k->state == CALL_READ) {
-            if (ev.success)
-                on_read(c, k);
-            else
-                free_call(k);
-        } else {
-            free_call(k);
-        }
+        on_event(c, server, cq, ev.tag, ev.success);
     }
     rc = 0;
     fprintf(stderr, "ib-clusterd: stopping: every replica's manager drains\n");
 out:
     ib_admin_stop(admin);
-    for (uint32_t i = 0; i < c->n; i++) {
-        for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++)
-            driver->stop(driver->self, c->workloads[i].replica_ids[k]);
-        for (uint32_t k = 0; k < c->workloads[i].nold; k++)
-            driver->stop(driver->self, c->workloads[i].old[k].id);
-    }
-    for (int t = 0; t < 150; t++) { /* up to 15 s for the managers to drain and exit */
-        driver->tick(driver->self);
-        ib_replica_status_t st;
-        int alive = 0;
-        for (uint32_t i = 0; i < c->n; i++)
-            for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++) {
-                driver->status(driver->self, c->workloads[i].replica_ids[k], &st);
-                alive += strcmp(st.phase, "gone") != 0;
-            }
-        for (uint32_t i = 0; i < c->n; i++)
-            for (uint32_t k = 0; k < c->workloads[i].nold; k++) {
-                driver->status(driver->self, c->workloads[i].old[k].id, &st);
-                alive += strcmp(st.phase, "gone") != 0;
-            }
-        if (alive == 0)
-            break;
-        usleep(100000);
-    }
+    stop_every_replica(c, driver);
     grpc_server_shutdown_and_notify(server, cq, NULL);
     grpc_server_cancel_all_calls(server);
     for (;;) { /* drain the queue: the pending request_call and the shutdown tag */

@@ -19,6 +19,7 @@
 #include "ibrain/jwt.h"
 #include "ibrain/net.h"
 #include "ibrain/oai_error.h"
+#include "ibrain/phase.h"
 #include "ibrain/ondemand_c.h"
 
 #define DEFAULT_SERVER "http://127.0.0.1:8081"
@@ -225,7 +226,7 @@ static int wait_ready(cli_t *c, const char *id, double timeout_s)
                 fprintf(stderr, "[%5.1fs] %s\n", t, line);
             snprintf(last, sizeof(last), "%s", line);
         }
-        int done = strcmp(phase, "ready") == 0;
+        int done = ib_workload_phase_parse(phase, strlen(phase)) == IB_WORKLOAD_READY;
         if (done) {
             if (tty)
                 fprintf(stderr, "\n");

@@ -31,15 +31,24 @@
 #include "ibrain/http1.h"
 #include "ibrain/net.h"
 #include "ibrain/oai_error.h"
+#include "ibrain/phase.h"
 
 #define HEALTH_EVERY_MS 500 /* a ready engine's health check */
 #define TICK_MS 50          /* the loop's timer: a starting engine is checked this often */
 #define UNHEALTHY_LIMIT 3
 
-static const char *phase_names[IB_MGR__COUNT] = {"compiling", "starting", "ready",  "restarting",
-                                                 "failed",    "draining", "stopped"};
+/* The manager's phases are a replica's (include/ibrain/phase.h), named by its table. */
+static const ib_replica_phase_t as_replica[IB_MGR__COUNT] = {
+    [IB_MGR_COMPILING] = IB_REPLICA_COMPILING,   [IB_MGR_STARTING] = IB_REPLICA_STARTING,
+    [IB_MGR_READY] = IB_REPLICA_READY,           [IB_MGR_RESTARTING] = IB_REPLICA_RESTARTING,
+    [IB_MGR_FAILED] = IB_REPLICA_FAILED,         [IB_MGR_DRAINING] = IB_REPLICA_DRAINING,
+    [IB_MGR_STOPPED] = IB_REPLICA_STOPPED,
+};
 
-const char *ib_mgr_phase_name(ib_mgr_phase_t p) { return p < IB_MGR__COUNT ? phase_names[p] : "unknown"; }
+const char *ib_mgr_phase_name(ib_mgr_phase_t p)
+{
+    return ib_replica_phase_name(p < IB_MGR__COUNT ? as_replica[p] : IB_REPLICA_UNKNOWN);
+}
 
 typedef struct mgr {
     ib_manager_config_t cfg;
@@ -238,7 +247,7 @@ static void render_metrics(mgr_t *m, ib_buf_t *b)
     ib_buf_printf(b, "# HELP ib_manager_phase 1 for the manager's current phase.\n"
                      "# TYPE ib_manager_phase gauge\n");
     for (int p = 0; p < IB_MGR__COUNT; p++)
-        ib_buf_printf(b, "ib_manager_phase{phase=\"%s\"} %d\n", phase_names[p], (int)m->phase == p);
+        ib_buf_printf(b, "ib_manager_phase{phase=\"%s\"} %d\n", ib_mgr_phase_name((ib_mgr_phase_t)p), (int)m->phase == p);
     ib_buf_printf(b,
                   "# HELP ib_manager_engine_restarts_total Engine restarts after an exit or failed health checks.\n"
                   "# TYPE ib_manager_engine_restarts_total counter\nib_manager_engine_restarts_total %llu\n",

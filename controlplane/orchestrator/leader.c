@@ -59,7 +59,7 @@ static int build_snapshot(const orch_t *o, const Ibrain__V1__WorkloadList *l, ib
         w->cache_blocks = o->cfg->cache_blocks;
         for (size_t k = 0; k < st->n_replicas; k++) {
             const Ibrain__V1__ReplicaStatus *r = st->replicas[k];
-            if (strcmp(r->phase, "ready") != 0 || r->address[0] == '\0')
+            if (r->phase != IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_READY || r->address[0] == '\0')
                 continue;
             ib_snap_replica_t *x = &out->replicas[out->nreplicas++];
             snprintf(x->id, sizeof(x->id), "%s", r->id);
@@ -82,7 +82,25 @@ typedef struct loop {
     int leading;
     int busy;                /* a workload is not settled: poll fast */
     int have_last;           /* <last> holds what was written (an empty snapshot encodes to 0 bytes) */
+    char refused[300];       /* why the last snapshot built was not written ("" when it was fine) */
 } loop_t;
+
+/* Whether <snap> is within the limits ibrain holds (ib_snapshot_check). When not, it is
+ * not written (the one in Redis stays): counted in snapshot_errors_total and logged when
+ * the reason changes. Returns 0 when it may be written. */
+static int refuse_over_limits(loop_t *L, const ib_snapshot_t *snap)
+{
+    char err[256];
+    if (ib_snapshot_check(snap, err, sizeof(err)) == 0) {
+        L->refused[0] = '\0';
+        return 0;
+    }
+    atomic_fetch_add(&L->o->leader.snapshot_errors_total, 1);
+    if (strcmp(err, L->refused) != 0)
+        fprintf(stderr, "ib-orchestrator: snapshot not written, the last one stays: %s\n", err);
+    snprintf(L->refused, sizeof(L->refused), "%s", err);
+    return -1;
+}
 
 static void drop_redis(loop_t *L)
 {
@@ -159,13 +177,17 @@ static void tick(loop_t *L)
         return;
     L->busy = 0;
     for (size_t i = 0; i < wl->n_workloads; i++)
-        L->busy |= wl->workloads[i]->phase != NULL && strcmp(wl->workloads[i]->phase, "ready") != 0 &&
-                   strcmp(wl->workloads[i]->phase, "degraded") != 0;
+        L->busy |= wl->workloads[i]->phase != IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_READY &&
+                   wl->workloads[i]->phase != IBRAIN__V1__WORKLOAD_PHASE__WORKLOAD_PHASE_DEGRADED;
     ib_snapshot_t snap;
     int built = build_snapshot(L->o, wl, &snap);
     ibrain__v1__workload_list__free_unpacked(wl, NULL);
     if (built != 0)
         return;
+    if (refuse_over_limits(L, &snap) != 0) {
+        ib_snapshot_free(&snap);
+        return;
+    }
     ib_buf_t enc = {0};
     int force = 0;
     if (now >= L->next_exists_ms) { /* a Redis restarted empty gets the snapshot again */

@@ -21,6 +21,7 @@
 #include "ibrain/clock.h"
 #include "ibrain/net.h"
 #include "ibrain/oai_error.h"
+#include "ibrain/phase.h"
 #include "internal.h"
 
 #define RPC_TIMEOUT_MS 10000
@@ -180,7 +181,7 @@ static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
     jstr(b, "policy", sp->policy, 1);
     jnum(b, "generation", sp->generation);
     ib_buf_append(b, ",\"status\":{", 11);
-    jstr(b, "phase", st->phase, 0);
+    jstr(b, "phase", ib_workload_phase_name((ib_workload_phase_t)st->phase), 0);
     jstr(b, "message", st->message, 1);
     jnum(b, "ready_replicas", st->ready_replicas);
     ib_buf_append(b, ",\"replicas\":[", 13);
@@ -188,8 +189,8 @@ static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
         const Ibrain__V1__ReplicaStatus *r = st->replicas[i];
         ib_buf_append(b, i ? ",{" : "{", i ? 2 : 1);
         jstr(b, "id", r->id, 0);
-        jstr(b, "phase", r->phase, 1);
-        jbool(b, "ready", strcmp(r->phase, "ready") == 0);
+        jstr(b, "phase", ib_replica_phase_name((ib_replica_phase_t)r->phase), 1);
+        jbool(b, "ready", r->phase == IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_READY);
         jstr(b, "address", r->address, 1);
         jnum(b, "generation", r->generation);
         jnum(b, "restarts", r->restarts);

@@ -18,7 +18,7 @@ typedef struct field_def {
 static const field_def_t fields[] = {
     STR("id", IB_WF_ID, id),
     STR("model", IB_WF_MODEL, model),
-    INT("replicas", IB_WF_REPLICAS, replicas, 1, IB_CLUSTER_MAX_REPLICAS),
+    INT("replicas", IB_WF_REPLICAS, replicas, 1, IB_MAX_WORKLOAD_REPLICAS),
     STR("weights", IB_WF_WEIGHTS, weights),
     STR("engine", IB_WF_ENGINE, engine),
     STR("engine_args", IB_WF_ENGINE_ARGS, engine_args),

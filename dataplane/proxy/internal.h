@@ -63,7 +63,6 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *out);
 
 /* ---- routing table: workloads and their replicas, published RCU-style ---- */
 
-#define IB_MAX_WORKLOADS 32
 #define IB_MAX_TOKENIZERS 16
 #define IB_WORKER_TOKSTATES 8
 
@@ -77,8 +76,8 @@ typedef struct ib_workload_rt {
     uint32_t context_length;      /* 0: no check */
     ib_router_t *router;          /* in px->routers, kept across versions by workload id */
     uint32_t nslots;
-    uint8_t slots[IB_MAX_REPLICAS];  /* its replicas (ready and draining) */
-    uint64_t ready[2];            /* bit per slot: takes new requests */
+    uint8_t slots[IB_MAX_REPLICAS];  /* its replicas (ready and draining); 8 bits: limits.h */
+    uint64_t ready[IB_REPLICA_MASK_WORDS]; /* bit per slot: takes new requests */
     uint32_t max_slot;            /* highest slot + 1 */
 } ib_workload_rt_t;
 
@@ -87,10 +86,12 @@ typedef struct ib_workload_rt {
 typedef struct ib_rtab {
     uint64_t version;             /* 0: the static configuration (flags) */
     uint32_t nworkloads;
-    uint64_t all_ready[2];        /* every workload's ready slots (for other /v1 routes) */
+    uint64_t all_ready[IB_REPLICA_MASK_WORDS]; /* every workload's ready slots (for other /v1 routes) */
     ib_workload_rt_t wl[];
 } ib_rtab_t;
 
+/* worker.c copies a workload's ready set into a request's retry candidates (cand[0], cand[1]). */
+IB_STATIC_ASSERT(IB_REPLICA_MASK_WORDS == 2, "dataplane/proxy/worker.c: cand[] is two words");
 static inline int ib_mask_has(const uint64_t *m, uint32_t slot) { return (int)((m[slot >> 6] >> (slot & 63)) & 1); }
 static inline void ib_mask_set(uint64_t *m, uint32_t slot) { m[slot >> 6] |= 1ull << (slot & 63); }
 
@@ -122,6 +123,8 @@ typedef struct ib_wb_ring {
 #define IB_WB_RING_WORDS (1u << 16)
 #define IB_WB_MAX_BLOCKS 4096u
 #define IB_WB_STREAM "ib:affinity"
+IB_STATIC_ASSERT(IB_MAX_REPLICAS <= 256 && IB_MAX_WORKLOADS <= 256, "a record header holds slot and workload in 8 bits each");
+IB_STATIC_ASSERT(IB_WB_MAX_BLOCKS <= 0xffff, "a record header holds n in 16 bits");
 
 struct ib_worker;
 /** Worker side: records that <slot> of workload <wl> now holds <h>[0..n). */

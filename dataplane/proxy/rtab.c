@@ -405,9 +405,9 @@ int ib_rtab_apply_snapshot(void *arg, const ib_snapshot_t *snap)
     uint32_t nretired = 0;
     if (rt == NULL)
         return -1;
-    if (snap->nworkloads > IB_MAX_WORKLOADS) {
-        fprintf(stderr, "ibrain: snapshot %llu: more than %d workloads\n", (unsigned long long)snap->version,
-                IB_MAX_WORKLOADS);
+    if (snap->nworkloads > IB_MAX_WORKLOADS) { /* refused by ib_snapshot_check() before this */
+        fprintf(stderr, "ibrain: snapshot %llu: more than IB_MAX_WORKLOADS (%d) workloads\n",
+                (unsigned long long)snap->version, IB_MAX_WORKLOADS);
         free(rt);
         return -1;
     }

@@ -105,7 +105,7 @@ static void drain_rings(ib_proxy_t *px, const ib_rtab_t *rt, batch_t *b)
 
 static void add_loads(ib_proxy_t *px, const ib_rtab_t *rt, batch_t *b)
 {
-    uint64_t seen[2] = {0, 0};
+    uint64_t seen[IB_REPLICA_MASK_WORDS] = {0};
     for (uint32_t w = 0; w < rt->nworkloads; w++)
         for (uint32_t k = 0; k < rt->wl[w].nslots; k++) {
             uint32_t slot = rt->wl[w].slots[k];

@@ -166,19 +166,20 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
     assert(h != NULL || n == 0);
     assert(matched != NULL);
     uint32_t nr = t->nreplicas;
-    /* alive: replicas still in the walk (bitmap over up to 128 replicas). A replica's match
+    /* alive: replicas still in the walk (bitmap over up to IB_AFF_MAX_REPLICAS). A replica's match
      * is the last block it holds; it leaves the walk after IB_AFF_GAP blocks in a row it is
      * not known to hold. A hash covers its whole prefix, so holding block i means the
      * prefix up to i was routed there: a gap is an entry lost to a full set (a block that
      * every replica holds fills its set's 8 ways), not a hole in the engine's cache. */
-    uint64_t alive[2] = {atomic_load_explicit((_Atomic uint64_t *)&t->used[0], memory_order_relaxed),
-                         atomic_load_explicit((_Atomic uint64_t *)&t->used[1], memory_order_relaxed)};
+    uint64_t alive[IB_REPLICA_MASK_WORDS];
+    for (int q = 0; q < IB_REPLICA_MASK_WORDS; q++)
+        alive[q] = atomic_load_explicit((_Atomic uint64_t *)&t->used[q], memory_order_relaxed);
     for (uint32_t r = 0; r < nr; r++)
         matched[r] = 0;
     for (size_t i = 0; i < n; i++) {
         uint32_t tag = tag_of(h[i]);
         const _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
-        uint64_t here[2] = {0, 0};
+        uint64_t here[IB_REPLICA_MASK_WORDS] = {0};
         for (int k = 0; k < IB_AFF_WAYS; k++) {
             uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
             assert_slot_state(t, w);
@@ -188,7 +189,8 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
             if (rep < nr && life(t, w) > 0)
                 here[rep >> 6] |= 1ull << (rep & 63);
         }
-        for (int q = 0; q < 2; q++) {
+        uint64_t any = 0;
+        for (int q = 0; q < IB_REPLICA_MASK_WORDS; q++) {
             for (uint64_t m = here[q] & alive[q]; m != 0; m &= m - 1)
                 matched[q * 64 + (uint32_t)__builtin_ctzll(m)] = (uint32_t)(i + 1);
             for (uint64_t m = alive[q] & ~here[q]; m != 0; m &= m - 1) {
@@ -196,8 +198,9 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
                 if (i + 1 - matched[r] > IB_AFF_GAP)
                     alive[q] &= ~(1ull << (r & 63));
             }
+            any |= alive[q];
         }
-        if ((alive[0] | alive[1]) == 0)
+        if (any == 0)
             break;
     }
 #ifndef NDEBUG

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ibrain/limits.h"
 #include "ibrain/net.h"
 #include "ibrain/route.h"
 #include "snapshot.pb-c.h"
@@ -23,6 +24,11 @@ static int copy_field(char *dst, size_t cap, const char *src, const char *what, 
 
 int ib_snapshot_check(const ib_snapshot_t *s, char *err, size_t errlen)
 {
+    if (s->nworkloads > IB_MAX_WORKLOADS)
+        return FAIL("%u workloads: over IB_MAX_WORKLOADS (%d)", s->nworkloads, IB_MAX_WORKLOADS);
+    if (s->nreplicas > IB_MAX_REPLICAS)
+        return FAIL("%u replicas: over IB_MAX_REPLICAS (%d), every workload's ready and draining replicas together",
+                    s->nreplicas, IB_MAX_REPLICAS);
     for (uint32_t i = 0; i < s->nworkloads; i++) {
         const ib_snap_workload_t *w = &s->workloads[i];
         if (w->id[0] == '\0')

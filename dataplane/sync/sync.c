@@ -404,6 +404,11 @@ static const char write_script[] =
 int ib_snapshot_write(redisContext *c, ib_snapshot_t *s, const char *lease_key, const char *owner, char *err,
                       size_t errlen)
 {
+    char why[256];
+    if (ib_snapshot_check(s, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "snapshot refused: %s", why);
+        return -1;
+    }
     s->written_unix_us = ib_wall_us();
     s->written_unix_ms = s->written_unix_us / 1000;
     ib_buf_t enc = {0};

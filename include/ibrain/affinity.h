@@ -35,14 +35,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ibrain/limits.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 #define IB_AFF_WAYS 8
-#define IB_AFF_MAX_REPLICAS 128
+#define IB_AFF_MAX_REPLICAS IB_MAX_REPLICAS
 #define IB_AFF_CHECKPOINTS 64
 #define IB_AFF_GAP 8 /* blocks a match may skip: entries lost to full sets */
+IB_STATIC_ASSERT(IB_AFF_MAX_REPLICAS <= 256, "a slot word holds the replica in 8 bits");
 
 typedef struct ib_aff_replica {
     _Alignas(64) _Atomic uint32_t counter;   /* blocks inserted so far (wraps) */
@@ -59,7 +62,7 @@ typedef struct ib_affinity {
     uint32_t set_mask;
     uint32_t nreplicas;
     uint64_t ttl_ms;                         /* 0: no TTL */
-    _Atomic uint64_t used[2];                /* replicas ever inserted (bitmap): match walks only them */
+    _Atomic uint64_t used[IB_REPLICA_MASK_WORDS]; /* replicas ever inserted (bitmap): match walks only them */
     ib_aff_replica_t *replicas;
 } ib_affinity_t;
 

@@ -8,7 +8,10 @@
  * Managers run in their own process groups, so they outlive a crashed cluster server;
  * the workload specs are kept in STATE_DIR/workloads/ID.spec, and a restarted cluster
  * server adopts the managers that still answer on their port files.
- * A kubernetes driver would implement the same four operations.
+ * Drivers are found by name in ib_drivers[] (controlplane/cluster/driver.c; ib-clusterd
+ * --driver NAME, "local" by default). The server only calls through a driver's ops table,
+ * so a second driver (kubernetes) is a new driver_NAME.c, one row in ib_drivers[] and
+ * nothing in the server.
  */
 #ifndef IBRAIN_CLUSTER_H
 #define IBRAIN_CLUSTER_H
@@ -17,14 +20,17 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "ibrain/limits.h"
+#include "ibrain/phase.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* ---- types ---- */
 
-#define IB_CLUSTER_MAX_WORKLOADS 64
-#define IB_CLUSTER_MAX_REPLICAS 32 /* per workload */
+/* IB_MAX_WORKLOADS, IB_MAX_WORKLOAD_REPLICAS (per workload) and IB_MAX_REPLICAS (every
+ * workload together, what a routing snapshot holds): include/ibrain/limits.h */
 
 typedef struct ib_workload_spec {
     char id[64];
@@ -45,7 +51,7 @@ typedef struct ib_workload_spec {
 
 typedef struct ib_replica_status {
     char id[80];
-    char phase[16];      /* the manager's phase, or "pending" before it reports */
+    ib_replica_phase_t phase; /* the manager's phase, or pending before it reports */
     char reason[256];
     char address[64];    /* the engine's IPV4:PORT once ready */
     uint64_t generation;
@@ -54,9 +60,11 @@ typedef struct ib_replica_status {
     int draining;        /* retiring and announced as draining */
 } ib_replica_status_t;
 
-/** A driver: starts, stops and reports replicas. */
+/** A driver: starts, stops and reports replicas. Filled with designated initializers; every
+ * operation is set. */
 typedef struct ib_driver {
     void *self;
+    const char *name;       /* its name in ib_drivers[] ("local") */
     /** Checks what only the driver can (the weights path exists where replicas run).
      * 0, or -1 with <err> = "field: reason". */
     int (*validate)(void *self, const ib_workload_spec_t *w, char *err, size_t errlen);
@@ -67,9 +75,22 @@ typedef struct ib_driver {
     void (*stop)(void *self, const char *replica_id);
     void (*status)(void *self, const char *replica_id, ib_replica_status_t *out);
     void (*tick)(void *self); /* reap and restart; called about every 200 ms */
+    /** Frees the driver (after ib_cluster_run returned: every replica stopped). */
+    void (*destroy)(struct ib_driver *d);
 } ib_driver_t;
 
+struct ib_cluster_config;
+
+/** A driver in the registry: its name and constructor (NULL when out of memory or when
+ * the driver cannot run here, with a message on stderr). */
+typedef struct ib_driver_entry {
+    const char *name;
+    const char *summary;    /* one line for --help */
+    ib_driver_t *(*create)(const struct ib_cluster_config *cfg);
+} ib_driver_entry_t;
+
 typedef struct ib_cluster_config {
+    const char *driver;     /* a name in ib_drivers[] (NULL: "local") */
     const char *listen;     /* gRPC, IPV4:PORT (port 0: free) */
     const char *port_file;
     const char *state_dir;  /* managers' port files and logs */
@@ -90,9 +111,14 @@ typedef struct ib_cluster_config {
  */
 int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, size_t cap, char *err, size_t errlen);
 
-/** The local driver. NULL when out of memory. */
+/** Every driver, ending with a row whose name is NULL. The first one is the default. */
+extern const ib_driver_entry_t ib_drivers[];
+
+/** The driver named <name> (NULL: the default), or NULL when there is none of that name. */
+const ib_driver_entry_t *ib_driver_find(const char *name);
+
+/** The local driver. NULL when out of memory. Freed by its destroy operation. */
 ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg);
-void ib_driver_local_free(ib_driver_t *d);
 
 /** Runs the gRPC server until SIGTERM/SIGINT; stops every replica on the way out. */
 int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver);

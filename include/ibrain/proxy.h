@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ibrain/limits.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -23,7 +25,6 @@ extern "C" {
 /* ---- types ---- */
 
 #define IB_MAX_WORKERS 32
-#define IB_MAX_REPLICAS 128
 #define IB_MAX_MODELS 16
 
 /** A counter written by one thread and read by others: relaxed loads and stores only, so

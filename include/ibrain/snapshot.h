@@ -57,7 +57,8 @@ typedef struct ib_snapshot {
 /* ---- functions ---- */
 
 /**
- * Decodes an encoded Snapshot and checks it: ids unique and non-empty, every replica's
+ * Decodes an encoded Snapshot and checks it: at most IB_MAX_WORKLOADS workloads and
+ * IB_MAX_REPLICAS replicas (include/ibrain/limits.h), ids unique and non-empty, every replica's
  * workload exists, addresses are IPV4:PORT, policy and template names known, no field too
  * long. Returns 0, or -1 with a message in <err> (nothing allocated then).
  */

@@ -109,7 +109,9 @@ int ib_snapshot_fetch(struct redisContext *c, ib_snapshot_t *out, char *err, siz
  * Stamps <s> with the time, stores it as IB_SNAPSHOT_KEY and publishes its version on
  * IB_SNAPSHOT_CHANNEL, atomically (one Lua script). With <lease_key> set, only while that
  * key holds <owner>: a leader that lost its lease writes nothing (fencing). Returns 1
- * written, 0 not written (the lease is another's), -1 on error (<err>).
+ * written, 0 not written (the lease is another's), -1 on error (<err>), and -1 without a
+ * Redis command when <s> fails ib_snapshot_check() (over a limit of include/ibrain/limits.h:
+ * the writer refuses what ibrain would).
  */
 int ib_snapshot_write(struct redisContext *c, ib_snapshot_t *s, const char *lease_key, const char *owner, char *err,
                       size_t errlen);

@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     if (present & IB_WF_REPLICAS)
-        CHECK(s.replicas >= 1 && s.replicas <= IB_CLUSTER_MAX_REPLICAS);
+        CHECK(s.replicas >= 1 && s.replicas <= IB_MAX_WORKLOAD_REPLICAS);
     if (present & IB_WF_BLOCK)
         CHECK(s.block_size <= 65536);
     if (present & IB_WF_MODEL)

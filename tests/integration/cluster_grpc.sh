@@ -49,7 +49,7 @@ ib_spawn cd2 "$IB_BUILD/controlplane/ib-clusterd" --listen 127.0.0.1:0 --port-fi
 port2=$(ib_wait_port cd2)
 grpc_py "$port2" "
 st = stub.GetWorkload(pb.WorkloadRef(id='keep'), timeout=10)
-assert all(r.phase == 'ready' and r.restarts == 0 for r in st.replicas), st
+assert all(r.phase == pb.REPLICA_PHASE_READY and r.restarts == 0 for r in st.replicas), st
 print(' '.join(sorted(r.address for r in st.replicas)))
 " >"$IB_TMP/after.txt" || ib_fail "keep after the restart: $(cat "$IB_TMP/after.txt")"
 ib_expect_eq "replicas after the restart (same engines, not restarted)" "$(cat "$IB_TMP/after.txt")" "$(cat "$IB_TMP/before.txt")"

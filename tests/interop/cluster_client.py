@@ -100,11 +100,11 @@ deadline = time.time() + 15
 while time.time() < deadline:
     st = stub.GetWorkload(pb.WorkloadRef(id="broken"), timeout=10)
     r = st.replicas[0]
-    if r.phase == "failed":
+    if r.phase == pb.REPLICA_PHASE_FAILED:
         break
     time.sleep(0.2)
-assert r.phase == "failed" and "No such file" in r.reason, r
-assert st.phase == "degraded" and "No such file" in st.message, st
+assert r.phase == pb.REPLICA_PHASE_FAILED and "No such file" in r.reason, r
+assert st.phase == pb.WORKLOAD_PHASE_DEGRADED and "No such file" in st.message, st
 print("broken: failed:", r.reason)
 stub.DeleteWorkload(pb.WorkloadRef(id="broken"), timeout=10)
 
@@ -146,7 +146,7 @@ deadline = time.time() + 20
 while time.time() < deadline and len(stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).replicas) > 2:
     time.sleep(0.2)
 st = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10)
-assert len(st.replicas) == 2 and st.phase == "ready", st
+assert len(st.replicas) == 2 and st.phase == pb.WORKLOAD_PHASE_READY, st
 print("demo: scaled to 3 and back to 2 in generation", gen)
 
 # Rolling update (a new version): a new generation comes up while the old one serves; the
@@ -154,7 +154,7 @@ print("demo: scaled to 3 and back to 2 in generation", gen)
 spec.version = "v2"
 spec.engine_args = "--itl-ms 2"
 st = stub.UpdateWorkload(spec, timeout=10)
-assert st.spec.generation > gen and st.phase == "rolling", st
+assert st.spec.generation > gen and st.phase == pb.WORKLOAD_PHASE_ROLLING, st
 seen_draining_with_new_ready = False
 deadline = time.time() + 30
 while time.time() < deadline:
@@ -171,7 +171,7 @@ while time.time() < deadline:
     time.sleep(0.05)
 assert seen_draining_with_new_ready and not old, eps
 st = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10)
-assert st.phase == "ready" and st.spec.version == "v2" and len(st.replicas) == 2, st
+assert st.phase == pb.WORKLOAD_PHASE_READY and st.spec.version == "v2" and len(st.replicas) == 2, st
 print("demo: rolled to generation %d (v2); the old generation drained once the new one was ready" % st.spec.generation)
 expect_error(stub.UpdateWorkload, pb.WorkloadSpec(id="nope", model="m", replicas=1, weights=weights),
              grpc.StatusCode.NOT_FOUND, "nope")

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "ibrain/limits.h"
 #include "ibrain/snapshot.h"
 
 static const char good[] =
@@ -91,8 +92,44 @@ static void test_errors(void **state)
     assert_int_equal(ib_snapshot_decode("\xff\xff\xff", 3, &s, err, sizeof(err)), -1);
 }
 
+/* The limits (include/ibrain/limits.h): at them a snapshot passes, one over it does not, and
+ * the error names the limit; the encoded one over the limits is refused by decode too. */
+static void test_limits(void **state)
+{
+    (void)state;
+    static ib_snap_workload_t wl[IB_MAX_WORKLOADS + 1];
+    static ib_snap_replica_t rep[IB_MAX_REPLICAS + 1];
+    for (uint32_t i = 0; i <= IB_MAX_WORKLOADS; i++) {
+        snprintf(wl[i].id, sizeof(wl[i].id), "w%u", i);
+        snprintf(wl[i].model, sizeof(wl[i].model), "m%u", i);
+    }
+    for (uint32_t i = 0; i <= IB_MAX_REPLICAS; i++) {
+        snprintf(rep[i].id, sizeof(rep[i].id), "r%u", i);
+        snprintf(rep[i].workload, sizeof(rep[i].workload), "w%u", i % IB_MAX_WORKLOADS);
+        snprintf(rep[i].address, sizeof(rep[i].address), "127.0.0.1:%u", 1000 + i);
+    }
+    char err[256] = "";
+    ib_snapshot_t s = {.version = 1, .workloads = wl, .nworkloads = IB_MAX_WORKLOADS, .replicas = rep,
+                       .nreplicas = IB_MAX_REPLICAS};
+    assert_int_equal(ib_snapshot_check(&s, err, sizeof(err)), 0);
+    s.nworkloads = IB_MAX_WORKLOADS + 1;
+    assert_int_equal(ib_snapshot_check(&s, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "IB_MAX_WORKLOADS"));
+    s.nworkloads = IB_MAX_WORKLOADS;
+    s.nreplicas = IB_MAX_REPLICAS + 1;
+    assert_int_equal(ib_snapshot_check(&s, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "IB_MAX_REPLICAS"));
+    ib_buf_t enc = {0};
+    ib_snapshot_t d;
+    assert_int_equal(ib_snapshot_encode(&s, &enc), 0);
+    assert_int_equal(ib_snapshot_decode(enc.ptr, enc.len, &d, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "IB_MAX_REPLICAS"));
+    ib_buf_free(&enc);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_round_trip), cmocka_unit_test(test_errors)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_round_trip), cmocka_unit_test(test_errors),
+                                       cmocka_unit_test(test_limits)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
