@@ -64,5 +64,8 @@ pgrep -f -- "ib-manager .*--workload keep " >/dev/null && ib_fail "adopted manag
 ib_stop cd2 || ib_fail "ib-clusterd exited with $?"
 sleep 0.5
 pgrep -f "state-dir $IB_TMP/state" >/dev/null && ib_fail "managers left running: $(pgrep -af "state-dir $IB_TMP/state")"
-pgrep -f -- "--id (demo|keep)-g[0-9]+-r" >/dev/null && ib_fail "engines left running: $(pgrep -af -- "--id (demo|keep)-g[0-9]+-r")"
+# Only this build's engines: a stack started from another checkout on the same machine
+# runs engines with the same ids.
+engines="^$IB_BUILD/.*ib-mock-engine .*--id (demo|keep)-g[0-9]+-r"
+pgrep -f -- "$engines" >/dev/null && ib_fail "engines left running: $(pgrep -af -- "$engines")"
 echo "cluster_grpc: ok"
