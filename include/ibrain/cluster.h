@@ -26,6 +26,10 @@ extern "C" {
 #define IB_CLUSTER_MAX_WORKLOADS 64
 #define IB_CLUSTER_MAX_REPLICAS 32 /* per workload */
 
+/* A workload id: what the REST paths, ibctl and the cluster server accept. */
+#define IB_WORKLOAD_ID_MAX 48
+#define IB_WORKLOAD_ID_RULE "1-48 characters of [a-z0-9-]"
+
 typedef struct ib_workload_spec {
     char id[64];
     char model[128];
@@ -88,6 +92,9 @@ typedef struct ib_cluster_config {
  * for the manager): the named engine's command with the workload's settings, then
  * engine_args. <mock> is the mock engine's command (with the placeholders). 0, or -1 with <err> = "field: reason".
  */
+/** 1 when <s>[0..n) is a workload id (IB_WORKLOAD_ID_RULE), else 0. */
+int ib_workload_id_valid(const char *s, size_t n);
+
 int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, size_t cap, char *err, size_t errlen);
 
 /** The local driver. NULL when out of memory. */
