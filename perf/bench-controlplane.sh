@@ -18,24 +18,20 @@ sync_ms=${SYNC_MS:-200}
 grace_ms=${GRACE_MS:-1500}
 source "$top/perf/lib.sh"
 
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
-pids+=($!)
-wait_port "$rport"
+start_redis
 "$build/controlplane/ib-clusterd" --listen 127.0.0.1:0 --port-file "$tmp/cd.port" --state-dir "$tmp/state" \
   --drain-grace-ms "$grace_ms" >"$tmp/cd.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do [ -s "$tmp/cd.port" ] && break; sleep 0.05; done
+ib_wait_port_file "$tmp/cd.port" "${pids[-1]}" >/dev/null
 "$build/controlplane/ib-orchestrator" --listen 127.0.0.1:0 --port-file "$tmp/or.port" --no-auth \
   --cluster "127.0.0.1:$(cat "$tmp/cd.port")" --redis "127.0.0.1:$rport" --sync-ms "$sync_ms" >"$tmp/or.log" 2>&1 &
 pids+=($!)
 "$build/dataplane/ibrain" --listen 127.0.0.1:0 --port-file "$tmp/ib.port" --redis "127.0.0.1:$rport" \
   >"$tmp/ib.log" 2>&1 &
 pids+=($!)
-for f in or ib; do for _ in $(seq 100); do [ -s "$tmp/$f.port" ] && break; sleep 0.05; done; done
+oport=$(ib_wait_port_file "$tmp/or.port" "${pids[-2]}")
+front=$(ib_wait_port_file "$tmp/ib.port" "${pids[-1]}")
 echo weights >"$tmp/weights.bin"
-oport=$(cat "$tmp/or.port")
-front=$(cat "$tmp/ib.port")
 echo "bench-controlplane: $(date -u '+%F %H:%M UTC'), $(nproc) cores, sync ${sync_ms} ms, drain grace ${grace_ms} ms, $runs runs"
 
 # ---- 1. deploy -> first routed request ----

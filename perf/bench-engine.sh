@@ -9,6 +9,7 @@
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
+IB_PROC_HELPERS_ONLY=1 source "$top/tests/lib/proc.sh"
 engine="$top/$build/tools/ib-mock-engine"
 load="$top/$build/perf/ib-load"
 conc_list=${CONCURRENCY:-"100 1000 4000"}
@@ -20,10 +21,8 @@ trap 'kill $epid 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 taskset -c 0 "$engine" --listen 127.0.0.1:0 --port-file "$tmp/port" --max-seqs 100000 --prefill-us-per-token 0 \
   --overhead-ms 0 --itl-ms 1 --itl-us-per-seq 0 --cache-blocks 262144 2>"$tmp/engine.log" &
 epid=$!
-for i in $(seq 50); do [ -s "$tmp/port" ] && break; sleep 0.1; done
-port=$(cat "$tmp/port")
+port=$(ib_wait_port_file "$tmp/port" "$epid")
 clk=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' /proc/$epid/stat; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 echo "engine pinned to CPU 0, ib-load to CPU 1; $tokens tokens per stream, 1 ms inter-token latency; median of $repeat runs"
@@ -32,11 +31,11 @@ for c in $conc_list; do
   rows=()
   for r in $(seq "$repeat"); do
     n=$((c * 5))
-    t0=$(cpu_ticks)
+    t0=$(ib_cpu_ticks "$epid")
     taskset -c 1 "$load" --target 127.0.0.1:$port --shared-prefix 8,$(((n + 7) / 8)) --system-tokens 256 \
       --question-tokens 32 --output-tokens "$tokens" --concurrency "$c" --limit "$n" --max-conns $((c + 16)) \
       --json "$tmp/r.json" --quiet >/dev/null || true
-    t1=$(cpu_ticks)
+    t1=$(ib_cpu_ticks "$epid")
     rows+=("$(/usr/bin/python3 - "$tmp/r.json" "$((t1 - t0))" "$clk" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); ticks = int(sys.argv[2]); clk = int(sys.argv[3])

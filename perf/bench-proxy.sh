@@ -38,7 +38,7 @@ start_backend "${BACKEND_CPU:-0}"
 # (a busy-polling one least of all) takes CPU from another's run.
 # start_proxy NAME: starts it and sets $port and $pid (the process whose CPU is counted).
 start_proxy() {
-  port=$(free_port)
+  port=$(ib_free_port)
   case $1 in
     ibrain | ibrain-no-poll | ibrain-base | ibrain-base-no-poll)
       local extra="" bin=$ibrain
@@ -107,15 +107,14 @@ stop_proxy() {
 }
 
 clk=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run PORT CONNS PID -> "rps p50_us p99_us cpu_fraction"
 run() {
   local port=$1 c=$2 pid=$3 t0=0 t1=0
-  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+  [ -n "$pid" ] && t0=$(ib_cpu_ticks "$pid")
   taskset -c 1 wrk -t1 -c"$c" -d"${duration}s" --latency -s "$tmp/post.lua" "http://127.0.0.1:$port/v1/chat/completions" \
     >"$tmp/wrk.out" 2>&1
-  [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+  [ -n "$pid" ] && t1=$(ib_cpu_ticks "$pid")
   /usr/bin/python3 - "$tmp/wrk.out" "$((t1 - t0))" "$clk" "$duration" <<'PY'
 import re, sys
 out = open(sys.argv[1]).read(); ticks = int(sys.argv[2]); clk = int(sys.argv[3]); dur = float(sys.argv[4])

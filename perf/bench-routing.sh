@@ -15,6 +15,7 @@
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
+IB_PROC_HELPERS_ONLY=1 source "$top/tests/lib/proc.sh"
 n=${N:-4}
 trace=${TRACE:-$top/perf/traces/conversation_trace.jsonl}
 limit=${LIMIT:-1500}
@@ -38,8 +39,7 @@ engine() { # NAME CACHE_BLOCKS; sets $port (not a subshell: the pid must stay in
     --cache-blocks "$2" --prefill-us-per-token "$prefill" --max-seqs 1024 --max-model-len 262144 "${tok_engine[@]}" \
     >/dev/null 2>&1 &
   pids+=($!)
-  for _ in $(seq 100); do [ -s "$tmp/$1.port" ] && break; sleep 0.05; done
-  port=$(cat "$tmp/$1.port")
+  port=$(ib_wait_port_file "$tmp/$1.port" "${pids[-1]}")
 }
 
 load() { # TARGET_PORT JSON METRICS...
@@ -79,8 +79,7 @@ for policy in ${POLICIES:-affinity least-load round-robin consistent-hash}; do
     --model demo --cache-blocks "${IB_CACHE_BLOCKS:-$cache}" --max-body-bytes 16777216 --upstream-timeout-ms 600000 "${replicas[@]}" \
     "${tok_ibrain[@]}" ${IBRAIN_ARGS:-} >/dev/null 2>&1 &
   pids+=($!)
-  for _ in $(seq 100); do [ -s "$tmp/ib.port" ] && break; sleep 0.05; done
-  load "$(cat "$tmp/ib.port")" "$tmp/$policy.json" "${metrics[@]}"
+  load "$(ib_wait_port_file "$tmp/ib.port" "${pids[-1]}")" "$tmp/$policy.json" "${metrics[@]}"
   report "$policy" "$tmp/$policy.json" "$n"
   [ -n "${REASONS:-}" ] && curl -s "http://127.0.0.1:$(cat "$tmp/ib.port")/metrics" |
     awk '/^ibrain_route_decisions_total/ {printf "    %s %s\n", $1, $2}'

@@ -23,10 +23,7 @@ source "$top/perf/lib.sh"
 write_post_lua
 start_backend 0
 
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
-pids+=($!)
-wait_port "$rport"
+start_redis
 snap() { "$build/tools/ib-snapshot" --redis "127.0.0.1:$rport" "$@"; }
 cat >"$tmp/snap.json" <<JSON
 {"workloads": [{"id": "w", "model": "demo", "policy": "affinity"}],
@@ -37,7 +34,7 @@ JSON
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(redis-server --version | awk '{print $1, $2, $3}')"
 
 # 1. propagation
-iport=$(free_port)
+iport=$(ib_free_port)
 "$build/dataplane/ibrain" --listen "127.0.0.1:$iport" --workers 2 --redis "127.0.0.1:$rport" 2>"$tmp/prop.log" &
 ipid=$!
 pids+=($ipid)
@@ -67,7 +64,7 @@ snap put "$tmp/snap.json" >/dev/null
 : >"$tmp/static" && : >"$tmp/redis"
 for ((r = 0; r < repeat; r++)); do
   for mode in ${ORDER:-static redis}; do
-    iport=$(free_port)
+    iport=$(ib_free_port)
     if [ $mode = static ]; then
       args=(--replica "backend=127.0.0.1:$bport" --model demo)
     else

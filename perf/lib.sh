@@ -1,6 +1,9 @@
 # Shared by the perf/ scripts (sourced): a scratch directory and cleanup, ports, the
 # fixed-response backend, the POST body. Sourcing it sets $tmp and the array pids
-# (processes stopped, and $tmp removed, on exit).
+# (processes stopped, and $tmp removed, on exit), and gives the port and CPU helpers of
+# tests/lib/proc.sh (ib_free_port, ib_wait_port_file, ib_wait_tcp, ib_cpu_ticks).
+
+IB_PROC_HELPERS_ONLY=1 source "$(dirname "${BASH_SOURCE[0]}")/../tests/lib/proc.sh"
 
 tmp=$(mktemp -d)
 pids=()
@@ -11,12 +14,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
+# wait_port PORT: waits until 127.0.0.1:PORT accepts, or exits the script.
 wait_port() {
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done
+  ib_wait_tcp "$1" && return 0
   echo "port $1 never opened" >&2
   exit 1
+}
+
+# start_redis: a redis-server on a free loopback port (no persistence, in $tmp); sets $rport.
+start_redis() {
+  rport=$(ib_free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
+  pids+=($!)
+  wait_port "$rport"
 }
 
 # write_post_lua: the ~2 KB chat-completions POST, as $tmp/post.lua for wrk; sets $body.
@@ -38,7 +48,7 @@ PY
 # sets $bport.
 start_backend() {
   local resp='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"demo","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":512,"completion_tokens":1,"total_tokens":513}}'
-  bport=$(free_port)
+  bport=$(ib_free_port)
   mkdir -p "$tmp/backend"
   cat >"$tmp/backend/nginx.conf" <<CONF
 daemon off; worker_processes 1; pid $tmp/backend/nginx.pid; error_log $tmp/backend/error.log;

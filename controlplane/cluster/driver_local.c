@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "ibrain/clock.h"
+#include "ibrain/http1.h"
 #include "ibrain/net.h"
 #include "ibrain/ondemand_c.h"
 
@@ -199,9 +200,15 @@ static int get_status(const char *port_file, char *body, size_t cap)
         return -1;
     int ok = fscanf(f, "%u", &port) == 1;
     fclose(f);
-    int status = 0;
-    if (!ok || port == 0 || port > 65535 || ib_http_get_local(port, "/status", 1000, &status, body, cap) != 0)
+    if (!ok || port == 0 || port > 65535)
         return -1;
+    char hp[32];
+    ib_buf_t resp = {0};
+    snprintf(hp, sizeof(hp), "127.0.0.1:%u", port);
+    int status = ib_http_get(hp, "/status", 1000, &resp);
+    if (status >= 0 && cap > 0)
+        snprintf(body, cap, "%s", resp.ptr);
+    ib_buf_free(&resp);
     return status == 200 ? 0 : -1;
 }
 

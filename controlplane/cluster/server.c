@@ -28,6 +28,7 @@
 
 #include "cluster.pb-c.h"
 #include "ibrain/admin_http.h"
+#include "ibrain/chat.h"
 #include "ibrain/clock.h"
 #include "ibrain/cluster_client.h"
 #include "ibrain/net.h"
@@ -154,16 +155,6 @@ static int check_total_replicas(cluster_t *c, const ib_workload_spec_t *s, reply
     return -1;
 }
 
-static int valid_id(const char *s)
-{
-    if (s == NULL || s[0] == '\0' || strlen(s) > 48)
-        return 0;
-    for (const char *p = s; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-'))
-            return 0;
-    return 1;
-}
-
 /* Fills a WorkloadStatus message (and its arrays, freed by the caller) for <w>. */
 typedef struct status_msg {
     Ibrain__V1__WorkloadStatus st;
@@ -287,8 +278,8 @@ static void reply_status(cluster_t *c, workload_t *w, reply_t *r)
 static int spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *s, reply_t *r)
 {
     memset(s, 0, sizeof(*s));
-    if (!valid_id(m->id)) {
-        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "id: '%s' is not 1-48 characters of [a-z0-9-]", m->id ? m->id : "");
+    if (!ib_workload_id_valid(m->id, m->id ? strlen(m->id) : 0)) {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "id: '%s' is not " IB_WORKLOAD_ID_RULE, m->id ? m->id : "");
         return -1;
     }
     if (m->model == NULL || m->model[0] == '\0') {

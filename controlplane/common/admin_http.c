@@ -15,8 +15,8 @@
 #include <unistd.h>
 
 #include "ibrain/http1.h"
+#include "ibrain/json_write.h"
 #include "ibrain/net.h"
-#include "ibrain/oai_error.h"
 
 struct ib_admin {
     ib_admin_fn fn;
@@ -26,22 +26,6 @@ struct ib_admin {
     uint16_t port;
     pthread_t thread;
 };
-
-int ib_json_str(ib_buf_t *b, const char *s)
-{
-    return ib_buf_append(b, "\"", 1) || ib_json_escape(b, s ? s : "", s ? strlen(s) : 0) || ib_buf_append(b, "\"", 1);
-}
-
-static const char *reason_phrase(int status)
-{
-    switch (status) {
-    case 200: return "OK";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 503: return "Service Unavailable";
-    default: return status >= 500 ? "Internal Server Error" : "Bad Request";
-    }
-}
 
 static void error_body(ib_buf_t *b, const char *msg)
 {
@@ -89,7 +73,7 @@ static void serve_one(ib_admin_t *a, int fd)
     char head[256];
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", status,
-                     reason_phrase(status), ctype, body.len);
+                     ib_http_reason(status), ctype, body.len);
     if (write(fd, head, (size_t)n) == n && body.len > 0 && write(fd, body.ptr, body.len) < 0)
         perror("status server: write");
     ib_buf_free(&body);

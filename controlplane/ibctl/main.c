@@ -16,9 +16,11 @@
 #include <unistd.h>
 
 #include "ibrain/clock.h"
+#include "ibrain/cluster.h"
+#include "ibrain/http1.h"
+#include "ibrain/json_write.h"
 #include "ibrain/jwt.h"
 #include "ibrain/net.h"
-#include "ibrain/oai_error.h"
 #include "ibrain/phase.h"
 #include "ibrain/ondemand_c.h"
 
@@ -74,7 +76,13 @@ typedef struct resp {
 
 static int request(cli_t *c, const char *method, const char *path, const char *body, size_t blen, resp_t *r)
 {
-    if (ib_http_request(c->hostport, method, path, c->auth, body, blen, TIMEOUT_MS, &r->status, &r->body, &r->len) != 0) {
+    ib_buf_t b = {0};
+    r->status = ib_http_request(c->hostport, method, path, c->auth, body, blen, TIMEOUT_MS, &b);
+    r->body = b.ptr; /* free()d by the caller */
+    r->len = b.len;
+    if (r->status < 0) {
+        ib_buf_free(&b);
+        r->body = NULL;
         fprintf(stderr, "ibctl: cannot reach the orchestrator at %s (is it running? --server or IBCTL_SERVER)\n",
                 c->server);
         return -1;
@@ -330,11 +338,6 @@ static int send_and_show(cli_t *c, const char *method, const char *path, const c
     return rc;
 }
 
-static int valid_id(const char *id)
-{
-    return id != NULL && id[0] != '\0' && strlen(id) <= 48 && strspn(id, "abcdefghijklmnopqrstuvwxyz0123456789-") == strlen(id);
-}
-
 static int cmd_workload(cli_t *c, int argc, char **argv)
 {
     if (argc < 1) {
@@ -346,8 +349,8 @@ static int cmd_workload(cli_t *c, int argc, char **argv)
     char path[128], body[16384];
     int wait = 0;
     double timeout = 120;
-    if (id != NULL && !valid_id(id)) {
-        fprintf(stderr, "ibctl: '%s' is not a workload id (1-48 characters of [a-z0-9-])\n", id);
+    if (id != NULL && !ib_workload_id_valid(id, strlen(id))) {
+        fprintf(stderr, "ibctl: '%s' is not a workload id (" IB_WORKLOAD_ID_RULE ")\n", id);
         return 2;
     }
     if (id != NULL)

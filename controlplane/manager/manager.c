@@ -26,11 +26,11 @@
 #include <unistd.h>
 
 #include "ibrain/admin_http.h"
-#include "ibrain/chat.h"
+#include "ibrain/buf.h"
 #include "ibrain/clock.h"
 #include "ibrain/http1.h"
+#include "ibrain/json_write.h"
 #include "ibrain/net.h"
-#include "ibrain/oai_error.h"
 #include "ibrain/phase.h"
 
 #define HEALTH_EVERY_MS 500 /* a ready engine's health check */
@@ -182,8 +182,12 @@ static int start_engine(mgr_t *m)
 /* GET /health on the engine: 1 when it answers 200 within a second. */
 static int engine_healthy(const mgr_t *m)
 {
-    int status = 0;
-    return ib_http_get_local(m->engine_port, "/health", 1000, &status, NULL, 0) == 0 && status == 200;
+    char hp[32];
+    ib_buf_t body = {0};
+    snprintf(hp, sizeof(hp), "127.0.0.1:%u", (unsigned)m->engine_port);
+    int status = ib_http_get(hp, "/health", 1000, &body);
+    ib_buf_free(&body);
+    return status == 200;
 }
 
 static void schedule_restart(mgr_t *m, const char *why)

@@ -26,7 +26,7 @@
 #include "cluster.pb-c.h"
 #include "ibrain/clock.h"
 #include "ibrain/snapshot.h"
-#include "ibrain/sync.h"
+#include "ibrain/store.h"
 #include "internal.h"
 
 /* The snapshot for <l>'s workloads. Returns 0, -1 when out of memory. */

@@ -19,6 +19,8 @@
 
 #include "cluster.pb-c.h"
 #include "ibrain/clock.h"
+#include "ibrain/http1.h"
+#include "ibrain/json_write.h"
 #include "ibrain/net.h"
 #include "ibrain/oai_error.h"
 #include "ibrain/phase.h"
@@ -50,23 +52,6 @@ static const double bucket_s[ORCH_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01
 
 /* ---- responses ---- */
 
-static const char *reason_phrase(int status)
-{
-    switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 503: return "Service Unavailable";
-    default: return "Internal Server Error";
-    }
-}
-
 static void count(server_t *s, int route, int status, uint64_t start_ns)
 {
     int k = ORCH_CODES - 1;
@@ -87,7 +72,7 @@ static void send_body(server_t *s, h2o_req_t *req, int route, uint64_t t0, int s
 {
     count(s, route, status, t0);
     req->res.status = status;
-    req->res.reason = reason_phrase(status);
+    req->res.reason = ib_http_reason(status);
     req->res.content_length = len;
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
     h2o_send_inline(req, body, len);
@@ -145,17 +130,6 @@ static void send_rpc_error(server_t *s, h2o_req_t *req, int route, uint64_t t0, 
 
 /* ---- JSON rendering ---- */
 
-static int jstr(ib_buf_t *b, const char *key, const char *v, int comma)
-{
-    return ib_buf_printf(b, "%s\"%s\":\"", comma ? "," : "", key) ||
-           ib_json_escape(b, v ? v : "", v ? strlen(v) : 0) || ib_buf_append(b, "\"", 1);
-}
-
-static int jnum(ib_buf_t *b, const char *key, unsigned long long v)
-{
-    return ib_buf_printf(b, ",\"%s\":%llu", key, v);
-}
-
 static int jbool(ib_buf_t *b, const char *key, int v)
 {
     return ib_buf_printf(b, ",\"%s\":%s", key, v ? "true" : "false");
@@ -165,38 +139,38 @@ static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
 {
     const Ibrain__V1__WorkloadSpec *sp = st->spec;
     ib_buf_append(b, "{", 1);
-    jstr(b, "id", sp->id, 0);
-    jstr(b, "object", "workload", 1);
-    jstr(b, "model", sp->model, 1);
-    jnum(b, "replicas", sp->replicas);
-    jstr(b, "weights", sp->weights, 1);
-    jstr(b, "engine", sp->engine[0] ? sp->engine : sp->engine_cmd[0] ? "custom" : "mock", 1);
-    jstr(b, "engine_args", sp->engine_args, 1);
-    jstr(b, "engine_cmd", sp->engine_cmd, 1);
-    jstr(b, "version", sp->version, 1);
-    jstr(b, "chat_template", sp->chat_template, 1);
-    jstr(b, "tokenizer", sp->tokenizer, 1);
-    jnum(b, "block_size", sp->block_size);
-    jnum(b, "context_length", sp->context_length);
-    jstr(b, "policy", sp->policy, 1);
-    jnum(b, "generation", sp->generation);
+    ib_json_member_str(b, "id", sp->id, 0);
+    ib_json_member_str(b, "object", "workload", 1);
+    ib_json_member_str(b, "model", sp->model, 1);
+    ib_json_member_u64(b, "replicas", sp->replicas, 1);
+    ib_json_member_str(b, "weights", sp->weights, 1);
+    ib_json_member_str(b, "engine", sp->engine[0] ? sp->engine : sp->engine_cmd[0] ? "custom" : "mock", 1);
+    ib_json_member_str(b, "engine_args", sp->engine_args, 1);
+    ib_json_member_str(b, "engine_cmd", sp->engine_cmd, 1);
+    ib_json_member_str(b, "version", sp->version, 1);
+    ib_json_member_str(b, "chat_template", sp->chat_template, 1);
+    ib_json_member_str(b, "tokenizer", sp->tokenizer, 1);
+    ib_json_member_u64(b, "block_size", sp->block_size, 1);
+    ib_json_member_u64(b, "context_length", sp->context_length, 1);
+    ib_json_member_str(b, "policy", sp->policy, 1);
+    ib_json_member_u64(b, "generation", sp->generation, 1);
     ib_buf_append(b, ",\"status\":{", 11);
-    jstr(b, "phase", ib_workload_phase_name((ib_workload_phase_t)st->phase), 0);
-    jstr(b, "message", st->message, 1);
-    jnum(b, "ready_replicas", st->ready_replicas);
+    ib_json_member_str(b, "phase", ib_workload_phase_name((ib_workload_phase_t)st->phase), 0);
+    ib_json_member_str(b, "message", st->message, 1);
+    ib_json_member_u64(b, "ready_replicas", st->ready_replicas, 1);
     ib_buf_append(b, ",\"replicas\":[", 13);
     for (size_t i = 0; i < st->n_replicas; i++) {
         const Ibrain__V1__ReplicaStatus *r = st->replicas[i];
         ib_buf_append(b, i ? ",{" : "{", i ? 2 : 1);
-        jstr(b, "id", r->id, 0);
-        jstr(b, "phase", ib_replica_phase_name((ib_replica_phase_t)r->phase), 1);
+        ib_json_member_str(b, "id", r->id, 0);
+        ib_json_member_str(b, "phase", ib_replica_phase_name((ib_replica_phase_t)r->phase), 1);
         jbool(b, "ready", r->phase == IBRAIN__V1__REPLICA_PHASE__REPLICA_PHASE_READY);
-        jstr(b, "address", r->address, 1);
-        jnum(b, "generation", r->generation);
-        jnum(b, "restarts", r->restarts);
+        ib_json_member_str(b, "address", r->address, 1);
+        ib_json_member_u64(b, "generation", r->generation, 1);
+        ib_json_member_u64(b, "restarts", r->restarts, 1);
         jbool(b, "retiring", r->retiring);
         jbool(b, "draining", r->draining);
-        jstr(b, "reason", r->reason, 1);
+        ib_json_member_str(b, "reason", r->reason, 1);
         ib_buf_append(b, "}", 1);
     }
     ib_buf_append(b, "]}}", 3);
@@ -235,8 +209,8 @@ static void call_and_reply(server_t *s, h2o_req_t *req, int route, uint64_t t0, 
     ib_buf_reset(&s->out);
     if (strcmp(method, "DeleteWorkload") == 0) {
         ib_buf_append(&s->out, "{", 1);
-        jstr(&s->out, "id", st->spec->id, 0);
-        jstr(&s->out, "object", "workload", 1);
+        ib_json_member_str(&s->out, "id", st->spec->id, 0);
+        ib_json_member_str(&s->out, "object", "workload", 1);
         ib_buf_append(&s->out, ",\"deleted\":true}\n", 17);
     } else {
         render_workload(&s->out, st);
@@ -452,16 +426,6 @@ static int authorize(server_t *s, h2o_req_t *req, int route, uint64_t t0, const 
     return 0;
 }
 
-static int valid_id_path(const char *p, size_t n)
-{
-    if (n == 0 || n > 48)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '-'))
-            return 0;
-    return 1;
-}
-
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     server_t *s = ((struct handler *)self)->s;
@@ -496,8 +460,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         const char *id = p + sizeof(prefix);
         size_t idlen = plen - sizeof(prefix);
         char idbuf[64];
-        if (!valid_id_path(id, idlen)) {
-            send_error(s, req, R_ITEM, t0, 404, "no such workload (ids are 1-48 characters of [a-z0-9-])", NULL,
+        if (!ib_workload_id_valid(id, idlen)) {
+            send_error(s, req, R_ITEM, t0, 404, "no such workload (ids are " IB_WORKLOAD_ID_RULE ")", NULL,
                        "workload_not_found");
         } else if (!get && !patch && !del) {
             h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET, PATCH, DELETE"));

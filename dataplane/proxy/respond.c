@@ -79,26 +79,6 @@ void ib_client_flush(ib_worker_t *w, ib_client_t *c)
     c->ops++;
 }
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Payload Too Large";
-    case 417: return "Expectation Failed";
-    case 431: return "Request Header Fields Too Large";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Internal Server Error";
-    }
-}
-
 void ib_respond(ib_worker_t *w, ib_client_t *c, int status, const char *ctype, const char *body, size_t len,
                 const char *extra_headers)
 {
@@ -109,7 +89,7 @@ void ib_respond(ib_worker_t *w, ib_client_t *c, int status, const char *ctype, c
                 status == 501 || status == 505;
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\nServer: ibrain\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s%s%s\r\n",
-                     status, reason(status), ctype, len, c->request_id[0] ? "X-Request-Id: " : "", c->request_id,
+                     status, ib_http_reason(status), ctype, len, c->request_id[0] ? "X-Request-Id: " : "", c->request_id,
                      c->request_id[0] ? "\r\n" : "", close ? "Connection: close\r\n" : "");
     assert(n > 0 && (size_t)n < sizeof(head));
     if (extra_headers != NULL && (size_t)n + strlen(extra_headers) + 4 < sizeof(head)) {

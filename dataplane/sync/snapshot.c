@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ibrain/chat.h"
+#include "ibrain/json_write.h"
 #include "ibrain/limits.h"
 #include "ibrain/net.h"
 #include "ibrain/route.h"
@@ -188,37 +190,6 @@ done:
 
 /* ---- JSON out ---- */
 
-static int put_str(ib_buf_t *b, const char *key, const char *v, int comma)
-{
-    char tmp[300];
-    int n = snprintf(tmp, sizeof(tmp), "%s\"%s\":\"", comma ? "," : "", key);
-    if (ib_buf_append(b, tmp, (size_t)n) != 0)
-        return -1;
-    for (const char *p = v; *p; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            if (ib_buf_append(b, e, 2) != 0)
-                return -1;
-        } else if (c < 0x20) {
-            char e[8];
-            snprintf(e, sizeof(e), "\\u%04x", c);
-            if (ib_buf_append(b, e, 6) != 0)
-                return -1;
-        } else if (ib_buf_append(b, p, 1) != 0) {
-            return -1;
-        }
-    }
-    return ib_buf_append(b, "\"", 1);
-}
-
-static int put_num(ib_buf_t *b, const char *key, unsigned long long v)
-{
-    char tmp[96];
-    int n = snprintf(tmp, sizeof(tmp), ",\"%s\":%llu", key, v);
-    return ib_buf_append(b, tmp, (size_t)n);
-}
-
 int ib_snapshot_to_json(const ib_snapshot_t *s, ib_buf_t *out)
 {
     char head[96];
@@ -228,11 +199,11 @@ int ib_snapshot_to_json(const ib_snapshot_t *s, ib_buf_t *out)
         return -1;
     for (uint32_t i = 0; i < s->nworkloads; i++) {
         const ib_snap_workload_t *w = &s->workloads[i];
-        if (ib_buf_append(out, i ? ",{" : "{", i ? 2 : 1) || put_str(out, "id", w->id, 0) ||
-            put_str(out, "model", w->model, 1) || put_str(out, "chat_template", w->chat_template, 1) ||
-            put_str(out, "tokenizer", w->tokenizer, 1) || put_str(out, "policy", w->policy, 1) ||
-            put_num(out, "block_size", w->block_size) || put_num(out, "context_length", w->context_length) ||
-            put_num(out, "cache_ttl_ms", w->cache_ttl_ms) || put_num(out, "cache_blocks", w->cache_blocks) ||
+        if (ib_buf_append(out, i ? ",{" : "{", i ? 2 : 1) || ib_json_member_str(out, "id", w->id, 0) ||
+            ib_json_member_str(out, "model", w->model, 1) || ib_json_member_str(out, "chat_template", w->chat_template, 1) ||
+            ib_json_member_str(out, "tokenizer", w->tokenizer, 1) || ib_json_member_str(out, "policy", w->policy, 1) ||
+            ib_json_member_u64(out, "block_size", w->block_size, 1) || ib_json_member_u64(out, "context_length", w->context_length, 1) ||
+            ib_json_member_u64(out, "cache_ttl_ms", w->cache_ttl_ms, 1) || ib_json_member_u64(out, "cache_blocks", w->cache_blocks, 1) ||
             ib_buf_append(out, "}", 1))
             return -1;
     }
@@ -240,10 +211,10 @@ int ib_snapshot_to_json(const ib_snapshot_t *s, ib_buf_t *out)
         return -1;
     for (uint32_t i = 0; i < s->nreplicas; i++) {
         const ib_snap_replica_t *r = &s->replicas[i];
-        if (ib_buf_append(out, i ? ",{" : "{", i ? 2 : 1) || put_str(out, "id", r->id, 0) ||
-            put_str(out, "workload", r->workload, 1) || put_str(out, "address", r->address, 1) ||
-            put_str(out, "state", r->draining ? "draining" : "ready", 1) ||
-            put_num(out, "generation", r->generation) || ib_buf_append(out, "}", 1))
+        if (ib_buf_append(out, i ? ",{" : "{", i ? 2 : 1) || ib_json_member_str(out, "id", r->id, 0) ||
+            ib_json_member_str(out, "workload", r->workload, 1) || ib_json_member_str(out, "address", r->address, 1) ||
+            ib_json_member_str(out, "state", r->draining ? "draining" : "ready", 1) ||
+            ib_json_member_u64(out, "generation", r->generation, 1) || ib_buf_append(out, "}", 1))
             return -1;
     }
     return ib_buf_append(out, "]}\n", 3);

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ibrain/chat.h"
+#include "ibrain/buf.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,9 +37,6 @@ uint16_t ib_admin_port(const ib_admin_t *a);
 
 /** Stops the thread and closes the socket. */
 void ib_admin_stop(ib_admin_t *a);
-
-/** Appends a JSON string literal (quoted and escaped). 0, or -1 on OOM. */
-int ib_json_str(ib_buf_t *b, const char *s);
 
 #ifdef __cplusplus
 }

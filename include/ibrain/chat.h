@@ -11,6 +11,7 @@
 #define IBRAIN_CHAT_H
 
 #include <stddef.h>
+#include "ibrain/buf.h"
 #include "ibrain/ondemand_c.h"
 
 #ifdef __cplusplus
@@ -23,13 +24,6 @@ typedef enum ib_chat_template {
     IB_TEMPLATE_PLAIN = 2,  /* role: content\n per message, for engines with no template */
 } ib_chat_template_t;
 
-/** A growable byte buffer. */
-typedef struct ib_buf {
-    char *ptr;
-    size_t len;
-    size_t cap;
-} ib_buf_t;
-
 /** Parses "chatml" | "qwen3" | "llama3" | "plain". Returns -1 when unknown. */
 int ib_chat_template_parse(const char *name, ib_chat_template_t *out);
 const char *ib_chat_template_name(ib_chat_template_t t);
@@ -39,14 +33,6 @@ const char *ib_chat_template_name(ib_chat_template_t t);
  * (completions), to <out>. Returns 0, or -1 when out of memory.
  */
 int ib_chat_render(ib_chat_template_t t, const ib_oai_request_t *req, ib_buf_t *out);
-
-/** Buffer helpers: append bytes (0 / -1 on OOM), reset length, free. */
-int ib_buf_append(ib_buf_t *b, const void *p, size_t n);
-int ib_buf_reserve(ib_buf_t *b, size_t extra);
-/** Appends printf-style text. 0, or -1 when out of memory or the format fails. */
-int ib_buf_printf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static inline void ib_buf_reset(ib_buf_t *b) { b->len = 0; }
-void ib_buf_free(ib_buf_t *b);
 
 #ifdef __cplusplus
 }

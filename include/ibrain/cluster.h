@@ -32,6 +32,10 @@ extern "C" {
 /* IB_MAX_WORKLOADS, IB_MAX_WORKLOAD_REPLICAS (per workload) and IB_MAX_REPLICAS (every
  * workload together, what a routing snapshot holds): include/ibrain/limits.h */
 
+/* A workload id: what the REST paths, ibctl and the cluster server accept. */
+#define IB_WORKLOAD_ID_MAX 48
+#define IB_WORKLOAD_ID_RULE "1-48 characters of [a-z0-9-]"
+
 typedef struct ib_workload_spec {
     char id[64];
     char model[128];
@@ -109,6 +113,9 @@ typedef struct ib_cluster_config {
  * for the manager): the named engine's command with the workload's settings, then
  * engine_args. <mock> is the mock engine's command (with the placeholders). 0, or -1 with <err> = "field: reason".
  */
+/** 1 when <s>[0..n) is a workload id (IB_WORKLOAD_ID_RULE), else 0. */
+int ib_workload_id_valid(const char *s, size_t n);
+
 int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, size_t cap, char *err, size_t errlen);
 
 /** Every driver, ending with a row whose name is NULL. The first one is the default. */

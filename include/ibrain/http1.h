@@ -1,19 +1,23 @@
 /*
- * HTTP/1.1 messages for ibrain's data plane: picohttpparser (from libh2o) does the
- * parsing; this module applies the limits and the message-framing rules of RFC 9112 that
- * a proxy must enforce (request smuggling: Content-Length with Transfer-Encoding, repeated
- * or malformed Content-Length, transfer codings other than chunked).
+ * HTTP/1.1 for every binary.
  *
- *  - requests from clients (http1.c): head, limits, framing;
- *  - responses from replicas (response.c): head (interim 1xx dropped), framing, and the
- *    body decoder that tells where a Content-Length or chunked body ends.
+ *  - Request heads for ibrain's data plane (http1.c): picohttpparser (from libh2o) does
+ *    the parsing; this module applies the limits and the message-framing rules of RFC 9112
+ *    that a proxy must enforce (request smuggling: Content-Length with Transfer-Encoding,
+ *    repeated or malformed Content-Length, transfer codings other than chunked).
+ *  - Response heads from replicas (response.c): interim 1xx dropped, framing, and the body
+ *    decoder that tells where a Content-Length or chunked body ends.
+ *  - The reason phrases of the statuses the servers answer with.
+ *  - A blocking client (client.c) for the tools and the control plane: one request per
+ *    connection, chunked responses decoded. Not for the data path.
  */
 #ifndef IBRAIN_HTTP1_H
 #define IBRAIN_HTTP1_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include "ibrain/ondemand_c.h"
+#include "ibrain/buf.h"
+#include "ibrain/span.h"
 #include "ibrain/picohttp.h"
 
 #ifdef __cplusplus
@@ -114,6 +118,34 @@ int ib_http_name_is(const struct phr_header *h, const char *lower);
 
 /** 1 for hop-by-hop headers a proxy must not forward (RFC 9110 7.6.1), else 0. */
 int ib_http_is_hop_by_hop(const struct phr_header *h);
+
+/** The reason phrase of <status> (RFC 9110): "Not Found" for 404. An unknown 4xx reads
+ * "Bad Request", any other unknown status "Internal Server Error". Never NULL. */
+const char *ib_http_reason(int status);
+
+/* ---- blocking client ---- */
+
+/**
+ * One HTTP/1.1 request (Connection: close) to <hostport> (IPV4:PORT), waiting at most
+ * <timeout_ms> for the connect and for each read or write. <headers> (may be NULL) are
+ * extra "Name: value\r\n" lines; <body> is sent as JSON when <blen> > 0. Appends the
+ * response body, de-chunked, to <resp> and NUL-terminates it (the NUL not counted in
+ * resp->len). Returns the response's status, or -1 when the server cannot be reached or
+ * answers no complete HTTP response.
+ */
+int ib_http_request(const char *hostport, const char *method, const char *path, const char *headers,
+                    const char *body, size_t blen, int timeout_ms, ib_buf_t *resp);
+
+/** GET <path>: ib_http_request() without headers or body. The status, or -1. */
+int ib_http_get(const char *hostport, const char *path, int timeout_ms, ib_buf_t *body);
+
+/**
+ * Parses the complete response in <buf>[0..len) (read until the server closed): its body
+ * is <buf>[*body_off .. *body_off + *body_len), decoded in place when chunked, cut at
+ * Content-Length when there is one. Returns 0, or -1 when the head is malformed or the
+ * body is shorter than its framing says.
+ */
+int ib_http_response_parse(char *buf, size_t len, int *status, size_t *body_off, size_t *body_len);
 
 #ifdef __cplusplus
 }

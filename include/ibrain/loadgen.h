@@ -25,7 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include "ibrain/chat.h"
+#include "ibrain/buf.h"
+#include "ibrain/ondemand_c.h"
 
 #ifdef __cplusplus
 extern "C" {

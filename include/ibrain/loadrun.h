@@ -69,11 +69,6 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
 
 void ib_load_result_free(ib_load_result_t *r);
 
-/**
- * Blocking GET of http://<hostport><path> (IPv4 literal), at most <timeout_ms>. Appends the
- * body to <body>. Returns the HTTP status, or -1 on failure.
- */
-int ib_http_get(const char *hostport, const char *path, int timeout_ms, ib_buf_t *body);
 
 #ifdef __cplusplus
 }

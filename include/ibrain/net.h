@@ -1,4 +1,4 @@
-/* Socket address helpers shared by the binaries. */
+/* Socket address and file helpers shared by the binaries. */
 #ifndef IBRAIN_NET_H
 #define IBRAIN_NET_H
 
@@ -22,24 +22,6 @@ int ib_write_port_file(const char *path, unsigned port);
 
 /** Raises the soft open-file limit to the hard limit (servers of many connections). */
 void ib_raise_nofile(void);
-
-/**
- * GET <path> from 127.0.0.1:<port> (HTTP/1.1, Connection: close), waiting at most
- * <timeout_ms> per read or write. Writes the status to *status and the body (NUL
- * terminated, cut at <cap> - 1 bytes) to <body> (may be NULL). Returns 0, or -1 when the
- * server cannot be reached or answers no HTTP response. For the control plane's small
- * status calls; not for the data path.
- */
-int ib_http_get_local(unsigned port, const char *path, int timeout_ms, int *status, char *body, size_t cap);
-
-/**
- * One HTTP/1.1 request (Connection: close) to <hostport> (IPV4:PORT): <headers> are extra
- * "Name: value\r\n" lines, <body> is sent as JSON when <blen> > 0. On 0, *status is the
- * response's status and *resp its body (malloc'd, NUL-terminated, free() it). -1 when the
- * server cannot be reached or does not answer in <timeout_ms>.
- */
-int ib_http_request(const char *hostport, const char *method, const char *path, const char *headers,
-                    const char *body, size_t blen, int timeout_ms, int *status, char **resp, size_t *resp_len);
 
 /**
  * The whole file at <path> ("-": standard input) in a malloc'd buffer, NUL-terminated (free()

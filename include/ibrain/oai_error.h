@@ -1,20 +1,17 @@
 /*
  * OpenAI-style error bodies:
  *   {"error":{"message":"...","type":"invalid_request_error","param":"model","code":"model_not_found"}}
- * and the JSON string escaping they need.
  */
 #ifndef IBRAIN_OAI_ERROR_H
 #define IBRAIN_OAI_ERROR_H
 
 #include <stddef.h>
-#include "ibrain/chat.h"
+#include "ibrain/buf.h"
+#include "ibrain/json_write.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/** Appends <s>[0..n) to <b> as JSON string contents (no quotes). 0, or -1 on OOM. */
-int ib_json_escape(ib_buf_t *b, const char *s, size_t n);
 
 /**
  * Appends an OpenAI error object to <b>. <param> and <code> may be NULL (rendered as null).

@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ibrain/span.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -25,12 +27,6 @@ extern "C" {
 /* ---- types ---- */
 
 #define IB_JSON_PADDING 64
-
-/** A byte range that is not NUL-terminated. */
-typedef struct ib_span {
-    const char *ptr;
-    size_t len;
-} ib_span_t;
 
 typedef enum ib_api_kind {
     IB_API_CHAT = 1,       /* POST /v1/chat/completions */

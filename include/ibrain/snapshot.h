@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ibrain/chat.h"
+#include "ibrain/buf.h"
 
 #ifdef __cplusplus
 extern "C" {

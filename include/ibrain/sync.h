@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "ibrain/snapshot.h"
+#include "ibrain/store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -26,7 +27,7 @@ extern "C" {
 
 /* ---- types ---- */
 
-#define IB_SYNC_MAX_SENTINELS 8
+#define IB_SYNC_MAX_SENTINELS IB_REDIS_MAX_SENTINELS
 
 typedef struct ib_sync ib_sync_t;
 
@@ -86,46 +87,6 @@ typedef void (*ib_sync_stream_fn)(void *ctx, const void *payload, size_t len);
  */
 int ib_sync_stream_read(ib_sync_t *s, const char *key, char *last_id, uint32_t count, ib_sync_stream_fn fn,
                         void *ctx);
-
-struct redisContext; /* hiredis */
-
-/** Connects to Redis at IPV4:PORT with <timeout_ms> for the connect and every command
- * after it. NULL when malformed or unreachable. Free with redisFree(). */
-struct redisContext *ib_redis_connect(const char *hostport, int timeout_ms);
-
-/**
- * Asks each sentinel in turn (IPV4:PORT) for the address of master <name>; writes
- * "IP:PORT" to <out>. Returns 0, or -1 when no sentinel answers.
- */
-/* ---- writers: the orchestrator's leader, ib-snapshot ---- */
-
-/**
- * Reads the stored snapshot. 1 with <out> filled (ib_snapshot_free it), 0 when there is
- * none, -1 on a Redis error or an invalid snapshot (<err>).
- */
-int ib_snapshot_fetch(struct redisContext *c, ib_snapshot_t *out, char *err, size_t errlen);
-
-/**
- * Stamps <s> with the time, stores it as IB_SNAPSHOT_KEY and publishes its version on
- * IB_SNAPSHOT_CHANNEL, atomically (one Lua script). With <lease_key> set, only while that
- * key holds <owner>: a leader that lost its lease writes nothing (fencing). Returns 1
- * written, 0 not written (the lease is another's), -1 on error (<err>), and -1 without a
- * Redis command when <s> fails ib_snapshot_check() (over a limit of include/ibrain/limits.h:
- * the writer refuses what ibrain would).
- */
-int ib_snapshot_write(struct redisContext *c, ib_snapshot_t *s, const char *lease_key, const char *owner, char *err,
-                      size_t errlen);
-
-/**
- * Takes the lease <key> for <owner> when it is free, or renews it when <owner> holds it,
- * for <ttl_ms>. 1 held by <owner>, 0 held by another, -1 on error.
- */
-int ib_lease_acquire(struct redisContext *c, const char *key, const char *owner, uint32_t ttl_ms);
-
-/** Gives the lease up if <owner> holds it (a clean shutdown: the next leader need not wait). */
-int ib_lease_release(struct redisContext *c, const char *key, const char *owner);
-
-int ib_redis_sentinel_master(const char *const *sentinels, uint32_t n, const char *name, char *out, size_t cap);
 
 #ifdef __cplusplus
 }

@@ -5,8 +5,9 @@
  */
 #include "ibrain/loadrun.h"
 #include "ibrain/clock.h"
+#include "ibrain/http1.h"
+#include "ibrain/json_write.h"
 #include "ibrain/net.h"
-#include "ibrain/oai_error.h"
 #include "ibrain/ondemand_c.h"
 #include "ibrain/picohttp.h"
 
@@ -366,11 +367,6 @@ static void schedule_next_turn(struct run *run, struct conn *c, uint64_t now)
         heap_push(run, (struct pending){now + (uint64_t)run->o->think_ms * 1000000ull, c->item, c->turn + 1});
 }
 
-static int header_is(const struct phr_header *h, const char *name)
-{
-    return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
-}
-
 /* Parses the response head in c->in. 1 when complete, 0 when more is needed, -1 on error. */
 static int parse_head(struct conn *c)
 {
@@ -396,14 +392,14 @@ static int parse_head(struct conn *c)
     c->status = status;
     c->keepalive = minor >= 1;
     for (size_t i = 0; i < nh; i++) {
-        if (header_is(&hdrs[i], "content-length"))
+        if (ib_http_name_is(&hdrs[i], "content-length"))
             c->content_length = strtoull(hdrs[i].value, NULL, 10);
-        else if (header_is(&hdrs[i], "transfer-encoding") && hdrs[i].value_len >= 7 &&
+        else if (ib_http_name_is(&hdrs[i], "transfer-encoding") && hdrs[i].value_len >= 7 &&
                  strncasecmp(hdrs[i].value + hdrs[i].value_len - 7, "chunked", 7) == 0)
             c->chunked = 1;
-        else if (header_is(&hdrs[i], "connection"))
+        else if (ib_http_name_is(&hdrs[i], "connection"))
             c->keepalive = !(hdrs[i].value_len == 5 && strncasecmp(hdrs[i].value, "close", 5) == 0);
-        else if (header_is(&hdrs[i], "x-engine-id"))
+        else if (ib_http_name_is(&hdrs[i], "x-engine-id"))
             snprintf(c->engine, sizeof(c->engine), "%.*s", (int)hdrs[i].value_len, hdrs[i].value);
     }
     memmove(c->in.ptr, c->in.ptr + n, c->in.len - (size_t)n);
@@ -754,63 +750,4 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
     ib_samples_sort(&r->itl_ms);
     ib_samples_sort(&r->e2e_ms);
     return 0;
-}
-
-/* ---- blocking GET, for /metrics scrapes ---- */
-
-int ib_http_get(const char *hostport, const char *path, int timeout_ms, ib_buf_t *body)
-{
-    struct sockaddr_in sa;
-    if (ib_parse_hostport(hostport, &sa) != 0 || sa.sin_port == 0)
-        return -1;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    char req[512];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, hostport);
-    ib_buf_t in = {0};
-    int status = -1;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || write(fd, req, (size_t)n) != n)
-        goto Out;
-    for (;;) {
-        if (ib_buf_reserve(&in, 65536) != 0)
-            goto Out;
-        ssize_t k = read(fd, in.ptr + in.len, in.cap - in.len);
-        if (k < 0)
-            goto Out;
-        if (k == 0)
-            break;
-        in.len += (size_t)k;
-    }
-    struct phr_header hdrs[64];
-    size_t nh = 64, msglen;
-    int minor;
-    const char *msg;
-    int hl = phr_parse_response(in.ptr, in.len, &minor, &status, &msg, &msglen, hdrs, &nh, 0);
-    if (hl < 0) {
-        status = -1;
-        goto Out;
-    }
-    int chunked = 0;
-    for (size_t i = 0; i < nh; i++)
-        if (header_is(&hdrs[i], "transfer-encoding"))
-            chunked = 1;
-    size_t blen = in.len - (size_t)hl;
-    if (chunked) {
-        struct phr_chunked_decoder dec = {0};
-        dec.consume_trailer = 1;
-        if (phr_decode_chunked(&dec, in.ptr + hl, &blen) == -1) {
-            status = -1;
-            goto Out;
-        }
-    }
-    if (ib_buf_append(body, in.ptr + hl, blen) != 0)
-        status = -1;
-Out:
-    ib_buf_free(&in);
-    close(fd);
-    return status;
 }

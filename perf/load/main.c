@@ -1,5 +1,6 @@
 /* ib-load: command line, engine metric scrapes, and the report. */
 #include "ibrain/loadrun.h"
+#include "ibrain/http1.h"
 #include "ibrain/net.h"
 
 #include <arpa/inet.h>

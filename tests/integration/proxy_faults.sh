@@ -8,7 +8,7 @@ ib_engine e1 --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 0
 ib_engine e2 --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 0
 ib_engine slow --itl-ms 50
 # A port nobody listens on: bind one, then close it.
-dead=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+dead=$(ib_free_port)
 ib_ibrain ib --workers 2 --model mock --eject-after 2 --eject-ms 60000 --drain-timeout-ms 8000 \
   --replica e1=127.0.0.1:$(ib_port e1) --replica e2=127.0.0.1:$(ib_port e2) --replica dead=127.0.0.1:$dead
 port=$(ib_port ib)

@@ -78,10 +78,9 @@ ib_expect_eq "408 counted" "$(ib_metric "$base/metrics" 'ibrain_requests_total{r
 # polling would take 2 s of CPU per worker).
 polled=$(ib_metric "$base/metrics" ibrain_busy_poll_seconds_total)
 /usr/bin/python3 -c "import sys; sys.exit(0 if float('$polled') > 0 else 1)" || ib_fail "no busy polling counted: '$polled'"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-t0=$(cpu_ticks "${IB_PID[ib]}")
+t0=$(ib_cpu_ticks "${IB_PID[ib]}")
 sleep 2
-t1=$(cpu_ticks "${IB_PID[ib]}")
+t1=$(ib_cpu_ticks "${IB_PID[ib]}")
 [ $((t1 - t0)) -lt $(($(getconf CLK_TCK) / 5)) ] || ib_fail "idle ibrain used $((t1 - t0)) ticks of CPU in 2 s"
 # --busy-poll-us 0: workers sleep at once, and serve the same.
 ib_ibrain nopoll --workers 1 --model mock --replica e1=127.0.0.1:$(ib_port e1) --busy-poll-us 0

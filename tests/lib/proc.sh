@@ -1,5 +1,18 @@
-# Test helper, sourced by every integration test (bash).
+# Process and port helpers, sourced by every integration test (bash), and by the perf/
+# and tools/ scripts for the first group alone.
 #
+# Helpers with no side effects (all a perf or tool script gets, with IB_PROC_HELPERS_ONLY=1
+# set while sourcing):
+#   ib_free_port                a loopback port free right now.
+#   ib_wait_port_file FILE PID  wait (10 s) for a port file while PID lives; prints the port.
+#                               Returns 1 when PID exited first, 2 on timeout.
+#   ib_wait_tcp PORT            wait (5 s) until 127.0.0.1:PORT accepts; 1 when it never does.
+#   ib_wait_redis PORT PID      wait (10 s) until a redis-server on PORT answers PING while
+#                               PID lives. Returns 1 when PID exited first, 2 on timeout.
+#   ib_cpu_ticks PID            user + system CPU time of PID, in ticks (getconf CLK_TCK).
+#
+# The test harness (sourcing without IB_PROC_HELPERS_ONLY: needs IB_BUILD and IB_SRC, makes
+# $IB_TMP, stops every process it started on exit):
 #   ib_spawn NAME CMD ARGS...   start CMD in the background; its output goes to $IB_TMP/NAME.log.
 #                               If ARGS contain the word @PORTFILE it is replaced by
 #                               $IB_TMP/NAME.port, where the program writes the port it bound
@@ -18,6 +31,54 @@
 # Every process started here leads its own process group (setsid), so that it and anything
 # it started are stopped by PID when the test exits, however it exits.
 # Ports are never guessed: programs bind port 0 and report the port they got.
+
+# ---- helpers with no side effects ----
+
+# ib_free_port: a loopback port free right now (for servers that cannot bind port 0 and
+# report it, such as redis-server).
+ib_free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+ib_wait_port_file() {
+  local file=$1 pid=$2 i
+  for ((i = 0; i < 100; i++)); do
+    if [ -s "$file" ]; then
+      cat "$file"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 2
+}
+
+ib_wait_tcp() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+ib_wait_redis() {
+  local port=$1 pid=$2 i
+  for ((i = 0; i < 100; i++)); do
+    [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 2
+}
+
+ib_cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+if [ -n "${IB_PROC_HELPERS_ONLY:-}" ]; then
+  return 0
+fi
+
+# ---- the test harness ----
 
 set -euo pipefail
 : "${IB_BUILD:?IB_BUILD must name the build directory}"
@@ -83,16 +144,13 @@ ib_spawn() {
 }
 
 ib_wait_port() {
-  local name=$1 i
-  for ((i = 0; i < 100; i++)); do
-    if [ -s "$IB_TMP/$name.port" ]; then
-      cat "$IB_TMP/$name.port"
-      return 0
-    fi
-    kill -0 "${IB_PID[$name]}" 2>/dev/null || ib_fail "$name exited before listening"
-    sleep 0.1
-  done
-  ib_fail "$name did not report a port within 10 s"
+  local name=$1 rc=0
+  ib_wait_port_file "$IB_TMP/$name.port" "${IB_PID[$name]}" || rc=$?
+  case $rc in
+  0) ;;
+  1) ib_fail "$name exited before listening" ;;
+  *) ib_fail "$name did not report a port within 10 s" ;;
+  esac
 }
 
 ib_port() { cat "$IB_TMP/$1.port"; }
@@ -116,31 +174,22 @@ ib_engine() {
   ib_wait_http "http://127.0.0.1:$port/health"
 }
 
-# ib_free_port: a loopback port free right now (for servers that cannot bind port 0 and
-# report it, such as redis-server).
-ib_free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 # ib_redis NAME [PORT] [ARGS...]: a redis-server on loopback (no persistence), on PORT or a
 # free port; waits until it answers PING. ib_port NAME gives the port.
 ib_redis() {
-  local name=$1 port=${2:-} i
+  local name=$1 port=${2:-} rc=0
   shift $(($# > 1 ? 2 : 1))
   [ -n "$port" ] || port=$(ib_free_port)
   # Its own directory: a replica's full sync writes an RDB file there, which a later
   # redis-server started in the same directory would load.
   mkdir -p "$IB_TMP/$name.dir"
   ib_spawn "$name" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$IB_TMP/$name.dir" "$@"
-  for ((i = 0; i < 100; i++)); do
-    if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then
-      echo "$port" >"$IB_TMP/$name.port"
-      return 0
-    fi
-    kill -0 "${IB_PID[$name]}" 2>/dev/null || ib_fail "$name (redis-server) exited before answering"
-    sleep 0.1
-  done
-  ib_fail "$name (redis-server) did not answer within 10 s"
+  ib_wait_redis "$port" "${IB_PID[$name]}" || rc=$?
+  case $rc in
+  0) echo "$port" >"$IB_TMP/$name.port" ;;
+  1) ib_fail "$name (redis-server) exited before answering" ;;
+  *) ib_fail "$name (redis-server) did not answer within 10 s" ;;
+  esac
 }
 
 ib_ibrain() {

@@ -1,5 +1,5 @@
-/* Workload specs: the REST body reader (ib_workload_json_read) and the engine command line
- * each replica runs (ib_engine_command). */
+/* Workload specs: the REST body reader (ib_workload_json_read), the engine command line
+ * each replica runs (ib_engine_command) and the workload id rule (ib_workload_id_valid). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -155,6 +155,30 @@ static void test_engine_commands(void **state)
     assert_string_equal(out, "my-engine --port {port}");
 }
 
+static int id_ok(const char *s) { return ib_workload_id_valid(s, strlen(s)); }
+
+static void test_workload_ids(void **state)
+{
+    (void)state;
+    assert_true(id_ok("a"));
+    assert_true(id_ok("chat-7b"));
+    assert_true(id_ok("0-9"));
+    assert_true(id_ok("-"));
+    assert_true(id_ok("abcdefghijklmnopqrstuvwxyz0123456789-abcdefghijk")); /* 48 */
+    assert_false(id_ok("abcdefghijklmnopqrstuvwxyz0123456789-abcdefghijkl")); /* 49 */
+    assert_false(id_ok(""));
+    assert_false(id_ok("Chat"));
+    assert_false(id_ok("chat_7b"));
+    assert_false(id_ok("chat.7b"));
+    assert_false(id_ok("a/b"));
+    assert_false(id_ok("a b"));
+    assert_false(id_ok("caf\xc3\xa9"));
+    assert_false(ib_workload_id_valid(NULL, 0));
+    /* a span: only its bytes count (a REST path's tail) */
+    assert_true(ib_workload_id_valid("w1/extra", 2));
+    assert_false(ib_workload_id_valid("w1/extra", 3));
+}
+
 static void test_engine_errors(void **state)
 {
     (void)state;
@@ -187,6 +211,7 @@ int main(void)
         cmocka_unit_test(test_full_body),         cmocka_unit_test(test_patch_over_existing),
         cmocka_unit_test(test_errors_name_the_field), cmocka_unit_test(test_not_an_object),
         cmocka_unit_test(test_engine_commands),   cmocka_unit_test(test_engine_errors),
+        cmocka_unit_test(test_workload_ids),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -10,6 +10,7 @@
  */
 #include "ibrain/mock_engine.h"
 #include "ibrain/clock.h"
+#include "ibrain/http1.h"
 #include "ibrain/net.h"
 #include "ibrain/hashchain.h"
 #include "ibrain/oai_error.h"
@@ -156,19 +157,6 @@ static void add_cached_tokens_header(h2o_req_t *req, uint32_t cached)
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-cached-tokens"), 0, NULL, v, (size_t)n);
 }
 
-static const char *reason_phrase(int status)
-{
-    switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 503: return "Service Unavailable";
-    default: return "Internal Server Error";
-    }
-}
-
 /* Sends <body> as a complete response with an explicit Content-Length (keeps the
  * connection alive; see DEPS.md on h2o). */
 static void send_body(ib_engine_t *eng, h2o_req_t *req, enum route r, int status, const char *ctype, const char *body,
@@ -176,7 +164,7 @@ static void send_body(ib_engine_t *eng, h2o_req_t *req, enum route r, int status
 {
     count_http(eng, r, status);
     req->res.status = status;
-    req->res.reason = reason_phrase(status);
+    req->res.reason = ib_http_reason(status);
     req->res.content_length = len;
     add_header(req, H2O_TOKEN_CONTENT_TYPE, ctype, strlen(ctype));
     add_engine_header(eng, req);

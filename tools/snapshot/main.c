@@ -28,7 +28,7 @@
 #include "ibrain/clock.h"
 #include "ibrain/net.h"
 #include "ibrain/snapshot.h"
-#include "ibrain/sync.h"
+#include "ibrain/store.h"
 
 static void usage(void)
 {
@@ -77,14 +77,14 @@ static int write_snapshot(redisContext *c, ib_snapshot_t *s)
 int main(int argc, char **argv)
 {
     const char *redis = "127.0.0.1:6379", *master = NULL;
-    const char *sentinels[IB_SYNC_MAX_SENTINELS];
+    const char *sentinels[IB_REDIS_MAX_SENTINELS];
     uint32_t nsentinels = 0;
     char resolved[64];
     int i = 1;
     for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
         if (strcmp(argv[i], "--redis") == 0 && i + 1 < argc)
             redis = argv[++i];
-        else if (strcmp(argv[i], "--sentinel") == 0 && i + 1 < argc && nsentinels < IB_SYNC_MAX_SENTINELS)
+        else if (strcmp(argv[i], "--sentinel") == 0 && i + 1 < argc && nsentinels < IB_REDIS_MAX_SENTINELS)
             sentinels[nsentinels++] = argv[++i];
         else if (strcmp(argv[i], "--master") == 0 && i + 1 < argc)
             master = argv[++i];
