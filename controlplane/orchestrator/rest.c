@@ -86,11 +86,7 @@ static void send_error(server_t *s, h2o_req_t *req, int route, uint64_t t0, int 
                        : status >= 500 ? "server_error"
                                        : "invalid_request_error";
     ib_buf_reset(&s->out);
-    if (ib_oai_error_json(&s->out, msg, type, param, code) != 0) {
-        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\"}}";
-        send_body(s, req, route, t0, 500, "application/json", oom, sizeof(oom) - 1);
-        return;
-    }
+    ib_oai_error_json(&s->out, msg, type, param, code);
     send_body(s, req, route, t0, status, "application/json", s->out.ptr, s->out.len);
 }
 
@@ -132,7 +128,7 @@ static void send_rpc_error(server_t *s, h2o_req_t *req, int route, uint64_t t0, 
 
 static int jbool(ib_buf_t *b, const char *key, int v)
 {
-    return ib_buf_printf(b, ",\"%s\":%s", key, v ? "true" : "false");
+    return ib_buf_try_printf(b, ",\"%s\":%s", key, v ? "true" : "false");
 }
 
 static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)

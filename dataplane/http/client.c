@@ -92,10 +92,10 @@ int ib_http_request(const char *hostport, const char *method, const char *path, 
     int status = -1;
     /* GET and HEAD carry no body and say nothing of one; every other method says its length. */
     int bodyless = blen == 0 && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0);
-    if (ib_buf_printf(&in, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, path, hostport) != 0 ||
-        (!bodyless && ib_buf_printf(&in, "Content-Length: %zu\r\n", blen) != 0) ||
-        (blen > 0 && ib_buf_printf(&in, "Content-Type: application/json\r\n") != 0) ||
-        ib_buf_printf(&in, "%s\r\n", headers ? headers : "") != 0)
+    if (ib_buf_try_printf(&in, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, path, hostport) != 0 ||
+        (!bodyless && ib_buf_try_printf(&in, "Content-Length: %zu\r\n", blen) != 0) ||
+        (blen > 0 && ib_buf_try_printf(&in, "Content-Type: application/json\r\n") != 0) ||
+        ib_buf_try_printf(&in, "%s\r\n", headers ? headers : "") != 0)
         goto out;
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || write_all(fd, in.ptr, in.len) != 0 ||
         (blen > 0 && write_all(fd, body, blen) != 0))
@@ -104,7 +104,7 @@ int ib_http_request(const char *hostport, const char *method, const char *path, 
      * then counts only when its framing says it is complete. */
     ib_buf_reset(&in);
     for (;;) {
-        if (in.len >= MAX_RESPONSE_BYTES || ib_buf_reserve(&in, 65536) != 0)
+        if (in.len >= MAX_RESPONSE_BYTES || ib_buf_try_reserve(&in, 65536) != 0)
             goto out;
         ssize_t k = read(fd, in.ptr + in.len, in.cap - in.len - 1);
         if (k < 0 && errno == EINTR)
@@ -115,7 +115,7 @@ int ib_http_request(const char *hostport, const char *method, const char *path, 
     }
     size_t off, len;
     int code;
-    if (ib_http_response_parse(in.ptr, in.len, &code, &off, &len) != 0 || ib_buf_reserve(resp, len + 1) != 0)
+    if (ib_http_response_parse(in.ptr, in.len, &code, &off, &len) != 0 || ib_buf_try_reserve(resp, len + 1) != 0)
         goto out;
     ib_buf_append(resp, in.ptr + off, len);
     resp->ptr[resp->len] = '\0';

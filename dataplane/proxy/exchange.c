@@ -314,7 +314,7 @@ static void on_data(ib_worker_t *w, ib_upstream_t *u, char *p, size_t n)
     u->deadline_ns = ib_deadline(w->px->cfg.upstream_timeout_ms);
     int done;
     if (!c->head_sent) {
-        if (ib_buf_append(&c->resp_head, p, n) != 0) {
+        if (ib_buf_try_append(&c->resp_head, p, n) != 0) {
             ib_exchange_failed(w, c, IB_UPERR_IO, 0);
             return;
         }

@@ -327,14 +327,15 @@ void ib_client_close(ib_worker_t *w, ib_client_t *c);
 /* ---- what a worker writes to clients (respond.c) ---- */
 
 /** Head building on the request path, without printf: a string, a literal, a number. */
-static inline int ib_append_str(ib_buf_t *b, const char *s) { return ib_buf_append(b, s, strlen(s)); }
+static inline void ib_append_str(ib_buf_t *b, const char *s) { ib_buf_append(b, s, strlen(s)); }
 #define IB_APPEND_LIT(b, lit) ib_buf_append((b), (lit), sizeof(lit) - 1)
 /** Writes <v> in base 10 or 16 at <dst> (at most 20 bytes, no NUL); returns the length. */
 size_t ib_format_uint(char *dst, uint64_t v, unsigned base);
 void ib_append_uint(ib_buf_t *b, uint64_t v, unsigned base);
 
-/** Appends to the client's filling output buffer. */
-int ib_out_append(ib_client_t *c, const void *p, size_t n);
+/** Appends to the client's filling output buffer (bounded by the back-pressure: what a
+ * relay appends beyond IB_OUT_HIGH_WATER is one receive; out of memory aborts). */
+void ib_out_append(ib_client_t *c, const void *p, size_t n);
 /** Body bytes for the client, as one chunk when its response is chunked. */
 void ib_out_chunk(ib_client_t *c, const char *p, size_t n);
 /** Bytes queued for the client and not yet sent. */

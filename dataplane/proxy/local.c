@@ -23,7 +23,8 @@ static int render_ready(ib_worker_t *w, ib_buf_t *body, ib_local_resp_t *out)
         healthy += ib_mask_has(rt->all_ready, i) && ib_replica_healthy(&px->replicas[i], now);
     int ready = healthy && !w->draining;
     out->status = ready ? 200 : 503;
-    return ib_buf_printf(body, "{\"status\":\"%s\",\"replicas_healthy\":%d}", ready ? "ready" : "not_ready", healthy);
+    ib_buf_printf(body, "{\"status\":\"%s\",\"replicas_healthy\":%d}", ready ? "ready" : "not_ready", healthy);
+    return 0;
 }
 
 static int render_models(ib_worker_t *w, ib_buf_t *b)
@@ -31,15 +32,16 @@ static int render_models(ib_worker_t *w, ib_buf_t *b)
     ib_proxy_t *px = w->px;
     const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
     uint32_t nm = rt->version == 0 ? px->cfg.nmodels : rt->nworkloads;
-    int rc = ib_buf_append(b, "{\"object\":\"list\",\"data\":[", 25);
-    for (uint32_t i = 0; i < nm && rc == 0; i++) {
+    ib_buf_append(b, "{\"object\":\"list\",\"data\":[", 25);
+    for (uint32_t i = 0; i < nm; i++) {
         const char *name = rt->version == 0 ? px->cfg.models[i] : rt->wl[i].model;
-        rc |= ib_buf_append(b, i ? ",{\"id\":\"" : "{\"id\":\"", i ? 8 : 7);
-        rc |= ib_json_escape(b, name, strlen(name));
-        rc |= ib_buf_printf(b, "\",\"object\":\"model\",\"created\":%llu,\"owned_by\":\"ibrain\"}",
-                            (unsigned long long)px->started_unix);
+        ib_buf_append(b, i ? ",{\"id\":\"" : "{\"id\":\"", i ? 8 : 7);
+        ib_json_escape(b, name, strlen(name));
+        ib_buf_printf(b, "\",\"object\":\"model\",\"created\":%llu,\"owned_by\":\"ibrain\"}",
+                      (unsigned long long)px->started_unix);
     }
-    return rc | ib_buf_append(b, "]}", 2);
+    ib_buf_append(b, "]}", 2);
+    return 0;
 }
 
 int ib_local_render(ib_worker_t *w, enum ib_route route, int is_get, ib_buf_t *body, ib_local_resp_t *out)
@@ -50,11 +52,13 @@ int ib_local_render(ib_worker_t *w, enum ib_route route, int is_get, ib_buf_t *b
     if (!is_get) {
         out->status = 405;
         out->extra_headers = "Allow: GET";
-        return ib_oai_error_json(body, "method not allowed", "invalid_request_error", NULL, NULL);
+        ib_oai_error_json(body, "method not allowed", "invalid_request_error", NULL, NULL);
+        return 0;
     }
     switch (route) {
     case IB_ROUTE_HEALTH:
-        return ib_buf_append(body, "{\"status\":\"ok\"}", 15);
+        ib_buf_append(body, "{\"status\":\"ok\"}", 15);
+        return 0;
     case IB_ROUTE_READY:
         return render_ready(w, body, out);
     case IB_ROUTE_METRICS:

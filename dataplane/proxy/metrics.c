@@ -47,32 +47,32 @@ static uint64_t sum(const ib_proxy_t *px, size_t off)
 static int histogram(const ib_proxy_t *px, ib_buf_t *b, const char *name, const char *help, size_t buckets_off,
                      size_t sum_off, size_t count_off)
 {
-    int rc = ib_buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    int rc = ib_buf_try_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     uint64_t cum = 0;
     for (int k = 0; k <= IB_NBUCKETS && !rc; k++) {
         cum += sum(px, buckets_off + (size_t)k * sizeof(ib_counter_t));
         if (k < IB_NBUCKETS)
-            rc = ib_buf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, ib_metrics_buckets_s[k], (unsigned long long)cum);
+            rc = ib_buf_try_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, ib_metrics_buckets_s[k], (unsigned long long)cum);
         else
-            rc = ib_buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+            rc = ib_buf_try_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
     }
-    return rc || ib_buf_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum(px, sum_off) / 1e6, name,
+    return rc || ib_buf_try_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum(px, sum_off) / 1e6, name,
                          (unsigned long long)sum(px, count_off));
 }
 
 /* Requests by route and status, durations, time to first byte. */
 static int render_requests(const ib_proxy_t *px, ib_buf_t *b)
 {
-    int rc = ib_buf_printf(b, "# HELP ibrain_requests_total HTTP requests answered, by route and status.\n"
+    int rc = ib_buf_try_printf(b, "# HELP ibrain_requests_total HTTP requests answered, by route and status.\n"
                         "# TYPE ibrain_requests_total counter\n");
     for (int r = 0; r < IB_ROUTE__COUNT && !rc; r++)
         for (int s = 0; s < IB_NSTATUS && !rc; s++) {
             uint64_t v = SUM(requests[r][s]);
             if (v != 0)
                 rc = s < IB_NSTATUS - 1
-                         ? ib_buf_printf(b, "ibrain_requests_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
+                         ? ib_buf_try_printf(b, "ibrain_requests_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
                                    status_codes[s], (unsigned long long)v)
-                         : ib_buf_printf(b, "ibrain_requests_total{route=\"%s\",status=\"other\"} %llu\n", route_names[r],
+                         : ib_buf_try_printf(b, "ibrain_requests_total{route=\"%s\",status=\"other\"} %llu\n", route_names[r],
                                    (unsigned long long)v);
         }
     rc = rc || histogram(px, b, "ibrain_request_duration_seconds", "Time from a complete request head to the end of the response.",
@@ -89,29 +89,29 @@ static int render_requests(const ib_proxy_t *px, ib_buf_t *b)
 static int render_replicas(const ib_proxy_t *px, ib_buf_t *b)
 {
     int rc = 0;
-    rc = rc || ib_buf_printf(b, "# HELP ibrain_upstream_errors_total Failures talking to a replica, by kind.\n"
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_upstream_errors_total Failures talking to a replica, by kind.\n"
                           "# TYPE ibrain_upstream_errors_total counter\n");
     uint32_t nslots = atomic_load_explicit(&((ib_proxy_t *)px)->nslots, memory_order_acquire);
 #define SLOT_SHOWN(r) atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->in_use, memory_order_acquire)
     for (uint32_t r = 0; r < nslots && !rc; r++)
         for (int k = 0; k < IB_UPERR__COUNT && SLOT_SHOWN(r) && !rc; k++)
-            rc = ib_buf_printf(b, "ibrain_upstream_errors_total{replica=\"%s\",kind=\"%s\"} %llu\n", px->replicas[r].name,
+            rc = ib_buf_try_printf(b, "ibrain_upstream_errors_total{replica=\"%s\",kind=\"%s\"} %llu\n", px->replicas[r].name,
                          uperr_names[k], (unsigned long long)SUM(upstream_errors[r][k]));
     uint64_t now = ib_now_ns();
-    rc = rc || ib_buf_printf(b, "# HELP ibrain_replica_in_flight Requests in flight to a replica.\n"
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_replica_in_flight Requests in flight to a replica.\n"
                           "# TYPE ibrain_replica_in_flight gauge\n");
     for (uint32_t r = 0; r < nslots && !rc; r++)
-        rc = !SLOT_SHOWN(r) ? 0 : ib_buf_printf(b, "ibrain_replica_in_flight{replica=\"%s\"} %lld\n", px->replicas[r].name,
+        rc = !SLOT_SHOWN(r) ? 0 : ib_buf_try_printf(b, "ibrain_replica_in_flight{replica=\"%s\"} %lld\n", px->replicas[r].name,
                      (long long)ib_replica_inflight(&px->replicas[r], px->nworkers));
-    rc = rc || ib_buf_printf(b, "# HELP ibrain_replica_healthy 1 when the replica is not ejected by passive health checks.\n"
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_replica_healthy 1 when the replica is not ejected by passive health checks.\n"
                           "# TYPE ibrain_replica_healthy gauge\n");
     for (uint32_t r = 0; r < nslots && !rc; r++)
-        rc = !SLOT_SHOWN(r) ? 0 : ib_buf_printf(b, "ibrain_replica_healthy{replica=\"%s\"} %d\n", px->replicas[r].name,
+        rc = !SLOT_SHOWN(r) ? 0 : ib_buf_try_printf(b, "ibrain_replica_healthy{replica=\"%s\"} %d\n", px->replicas[r].name,
                      ib_replica_healthy(&px->replicas[r], now));
-    rc = rc || ib_buf_printf(b, "# HELP ibrain_replica_ejections_total Times a replica was ejected after repeated failures.\n"
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_replica_ejections_total Times a replica was ejected after repeated failures.\n"
                           "# TYPE ibrain_replica_ejections_total counter\n");
     for (uint32_t r = 0; r < nslots && !rc; r++)
-        rc = !SLOT_SHOWN(r) ? 0 : ib_buf_printf(b, "ibrain_replica_ejections_total{replica=\"%s\"} %llu\n", px->replicas[r].name,
+        rc = !SLOT_SHOWN(r) ? 0 : ib_buf_try_printf(b, "ibrain_replica_ejections_total{replica=\"%s\"} %llu\n", px->replicas[r].name,
                      (unsigned long long)atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->ejections,
                                                               memory_order_relaxed));
     return rc;
@@ -121,28 +121,28 @@ static int render_replicas(const ib_proxy_t *px, ib_buf_t *b)
 static int render_counters(const ib_proxy_t *px, ib_buf_t *b)
 {
     int rc = 0;
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_retries_total Requests retried on another replica after a failure before any response byte.\n"
                        "# TYPE ibrain_retries_total counter\nibrain_retries_total %llu\n",
                        (unsigned long long)SUM(retries));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_client_aborts_total Requests whose client left before the response ended.\n"
                        "# TYPE ibrain_client_aborts_total counter\nibrain_client_aborts_total %llu\n",
                        (unsigned long long)SUM(client_aborts));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_connections_accepted_total Client connections accepted.\n"
                        "# TYPE ibrain_connections_accepted_total counter\nibrain_connections_accepted_total %llu\n",
                        (unsigned long long)SUM(conns_accepted));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_connections_open Client connections open.\n"
                        "# TYPE ibrain_connections_open gauge\nibrain_connections_open %lld\n",
                        (long long)(SUM(conns_open) - SUM(conns_open_dec)));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_busy_poll_seconds_total Time workers spent polling an empty ring before sleeping "
                        "(--busy-poll-us).\n"
                        "# TYPE ibrain_busy_poll_seconds_total counter\nibrain_busy_poll_seconds_total %.6f\n",
                        (double)SUM(busy_poll_ns) / 1e9);
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_upstream_connections_opened_total Connections opened to replicas.\n"
                        "# TYPE ibrain_upstream_connections_opened_total counter\n"
                        "ibrain_upstream_connections_opened_total %llu\n",
@@ -154,32 +154,32 @@ static int render_counters(const ib_proxy_t *px, ib_buf_t *b)
 static int render_routing(const ib_proxy_t *px, ib_buf_t *b)
 {
     int rc = 0;
-    rc = rc || ib_buf_printf(b, "# HELP ibrain_route_decisions_total Routing decisions of chat and completion requests, by reason.\n"
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_route_decisions_total Routing decisions of chat and completion requests, by reason.\n"
                           "# TYPE ibrain_route_decisions_total counter\n");
     for (uint32_t p = 0; p < ib_policy_count() && !rc; p++)
         for (int k = 0; k < IB_REASON__COUNT && !rc; k++)
             if (SUM(route_reason[p][k]) > 0)
-                rc = ib_buf_printf(b, "ibrain_route_decisions_total{policy=\"%s\",reason=\"%s\"} %llu\n",
+                rc = ib_buf_try_printf(b, "ibrain_route_decisions_total{policy=\"%s\",reason=\"%s\"} %llu\n",
                              ib_policy_name(p), ib_route_reason_name((ib_route_reason_t)k),
                              (unsigned long long)SUM(route_reason[p][k]));
-    rc = rc || ib_buf_printf(b, "# HELP ibrain_route_matched_blocks Prefix blocks the chosen replica was believed to hold.\n"
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_route_matched_blocks Prefix blocks the chosen replica was believed to hold.\n"
                           "# TYPE ibrain_route_matched_blocks histogram\n");
     uint64_t cum = 0;
     for (int k = 0; k <= IB_NMATCHED && !rc; k++) {
         cum += SUM(matched_bucket[k]);
         if (k < IB_NMATCHED)
-            rc = ib_buf_printf(b, "ibrain_route_matched_blocks_bucket{le=\"%u\"} %llu\n", k == 0 ? 0u : 1u << (k - 1),
+            rc = ib_buf_try_printf(b, "ibrain_route_matched_blocks_bucket{le=\"%u\"} %llu\n", k == 0 ? 0u : 1u << (k - 1),
                          (unsigned long long)cum);
         else
-            rc = ib_buf_printf(b, "ibrain_route_matched_blocks_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+            rc = ib_buf_try_printf(b, "ibrain_route_matched_blocks_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
     }
-    rc = rc || ib_buf_printf(b, "ibrain_route_matched_blocks_sum %llu\nibrain_route_matched_blocks_count %llu\n",
+    rc = rc || ib_buf_try_printf(b, "ibrain_route_matched_blocks_sum %llu\nibrain_route_matched_blocks_count %llu\n",
                        (unsigned long long)SUM(matched_sum), (unsigned long long)SUM(matched_count));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_route_prompt_blocks_total Prefix blocks hashed from routed prompts.\n"
                        "# TYPE ibrain_route_prompt_blocks_total counter\nibrain_route_prompt_blocks_total %llu\n",
                        (unsigned long long)SUM(prompt_blocks));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_prompt_tokens_total Prompt tokens of routed requests, counted by ibrain's "
                        "tokenizer (0 without --tokenizer).\n"
                        "# TYPE ibrain_prompt_tokens_total counter\nibrain_prompt_tokens_total %llu\n"
@@ -200,19 +200,19 @@ static int render_sync(const ib_proxy_t *px, ib_buf_t *b)
     clock_gettime(CLOCK_REALTIME, &ts);
     double age = written > 0 ? (double)ts.tv_sec + ts.tv_nsec / 1e9 - (double)written / 1e3 : 0;
     ib_sync_status_t *sst = (ib_sync_status_t *)st;
-    int rc = ib_buf_printf(b,
+    int rc = ib_buf_try_printf(b,
                        "# HELP ibrain_redis_up 1 while the snapshot sync is connected to Redis.\n"
                        "# TYPE ibrain_redis_up gauge\nibrain_redis_up %d\n"
                        "# HELP ibrain_snapshot_version Version of the routing snapshot in force (0: none yet).\n"
                        "# TYPE ibrain_snapshot_version gauge\nibrain_snapshot_version %llu\n",
                        atomic_load(&sst->redis_up), (unsigned long long)atomic_load(&sst->version));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_snapshot_age_seconds Time since the snapshot in force was written.\n"
                        "# TYPE ibrain_snapshot_age_seconds gauge\nibrain_snapshot_age_seconds %.3f\n"
                        "# HELP ibrain_snapshot_updates_total Snapshots applied.\n"
                        "# TYPE ibrain_snapshot_updates_total counter\nibrain_snapshot_updates_total %llu\n",
                        age, (unsigned long long)atomic_load(&sst->updates));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_redis_errors_total Redis connect, command and snapshot decode failures.\n"
                        "# TYPE ibrain_redis_errors_total counter\nibrain_redis_errors_total %llu\n"
                        "# HELP ibrain_redis_connects_total Successful (re)connections to Redis.\n"
@@ -223,14 +223,14 @@ static int render_sync(const ib_proxy_t *px, ib_buf_t *b)
     uint64_t ring_drops = 0;
     for (uint32_t i = 0; i < px->nworkers; i++)
         ring_drops += atomic_load_explicit(&mpx->workers[i].wb.dropped, memory_order_relaxed);
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_writeback_sent_total Prefix insertions sent to other instances.\n"
                        "# TYPE ibrain_writeback_sent_total counter\nibrain_writeback_sent_total %llu\n"
                        "# HELP ibrain_writeback_applied_total Prefix insertions from other instances applied here.\n"
                        "# TYPE ibrain_writeback_applied_total counter\nibrain_writeback_applied_total %llu\n",
                        (unsigned long long)atomic_load(&mpx->wb_sent),
                        (unsigned long long)atomic_load(&mpx->wb_applied));
-    rc = rc || ib_buf_printf(b,
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_writeback_batches_received_total Write-back batches read from other instances.\n"
                        "# TYPE ibrain_writeback_batches_received_total counter\n"
                        "ibrain_writeback_batches_received_total %llu\n"
@@ -246,7 +246,7 @@ int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
     int rc = render_requests(px, b) || render_replicas(px, b) || render_counters(px, b) || render_routing(px, b);
     if (px->cfg.redis != NULL || px->cfg.nredis_sentinels > 0)
         rc = rc || render_sync(px, b);
-    rc = rc || ib_buf_printf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",
                              px->nworkers);
     return rc ? -1 : 0;
 }

@@ -81,7 +81,7 @@ static int read_body(ib_worker_t *w, ib_client_t *c)
 {
     if (c->body_need >= 0) {
         size_t take = c->in.len < (size_t)c->body_need ? c->in.len : (size_t)c->body_need;
-        if (ib_buf_append(&c->body, c->in.ptr, take) != 0)
+        if (ib_buf_try_append(&c->body, c->in.ptr, take) != 0)
             return -500;
         consume_in(c, take);
         c->body_need -= (int64_t)take;
@@ -93,7 +93,7 @@ static int read_body(ib_worker_t *w, ib_client_t *c)
         return -400;
     if (c->body.len + sz > w->px->cfg.max_body_bytes)
         return -413;
-    if (ib_buf_append(&c->body, c->in.ptr, sz) != 0)
+    if (ib_buf_try_append(&c->body, c->in.ptr, sz) != 0)
         return -500;
     if (rc >= 0) { /* bytes after the body (a pipelined request) follow the decoded data */
         assert(sz + (size_t)rc <= c->in.len);

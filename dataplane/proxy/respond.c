@@ -36,7 +36,7 @@ void ib_count_request(ib_worker_t *w, ib_client_t *c, int status)
     ib_metrics_observe(w->m.duration_bucket, &w->m.duration_sum_us, &w->m.duration_count, ib_now_ns() - c->t_start);
 }
 
-int ib_out_append(ib_client_t *c, const void *p, size_t n) { return ib_buf_append(&c->out[c->out_cur], p, n); }
+void ib_out_append(ib_client_t *c, const void *p, size_t n) { ib_buf_append(&c->out[c->out_cur], p, n); }
 
 void ib_out_chunk(ib_client_t *c, const char *p, size_t n)
 {
@@ -96,8 +96,8 @@ void ib_respond(ib_worker_t *w, ib_client_t *c, int status, const char *ctype, c
         n -= 2; /* insert before the blank line, then end the head again */
         n += snprintf(head + n, sizeof(head) - (size_t)n, "%s\r\n\r\n", extra_headers);
     }
-    if (ib_out_append(c, head, (size_t)n) != 0 || ib_out_append(c, body, len) != 0)
-        close = 1;
+    ib_out_append(c, head, (size_t)n);
+    ib_out_append(c, body, len);
     c->status = status;
     ib_count_request(w, c, status);
     if (close) {
@@ -113,9 +113,6 @@ void ib_respond_error(ib_worker_t *w, ib_client_t *c, int status, const char *ms
                       const char *param, const char *code, const char *extra_headers)
 {
     ib_buf_reset(&w->scratch);
-    if (ib_oai_error_json(&w->scratch, msg, type, param, code) != 0) {
-        ib_client_close(w, c);
-        return;
-    }
+    ib_oai_error_json(&w->scratch, msg, type, param, code);
     ib_respond(w, c, status, "application/json", w->scratch.ptr, w->scratch.len, extra_headers);
 }

@@ -136,7 +136,7 @@ static void on_client_recv(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
         if (!c->closing) {
             if (c->in.len + (size_t)cqe->res > IB_IN_MAX_PIPELINED + w->px->cfg.max_head_bytes ||
-                ib_buf_append(&c->in, w->buf_base + (size_t)bid * w->buf_size, (size_t)cqe->res) != 0) {
+                ib_buf_try_append(&c->in, w->buf_base + (size_t)bid * w->buf_size, (size_t)cqe->res) != 0) {
                 recycle_buffer(w, bid);
                 ib_client_close(w, c);
                 return;

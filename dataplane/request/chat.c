@@ -126,7 +126,7 @@ static ib_span_t trim_ws(ib_span_t s)
     }
 }
 
-#define APPEND_LIT(b, lit) ib_buf_append((b), (lit), sizeof(lit) - 1)
+#define APPEND_LIT(b, lit) ib_buf_try_append((b), (lit), sizeof(lit) - 1)
 
 /*
  * Content of message <i> as one span. A single part is returned as it lies; several parts
@@ -146,7 +146,7 @@ static int message_content(const ib_oai_request_t *req, uint32_t i, ib_buf_t *tm
     ib_buf_reset(tmp);
     for (uint32_t k = 0; k < m->nparts; k++) {
         ib_span_t p = req->parts[m->first_part + k];
-        if ((k && APPEND_LIT(tmp, "\n") != 0) || ib_buf_append(tmp, p.ptr, p.len) != 0)
+        if ((k && APPEND_LIT(tmp, "\n") != 0) || ib_buf_try_append(tmp, p.ptr, p.len) != 0)
             return -1;
     }
     *out = (ib_span_t){tmp->ptr, tmp->len};
@@ -170,8 +170,8 @@ static int render_llama3(const ib_oai_request_t *req, ib_buf_t *out, ib_buf_t *t
         if (message_content(req, i, tmp, &c) != 0)
             return -1;
         c = trim_ws(c);
-        if (APPEND_LIT(out, "<|start_header_id|>") || ib_buf_append(out, role.ptr, role.len) ||
-            APPEND_LIT(out, "<|end_header_id|>\n\n") || ib_buf_append(out, c.ptr, c.len) || APPEND_LIT(out, "<|eot_id|>"))
+        if (APPEND_LIT(out, "<|start_header_id|>") || ib_buf_try_append(out, role.ptr, role.len) ||
+            APPEND_LIT(out, "<|end_header_id|>\n\n") || ib_buf_try_append(out, c.ptr, c.len) || APPEND_LIT(out, "<|eot_id|>"))
             return -1;
     }
     return APPEND_LIT(out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -205,8 +205,8 @@ static int render_chatml(const ib_oai_request_t *req, ib_buf_t *out, ib_buf_t *t
         if (span_eq(role, "user") || span_eq(role, "system")) {
             /* messages[0] system is emitted first by the template; the loop emits user and
              * later system messages; the output is the same block either way. */
-            rc = APPEND_LIT(out, "<|im_start|>") || ib_buf_append(out, role.ptr, role.len) || APPEND_LIT(out, "\n") ||
-                 ib_buf_append(out, c.ptr, c.len) || APPEND_LIT(out, "<|im_end|>\n");
+            rc = APPEND_LIT(out, "<|im_start|>") || ib_buf_try_append(out, role.ptr, role.len) || APPEND_LIT(out, "\n") ||
+                 ib_buf_try_append(out, c.ptr, c.len) || APPEND_LIT(out, "<|im_end|>\n");
         } else if (span_eq(role, "assistant")) {
             /* {%- if '</think>' in message.content %} content = split('</think>')[-1].lstrip('\n');
              *    reasoning = split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') */
@@ -224,14 +224,14 @@ static int render_chatml(const ib_oai_request_t *req, ib_buf_t *out, ib_buf_t *t
             rc = APPEND_LIT(out, "<|im_start|>assistant\n");
             if (!rc && (int64_t)i > last_query && (i == n - 1 || reasoning.len)) {
                 ib_span_t r = rstrip_nl(lstrip_nl(reasoning));
-                rc = APPEND_LIT(out, "<think>\n") || ib_buf_append(out, r.ptr, r.len) || APPEND_LIT(out, "\n</think>\n\n");
+                rc = APPEND_LIT(out, "<think>\n") || ib_buf_try_append(out, r.ptr, r.len) || APPEND_LIT(out, "\n</think>\n\n");
                 content = lstrip_nl(content);
             }
-            rc = rc || ib_buf_append(out, content.ptr, content.len) || APPEND_LIT(out, "<|im_end|>\n");
+            rc = rc || ib_buf_try_append(out, content.ptr, content.len) || APPEND_LIT(out, "<|im_end|>\n");
         } else if (span_eq(role, "tool")) {
             if (i == 0 || !span_eq(req->messages[i - 1].role, "tool"))
                 rc = APPEND_LIT(out, "<|im_start|>user");
-            rc = rc || APPEND_LIT(out, "\n<tool_response>\n") || ib_buf_append(out, c.ptr, c.len) ||
+            rc = rc || APPEND_LIT(out, "\n<tool_response>\n") || ib_buf_try_append(out, c.ptr, c.len) ||
                  APPEND_LIT(out, "\n</tool_response>");
             if (!rc && (i == n - 1 || !span_eq(req->messages[i + 1].role, "tool")))
                 rc = APPEND_LIT(out, "<|im_end|>\n");
@@ -247,8 +247,8 @@ static int render_plain(const ib_oai_request_t *req, ib_buf_t *out, ib_buf_t *tm
 {
     for (uint32_t i = 0; i < req->nmessages; i++) {
         ib_span_t c, role = req->messages[i].role;
-        if (message_content(req, i, tmp, &c) || ib_buf_append(out, role.ptr, role.len) || APPEND_LIT(out, ": ") ||
-            ib_buf_append(out, c.ptr, c.len) || APPEND_LIT(out, "\n"))
+        if (message_content(req, i, tmp, &c) || ib_buf_try_append(out, role.ptr, role.len) || APPEND_LIT(out, ": ") ||
+            ib_buf_try_append(out, c.ptr, c.len) || APPEND_LIT(out, "\n"))
             return -1;
     }
     return APPEND_LIT(out, "assistant: ");
@@ -258,7 +258,7 @@ int ib_chat_render(ib_chat_template_t t, const ib_oai_request_t *req, ib_buf_t *
 {
     if (req->kind == IB_API_COMPLETION) {
         for (uint32_t k = 0; k < req->nparts; k++)
-            if (ib_buf_append(out, req->parts[k].ptr, req->parts[k].len) != 0)
+            if (ib_buf_try_append(out, req->parts[k].ptr, req->parts[k].len) != 0)
                 return -1;
         return 0;
     }

@@ -174,7 +174,7 @@ int ib_snapshot_encode(const ib_snapshot_t *s, ib_buf_t *out)
     m.replicas = rp;
     size_t n = ibrain__v1__snapshot__get_packed_size(&m);
     if (n > 0) { /* an empty snapshot encodes to nothing */
-        if (ib_buf_reserve(out, n) != 0)
+        if (ib_buf_try_reserve(out, n) != 0)
             goto done;
         ibrain__v1__snapshot__pack(&m, (uint8_t *)out->ptr + out->len);
         out->len += n;
@@ -192,30 +192,33 @@ done:
 
 int ib_snapshot_to_json(const ib_snapshot_t *s, ib_buf_t *out)
 {
-    char head[96];
-    int n = snprintf(head, sizeof(head), "{\"version\":%llu,\"written_unix_ms\":%lld,\"workloads\":[",
-                     (unsigned long long)s->version, (long long)s->written_unix_ms);
-    if (ib_buf_append(out, head, (size_t)n) != 0)
-        return -1;
+    ib_buf_printf(out, "{\"version\":%llu,\"written_unix_ms\":%lld,\"workloads\":[", (unsigned long long)s->version,
+                  (long long)s->written_unix_ms);
     for (uint32_t i = 0; i < s->nworkloads; i++) {
         const ib_snap_workload_t *w = &s->workloads[i];
-        if (ib_buf_append(out, i ? ",{" : "{", i ? 2 : 1) || ib_json_member_str(out, "id", w->id, 0) ||
-            ib_json_member_str(out, "model", w->model, 1) || ib_json_member_str(out, "chat_template", w->chat_template, 1) ||
-            ib_json_member_str(out, "tokenizer", w->tokenizer, 1) || ib_json_member_str(out, "policy", w->policy, 1) ||
-            ib_json_member_u64(out, "block_size", w->block_size, 1) || ib_json_member_u64(out, "context_length", w->context_length, 1) ||
-            ib_json_member_u64(out, "cache_ttl_ms", w->cache_ttl_ms, 1) || ib_json_member_u64(out, "cache_blocks", w->cache_blocks, 1) ||
-            ib_buf_append(out, "}", 1))
-            return -1;
+        ib_buf_append(out, i ? ",{" : "{", i ? 2 : 1);
+        ib_json_member_str(out, "id", w->id, 0);
+        ib_json_member_str(out, "model", w->model, 1);
+        ib_json_member_str(out, "chat_template", w->chat_template, 1);
+        ib_json_member_str(out, "tokenizer", w->tokenizer, 1);
+        ib_json_member_str(out, "policy", w->policy, 1);
+        ib_json_member_u64(out, "block_size", w->block_size, 1);
+        ib_json_member_u64(out, "context_length", w->context_length, 1);
+        ib_json_member_u64(out, "cache_ttl_ms", w->cache_ttl_ms, 1);
+        ib_json_member_u64(out, "cache_blocks", w->cache_blocks, 1);
+        ib_buf_append(out, "}", 1);
     }
-    if (ib_buf_append(out, "],\"replicas\":[", 14) != 0)
-        return -1;
+    ib_buf_append(out, "],\"replicas\":[", 14);
     for (uint32_t i = 0; i < s->nreplicas; i++) {
         const ib_snap_replica_t *r = &s->replicas[i];
-        if (ib_buf_append(out, i ? ",{" : "{", i ? 2 : 1) || ib_json_member_str(out, "id", r->id, 0) ||
-            ib_json_member_str(out, "workload", r->workload, 1) || ib_json_member_str(out, "address", r->address, 1) ||
-            ib_json_member_str(out, "state", r->draining ? "draining" : "ready", 1) ||
-            ib_json_member_u64(out, "generation", r->generation, 1) || ib_buf_append(out, "}", 1))
-            return -1;
+        ib_buf_append(out, i ? ",{" : "{", i ? 2 : 1);
+        ib_json_member_str(out, "id", r->id, 0);
+        ib_json_member_str(out, "workload", r->workload, 1);
+        ib_json_member_str(out, "address", r->address, 1);
+        ib_json_member_str(out, "state", r->draining ? "draining" : "ready", 1);
+        ib_json_member_u64(out, "generation", r->generation, 1);
+        ib_buf_append(out, "}", 1);
     }
-    return ib_buf_append(out, "]}\n", 3);
+    ib_buf_append(out, "]}\n", 3);
+    return 0;
 }

@@ -576,7 +576,7 @@ int ib_tokenizer_normalize(const ib_tokenizer_t *t, const char *text, size_t len
      * the whole text equals normalizing the pieces between them. */
     size_t m;
     char *norm = nfc_of(t, text, len, &m);
-    int rc = norm != NULL ? ib_buf_append(out, norm, m) : ib_buf_append(out, text, len);
+    int rc = norm != NULL ? ib_buf_try_append(out, norm, m) : ib_buf_try_append(out, text, len);
     free(norm);
     free(clean);
     return rc;

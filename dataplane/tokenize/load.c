@@ -555,7 +555,7 @@ int ib_detokenize(const ib_tokenizer_t *t, const uint32_t *ids, size_t n, unsign
             continue;
         if ((flags & IB_TOK_SKIP_SPECIAL) && t->tok_special[id])
             continue;
-        if (ib_buf_append(out, t->arena + t->tok_off[id], t->tok_len[id]) != 0)
+        if (ib_buf_try_append(out, t->arena + t->tok_off[id], t->tok_len[id]) != 0)
             return -1;
     }
     return 0;

@@ -1,14 +1,14 @@
-/* JSON strings into a buffer (include/ibrain/json_write.h). */
+/* JSON strings into a buffer (include/ibrain/json_write.h). Out of memory aborts, as the
+ * buffer's own appends do (include/ibrain/buf.h). */
 #include "ibrain/json_write.h"
 
 #include <stdio.h>
 #include <string.h>
 
-int ib_json_escape(ib_buf_t *b, const char *s, size_t n)
+void ib_json_escape(ib_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    if (ib_buf_reserve(b, n + 2) != 0)
-        return -1;
+    ib_buf_reserve(b, n + 2);
     size_t run = 0; /* start of the bytes not yet copied, which need no escape */
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
@@ -28,35 +28,42 @@ int ib_json_escape(ib_buf_t *b, const char *s, size_t n)
             esc[5] = hex[ch & 15];
             elen = 6;
         }
-        if (ib_buf_append(b, s + run, i - run) != 0 || ib_buf_append(b, esc, elen) != 0)
-            return -1;
+        ib_buf_append(b, s + run, i - run);
+        ib_buf_append(b, esc, elen);
         run = i + 1;
     }
-    return ib_buf_append(b, s + run, n - run);
+    ib_buf_append(b, s + run, n - run);
 }
 
-int ib_json_strn(ib_buf_t *b, const char *s, size_t n)
+void ib_json_strn(ib_buf_t *b, const char *s, size_t n)
 {
-    return ib_buf_append(b, "\"", 1) || ib_json_escape(b, s, n) || ib_buf_append(b, "\"", 1) ? -1 : 0;
+    ib_buf_append(b, "\"", 1);
+    ib_json_escape(b, s, n);
+    ib_buf_append(b, "\"", 1);
 }
 
-int ib_json_str(ib_buf_t *b, const char *s) { return ib_json_strn(b, s ? s : "", s ? strlen(s) : 0); }
+void ib_json_str(ib_buf_t *b, const char *s) { ib_json_strn(b, s ? s : "", s ? strlen(s) : 0); }
 
-int ib_json_str_or_null(ib_buf_t *b, const char *s)
+void ib_json_str_or_null(ib_buf_t *b, const char *s)
 {
-    return s == NULL ? ib_buf_append(b, "null", 4) : ib_json_str(b, s);
+    if (s == NULL)
+        ib_buf_append(b, "null", 4);
+    else
+        ib_json_str(b, s);
 }
 
-int ib_json_member_str(ib_buf_t *b, const char *key, const char *v, int comma)
+void ib_json_member_str(ib_buf_t *b, const char *key, const char *v, int comma)
 {
-    return ib_buf_printf(b, "%s\"%s\":", comma ? "," : "", key) || ib_json_str(b, v) ? -1 : 0;
+    ib_buf_printf(b, "%s\"%s\":", comma ? "," : "", key);
+    ib_json_str(b, v);
 }
 
-int ib_json_member_u64(ib_buf_t *b, const char *key, unsigned long long v, int comma)
+void ib_json_member_u64(ib_buf_t *b, const char *key, unsigned long long v, int comma)
 {
     char tmp[96];
     int n = snprintf(tmp, sizeof(tmp), "%s\"%s\":%llu", comma ? "," : "", key, v);
     if (n < 0 || (size_t)n >= sizeof(tmp))
-        return ib_buf_printf(b, "%s\"%s\":%llu", comma ? "," : "", key, v);
-    return ib_buf_append(b, tmp, (size_t)n);
+        ib_buf_printf(b, "%s\"%s\":%llu", comma ? "," : "", key, v);
+    else
+        ib_buf_append(b, tmp, (size_t)n);
 }

@@ -15,26 +15,26 @@
 extern "C" {
 #endif
 
-/** Appends <s>[0..n) to <b> as JSON string contents (no quotes). 0, or -1 on OOM. */
-int ib_json_escape(ib_buf_t *b, const char *s, size_t n);
+/** Appends <s>[0..n) to <b> as JSON string contents (no quotes). Out of memory aborts (buf.h). */
+void ib_json_escape(ib_buf_t *b, const char *s, size_t n);
 
-/** Appends <s> as a JSON string literal, quoted and escaped (NULL: ""). 0, or -1 on OOM. */
-int ib_json_str(ib_buf_t *b, const char *s);
+/** Appends <s> as a JSON string literal, quoted and escaped (NULL: ""). Out of memory aborts (buf.h). */
+void ib_json_str(ib_buf_t *b, const char *s);
 
-/** Appends <s>[0..n) as a JSON string literal, quoted and escaped. 0, or -1 on OOM. */
-int ib_json_strn(ib_buf_t *b, const char *s, size_t n);
+/** Appends <s>[0..n) as a JSON string literal, quoted and escaped. Out of memory aborts (buf.h). */
+void ib_json_strn(ib_buf_t *b, const char *s, size_t n);
 
-/** Appends <s> quoted and escaped, or null when <s> is NULL. 0, or -1 on OOM. */
-int ib_json_str_or_null(ib_buf_t *b, const char *s);
+/** Appends <s> quoted and escaped, or null when <s> is NULL. Out of memory aborts (buf.h). */
+void ib_json_str_or_null(ib_buf_t *b, const char *s);
 
 /**
  * Appends an object member "<key>":"<v>" (<v> escaped, NULL: ""), after a comma when
- * <comma>. <key> is written as it is (a literal name). 0, or -1 on OOM.
+ * <comma>. <key> is written as it is (a literal name). Out of memory aborts (buf.h).
  */
-int ib_json_member_str(ib_buf_t *b, const char *key, const char *v, int comma);
+void ib_json_member_str(ib_buf_t *b, const char *key, const char *v, int comma);
 
-/** Appends an object member "<key>":<v>, after a comma when <comma>. 0, or -1 on OOM. */
-int ib_json_member_u64(ib_buf_t *b, const char *key, unsigned long long v, int comma);
+/** Appends an object member "<key>":<v>, after a comma when <comma>. Out of memory aborts (buf.h). */
+void ib_json_member_u64(ib_buf_t *b, const char *key, unsigned long long v, int comma);
 
 #ifdef __cplusplus
 }

@@ -15,9 +15,9 @@ extern "C" {
 
 /**
  * Appends an OpenAI error object to <b>. <param> and <code> may be NULL (rendered as null).
- * <type> is e.g. "invalid_request_error", "not_found_error", "server_error". 0, or -1 on OOM.
+ * <type> is e.g. "invalid_request_error", "not_found_error", "server_error". Out of memory aborts (buf.h).
  */
-int ib_oai_error_json(ib_buf_t *b, const char *message, const char *type, const char *param, const char *code);
+void ib_oai_error_json(ib_buf_t *b, const char *message, const char *type, const char *param, const char *code);
 
 #ifdef __cplusplus
 }

@@ -147,10 +147,14 @@ static struct pending heap_pop(struct run *run)
 
 static int append_msg(ib_buf_t *b, const char *role, const char *text, size_t n)
 {
-    return (b->len && LIT(b, ",")) || LIT(b, "{\"role\":\"") || ib_buf_append(b, role, strlen(role)) ||
-                   LIT(b, "\",\"content\":\"") || ib_json_escape(b, text, n) || LIT(b, "\"}")
-               ? -1
-               : 0;
+    if (b->len)
+        LIT(b, ",");
+    LIT(b, "{\"role\":\"");
+    ib_buf_append(b, role, strlen(role));
+    LIT(b, "\",\"content\":\"");
+    ib_json_escape(b, text, n);
+    LIT(b, "\"}");
+    return 0;
 }
 
 static uint32_t output_tokens(const struct run *run, uint32_t item)
@@ -179,7 +183,7 @@ static int build_request(struct run *run, uint32_t item, uint32_t turn, ib_buf_t
         if (ib_load_turn_question(w, w->items[item].group, turn, &run->text) ||
             append_msg(&u->messages, "user", run->text.ptr, run->text.len))
             return -1;
-        if (ib_buf_append(msgs, u->messages.ptr, u->messages.len))
+        if (ib_buf_try_append(msgs, u->messages.ptr, u->messages.len))
             return -1;
     } else {
         if (ib_load_item_prompt(w, &w->items[item], &run->sys, &run->text))
@@ -192,19 +196,26 @@ static int build_request(struct run *run, uint32_t item, uint32_t turn, ib_buf_t
     /* The body goes after a header block whose Content-Length we know only at the end:
      * write the body into <out> past a reserved gap, then the header in front. */
     ib_buf_t body = {0};
-    int rc = LIT(&body, "{\"model\":\"") || ib_json_escape(&body, o->model, strlen(o->model)) || LIT(&body, "\",");
-    if (!rc && o->chat) {
-        rc = LIT(&body, "\"messages\":[") || ib_buf_append(&body, msgs->ptr, msgs->len) || LIT(&body, "]");
-    } else if (!rc) {
+    int rc = 0;
+    LIT(&body, "{\"model\":\"");
+    ib_json_escape(&body, o->model, strlen(o->model));
+    LIT(&body, "\",");
+    if (o->chat) {
+        LIT(&body, "\"messages\":[");
+        ib_buf_append(&body, msgs->ptr, msgs->len);
+        LIT(&body, "]");
+    } else {
         /* Completions: the conversation as one prompt string. */
-        rc = LIT(&body, "\"prompt\":\"") || ib_json_escape(&body, run->sys.ptr, run->sys.len) ||
-             ib_json_escape(&body, run->text.ptr, run->text.len) || LIT(&body, "\"");
+        LIT(&body, "\"prompt\":\"");
+        ib_json_escape(&body, run->sys.ptr, run->sys.len);
+        ib_json_escape(&body, run->text.ptr, run->text.len);
+        LIT(&body, "\"");
     }
     char tail[160];
     snprintf(tail, sizeof(tail), ",\"max_tokens\":%u%s,\"stream\":%s%s}", output_tokens(run, item),
              o->ignore_eos ? ",\"ignore_eos\":true" : "", o->stream ? "true" : "false",
              o->stream ? ",\"stream_options\":{\"include_usage\":true}" : "");
-    rc = rc || ib_buf_append(&body, tail, strlen(tail));
+    rc = rc || ib_buf_try_append(&body, tail, strlen(tail));
     char head[512], sess[64] = "";
     if (o->session_header && w->source == IB_SRC_MULTI_TURN)
         snprintf(sess, sizeof(sess), "X-Session-Id: user-%u\r\n", w->items[item].group);
@@ -214,7 +225,7 @@ static int build_request(struct run *run, uint32_t item, uint32_t turn, ib_buf_t
                       o->chat ? "/v1/chat/completions" : "/v1/completions", o->host, o->port,
                       o->stream ? "text/event-stream" : "application/json", sess, body.len);
     ib_buf_reset(out);
-    rc = rc || ib_buf_append(out, head, (size_t)hn) || ib_buf_append(out, body.ptr, body.len);
+    rc = rc || ib_buf_try_append(out, head, (size_t)hn) || ib_buf_try_append(out, body.ptr, body.len);
     ib_buf_free(&body);
     return rc ? -1 : 0;
 }
@@ -499,21 +510,21 @@ static int advance(struct run *run, struct conn *c, uint64_t now)
         ssize_t rc = phr_decode_chunked(&c->dec, c->in.ptr, &sz);
         if (rc == -1)
             return -1;
-        if (ib_buf_append(&c->body, c->in.ptr, sz))
+        if (ib_buf_try_append(&c->body, c->in.ptr, sz))
             return -1;
         ib_buf_reset(&c->in);
         complete = rc >= 0;
     } else if (c->content_length != SIZE_MAX) {
         size_t want = c->content_length - c->body_total;
         size_t take = c->in.len < want ? c->in.len : want;
-        if (ib_buf_append(&c->body, c->in.ptr, take))
+        if (ib_buf_try_append(&c->body, c->in.ptr, take))
             return -1;
         c->body_total += take;
         ib_buf_reset(&c->in);
         complete = c->body_total == c->content_length;
     } else {
         /* Read until close. */
-        if (ib_buf_append(&c->body, c->in.ptr, c->in.len))
+        if (ib_buf_try_append(&c->body, c->in.ptr, c->in.len))
             return -1;
         ib_buf_reset(&c->in);
         c->keepalive = 0;
@@ -528,7 +539,7 @@ static int advance(struct run *run, struct conn *c, uint64_t now)
 static void on_readable(struct run *run, struct conn *c)
 {
     for (;;) {
-        if (ib_buf_reserve(&c->in, 65536) != 0) {
+        if (ib_buf_try_reserve(&c->in, 65536) != 0) {
             finish(run, c, ERR_IO);
             return;
         }

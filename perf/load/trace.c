@@ -64,7 +64,7 @@ static uint64_t splitmix64(uint64_t *x)
 int ib_load_block_text(const ib_load_workload_t *w, uint64_t key, uint32_t tokens, ib_buf_t *out)
 {
     uint32_t bpt = w->bytes_per_token ? w->bytes_per_token : 4;
-    if (ib_buf_reserve(out, (size_t)tokens * bpt) != 0)
+    if (ib_buf_try_reserve(out, (size_t)tokens * bpt) != 0)
         return -1;
     uint64_t state = key * 0xd1342543de82ef95ull ^ w->seed;
     char *p = out->ptr + out->len;

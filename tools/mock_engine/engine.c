@@ -175,11 +175,7 @@ static void send_error(ib_engine_t *eng, h2o_req_t *req, enum route r, int statu
                        const char *param, const char *code)
 {
     ib_buf_reset(&eng->scratch);
-    if (ib_oai_error_json(&eng->scratch, msg, type, param, code) != 0) {
-        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\"}}";
-        send_body(eng, req, r, 500, "application/json", oom, sizeof(oom) - 1);
-        return;
-    }
+    ib_oai_error_json(&eng->scratch, msg, type, param, code);
     send_body(eng, req, r, status, "application/json", eng->scratch.ptr, eng->scratch.len);
 }
 
@@ -209,7 +205,7 @@ static int bprintf(ib_buf_t *b, const char *fmt, ...)
             b->len += (size_t)n;
             return 0;
         }
-        if (ib_buf_reserve(b, (size_t)n + 1) != 0)
+        if (ib_buf_try_reserve(b, (size_t)n + 1) != 0)
             return -1;
     }
     return -1;
@@ -354,7 +350,7 @@ static void on_token(ib_seq_t *seq, uint32_t index, int last)
     if (index == 0)
         record_ttft(st->eng, seq);
     if (!st->streaming) {
-        if (ib_buf_append(&st->text, token_text(st, index), 4) != 0 && !last)
+        if (ib_buf_try_append(&st->text, token_text(st, index), 4) != 0 && !last)
             return;
         if (last)
             send_full_completion(st);
@@ -685,7 +681,9 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
         }
     }
     eng->json = ib_json_parser_new(cfg->max_body_bytes);
-    if (eng->json == NULL || ib_json_escape(&eng->model_json, cfg->model, strlen(cfg->model)) != 0) {
+    if (eng->json != NULL)
+        ib_json_escape(&eng->model_json, cfg->model, strlen(cfg->model));
+    if (eng->json == NULL) {
         fprintf(stderr, "ib-mock-engine: out of memory\n");
         goto Error;
     }
