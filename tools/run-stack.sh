@@ -61,10 +61,12 @@ spawn() {
   set +m
 }
 
-# stop RC: stops every child, last started first, and exits RC.
+# stop RC: stops every child, last started first, and exits RC. A second Ctrl-C does not
+# cut the cluster server's drain short (it would leave the children running).
 stop() {
   local rc=$1 i
-  trap - INT TERM HUP EXIT
+  trap - EXIT
+  trap '' INT TERM HUP
   echo
   echo "run-stack: stopping ${#pids[@]} processes"
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
@@ -155,7 +157,7 @@ Manage workloads:
   $ibctl workload update demo --version v2 --wait      # a rolling update
 Replay a trace slice:
   $bin/perf/ib-load --target 127.0.0.1:$front --model $model \\
-    --trace $top/perf/traces/conversation_trace.jsonl --limit 200 --speedup 20 --max-output 32
+    --trace $top/perf/traces/conversation_trace.jsonl --limit 100 --speedup 2 --max-output 32
 Metrics: curl -s http://127.0.0.1:$front/metrics
 
 Ctrl-C stops everything.
