@@ -97,6 +97,8 @@ struct redisContext *ib_redis_connect(const char *hostport, int timeout_ms);
  * Asks each sentinel in turn (IPV4:PORT) for the address of master <name>; writes
  * "IP:PORT" to <out>. Returns 0, or -1 when no sentinel answers.
  */
+int ib_redis_sentinel_master(const char *const *sentinels, uint32_t n, const char *name, char *out, size_t cap);
+
 /* ---- writers: the orchestrator's leader, ib-snapshot ---- */
 
 /**
@@ -122,8 +124,6 @@ int ib_lease_acquire(struct redisContext *c, const char *key, const char *owner,
 
 /** Gives the lease up if <owner> holds it (a clean shutdown: the next leader need not wait). */
 int ib_lease_release(struct redisContext *c, const char *key, const char *owner);
-
-int ib_redis_sentinel_master(const char *const *sentinels, uint32_t n, const char *name, char *out, size_t cap);
 
 #ifdef __cplusplus
 }
