@@ -71,7 +71,9 @@ ib_expect_eq "connection reuse" "$n" 1
 # Still serving, and the errors were counted.
 code=$(post /v1/chat/completions '{"model":"demo","messages":[{"role":"user","content":"still there?"}],"max_tokens":1}')
 ib_expect_eq "after bad input" "$code" 200
-curl -s "$base/metrics" | grep -q 'ib_engine_http_requests_total{route="/v1/chat/completions",status="404"} 1' ||
-  ib_fail "404 not counted: $(curl -s "$base/metrics" | grep http_requests)"
+# (into a file first: grep -q exits at the match, and under pipefail curl's SIGPIPE would fail)
+curl -s "$base/metrics" >"$IB_TMP/metrics"
+grep -q 'ib_engine_http_requests_total{route="/v1/chat/completions",status="404"} 1' "$IB_TMP/metrics" ||
+  ib_fail "404 not counted: $(grep http_requests "$IB_TMP/metrics")"
 ib_stop e1 || ib_fail "engine exited with $?"
 echo "engine_http: ok"
