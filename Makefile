@@ -5,15 +5,21 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+# No "make[N]: Entering directory" lines from the sub-makes of cmake's build.
+MAKEFLAGS += --no-print-directory
 
 .PHONY: run test setup build asan tsan fuzz bench clean
 
 setup:
 	@bash tools/setup.sh
 
+# The compiler's output goes to $(BUILD)/build.log, shown only when the build fails.
 build: setup
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
-	@cmake --build $(BUILD) -j $(JOBS)
+	@echo "build: building in $(BUILD)/ (log: $(BUILD)/build.log; a first build takes minutes)"
+	@cmake --build $(BUILD) -j $(JOBS) >$(BUILD)/build.log 2>&1 || \
+	  { cat $(BUILD)/build.log; echo "build: failed (log: $(BUILD)/build.log)" >&2; exit 1; }
+	@echo "build: done"
 
 run: build
 	@exec bash tools/run-stack.sh $(BUILD)

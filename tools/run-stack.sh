@@ -46,12 +46,27 @@ if [ "$tokenizer" != none ]; then
   tok_flags=(--tokenizer "$tokenizer" --context-length 131072)
 fi
 mkdir -p "$state"
-pids=()
+pids=() names=()
 
-# stop RC: stops every child (the cluster server drains its replicas first) and exits RC.
+# spawn NAME CMD...: starts CMD in the background in a process group of its own (job
+# control on for the fork only), so that the terminal's Ctrl-C reaches only this script,
+# which then stops the children in order (the cluster server drains its replicas first).
+# A child that exits before that is always unexpected.
+spawn() {
+  local name=$1
+  shift
+  set -m
+  "$@" &
+  pids+=($!) names+=("$name")
+  set +m
+}
+
+# stop RC: stops every child, last started first, and exits RC. A second Ctrl-C does not
+# cut the cluster server's drain short (it would leave the children running).
 stop() {
   local rc=$1 i
-  trap - INT TERM EXIT
+  trap - EXIT
+  trap '' INT TERM HUP
   echo
   echo "run-stack: stopping ${#pids[@]} processes"
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
@@ -59,7 +74,7 @@ stop() {
   echo "run-stack: stopped (logs in $state)"
   exit "$rc"
 }
-trap 'stop 0' INT TERM
+trap 'stop 0' INT TERM HUP
 trap 'stop $?' EXIT
 
 # wait_port_file NAME PID: waits (10 s) for NAME's port file while PID lives; prints the port.
@@ -79,8 +94,8 @@ wait_port_file() {
 
 # Redis: the leader lease and the routing snapshot.
 mkdir -p "$state/redis"
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$state/redis" >"$state/redis.log" 2>&1 &
-pids+=($!)
+spawn redis redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$state/redis" \
+  >"$state/redis.log" 2>&1
 rc=0
 ib_wait_redis "$rport" "${pids[-1]}" || rc=$?
 if [ "$rc" = 1 ]; then # exited (2, no answer within 10 s yet: carry on)
@@ -92,26 +107,23 @@ fi
 # The cluster server (its replicas' managers live in their own process groups, so it
 # stops them itself when it gets SIGTERM).
 rm -f "$state"/*.port
-"$bin/controlplane/ib-clusterd" --listen "127.0.0.1:$cport" --port-file "$state/clusterd.port" \
+spawn clusterd "$bin/controlplane/ib-clusterd" --listen "127.0.0.1:$cport" --port-file "$state/clusterd.port" \
   --state-dir "$state/cluster" --http-listen 127.0.0.1:0 --http-port-file "$state/clusterd-http.port" \
-  >"$state/clusterd.log" 2>&1 &
-pids+=($!)
+  >"$state/clusterd.log" 2>&1
 cport=$(wait_port_file clusterd "${pids[-1]}") || exit 1
 
 # The orchestrator, with a JWT secret and a token for ibctl made here.
 [ -s "$state/jwt-secret" ] || head -c 48 /dev/urandom | base64 >"$state/jwt-secret"
 chmod 600 "$state/jwt-secret"
-"$bin/controlplane/ib-orchestrator" --listen "127.0.0.1:$oport" --port-file "$state/orchestrator.port" \
-  --cluster "127.0.0.1:$cport" --redis "127.0.0.1:$rport" --jwt-secret-file "$state/jwt-secret" \
-  >"$state/orchestrator.log" 2>&1 &
-pids+=($!)
+spawn orchestrator "$bin/controlplane/ib-orchestrator" --listen "127.0.0.1:$oport" \
+  --port-file "$state/orchestrator.port" --cluster "127.0.0.1:$cport" --redis "127.0.0.1:$rport" \
+  --jwt-secret-file "$state/jwt-secret" >"$state/orchestrator.log" 2>&1
 oport=$(wait_port_file orchestrator "${pids[-1]}") || exit 1
 "$ibctl" token create --secret-file "$state/jwt-secret" --sub run-stack --ttl-s 2592000 >"$state/token"
 export IBCTL_SERVER="http://127.0.0.1:$oport" IBCTL_TOKEN_FILE="$state/token"
 
-"$bin/dataplane/ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" --redis "127.0.0.1:$rport" \
-  --redis-reread-ms 1000 >"$state/ibrain.log" 2>&1 &
-pids+=($!)
+spawn ibrain "$bin/dataplane/ibrain" --listen "127.0.0.1:$ibport" --port-file "$state/ibrain.port" \
+  --redis "127.0.0.1:$rport" --redis-reread-ms 1000 >"$state/ibrain.log" 2>&1
 front=$(wait_port_file ibrain "${pids[-1]}") || exit 1
 
 # The demo workload: mock-engine replicas, deployed through the REST API.
@@ -146,12 +158,18 @@ Manage workloads:
   $ibctl workload update demo --version v2 --wait      # a rolling update
 Replay a trace slice:
   $bin/perf/ib-load --target 127.0.0.1:$front --model $model \\
-    --trace $top/perf/traces/conversation_trace.jsonl --limit 200 --speedup 20 --max-output 32
+    --trace $top/perf/traces/conversation_trace.jsonl --limit 100 --speedup 2 --max-output 32
 Metrics: curl -s http://127.0.0.1:$front/metrics
 
 Ctrl-C stops everything.
 MSG
 echo "run-stack: ready"
-# Wait until a child dies (then stop the rest) or Ctrl-C.
-wait -n "${pids[@]}" || true
-echo "run-stack: a process exited unexpectedly; see $state" >&2
+# Wait for Ctrl-C (the INT trap stops everything and exits 0) or for a child to exit, which
+# is unexpected: report which one and how, then stop the rest and exit 1.
+rc=0 who=
+wait -n -p who "${pids[@]}" || rc=$?
+for ((i = 0; i < ${#pids[@]}; i++)); do [ "${pids[$i]}" = "$who" ] && break; done
+how="with status $rc"
+((rc > 128)) && how="on signal $(kill -l $((rc - 128)) 2>/dev/null || echo $((rc - 128)))"
+echo "run-stack: ${names[$i]:-a process} (pid $who) exited unexpectedly $how; log: $state/${names[$i]:-*}.log" >&2
+exit 1

@@ -3,7 +3,7 @@
  *
  * One completion queue, one thread. Each call is a small state machine: requested ->
  * (SEND_INITIAL_METADATA + RECV_MESSAGE) -> handled -> (SEND_MESSAGE + SEND_STATUS +
- * RECV_CLOSE_ON_SERVER) -> freed. The queue is polled with a 200 ms deadline so that the
+ * RECV_CLOSE_ON_SERVER) -> freed. The queue is polled with a 100 ms deadline so that the
  * driver's tick (reaping and restarting managers) and signals run on the same thread:
  * the workload table needs no lock.
  */

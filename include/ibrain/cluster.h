@@ -78,7 +78,7 @@ typedef struct ib_driver {
     int (*adopt)(void *self, const ib_workload_spec_t *w, uint32_t index, char *err, size_t errlen);
     void (*stop)(void *self, const char *replica_id);
     void (*status)(void *self, const char *replica_id, ib_replica_status_t *out);
-    void (*tick)(void *self); /* reap and restart; called about every 200 ms */
+    void (*tick)(void *self); /* reap and restart; called after each gRPC event, at least every 100 ms */
     /** Frees the driver (after ib_cluster_run returned: every replica stopped). */
     void (*destroy)(struct ib_driver *d);
 } ib_driver_t;

@@ -78,8 +78,9 @@ typedef struct ib_http_body {
 /**
  * Parses the request head at the start of <buf>. Returns the head length (> 0) when
  * complete, 0 when more bytes are needed, or -STATUS for a request that must be refused:
- * -400 malformed or ambiguous framing, -413 body over the limit, -431 head over the
- * limit or too many headers, -501 unsupported transfer coding, -505 HTTP version.
+ * -400 malformed or ambiguous framing, -413 body over the limit, -417 an Expect other
+ * than 100-continue, -431 head over the limit or too many headers, -501 unsupported
+ * transfer coding, -505 HTTP version.
  */
 int ib_http_parse_request(const char *buf, size_t len, const ib_http_limits_t *lim, ib_http_req_t *out);
 

@@ -16,8 +16,11 @@
  *  - multi-turn chat (vLLM production-stack's multi-round QA): U users x T turns; each turn
  *    resends the conversation so far (the answers the server gave) plus a new question.
  *
- * Tokens are approximated as <bytes_per_token> bytes of text (the mock engine's default
- * count is ceil(bytes / 4)): a "token" of text is a space and three letters.
+ * A token of text is <bytes_per_token> bytes: a space and letters. At the default of 4 it
+ * is a space and a three-letter word that the Qwen3 and Llama 3 tokenizers encode as
+ * exactly one token, so a prompt of N tokens is N tokens for an engine that tokenizes
+ * (and ceil(bytes / 4) = N for the mock engine without a tokenizer). Other values give
+ * random letters, which a real tokenizer splits into more tokens.
  */
 #ifndef IBRAIN_LOADGEN_H
 #define IBRAIN_LOADGEN_H

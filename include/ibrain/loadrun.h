@@ -11,7 +11,8 @@
  * Per request: time to first token (first content chunk of an SSE stream; the whole
  * response when not streaming), inter-token latencies (gaps between content chunks),
  * end-to-end latency, output tokens (usage when the server sends it, else chunks), the
- * engine that answered (X-Engine-Id), and the kind of failure if any.
+ * engine that answered (X-Engine-Id), and the kind of failure if any: the HTTP status and
+ * the OpenAI error code (or type) of the JSON error body, or io, timeout, protocol.
  */
 #ifndef IBRAIN_LOADRUN_H
 #define IBRAIN_LOADRUN_H
@@ -48,6 +49,17 @@ typedef struct ib_load_engine_count {
     uint64_t requests;
 } ib_load_engine_count_t;
 
+#define IB_LOAD_MAX_ERROR_KINDS 32
+
+/* One kind of failure and how many requests ended with it. */
+typedef struct ib_load_error_kind {
+    int status;                /* HTTP status; 0 for io, timeout and protocol failures */
+    char kind[64];             /* the JSON error body's error.code, else its error.type ("" when the body
+                                * has neither); "io", "timeout", "protocol", or "stream <code>" for an error
+                                * event in a 200 stream */
+    uint64_t count;
+} ib_load_error_kind_t;
+
 typedef struct ib_load_result {
     uint64_t sent, ok;
     uint64_t err_status;       /* non-2xx */
@@ -60,6 +72,8 @@ typedef struct ib_load_result {
     ib_samples_t ttft_ms, itl_ms, e2e_ms;
     ib_load_engine_count_t engines[IB_LOAD_MAX_ENGINES];
     uint32_t nengines;
+    ib_load_error_kind_t error_kinds[IB_LOAD_MAX_ERROR_KINDS]; /* most frequent first after the run */
+    uint32_t nerror_kinds;     /* kinds past the table's size are counted in the last one, "other" */
 } ib_load_result_t;
 
 void ib_load_options_defaults(ib_load_options_t *o);

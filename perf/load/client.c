@@ -78,6 +78,7 @@ struct conn {
     int64_t usage_completion, usage_prompt, usage_cached;
     ib_buf_t answer;
     char engine[64];
+    char stream_error_code[48]; /* error.code (or type) of an error event in the stream */
     struct conn *next_idle;
 };
 
@@ -256,6 +257,7 @@ static void conn_reset_response(struct conn *c)
     c->chunks = 0;
     c->usage_completion = c->usage_prompt = c->usage_cached = -1;
     c->engine[0] = '\0';
+    c->stream_error_code[0] = '\0';
 }
 
 static struct conn *conn_new(struct run *run)
@@ -321,6 +323,40 @@ static void count_engine(ib_load_result_t *r, const char *id)
 
 enum outcome { OK, ERR_STATUS, ERR_IO, ERR_TIMEOUT, ERR_PROTOCOL };
 
+static void count_error(ib_load_result_t *r, int status, const char *kind)
+{
+    for (uint32_t i = 0; i < r->nerror_kinds; i++)
+        if (r->error_kinds[i].status == status && strcmp(r->error_kinds[i].kind, kind) == 0) {
+            r->error_kinds[i].count++;
+            return;
+        }
+    if (r->nerror_kinds == IB_LOAD_MAX_ERROR_KINDS) { /* full: the last slot becomes "other" */
+        ib_load_error_kind_t *e = &r->error_kinds[IB_LOAD_MAX_ERROR_KINDS - 1];
+        e->status = 0;
+        snprintf(e->kind, sizeof(e->kind), "other");
+        e->count++;
+        return;
+    }
+    ib_load_error_kind_t *e = &r->error_kinds[r->nerror_kinds++];
+    e->status = status;
+    snprintf(e->kind, sizeof(e->kind), "%s", kind);
+    e->count = 1;
+}
+
+/* The OpenAI error code of a JSON error body ({"error": {"code": ..., "type": ...}}): the
+ * code when it is a string, else the type, else "" (into <out>, <cap> bytes). */
+static void error_code(struct run *run, const char *body, size_t len, char *out, size_t cap)
+{
+    ib_span_t v;
+    out[0] = '\0';
+    if (len == 0)
+        return;
+    if (ib_json_pointer_string(run->json, body, len, "/error/code", &v) == 0 && v.len > 0)
+        snprintf(out, cap, "%.*s", (int)v.len, v.ptr);
+    else if (ib_json_pointer_string(run->json, body, len, "/error/type", &v) == 0 && v.len > 0)
+        snprintf(out, cap, "%.*s", (int)v.len, v.ptr);
+}
+
 static void schedule_next_turn(struct run *run, struct conn *c, uint64_t now);
 
 /* The request on <c> ended with <how>; record it and put the connection back or drop it. */
@@ -345,16 +381,27 @@ static void finish(struct run *run, struct conn *c, enum outcome how)
         count_engine(r, c->engine);
         break;
     }
-    case ERR_STATUS:
+    case ERR_STATUS: {
         r->err_status++;
         if (c->status >= 400 && c->status < 500)
             r->status_4xx++;
         else
             r->status_5xx++;
+        char code[48];
+        error_code(run, c->body.ptr, c->body.len, code, sizeof(code));
+        count_error(r, c->status, code);
         break;
-    case ERR_IO: r->err_io++; break;
-    case ERR_TIMEOUT: r->err_timeout++; break;
-    case ERR_PROTOCOL: r->err_protocol++; break;
+    }
+    case ERR_IO: r->err_io++; count_error(r, 0, "io"); break;
+    case ERR_TIMEOUT: r->err_timeout++; count_error(r, 0, "timeout"); break;
+    case ERR_PROTOCOL: {
+        r->err_protocol++;
+        char kind[64];
+        if (c->stream_error)
+            snprintf(kind, sizeof(kind), "stream %s", c->stream_error_code[0] ? c->stream_error_code : "error");
+        count_error(r, 0, c->stream_error ? kind : "protocol");
+        break;
+    }
     }
     if (run->w->source == IB_SRC_MULTI_TURN && how == OK)
         schedule_next_turn(run, c, now);
@@ -448,8 +495,10 @@ static void on_event(struct run *run, struct conn *c, const char *data, size_t l
         if (ib_json_pointer_int(run->json, data, len, "/usage/prompt_tokens_details/cached_tokens", &v) == 0)
             c->usage_cached = v;
     }
-    if (memmem(data, len, "\"error\"", 7) != NULL && ib_json_pointer_string(run->json, data, len, "/error/message", &content) == 0)
+    if (memmem(data, len, "\"error\"", 7) != NULL && ib_json_pointer_string(run->json, data, len, "/error/message", &content) == 0) {
         c->stream_error = 1;
+        error_code(run, data, len, c->stream_error_code, sizeof(c->stream_error_code));
+    }
 }
 
 /* Consumes complete SSE events from c->body. */
@@ -757,6 +806,12 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
     ib_buf_free(&run.tmp);
     ib_json_parser_free(run.json);
     close(run.ep);
+    for (uint32_t i = 1; i < r->nerror_kinds; i++) /* most frequent first */
+        for (uint32_t j = i; j > 0 && r->error_kinds[j].count > r->error_kinds[j - 1].count; j--) {
+            ib_load_error_kind_t t = r->error_kinds[j];
+            r->error_kinds[j] = r->error_kinds[j - 1];
+            r->error_kinds[j - 1] = t;
+        }
     ib_samples_sort(&r->ttft_ms);
     ib_samples_sort(&r->itl_ms);
     ib_samples_sort(&r->e2e_ms);

@@ -29,7 +29,8 @@ static void usage(FILE *f)
             "  --think-ms N               multi-turn: pause between an answer and the next turn (default 0)\n"
             "  --rate R                   synthetic: Poisson arrivals (requests or users per second; 0 = all at once)\n"
             "  --seed N                   text and arrival seed (default 1)\n"
-            "  --bytes-per-token N        text bytes per token (default 4, the mock engine's count)\n"
+            "  --bytes-per-token N        text bytes per token (default 4: a word that is one Qwen3 or Llama 3 token,\n"
+            "                             and 4 bytes for the mock engine without a tokenizer; else random letters)\n"
             "  --trace-block-tokens N     tokens per trace hash_id (default 512)\n"
             "  --spread-ms N              spread each run of equal trace timestamps over N ms\n"
             "                             (default: 3000 for Mooncake traces, whose timestamps come in 3 s steps; else 0)\n"
@@ -38,6 +39,8 @@ static void usage(FILE *f)
             "  --concurrency N            closed loop: N requests in flight, arrival times ignored\n"
             "  --limit N                  send at most N requests\n"
             "  --max-output N             cap output tokens per request\n"
+            "  --max-input N              trace workloads: cap prompt tokens per request (e.g. the engines'\n"
+            "                             context length minus --max-output and the chat template's few tokens)\n"
             "  --api chat|completions     endpoint (default chat)\n"
             "  --no-stream                non-streaming requests (TTFT is then the whole response)\n"
             "  --no-ignore-eos            do not send \"ignore_eos\": true\n"
@@ -131,6 +134,15 @@ static void json_dist(FILE *f, const char *name, const ib_samples_t *s, int last
                 ib_samples_mean(s), s->n, last ? "" : ",");
 }
 
+/* "400 context_length_exceeded", "503", "io": one error kind. */
+static void format_kind(const ib_load_error_kind_t *e, char *out, size_t cap)
+{
+    if (e->status == 0)
+        snprintf(out, cap, "%s", e->kind);
+    else
+        snprintf(out, cap, "%d%s%s", e->status, e->kind[0] ? " " : "", e->kind);
+}
+
 static double balance(const ib_load_result_t *r)
 {
     if (r->nengines == 0)
@@ -151,14 +163,14 @@ int main(int argc, char **argv)
     ib_load_workload_t w;
     ib_load_workload_init(&w);
     const char *target = NULL, *trace = NULL, *json_path = NULL, *sp = NULL;
-    uint32_t mt_users = 0, output_tokens = 256;
+    uint32_t mt_users = 0, output_tokens = 256, max_input = 0;
     long spread_ms = -1;
     double rate = 0;
     char *metrics[64];
     int nmetrics = 0;
     o.progress = isatty(2);
     enum { O_TARGET = 1, O_TRACE, O_SP, O_MT, O_SYS, O_Q, O_HIST, O_OUT, O_TURNS, O_THINK, O_RATE, O_SEED, O_BPT,
-           O_TBT, O_SPREAD, O_SPEED, O_CONC, O_LIMIT, O_MAXOUT, O_API, O_NOSTREAM, O_NOEOS, O_SESS, O_MODEL,
+           O_TBT, O_SPREAD, O_SPEED, O_CONC, O_LIMIT, O_MAXOUT, O_MAXIN, O_API, O_NOSTREAM, O_NOEOS, O_SESS, O_MODEL,
            O_MAXCONN, O_TIMEOUT, O_METRICS, O_JSON, O_PROGRESS, O_QUIET, O_HELP };
     static const struct option opts[] = {
         {"target", 1, 0, O_TARGET},       {"trace", 1, 0, O_TRACE},
@@ -176,7 +188,8 @@ int main(int argc, char **argv)
         {"max-conns", 1, 0, O_MAXCONN},   {"timeout-s", 1, 0, O_TIMEOUT},
         {"metrics", 1, 0, O_METRICS},     {"json", 1, 0, O_JSON},
         {"progress", 0, 0, O_PROGRESS},   {"quiet", 0, 0, O_QUIET},
-        {"help", 0, 0, O_HELP},           {0, 0, 0, 0}};
+        {"max-input", 1, 0, O_MAXIN},     {"help", 0, 0, O_HELP},
+        {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         char *end = NULL;
@@ -235,6 +248,7 @@ int main(int argc, char **argv)
         case O_CONC: o.concurrency = (uint32_t)u; break;
         case O_LIMIT: o.limit = u; break;
         case O_MAXOUT: o.max_output = (uint32_t)u; break;
+        case O_MAXIN: max_input = (uint32_t)u; break;
         case O_MAXCONN: o.max_conns = (uint32_t)u; break;
         }
     }
@@ -283,6 +297,10 @@ int main(int argc, char **argv)
     }
     if (rc != 0)
         return 1;
+    if (trace != NULL && max_input > 0)
+        for (size_t i = 0; i < w.nitems; i++)
+            if (w.items[i].input_tokens > max_input)
+                w.items[i].input_tokens = max_input;
 
     cache_counters_t before = {0}, after = {0};
     if (nmetrics > 0 && scrape(metrics, nmetrics, &before) != 0)
@@ -306,6 +324,15 @@ int main(int argc, char **argv)
            (unsigned long long)r.sent, (unsigned long long)r.ok, (unsigned long long)errors,
            (unsigned long long)r.err_status, (unsigned long long)r.status_4xx, (unsigned long long)r.status_5xx,
            (unsigned long long)r.err_io, (unsigned long long)r.err_timeout, (unsigned long long)r.err_protocol);
+    if (r.nerror_kinds > 0) {
+        printf("  error kinds  ");
+        for (uint32_t i = 0; i < r.nerror_kinds; i++) {
+            char k[96];
+            format_kind(&r.error_kinds[i], k, sizeof(k));
+            printf("%s %llu x %s", i ? "," : "", (unsigned long long)r.error_kinds[i].count, k);
+        }
+        printf("\n");
+    }
     printf("  duration      %.2f s  throughput %.2f req/s  %.1f output tok/s\n", r.duration_s,
            r.duration_s > 0 ? (double)r.ok / r.duration_s : 0, r.duration_s > 0 ? (double)r.output_tokens / r.duration_s : 0);
     printf("  latency (ms)\n");
@@ -338,6 +365,13 @@ int main(int argc, char **argv)
                 "\"timeout\": %llu, \"protocol\": %llu},\n",
                 (unsigned long long)r.err_status, (unsigned long long)r.status_4xx, (unsigned long long)r.status_5xx,
                 (unsigned long long)r.err_io, (unsigned long long)r.err_timeout, (unsigned long long)r.err_protocol);
+        fprintf(f, "  \"error_kinds\": {");
+        for (uint32_t i = 0; i < r.nerror_kinds; i++) {
+            char k[96];
+            format_kind(&r.error_kinds[i], k, sizeof(k));
+            fprintf(f, "%s\"%s\": %llu", i ? ", " : "", k, (unsigned long long)r.error_kinds[i].count);
+        }
+        fprintf(f, "},\n");
         fprintf(f, "  \"duration_s\": %.3f,\n  \"throughput_rps\": %.3f,\n  \"output_tokens_per_s\": %.1f,\n",
                 r.duration_s, r.duration_s > 0 ? (double)r.ok / r.duration_s : 0,
                 r.duration_s > 0 ? (double)r.output_tokens / r.duration_s : 0);

@@ -61,6 +61,88 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
+/* 2048 three-letter words, each of which with a space in front (" abc") is exactly one
+ * token for the Qwen3 and the Llama 3 tokenizers, and stays one token whatever word comes
+ * before or after it (their pre-tokenizers split text into " letters" pieces). Picked by
+ * encoding every " xyz" with ib-tokenize and both tokenizers (the first 2048 that were one
+ * token for both). */
+#define NWORDS 2048
+static const char words[NWORDS * 3 + 1] =
+    "aaaaanabaabbabcabiablabsabyaccaceachackaclactadaadbadcaddadeadjadmadoadradsadvaeraes"
+    "affaflafrafsaftageaggagoagraidailaimainaioairaisakaakoaktakualbalcaldalealfalgalialk"
+    "allalmaloalsaltamaambamdamiamoampamtamyanaancandanganiankannanoansantanvanxanyanzaos"
+    "apaapeaphapiapkaplapoappapraptaquaraarbarcardareargarkarmarparrartaryascashasiaskasm"
+    "asnassastataateathatlatmatrattaucaudaufaugaunaupaurausautauxavaaveavgaviaweawkawsaxe"
+    "axsayraziaztbabbacbadbagbahbajbakbalbambanbarbasbatbaybazbbcbbwbcmbebbedbeebefbegbeh"
+    "beibekbelbembenberbesbetbevbewbeybezbfdbfsbibbicbidbifbigbijbikbilbinbiobipbirbisbit"
+    "bizblablebliblkblobmibmpboabobbodbogbolbombonbooborbosbotboubowboxboybpmbppbpybrabre"
+    "bribrobrubstbtcbtnbtwbubbucbudbufbugbulbumbunburbusbutbuybuzbyebzwcabcaccadcafcalcam"
+    "cancapcarcascatcavcazcbdcboccpcdrcdscelcencepcercescetcfgcgichachechichkchochrchucic"
+    "cidcifcigcilcincirciscitcivclacleclfcliclkcloclrclscmbcmdcmpcmscnncntcobcoccodcofcog"
+    "cohcolcomconcopcorcoscotcoucovcowcoycozcpfcppcpscptcpucracrccrecricrocrtcrucrycsrcss"
+    "cstcsvctlctrctxcubcuccudcuecuicukculcumcupcurcuscutcuzcvscwdcyccylcyncytczydabdacdad"
+    "dagdahdaidakdaldamdandaodapdardasdatdaudavdaydbcdbgdbldbodbsdccdctddldebdecdeddeedef"
+    "degdeidejdeldemdendepderdesdetdevdewdexdezdfsdgvdhediadibdicdiddiedifdigdikdildimdin"
+    "diodipdirdisditdivdiydizdladlgdlldmadmgdnadnidnsdobdocdoddoedofdogdoidokdoldomdondop"
+    "dordosdotdoudovdowdpidpsdradredridrmdrodrudrvdrydspdstdtoduadubduedugdukduldumdunduo"
+    "dupdurdusdutduydvddyedyndysdzieageareaseateaxebpebxeccecheclecoecsectecxediedmedsedt"
+    "eduedxeeneereffeggegoegtegyeideigeinekselaeleelfelkellelmeloelseltembemoempencendenf"
+    "engenhennenrensentenveofeosepseqlequeraerbereerfergerherkermerneroerrerseruerverwery"
+    "esaesceseesieskeslesoespessestetaetcethetteupeuxeveevtexcexeexhexpexteyefabfacfalfam"
+    "fanfarfasfatfavfaxfazfdsfecfedfeefelfemfenferfetfeufewffiffmfftfibficfidfiefiffigfil"
+    "fimfinfirfisfitfixfizfkkflafldfleflofluflyfmtfocfodfoefogfoifolfonfooforfosfotfoufov"
+    "foxfpsfrafrefrifrmfrofryfsmfstftpfuefugfulfunfurfusfutfwdgabgadgaggalgamgangapgargas"
+    "gaygazgbcgccgcdgdbgdkgdygebgedgeegefgeggehgekgelgemgengeogepgergesgetgevgewgezgfxgia"
+    "gibgidgifgiggimgingiogirgitglegliglmglogluglygobgodgolgongoogorgotgougovgpsgpugqlgra"
+    "grdgregrigrogrpgsigslgstgtkguigulgumgungutguygymgyrhabhachadhaihakhalhamhanhapharhas"
+    "hathavhayhazhdchdfhdrhebhedhegheihelhemhenhepherheshethexheyhichidhijhilhimhinhiphis"
+    "hithmmhobhochodhoehogholhomhonhophorhoshothowhoyhrshsvhtthubhudhuehughuhhumhunhurhus"
+    "huthvahymhypiamiariceichiciicyideidiidsidxiffifsignihmihnihrihtiidiiiileiliilkillils"
+    "imaimbimeimgimmimpimsimuincindineinfinginhiniinjinkinninpinsintinviodioniosiovipcips"
+    "iptipvircireirmirqirrisaisciseisiislisnisoispisrissistithitkitmitritsituivejabjacjag"
+    "jakjaljamjanjapjarjavjawjedjegjejjeljerjesjetjeujewjigjimjitjmpjobjoejogjonjosjotjou"
+    "jovjoyjpgjsxjubjudjuejugjuljunjurjusjwtkabkadkakkalkamkankaokapkarkaskatkaykazkedkel"
+    "kemkenkepkerkesketkeykhikhokhukidkilkimkinkirkitklaklekmsknekobkodkokkolkomkonkopkor"
+    "koskotkrakrbkreksikukkulkunkupkurkutkvmkvplablacladlaglahlaklamlanlaplarlaslatlavlaw"
+    "laxlaylazlbllbslcdlcmldaldbldcledleelegleilemlenleolerlesletlevlexleylhslialibliclid"
+    "lielifliglijliklillimlinliplislitlivllelnglobloclodlogloiloklollonlorloslotloulovlow"
+    "lsplstltdlualublucludlugluiluklullumlunluplurlutluxluzlvllynlyrlysmacmadmagmahmaimaj"
+    "makmalmammanmapmarmasmatmaumavmaxmaymccmdbmdimdlmecmedmeemegmejmelmemmenmermesmetmeu"
+    "mexmezmgamgrmiamicmidmiemigmijmikmilmimminmiomipmirmismitmixmlxmmcmobmocmodmogmoimol"
+    "mommonmoomopmormosmotmoumovmoymozmpgmphmpimplmpzmrbmsemsgmsmmtxmucmudmuemugmujmulmum"
+    "munmurmusmutmuxmuymysnabnadnagnahnajnaknalnamnannaonapnarnasnatnaunavnawnaznbrnebnec"
+    "nednefnegnehneinelnemnenneonepnernetneunewnexnflnfsnganghngungxnhunibnicnidnienignik"
+    "nilnimninnipnirnitnobnocnodnoenognoinoknomnonnopnornosnotnounovnownpcnpmnrwnthntonud"
+    "nuenugnumnunnurnutnxtnyanyeoakoatobeobjoblobrobsobtoccochocioctoddodeodpoffofsoftogl"
+    "ogrogsoidoiloldoleoliomaomnomponconeonsontookopcopioppopropsoptoraorborcordoreorgori"
+    "ormornoroortoscosgospossostotpottoudouiouroutoweowlownoxypacpadpagpaipajpakpalpampan"
+    "papparpaspatpaupavpawpaypazpcapcbpcipclpcmpcspctpdbpdfpdopdupeapecpedpeepegpelpempen"
+    "pepperpespetpeupewphiphpphypicpidpiepigpiipijpikpilpinpippirpispitpivpixpkgpktplaplc"
+    "plepllplspltplypnepngpnlpobpocpodpogpoipojpokpolpomponpoopopporpospotpoupovpowpozppl"
+    "ppmpptpraprepriprmproprtprvpryprzpsipstpsypszptrptspubpudpulpunpuppurpusputpwdpwmpyl"
+    "pympyspytqedqosqryqtyquaquequiquoquyrabracradragrajrakramranraprarrasratravrawrayraz"
+    "rdfrdrrebrecredrefregrejrekrelremrenrepreqrerresretrevrewrexrezrflrgbrherhorhsribric"
+    "ridrifrigrijrimrinrioriprisritrivrmsrndrngrnnrobrocrodrogroirolromroprosrotrourowroy"
+    "rozrpcrpmrptrsarsprssrstrtcrtertlrtnruarubrudruerugrumrunrusrutsabsacsadsafsagsaisak"
+    "salsamsansapsarsatsausavsawsaxsayscasceschscisclscmscnscoscpscrsdfsdksdlseasecsedsee"
+    "segsehseisekselsemsenseosepseqsersessetseusewsexsezshasheshlshmshoshrshysiasicsidsie"
+    "sigsiksilsimsinsipsirsissitsixsizskaskbskeskisklskuskyslaslesloslusmbsmesmosmssndsne"
+    "snosnssobsocsodsofsogsoksolsomsonsoosopsorsossousowsoyspaspdspesphspisplsposppsprspy"
+    "sqlsqrsqusrcsrvsshsslstastdstestkstmstostrstsstustysuasubsucsudsuesufsugsuisuksulsum"
+    "sunsuosupsursussutsvcsvesvgsvmsvnsvosweswosymsynsysszytabtactadtagtahtaitaktaltamtan"
+    "taptartastattautavtaxtbltcbtcpteatectedteetegtehtejtekteltemtenteptertestettextgttha"
+    "thethithothrthuthytictidtietiktiltimtintiptirtittlstmptobtoctodtoetogtoitoktoltomton"
+    "tootoptortottoutowtoxtoytphtpltratretrgtritrotrxtrytsltsptstttkttlttsttytuatubtudtug"
+    "tultumtuntuotupturtustuttuytvbtwetwotxntxttymtyptyrtysuczudpugluiduitullultumaumbump"
+    "unaunbuncunduneunfungunhuniunkunlunmunnunounpunrunsuntunwuomupduppupsupturbureurguri"
+    "urlurnusausbuseusousrustusuutcutfuurvacvadvagvaivakvalvanvapvarvasvatvazvecvedvegveh"
+    "vejvelvemvenvervesvetvexvezvfsviavibvicvidvievigvilvimvinvipvirvisvitvivvizvocvogvoi"
+    "volvomvonvorvosvotvouvowvoxvoyvozvpnvravtkvtxvuevulwagwahwalwanwarwaswatwavwaxwaywcs"
+    "webwedweewegweiwelwenwerweswetwhewhowhywidwiewigwijwikwilwinwirwiswitwndwolwomwonwoo"
+    "worwowwrewspwszwurwwwwymwynwysxcbxenxhrxlsxmlxmmxorxsixxxxyzyakyanyapyatyawyayyazydk"
+    "yenyeryesyetyiiyogyokyolyouyrsyumyupyynzabzadzagzajzakzalzamzapzarzawzenzerziezigzij"
+    "zipzmqzoozou";
+
 int ib_load_block_text(const ib_load_workload_t *w, uint64_t key, uint32_t tokens, ib_buf_t *out)
 {
     uint32_t bpt = w->bytes_per_token ? w->bytes_per_token : 4;
@@ -71,6 +153,11 @@ int ib_load_block_text(const ib_load_workload_t *w, uint64_t key, uint32_t token
     for (uint32_t t = 0; t < tokens; t++) {
         uint64_t r = splitmix64(&state);
         *p++ = ' ';
+        if (bpt == 4) { /* one real token: a word of the table */
+            memcpy(p, words + (r % NWORDS) * 3, 3);
+            p += 3;
+            continue;
+        }
         for (uint32_t k = 1; k < bpt; k++) {
             *p++ = (char)('a' + r % 26);
             r /= 26;

