@@ -338,92 +338,91 @@ static int send_and_show(cli_t *c, const char *method, const char *path, const c
     return rc;
 }
 
-static int cmd_workload(cli_t *c, int argc, char **argv)
+/* --wait and --timeout S among argv[from..argc). */
+static void wait_flags(int argc, char **argv, int from, int *wait, double *timeout)
 {
-    if (argc < 1) {
-        usage(stderr);
-        return 2;
+    for (int i = from; i < argc; i++)
+        if (strcmp(argv[i], "--wait") == 0)
+            *wait = 1;
+        else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
+            *timeout = atof(argv[++i]);
+}
+
+static int workload_list(cli_t *c)
+{
+    resp_t r;
+    if (request(c, "GET", "/v1/workloads", NULL, 0, &r) != 0)
+        return 1;
+    int rc = 0;
+    if (r.status != 200) {
+        rc = api_error(c, &r);
+    } else if (c->json_out) {
+        fwrite(r.body, 1, r.len, stdout);
+    } else {
+        print_header();
+        for (int i = 0; i < 4096; i++) {
+            char base[32], p[48];
+            snprintf(base, sizeof(base), "/data/%d", i);
+            snprintf(p, sizeof(p), "%s/id", base);
+            ib_span_t s;
+            if (ib_json_pointer_string(c->json, r.body, r.len, p, &s) != 0)
+                break;
+            print_workload_row(c, &r, base);
+        }
     }
-    const char *sub = argv[0];
-    const char *id = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
-    char path[128], body[16384];
+    free(r.body);
+    return rc;
+}
+
+/* workload create ID --flags..., or workload create -f SPEC.json [--wait] [--timeout S]. */
+static int workload_create(cli_t *c, int argc, char **argv, const char *id)
+{
     int wait = 0;
     double timeout = 120;
-    if (id != NULL && !ib_workload_id_valid(id, strlen(id))) {
-        fprintf(stderr, "ibctl: '%s' is not a workload id (" IB_WORKLOAD_ID_RULE ")\n", id);
-        return 2;
-    }
-    if (id != NULL)
-        snprintf(path, sizeof(path), "/v1/workloads/%s", id);
-    if (strcmp(sub, "list") == 0) {
-        resp_t r;
-        if (request(c, "GET", "/v1/workloads", NULL, 0, &r) != 0)
+    if (argc >= 3 && strcmp(argv[1], "-f") == 0) {
+        size_t len;
+        char *spec = ib_read_file(argv[2], &len);
+        if (spec == NULL) {
+            fprintf(stderr, "ibctl: cannot read %s\n", argv[2]);
             return 1;
-        int rc = 0;
-        if (r.status != 200)
-            rc = api_error(c, &r);
-        else if (c->json_out)
-            fwrite(r.body, 1, r.len, stdout);
-        else {
-            print_header();
-            for (int i = 0; i < 4096; i++) {
-                char base[32], p[48];
-                snprintf(base, sizeof(base), "/data/%d", i);
-                snprintf(p, sizeof(p), "%s/id", base);
-                ib_span_t s;
-                if (ib_json_pointer_string(c->json, r.body, r.len, p, &s) != 0)
-                    break;
-                print_workload_row(c, &r, base);
-            }
         }
-        free(r.body);
+        wait_flags(argc, argv, 3, &wait, &timeout);
+        int rc = send_and_show(c, "POST", "/v1/workloads", spec, len, 201, wait, timeout, NULL);
+        free(spec);
         return rc;
-    }
-    if (strcmp(sub, "create") == 0) {
-        if (argc >= 3 && strcmp(argv[1], "-f") == 0) {
-            size_t len;
-            char *spec = ib_read_file(argv[2], &len);
-            if (spec == NULL) {
-                fprintf(stderr, "ibctl: cannot read %s\n", argv[2]);
-                return 1;
-            }
-            for (int i = 3; i < argc; i++)
-                if (strcmp(argv[i], "--wait") == 0)
-                    wait = 1;
-                else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
-                    timeout = atof(argv[++i]);
-            int rc = send_and_show(c, "POST", "/v1/workloads", spec, len, 201, wait, timeout, NULL);
-            free(spec);
-            return rc;
-        }
-        if (id == NULL) {
-            fprintf(stderr, "ibctl: workload create ID --model M --weights PATH ... (or -f SPEC.json)\n");
-            return 2;
-        }
-        if (spec_flags(argc, argv, 2, body, sizeof(body), &wait, &timeout, id) < 0)
-            return 2;
-        return send_and_show(c, "POST", "/v1/workloads", body, strlen(body), 201, wait, timeout, id);
     }
     if (id == NULL) {
-        fprintf(stderr, "ibctl: workload %s needs a workload id\n", sub);
+        fprintf(stderr, "ibctl: workload create ID --model M --weights PATH ... (or -f SPEC.json)\n");
         return 2;
     }
-    if (strcmp(sub, "get") == 0)
-        return send_and_show(c, "GET", path, NULL, 0, 200, 0, 0, id);
-    if (strcmp(sub, "delete") == 0) {
-        resp_t r;
-        if (request(c, "DELETE", path, NULL, 0, &r) != 0)
-            return 1;
-        int rc = r.status == 200 ? 0 : api_error(c, &r);
-        if (rc == 0) {
-            if (c->json_out)
-                fwrite(r.body, 1, r.len, stdout);
-            else
-                printf("workload %s deleted: its replicas drain and stop\n", id);
-        }
-        free(r.body);
-        return rc;
+    char body[16384];
+    if (spec_flags(argc, argv, 2, body, sizeof(body), &wait, &timeout, id) < 0)
+        return 2;
+    return send_and_show(c, "POST", "/v1/workloads", body, strlen(body), 201, wait, timeout, id);
+}
+
+static int workload_delete(cli_t *c, const char *id, const char *path)
+{
+    resp_t r;
+    if (request(c, "DELETE", path, NULL, 0, &r) != 0)
+        return 1;
+    int rc = r.status == 200 ? 0 : api_error(c, &r);
+    if (rc == 0) {
+        if (c->json_out)
+            fwrite(r.body, 1, r.len, stdout);
+        else
+            printf("workload %s deleted: its replicas drain and stop\n", id);
     }
+    free(r.body);
+    return rc;
+}
+
+/* update (spec flags), scale N, wait: the commands on one existing workload. */
+static int workload_change(cli_t *c, const char *sub, int argc, char **argv, const char *id, const char *path)
+{
+    char body[16384];
+    int wait = 0;
+    double timeout = 120;
     if (strcmp(sub, "update") == 0) {
         if (spec_flags(argc, argv, 2, body, sizeof(body), &wait, &timeout, NULL) < 0)
             return 2;
@@ -440,23 +439,49 @@ static int cmd_workload(cli_t *c, int argc, char **argv)
             fprintf(stderr, "ibctl: workload scale ID N\n");
             return 2;
         }
-        for (int i = 3; i < argc; i++)
-            if (strcmp(argv[i], "--wait") == 0)
-                wait = 1;
-            else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
-                timeout = atof(argv[++i]);
+        wait_flags(argc, argv, 3, &wait, &timeout);
         snprintf(body, sizeof(body), "{\"replicas\":%ld}", n);
         return send_and_show(c, "PATCH", path, body, strlen(body), 200, wait, timeout, id);
     }
-    if (strcmp(sub, "wait") == 0) {
-        for (int i = 2; i < argc; i++)
-            if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
-                timeout = atof(argv[++i]);
-        return wait_ready(c, id, timeout);
+    wait_flags(argc, argv, 2, &wait, &timeout); /* wait */
+    return wait_ready(c, id, timeout);
+}
+
+static int cmd_workload(cli_t *c, int argc, char **argv)
+{
+    if (argc < 1) {
+        usage(stderr);
+        return 2;
     }
-    fprintf(stderr, "ibctl: unknown command 'workload %s'\n", sub);
-    usage(stderr);
-    return 2;
+    const char *sub = argv[0];
+    const char *id = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+    if (id != NULL && !ib_workload_id_valid(id, strlen(id))) {
+        fprintf(stderr, "ibctl: '%s' is not a workload id (" IB_WORKLOAD_ID_RULE ")\n", id);
+        return 2;
+    }
+    char path[128];
+    if (id != NULL)
+        snprintf(path, sizeof(path), "/v1/workloads/%s", id);
+    if (strcmp(sub, "list") == 0)
+        return workload_list(c);
+    if (strcmp(sub, "create") == 0)
+        return workload_create(c, argc, argv, id);
+    int known = strcmp(sub, "get") == 0 || strcmp(sub, "delete") == 0 || strcmp(sub, "update") == 0 ||
+                strcmp(sub, "scale") == 0 || strcmp(sub, "wait") == 0;
+    if (!known) {
+        fprintf(stderr, "ibctl: unknown command 'workload %s'\n", sub);
+        usage(stderr);
+        return 2;
+    }
+    if (id == NULL) {
+        fprintf(stderr, "ibctl: workload %s needs a workload id\n", sub);
+        return 2;
+    }
+    if (strcmp(sub, "get") == 0)
+        return send_and_show(c, "GET", path, NULL, 0, 200, 0, 0, id);
+    if (strcmp(sub, "delete") == 0)
+        return workload_delete(c, id, path);
+    return workload_change(c, sub, argc, argv, id, path);
 }
 
 static int cmd_token(int argc, char **argv)

@@ -506,6 +506,79 @@ static void on_signal(h2o_socket_t *sock, const char *err)
     }
 }
 
+/* A non-blocking listener on HOST:PORT (port 0: any free one), its address in <sa>; -1
+ * with a message when it cannot be had. */
+static int listen_on(const char *hostport, struct sockaddr_in *sa)
+{
+    int one = 1;
+    socklen_t salen = sizeof(*sa);
+    if (ib_parse_hostport(hostport, sa) != 0) {
+        fprintf(stderr, "ib-orchestrator: --listen wants IPV4:PORT, got '%s'\n", hostport);
+        return -1;
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)sa, sizeof(*sa)) != 0 || listen(fd, 1024) != 0 ||
+        getsockname(fd, (struct sockaddr *)sa, &salen) != 0) {
+        fprintf(stderr, "ib-orchestrator: cannot listen on %s: %s\n", hostport, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* libh2o's configuration, context and event loop, reading the listener <lfd> and the
+ * signalfd <sfd> (both owned by the loop from here). */
+static void http_setup(server_t *s, int lfd, int sfd)
+{
+    h2o_config_init(&s->config);
+    s->config.max_request_entity_size = MAX_BODY;
+    h2o_hostconf_t *host = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    struct handler *h = (struct handler *)h2o_create_handler(path, sizeof(*h));
+    h->super.on_req = on_req;
+    h->s = s;
+    s->loop = h2o_evloop_create();
+    h2o_context_init(&s->ctx, s->loop, &s->config);
+    s->accept_ctx.ctx = &s->ctx;
+    s->accept_ctx.hosts = s->config.hosts;
+    s->listen_sock = h2o_evloop_socket_create(s->loop, lfd, H2O_SOCKET_FLAG_DONT_READ);
+    s->listen_sock->data = s;
+    h2o_socket_read_start(s->listen_sock, on_accept);
+    s->signal_sock = h2o_evloop_socket_create(s->loop, sfd, 0);
+    s->signal_sock->data = s;
+    h2o_socket_read_start(s->signal_sock, on_signal);
+}
+
+/* Runs the loop until a signal, then lets open connections finish for at most 5 s. */
+static void serve_until_stopped(server_t *s)
+{
+    uint64_t stop_deadline = 0;
+    for (;;) {
+        if (s->stopping) {
+            if (stop_deadline == 0)
+                stop_deadline = ib_now_ns() + 5000000000ull;
+            if (h2o_linklist_is_empty(&s->ctx.http1._conns) || ib_now_ns() >= stop_deadline)
+                break;
+        }
+        h2o_evloop_run(s->loop, s->stopping ? 50 : 1000);
+    }
+}
+
+static void http_teardown(server_t *s)
+{
+    if (s->listen_sock != NULL)
+        h2o_socket_close(s->listen_sock);
+    h2o_socket_close(s->signal_sock);
+    h2o_evloop_run(s->loop, 0);
+    if (h2o_timeout_is_linked(&s->ctx.http2._graceful_shutdown_timeout))
+        h2o_timeout_unlink(&s->ctx.http2._graceful_shutdown_timeout);
+    h2o_context_dispose(&s->ctx);
+    h2o_evloop_destroy(s->loop);
+    h2o_config_dispose(&s->config);
+}
+
 int ib_orchestrator_run(const ib_orch_config_t *cfg)
 {
     orch_t *o = calloc(1, sizeof(*o));
@@ -534,21 +607,9 @@ int ib_orchestrator_run(const ib_orch_config_t *cfg)
     if (s->cluster == NULL || s->json == NULL)
         goto out;
 
-
     struct sockaddr_in sa;
-    int one = 1;
-    socklen_t salen = sizeof(sa);
-    if (ib_parse_hostport(cfg->listen, &sa) != 0) {
-        fprintf(stderr, "ib-orchestrator: --listen wants IPV4:PORT, got '%s'\n", cfg->listen);
+    if ((lfd = listen_on(cfg->listen, &sa)) < 0)
         goto out;
-    }
-    lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(lfd, 1024) != 0 ||
-        getsockname(lfd, (struct sockaddr *)&sa, &salen) != 0) {
-        fprintf(stderr, "ib-orchestrator: cannot listen on %s: %s\n", cfg->listen, strerror(errno));
-        goto out;
-    }
     unsigned port = ntohs(sa.sin_port);
 
     if (cfg->redis != NULL) {
@@ -559,25 +620,8 @@ int ib_orchestrator_run(const ib_orch_config_t *cfg)
         leader_started = 1;
     }
 
-    h2o_config_init(&s->config);
-    s->config.max_request_entity_size = MAX_BODY;
-    h2o_hostconf_t *host = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
-    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
-    struct handler *h = (struct handler *)h2o_create_handler(path, sizeof(*h));
-    h->super.on_req = on_req;
-    h->s = s;
-    s->loop = h2o_evloop_create();
-    h2o_context_init(&s->ctx, s->loop, &s->config);
-    s->accept_ctx.ctx = &s->ctx;
-    s->accept_ctx.hosts = s->config.hosts;
-    s->listen_sock = h2o_evloop_socket_create(s->loop, lfd, H2O_SOCKET_FLAG_DONT_READ);
-    lfd = -1;
-    s->listen_sock->data = s;
-    h2o_socket_read_start(s->listen_sock, on_accept);
-    s->signal_sock = h2o_evloop_socket_create(s->loop, sfd, 0);
-    sfd = -1;
-    s->signal_sock->data = s;
-    h2o_socket_read_start(s->signal_sock, on_signal);
+    http_setup(s, lfd, sfd);
+    lfd = sfd = -1; /* the event loop's sockets now */
 
     if (cfg->port_file != NULL && ib_write_port_file(cfg->port_file, port) != 0) {
         fprintf(stderr, "ib-orchestrator: cannot write %s\n", cfg->port_file);
@@ -586,27 +630,10 @@ int ib_orchestrator_run(const ib_orch_config_t *cfg)
     fprintf(stderr, "ib-orchestrator: %s REST on http://%s:%u, cluster server %s, %s, auth %s\n", o->instance_id,
             inet_ntoa(sa.sin_addr), port, cfg->cluster, cfg->redis ? "leader election in Redis" : "no Redis (REST only)",
             cfg->auth_off ? "OFF" : "JWT");
-    uint64_t stop_deadline = 0;
-    for (;;) {
-        if (s->stopping) {
-            if (stop_deadline == 0)
-                stop_deadline = ib_now_ns() + 5000000000ull;
-            if (h2o_linklist_is_empty(&s->ctx.http1._conns) || ib_now_ns() >= stop_deadline)
-                break;
-        }
-        h2o_evloop_run(s->loop, s->stopping ? 50 : 1000);
-    }
+    serve_until_stopped(s);
     rc = 0;
 dispose:
-    if (s->listen_sock != NULL)
-        h2o_socket_close(s->listen_sock);
-    h2o_socket_close(s->signal_sock);
-    h2o_evloop_run(s->loop, 0);
-    if (h2o_timeout_is_linked(&s->ctx.http2._graceful_shutdown_timeout))
-        h2o_timeout_unlink(&s->ctx.http2._graceful_shutdown_timeout);
-    h2o_context_dispose(&s->ctx);
-    h2o_evloop_destroy(s->loop);
-    h2o_config_dispose(&s->config);
+    http_teardown(s);
 out:
     if (leader_started)
         ib_leader_stop(o);
