@@ -4,12 +4,6 @@
 #include <string.h>
 #include <strings.h>
 
-int ib_http_name_is(const struct phr_header *h, const char *lower)
-{
-    size_t n = strlen(lower);
-    return h->name_len == n && strncasecmp(h->name, lower, n) == 0;
-}
-
 int ib_http_is_hop_by_hop(const struct phr_header *h)
 {
     static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",

@@ -330,8 +330,23 @@ void ib_client_close(ib_worker_t *w, ib_client_t *c);
 static inline void ib_append_str(ib_buf_t *b, const char *s) { ib_buf_append(b, s, strlen(s)); }
 #define IB_APPEND_LIT(b, lit) ib_buf_append((b), (lit), sizeof(lit) - 1)
 /** Writes <v> in base 10 or 16 at <dst> (at most 20 bytes, no NUL); returns the length. */
-size_t ib_format_uint(char *dst, uint64_t v, unsigned base);
-void ib_append_uint(ib_buf_t *b, uint64_t v, unsigned base);
+static inline size_t ib_format_uint(char *dst, uint64_t v, unsigned base)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v != 0);
+    memcpy(dst, tmp + i, sizeof(tmp) - i);
+    return sizeof(tmp) - i;
+}
+
+static inline void ib_append_uint(ib_buf_t *b, uint64_t v, unsigned base)
+{
+    char tmp[24];
+    ib_buf_append(b, tmp, ib_format_uint(tmp, v, base));
+}
 
 /** Appends to the client's filling output buffer (bounded by the back-pressure: what a
  * relay appends beyond IB_OUT_HIGH_WATER is one receive; out of memory aborts). */

@@ -11,25 +11,6 @@
 
 #include "ibrain/oai_error.h"
 
-size_t ib_format_uint(char *dst, uint64_t v, unsigned base)
-{
-    assert(base == 10 || base == 16);
-    char tmp[24];
-    size_t i = sizeof(tmp);
-    do {
-        tmp[--i] = "0123456789abcdef"[v % base];
-        v /= base;
-    } while (v != 0);
-    memcpy(dst, tmp + i, sizeof(tmp) - i);
-    return sizeof(tmp) - i;
-}
-
-void ib_append_uint(ib_buf_t *b, uint64_t v, unsigned base)
-{
-    char tmp[24];
-    ib_buf_append(b, tmp, ib_format_uint(tmp, v, base));
-}
-
 void ib_count_request(ib_worker_t *w, ib_client_t *c, int status)
 {
     ib_counter_add(&w->m.requests[c->route][ib_metrics_status_index(status)], 1);

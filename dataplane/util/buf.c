@@ -35,7 +35,7 @@ void ib_buf_reserve(ib_buf_t *b, size_t extra)
         out_of_memory(b->len + extra);
 }
 
-int ib_buf_try_append(ib_buf_t *b, const void *p, size_t n)
+int ib_buf_try_append_grow(ib_buf_t *b, const void *p, size_t n)
 {
     if (n == 0)
         return 0;
@@ -46,9 +46,9 @@ int ib_buf_try_append(ib_buf_t *b, const void *p, size_t n)
     return 0;
 }
 
-void ib_buf_append(ib_buf_t *b, const void *p, size_t n)
+void ib_buf_append_grow(ib_buf_t *b, const void *p, size_t n)
 {
-    if (ib_buf_try_append(b, p, n) != 0)
+    if (ib_buf_try_append_grow(b, p, n) != 0)
         out_of_memory(b->len + n);
 }
 

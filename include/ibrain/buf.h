@@ -12,6 +12,7 @@
 #define IBRAIN_BUF_H
 
 #include <stddef.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,8 +34,9 @@ typedef struct ib_buf {
 /** Makes room for <extra> more bytes (capacity doubles from 256); aborts when out of memory. */
 void ib_buf_reserve(ib_buf_t *b, size_t extra);
 
-/** Appends <n> bytes; aborts when out of memory. */
-void ib_buf_append(ib_buf_t *b, const void *p, size_t n);
+/** Appends <n> bytes; aborts when out of memory (inline below: a copy when it fits). */
+static inline void ib_buf_append(ib_buf_t *b, const void *p, size_t n);
+void ib_buf_append_grow(ib_buf_t *b, const void *p, size_t n);
 
 /** Appends printf-style text; aborts when out of memory or on a format error. */
 void ib_buf_printf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -43,7 +45,8 @@ void ib_buf_printf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(prin
 int ib_buf_try_reserve(ib_buf_t *b, size_t extra) IB_WUR;
 
 /** ib_buf_append, returning -1 when out of memory (the buffer unchanged), else 0. */
-int ib_buf_try_append(ib_buf_t *b, const void *p, size_t n) IB_WUR;
+static inline int ib_buf_try_append(ib_buf_t *b, const void *p, size_t n) IB_WUR;
+int ib_buf_try_append_grow(ib_buf_t *b, const void *p, size_t n) IB_WUR;
 
 /** ib_buf_printf, returning -1 when out of memory or the format fails, else 0. */
 int ib_buf_try_printf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3))) IB_WUR;
@@ -55,6 +58,26 @@ void ib_buf_free(ib_buf_t *b);
 
 /** Empties the buffer, keeping its memory. */
 static inline void ib_buf_reset(ib_buf_t *b) { b->len = 0; }
+
+static inline void ib_buf_append(ib_buf_t *b, const void *p, size_t n)
+{
+    if (n <= b->cap - b->len && n > 0) {
+        memcpy(b->ptr + b->len, p, n);
+        b->len += n;
+        return;
+    }
+    ib_buf_append_grow(b, p, n);
+}
+
+static inline int ib_buf_try_append(ib_buf_t *b, const void *p, size_t n)
+{
+    if (n <= b->cap - b->len && n > 0) {
+        memcpy(b->ptr + b->len, p, n);
+        b->len += n;
+        return 0;
+    }
+    return ib_buf_try_append_grow(b, p, n);
+}
 
 #ifdef __cplusplus
 }

@@ -16,6 +16,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <strings.h>
 #include "ibrain/buf.h"
 #include "ibrain/span.h"
 #include "ibrain/picohttp.h"
@@ -114,8 +116,6 @@ int ib_http_parse_content_length(const char *v, size_t n, int64_t *out);
 /** Does the comma-separated header value contain <token> (case-insensitive)? */
 int ib_http_value_has_token(const char *v, size_t n, const char *token);
 
-/** Case-insensitive comparison of a header name with a lower-case literal. */
-int ib_http_name_is(const struct phr_header *h, const char *lower);
 
 /** 1 for hop-by-hop headers a proxy must not forward (RFC 9110 7.6.1), else 0. */
 int ib_http_is_hop_by_hop(const struct phr_header *h);
@@ -147,6 +147,16 @@ int ib_http_get(const char *hostport, const char *path, int timeout_ms, ib_buf_t
  * body is shorter than its framing says.
  */
 int ib_http_response_parse(char *buf, size_t len, int *status, size_t *body_off, size_t *body_len);
+
+/* inline defs */
+
+/** Case-insensitive comparison of a header name with a lower-case literal (inline, so
+ * that the literal's length is a constant: the request path compares every header). */
+static inline int ib_http_name_is(const struct phr_header *h, const char *lower)
+{
+    size_t n = strlen(lower);
+    return h->name_len == n && strncasecmp(h->name, lower, n) == 0;
+}
 
 #ifdef __cplusplus
 }
