@@ -41,6 +41,7 @@ typedef struct ib_worker_metrics {
     ib_counter_t upstream_errors[IB_MAX_REPLICAS][IB_UPERR__COUNT];
     ib_counter_t retries;
     ib_counter_t conns_accepted;
+    ib_counter_t accept_errors;   /* accepts failed for want of descriptors or memory */
     ib_counter_t conns_open;      /* gauge: incremented and decremented by the owner */
     ib_counter_t conns_open_dec;
     ib_counter_t upstream_conns_opened;
@@ -189,6 +190,7 @@ typedef struct ib_client {
     int sending;
     size_t send_off;
     uint64_t deadline_ns;         /* header / body / idle deadline */
+    int head_started;             /* part of a request head is in c->in: its deadline is set */
     struct ib_client *prev, *next;
     /* the exchange in progress */
     enum ib_route route;
@@ -236,7 +238,9 @@ typedef struct ib_worker {
     int draining;
     uint64_t drain_deadline_ns;
     uint64_t next_request_id;
-    uint32_t rr;                      /* tie breaker for replica choice */
+    int accept_paused;                /* accepts wait for accept_resume_ns (out of descriptors) */
+    uint32_t accept_backoff_ms;       /* 0 while accepts succeed */
+    uint64_t accept_resume_ns;
     struct ib_client *clients;        /* every open client connection (for timeouts) */
     uint32_t nclients;
     uint32_t nupstreams;              /* upstream connections not yet freed */
@@ -248,7 +252,7 @@ typedef struct ib_worker {
         const ib_tokenizer_t *t;
         ib_tok_state_t *s;
     } toks[IB_WORKER_TOKSTATES];      /* tokenizer scratch, one per workload tokenizer seen */
-    uint64_t rng;
+    uint64_t rng;                     /* per-worker random stream: routing, tie breaks */
     ib_wb_ring_t wb;                  /* write-back records (buf NULL without Redis) */
     _Alignas(64) _Atomic uint64_t qs_epoch; /* px->epoch seen at the top of the last loop turn */
     _Alignas(64) ib_worker_metrics_t m;

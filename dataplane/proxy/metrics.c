@@ -134,6 +134,11 @@ static int render_counters(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_connections_accepted_total counter\nibrain_connections_accepted_total %llu\n",
                        (unsigned long long)SUM(conns_accepted));
     rc = rc || ib_buf_try_printf(b,
+                       "# HELP ibrain_accept_errors_total Accepts failed for want of file descriptors or memory "
+                       "(accepts then pause, backing off).\n"
+                       "# TYPE ibrain_accept_errors_total counter\nibrain_accept_errors_total %llu\n",
+                       (unsigned long long)SUM(accept_errors));
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_connections_open Client connections open.\n"
                        "# TYPE ibrain_connections_open gauge\nibrain_connections_open %lld\n",
                        (long long)(SUM(conns_open) - SUM(conns_open_dec)));

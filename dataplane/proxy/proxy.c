@@ -83,27 +83,25 @@ void ib_replica_failed(ib_proxy_t *px, ib_replica_t *r, uint64_t now_ns)
 int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoid)
 {
     uint64_t now = ib_now_ns();
-    int best = -1, fallback = -1;
-    int64_t best_load = INT64_MAX;
+    int fallback = -1;
     uint32_t n = atomic_load_explicit(&px->nslots, memory_order_acquire);
     if (n == 0)
         return -1;
-    uint32_t start = w->rr++;
-    for (uint32_t k = 0; k < n; k++) {
-        uint32_t i = (start + k) % n;
+    int64_t load[IB_MAX_REPLICAS];
+    uint8_t usable[IB_MAX_REPLICAS];
+    for (uint32_t i = 0; i < n; i++) {
         ib_replica_t *r = &px->replicas[i];
-        if (!ib_mask_has(cand, i) || !ib_replica_healthy(r, now))
-            continue;
-        if ((int)i == avoid) {
+        usable[i] = ib_mask_has(cand, i) && ib_replica_healthy(r, now);
+        if (usable[i] && (int)i == avoid) {
             fallback = (int)i;
-            continue;
+            usable[i] = 0;
         }
-        int64_t load = ib_replica_inflight(r, px->nworkers);
-        if (load < best_load) {
-            best = (int)i;
-            best_load = load;
-        }
+        load[i] = usable[i] ? ib_replica_inflight(r, px->nworkers) : 0;
     }
+    /* Ties spread uniformly (a rotation over all slots gave a lost replica's turns to its
+     * neighbour). */
+    w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
+    int best = ib_route_least(load, usable, n, w->rng);
     if (best < 0 && fallback < 0 && avoid < 0) {
         /* Every candidate is ejected: try the one whose ejection ends first rather than
          * failing every request until then. */

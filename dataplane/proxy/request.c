@@ -168,10 +168,15 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
     ib_http_req_t req;
     int n = ib_http_parse_request(c->in.ptr, c->in.len, &lim, &req);
     if (n == 0) {
-        if (c->deadline_ns == 0 || c->t_start == 0)
+        /* The header timeout runs from the head's first byte, whatever trickles in after
+         * it (a slow-loris client must not push it out line by line). */
+        if (!c->head_started) {
+            c->head_started = 1;
             c->deadline_ns = ib_deadline(w->px->cfg.header_timeout_ms);
+        }
         return 0;
     }
+    c->head_started = 0;
     c->t_start = ib_now_ns();
     ib_exchange_reset(c);
     if (n < 0) {

@@ -89,15 +89,44 @@ static void free_client(ib_worker_t *w, ib_client_t *c)
 
 /* ---- completions ---- */
 
+static void arm_accept(ib_worker_t *w)
+{
+    struct io_uring_sqe *sqe = ib_get_sqe(w);
+    io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    ib_set_data(sqe, w, IB_OP_ACCEPT);
+}
+
+/* An accept failed for want of a resource (descriptors, buffers, memory): the connection
+ * stays in the listen backlog, and accepting again at once fails again at once. Accepts
+ * pause for a back-off (100 ms doubling to 1.6 s, resumed by the tick) while the worker
+ * serves and closes what it has; logged once per episode, counted each time. */
+static void accept_failed(ib_worker_t *w, int err)
+{
+    ib_counter_add(&w->m.accept_errors, 1);
+    if (w->accept_backoff_ms == 0)
+        fprintf(stderr, "ibrain: worker %u: cannot accept connections: %s; pausing accepts until it passes\n", w->id,
+                strerror(err));
+    w->accept_backoff_ms = w->accept_backoff_ms ? (w->accept_backoff_ms < 1600 ? w->accept_backoff_ms * 2 : 1600) : 100;
+    w->accept_resume_ns = ib_deadline(w->accept_backoff_ms);
+    w->accept_paused = 1;
+}
+
 static void on_accept(ib_worker_t *w, struct io_uring_cqe *cqe)
 {
-    if (!(cqe->flags & IORING_CQE_F_MORE) && !w->draining) {
-        struct io_uring_sqe *sqe = ib_get_sqe(w);
-        io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        ib_set_data(sqe, w, IB_OP_ACCEPT);
-    }
-    if (cqe->res < 0)
+    int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    if (cqe->res < 0) {
+        int err = -cqe->res;
+        if (!more && !w->draining) {
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+                accept_failed(w, err);
+            else
+                arm_accept(w); /* a connection that failed on its own (ECONNABORTED ...) */
+        }
         return;
+    }
+    if (!more && !w->draining)
+        arm_accept(w);
+    w->accept_backoff_ms = 0;
     int fd = cqe->res;
     if (w->draining || w->nclients >= w->px->cfg.max_conns_per_worker) {
         close(fd);
@@ -154,11 +183,20 @@ static void on_client_recv(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
             arm_client_recv(w, c);
         return;
     }
-    /* EOF or error: the client is gone (or half-closed: we do not serve half-closed
-     * clients, their response could not be read reliably by all clients anyway). */
     if (c->state == IB_C_BODY || (c->state == IB_C_HEAD && c->in.len > 0)) {
         c->status = 400;
         ib_count_request(w, c, 400); /* a truncated request */
+        ib_client_close(w, c);
+        return;
+    }
+    /* EOF after a complete request: a half-close (shutdown(SHUT_WR)) or a client gone
+     * altogether, which the server cannot tell apart. The request in progress is
+     * answered, then the connection closed; a client that is really gone shows itself by
+     * the first send that fails. An error, or EOF with nothing in progress, closes now. */
+    if (cqe->res == 0 && !c->closing && (c->state == IB_C_UPSTREAM || c->sending || ib_out_pending(c) > 0)) {
+        c->keepalive = 0;
+        c->close_after_send = 1;
+        return;
     }
     ib_client_close(w, c);
 }
@@ -289,6 +327,10 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
     case IB_OP_URECV: on_upstream_recv(w, obj, cqe); op_done_upstream(w, obj, cqe); break;
     case IB_OP_TICK:
         check_timeouts(w, ib_now_ns());
+        if (w->accept_paused && !w->draining && ib_now_ns() >= w->accept_resume_ns) {
+            w->accept_paused = 0;
+            arm_accept(w);
+        }
         if (w->id == 0) {
             const ib_rtab_t *rt = atomic_load_explicit(&w->px->rtab, memory_order_acquire);
             for (uint32_t i = 0; i < rt->nworkloads; i++)
@@ -432,9 +474,7 @@ void *ib_worker_main(void *arg)
         fprintf(stderr, "ibrain: worker %u: cannot enable its ring: %s\n", w->id, strerror(errno));
         return NULL;
     }
-    struct io_uring_sqe *sqe = ib_get_sqe(w);
-    io_uring_prep_multishot_accept(sqe, w->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    ib_set_data(sqe, w, IB_OP_ACCEPT);
+    arm_accept(w);
     arm_tick(w);
     arm_wake(w);
     for (;;) {

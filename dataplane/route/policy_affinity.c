@@ -19,7 +19,7 @@ static void affinity_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_
 {
     uint32_t matched[IB_AFF_MAX_REPLICAS];
     ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
-    uint32_t n = in->nreplicas, rot = (uint32_t)(ib_route_mix64(in->random) % (n ? n : 1));
+    uint32_t n = in->nreplicas;
     /* A match earns credit when it covers min_match of the prompt, or when another replica
      * also holds a shorter part of it (that part is a shared prefix such as a system
      * prompt, so what only the holder has is a conversation's own history) and the part
@@ -44,18 +44,26 @@ static void affinity_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_
     int best = -1;      /* the cheapest: queued prefill plus the blocks it must compute */
     int64_t best_cost = 0, sum = 0;
     uint32_t usable = 0;
-    for (uint32_t k = 0; k < n; k++) {
-        uint32_t r = (k + rot) % n;
+    ib_tiebreak_t tie_holder = ib_tiebreak_start(in->random), tie_best = ib_tiebreak_start(~in->random);
+    for (uint32_t r = 0; r < n; r++) {
         if (!in->usable[r])
             continue;
         usable++;
         sum += in->load[r];
         uint32_t m = matched[r] >= floor_blocks ? matched[r] : 0;
-        if (m > top || (m == top && m > 0 && in->load[r] < in->load[holder]))
+        if (m > top || (m == top && m > 0 && in->load[r] < in->load[holder])) {
             top = m, holder = (int)r;
+            ib_tiebreak_reset(&tie_holder);
+        } else if (m == top && m > 0 && in->load[r] == in->load[holder] && ib_tiebreak_take(&tie_holder)) {
+            holder = (int)r;
+        }
         int64_t cost = affinity_cost(in, r, matched[r], floor_blocks);
-        if (best < 0 || cost < best_cost)
+        if (best < 0 || cost < best_cost) {
             best = (int)r, best_cost = cost;
+            ib_tiebreak_reset(&tie_best);
+        } else if (cost == best_cost && ib_tiebreak_take(&tie_best)) {
+            best = (int)r;
+        }
     }
     if (best < 0)
         return;

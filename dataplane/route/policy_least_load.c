@@ -1,16 +1,21 @@
 /* least-load: the usable replica with the fewest requests in flight (include/ibrain/route.h). */
 #include "policy_impl.h"
 
-/* The usable replica with the least <load>, ties going to the first from <rotate> on, so
- * that equal replicas share the requests; -1 when none is usable. */
-static int least_loaded(const ib_route_input_t *in, const int64_t *load, uint64_t rotate)
+int ib_route_least(const int64_t *load, const uint8_t *usable, uint32_t n, uint64_t random)
 {
     int best = -1;
-    for (uint32_t k = 0; k < in->nreplicas; k++) {
-        uint32_t r = (uint32_t)((k + rotate) % in->nreplicas);
-        if (in->usable[r] && (best < 0 || load[r] < load[best]))
+    ib_tiebreak_t tie = ib_tiebreak_start(random);
+    for (uint32_t r = 0; r < n; r++) {
+        if (!usable[r])
+            continue;
+        if (best < 0 || load[r] < load[best]) {
             best = (int)r;
+            ib_tiebreak_reset(&tie);
+        } else if (load[r] == load[best] && ib_tiebreak_take(&tie)) {
+            best = (int)r;
+        }
     }
+    assert(best < 0 || usable[best]);
     return best;
 }
 
@@ -18,7 +23,7 @@ static void least_load_pick(ib_router_t *rt, const ib_route_input_t *in, ib_rout
 {
     (void)rt;
     out->reason = IB_REASON_LEAST_LOAD;
-    out->replica = least_loaded(in, in->inflight, ib_route_mix64(in->random));
+    out->replica = ib_route_least(in->inflight, in->usable, in->nreplicas, in->random);
 }
 
 const ib_policy_ops_t ib_policy_least_load = {

@@ -132,6 +132,10 @@ int ib_router_init(ib_router_t *rt, ib_policy_t policy, uint32_t nreplicas, uint
 /** Frees what ib_router_init allocated; <rt> may then be initialized again. */
 void ib_router_destroy(ib_router_t *rt);
 
+/** The usable replica (usable[r] != 0) with the least load[r] among n, ties chosen
+ * uniformly from <random>; -1 when none is usable. */
+int ib_route_least(const int64_t *load, const uint8_t *usable, uint32_t n, uint64_t random);
+
 /** Chooses a replica for <in> by the router's policy. Does not record the choice (see
  * ib_router_commit). <out>->replica is -1 when no replica is usable. */
 void ib_router_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out);

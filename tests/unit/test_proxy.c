@@ -156,6 +156,27 @@ static void test_routing_context_length(void **state)
     ib_proxy_destroy(px);
 }
 
+/* The least-load fallback (retries, other /v1 routes) spreads a lost replica's share
+ * evenly: replica 1 of 0..2 ejected, the others take half each. */
+static void test_pick_spreads_evenly(void **state)
+{
+    (void)state;
+    ib_proxy_t *px = make_proxy("least-load", NULL, "a");
+    atomic_store(&px->replicas[1].ejected_until_ns, ib_now_ns() + 60000000000ull);
+    uint64_t cand[IB_REPLICA_MASK_WORDS] = {0};
+    for (uint32_t i = 0; i < 3; i++)
+        ib_mask_set(cand, i);
+    uint32_t count[3] = {0};
+    for (int i = 0; i < 3000; i++) {
+        int r = ib_proxy_pick(px, &px->workers[0], cand, -1);
+        assert_true(r == 0 || r == 2);
+        count[r]++;
+    }
+    if (count[0] < 1350 || count[2] < 1350)
+        fail_msg("replica 0 took %u, replica 2 took %u of 3000", count[0], count[2]);
+    ib_proxy_destroy(px);
+}
+
 /* ---- local endpoints ---- */
 
 static void render(ib_proxy_t *px, enum ib_route route, int is_get, ib_buf_t *b, ib_local_resp_t *r)
@@ -295,6 +316,7 @@ int main(void)
         cmocka_unit_test(test_routing_unusable),      cmocka_unit_test(test_routing_context_length),
         cmocka_unit_test(test_local_endpoints),       cmocka_unit_test(test_route_of),
         cmocka_unit_test(test_writeback_push),        cmocka_unit_test(test_writeback_round_trip),
+        cmocka_unit_test(test_pick_spreads_evenly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

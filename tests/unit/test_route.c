@@ -242,6 +242,40 @@ static void test_baselines(void **state)
 }
 
 /* Every registered policy is found by its name, and only by it. */
+/* A lost replica's share spreads evenly over the others, for every policy: with replica 1
+ * of 0..3 unusable and equal loads, 0, 2 and 3 each take a third (a tie-break that walks
+ * the slots from a rotating start gave the lost one's turn to its neighbour: 2:1:1). */
+static void test_lost_replica_spreads_evenly(void **state)
+{
+    (void)state;
+    for (ib_policy_t p = 0; p < ib_policy_count(); p++) {
+        const char *name = ib_policy_name(p);
+        if (strcmp(name, "consistent-hash") == 0)
+            continue; /* a prefix maps to one replica by design; its spread is over prefixes */
+        ib_router_t rt;
+        assert_int_equal(ib_router_init(&rt, p, N, 10, 1u << 20, 0), 0);
+        uint32_t count[N] = {0};
+        const uint32_t total = 30000;
+        for (uint32_t i = 0; i < total; i++) {
+            struct scenario s;
+            scenario_init(&s, 1000 + i, 0x1234567ull * (i + 1)); /* a new prompt each time */
+            s.usable[1] = 0;
+            ib_route_decision_t d = {.replica = -1};
+            ib_router_pick(&rt, &s.in, &d);
+            assert_true(d.replica >= 0 && d.replica != 1);
+            count[d.replica]++;
+        }
+        for (int r = 0; r < N; r++) {
+            if (r == 1)
+                continue;
+            if (count[r] < total / 3 - total / 30 || count[r] > total / 3 + total / 30)
+                fail_msg("policy %s: replica %d took %u of %u (%u %u %u %u)", name, r, count[r], total, count[0],
+                         count[1], count[2], count[3]);
+        }
+        ib_router_destroy(&rt);
+    }
+}
+
 static void test_registry_finds_each_by_name(void **state)
 {
     (void)state;
@@ -313,7 +347,7 @@ int main(void)
         cmocka_unit_test(test_two_holders_less_loaded_wins), cmocka_unit_test(test_unusable_never_chosen),
         cmocka_unit_test(test_session_sticks),           cmocka_unit_test(test_baselines),
         cmocka_unit_test(test_registry_finds_each_by_name), cmocka_unit_test(test_registry_refuses_unknown),
-        cmocka_unit_test(test_registry_ops_complete),
+        cmocka_unit_test(test_registry_ops_complete),   cmocka_unit_test(test_lost_replica_spreads_evenly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,132 @@
+# ibrain at the edges of HTTP that clients and replicas reach by accident or on purpose:
+#   - slow-loris: a request head trickled in one line a second is refused with 408 within
+#     the header timeout counted from its first byte, on a connection's first request too;
+#   - a complete request followed by a half-close (shutdown(SHUT_WR)) is answered, then
+#     the connection closed;
+#   - out of file descriptors: accept errors back off instead of spinning, existing
+#     connections keep being served, the condition is counted, and once clients leave
+#     ibrain accepts again and stops cleanly on SIGTERM.
+source "$IB_SRC/tests/lib/proc.sh"
+
+ib_engine e1 --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 0
+ib_ibrain ib --workers 1 --model mock --header-timeout-ms 1500 --replica e1=127.0.0.1:$(ib_port e1)
+port=$(ib_port ib)
+
+# 1. Slow-loris on a new connection's first request, and on a keep-alive connection's
+#    second: one header line every 400 ms never completes the head.
+/usr/bin/python3 - "$port" <<'PY' || ib_fail "slow-loris"
+import socket, sys, time
+port = int(sys.argv[1])
+
+def trickle(s, label):
+    t0 = time.monotonic()
+    s.settimeout(0.4)
+    got = b""
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    for i in range(40):  # 16 s of trickling at most
+        try:
+            s.sendall(b"X-Slow-%d: 1\r\n" % i)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        try:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+            if b"\r\n\r\n" in got:
+                break
+        except socket.timeout:
+            pass
+    took = time.monotonic() - t0
+    assert got.startswith(b"HTTP/1.1 408"), (label, got[:80], took)
+    # the header timeout (1.5 s) runs from the head's first byte; the tick is 100 ms
+    assert took < 3.0, (label, "408 after %.1f s" % took)
+    print("%s: 408 after %.2f s" % (label, took))
+
+s = socket.create_connection(("127.0.0.1", port))
+trickle(s, "first request")
+s.close()
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+first = s.recv(4096)
+assert first.startswith(b"HTTP/1.1 200"), first
+trickle(s, "second request")
+s.close()
+PY
+
+# 2. A half-closed request is answered: local and proxied.
+/usr/bin/python3 - "$port" <<'PY' || ib_fail "half-close"
+import socket, sys
+port = int(sys.argv[1])
+def ask(req):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(10)
+    s.sendall(req)
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    return got
+r = ask(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+assert r.startswith(b"HTTP/1.1 200") and b'{"status":"ok"}' in r, r[:200]
+body = b'{"model":"mock","messages":[{"role":"user","content":"hi"}],"max_tokens":3}'
+r = ask(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body))
+assert r.startswith(b"HTTP/1.1 200") and b"chat.completion" in r, r[:300]
+print("half-close: answered")
+PY
+ib_expect_eq "in flight after the half-closes" "$(ib_metric "http://127.0.0.1:$port/metrics" 'ibrain_replica_in_flight{replica="e1"}')" 0
+# 3. Out of file descriptors: an ibrain allowed 64 descriptors, 100 idle clients.
+ib_spawn fd prlimit --nofile=64:64 "$IB_IBRAIN_BIN" --listen 127.0.0.1:0 --port-file @PORTFILE --workers 1 \
+  --model mock --replica e1=127.0.0.1:$(ib_port e1)
+ib_wait_port fd
+fdport=$(ib_port fd)
+fdpid=${IB_PID[fd]}
+/usr/bin/python3 - "$fdport" "$fdpid" <<'PY' || ib_fail "fd exhaustion"
+import os, socket, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+hz = os.sysconf("SC_CLK_TCK")
+def ticks():
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+first = socket.create_connection(("127.0.0.1", port))
+first.settimeout(5)
+clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]  # the backlog takes what accept cannot
+time.sleep(0.5)
+t0 = ticks(); time.sleep(2.0); used = (ticks() - t0) / hz / 2.0
+assert used < 0.5, "ibrain spins while out of descriptors: %.0f%% of a core" % (used * 100)
+# A connection accepted before the limit is still served.
+first.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+assert first.recv(4096).startswith(b"HTTP/1.1 200")
+for c in clients:
+    c.close()
+# Once they are gone, ibrain accepts again (within its back-off).
+deadline = time.monotonic() + 5
+while True:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=1)
+        s.settimeout(2)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        page = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            page += chunk
+        if page.startswith(b"HTTP/1.1 200"):
+            break
+    except OSError:
+        pass
+    assert time.monotonic() < deadline, "no answer after the clients left"
+    time.sleep(0.1)
+errors = [l for l in page.decode().splitlines() if l.startswith("ibrain_accept_errors_total ")]
+assert errors and int(errors[0].split()[1]) > 0, "accept errors not counted"
+print("fd exhaustion: %.0f%% of a core while out of descriptors; %s" % (used * 100, errors[0]))
+PY
+grep -c "cannot accept" "$IB_TMP/fd.log" | grep -qx 1 || ib_fail "the condition was not logged once: $(grep -c "cannot accept" "$IB_TMP/fd.log")"
+ib_stop fd || ib_fail "ibrain out of descriptors did not stop on SIGTERM"
+echo "proxy_edges: ok"
