@@ -30,6 +30,9 @@ static void usage(FILE *f)
             "                              (default 50; 0: sleep at once)\n"
             "  --eject-after N             consecutive failures that eject a replica (default 3)\n"
             "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n"
+            "  --probe-ms N                GET /health of every replica this often (and within it); --eject-after\n"
+            "                              failures in a row mark it unresponsive: its requests go elsewhere (default\n"
+            "                              1000; 0: off)\n"
             "routing (the replicas' workload):\n"
             "  --policy NAME               %s (default %s)\n"
             "  --template NAME             chat template the engines apply: chatml (qwen3) | llama3 | plain (default chatml)\n"
@@ -61,14 +64,14 @@ int main(int argc, char **argv)
     ib_proxy_config_t cfg;
     ib_proxy_config_defaults(&cfg);
     enum { O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT,
-           O_EA, O_EM, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK,
+           O_EA, O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK,
            O_CTX, O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_HELP };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},           {"port-file", 1, 0, O_PORTFILE},      {"workers", 1, 0, O_WORKERS},
         {"replica", 1, 0, O_REPLICA},         {"model", 1, 0, O_MODEL},             {"max-head-bytes", 1, 0, O_HEAD},
         {"max-body-bytes", 1, 0, O_BODY},     {"header-timeout-ms", 1, 0, O_HT},    {"idle-timeout-ms", 1, 0, O_IT},
         {"upstream-timeout-ms", 1, 0, O_UT},  {"connect-timeout-ms", 1, 0, O_CT},   {"drain-timeout-ms", 1, 0, O_DT},
-        {"eject-after", 1, 0, O_EA},          {"eject-ms", 1, 0, O_EM},             {"policy", 1, 0, O_POLICY},
+        {"eject-after", 1, 0, O_EA},          {"eject-ms", 1, 0, O_EM},             {"probe-ms", 1, 0, O_PROBE},             {"policy", 1, 0, O_POLICY},
         {"template", 1, 0, O_TEMPLATE},       {"block-bytes", 1, 0, O_BLOCK},       {"cache-blocks", 1, 0, O_CBLOCKS},
         {"cache-ttl-ms", 1, 0, O_TTL},        {"affinity-sets-log2", 1, 0, O_SETS},
         {"min-match-pct", 1, 0, O_MINMATCH},  {"tokenizer", 1, 0, O_TOKENIZER},    {"block-tokens", 1, 0, O_BTOK},
@@ -137,6 +140,7 @@ int main(int argc, char **argv)
         case O_BUSY: cfg.busy_poll_us = (uint32_t)(v < 1000000 ? v : 1000000); break;
         case O_EA: cfg.eject_after_failures = (uint32_t)(v ? v : 1); break;
         case O_EM: cfg.eject_ms = (uint32_t)v; break;
+        case O_PROBE: cfg.probe_ms = (uint32_t)v; break;
         case O_BLOCK: cfg.block_bytes = (uint32_t)v; break;
         case O_BTOK: cfg.block_tokens = (uint32_t)v; break;
         case O_CTX: cfg.context_length = (uint32_t)v; break;

@@ -28,7 +28,9 @@ enum ib_route {
 #define IB_NSTATUS 16 /* see ib_metrics_status_index() */
 #define IB_NBUCKETS 16
 #define IB_NMATCHED 12 /* matched prefix histogram: 0, 1, 2, 4, ... 1024 blocks */
-enum ib_upstream_error { IB_UPERR_CONNECT, IB_UPERR_IO, IB_UPERR_TIMEOUT, IB_UPERR_MIDSTREAM, IB_UPERR__COUNT };
+enum ib_upstream_error {
+    IB_UPERR_CONNECT, IB_UPERR_IO, IB_UPERR_TIMEOUT, IB_UPERR_MIDSTREAM, IB_UPERR_UNRESPONSIVE, IB_UPERR__COUNT
+};
 
 typedef struct ib_worker_metrics {
     ib_counter_t requests[IB_ROUTE__COUNT][IB_NSTATUS];
@@ -296,6 +298,10 @@ struct ib_proxy {
     } wb_remote[8];
     _Atomic uint64_t wb_sent, wb_applied, wb_batches_in, wb_dropped;
     _Atomic int stopping;
+    /* active health (probe.c) */
+    pthread_t probe_thread;
+    int probe_running;
+    _Atomic int probe_stop;
 };
 
 /* ---- the event loop and connections (worker.c) ---- */
@@ -455,6 +461,9 @@ void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, char *data);
 /** Picks the replica for a request: healthy, least in-flight, ties rotating; <avoid> (or
  * -1) is skipped when another healthy replica exists. -1 when none is usable. */
 int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoid);
+/** Active health: starts the prober thread (none with probe_ms 0); stops and joins it. */
+int ib_probe_start(ib_proxy_t *px);
+void ib_probe_stop(ib_proxy_t *px);
 /** Passive health: a request to <r> succeeded / failed. */
 void ib_replica_ok(ib_proxy_t *px, ib_replica_t *r);
 void ib_replica_failed(ib_proxy_t *px, ib_replica_t *r, uint64_t now_ns);

@@ -13,7 +13,7 @@ static const int status_codes[IB_NSTATUS - 1] = {200, 400, 404, 405, 408, 413, 4
 static const char *const route_names[IB_ROUTE__COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/other",
                                                          "/v1/models",           "/health",         "/ready",
                                                          "/metrics",             "none"};
-static const char *const uperr_names[IB_UPERR__COUNT] = {"connect", "io", "timeout", "midstream"};
+static const char *const uperr_names[IB_UPERR__COUNT] = {"connect", "io", "timeout", "midstream", "unresponsive"};
 
 int ib_metrics_status_index(int status)
 {
@@ -108,6 +108,12 @@ static int render_replicas(const ib_proxy_t *px, ib_buf_t *b)
     for (uint32_t r = 0; r < nslots && !rc; r++)
         rc = !SLOT_SHOWN(r) ? 0 : ib_buf_try_printf(b, "ibrain_replica_healthy{replica=\"%s\"} %d\n", px->replicas[r].name,
                      ib_replica_healthy(&px->replicas[r], now));
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_replica_unresponsive 1 while the replica fails its health probes "
+                                    "(--probe-ms).\n# TYPE ibrain_replica_unresponsive gauge\n");
+    for (uint32_t r = 0; r < nslots && !rc; r++)
+        rc = !SLOT_SHOWN(r) ? 0 : ib_buf_try_printf(b, "ibrain_replica_unresponsive{replica=\"%s\"} %d\n",
+                                                    px->replicas[r].name,
+                                                    atomic_load(&((ib_replica_t *)&px->replicas[r])->unresponsive));
     rc = rc || ib_buf_try_printf(b, "# HELP ibrain_replica_ejections_total Times a replica was ejected after repeated failures.\n"
                           "# TYPE ibrain_replica_ejections_total counter\n");
     for (uint32_t r = 0; r < nslots && !rc; r++)

@@ -33,6 +33,7 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
     cfg->busy_poll_us = 50;
     cfg->eject_after_failures = 3;
     cfg->eject_ms = 2000;
+    cfg->probe_ms = 1000;
     cfg->max_conns_per_worker = 16384;
     cfg->policy = "affinity";
     cfg->chat_template = "chatml";
@@ -57,7 +58,9 @@ int64_t ib_replica_pending(const ib_replica_t *r, uint32_t nworkers) { return su
 
 int ib_replica_healthy(const ib_replica_t *r, uint64_t now_ns)
 {
-    return atomic_load_explicit(&((ib_replica_t *)r)->ejected_until_ns, memory_order_relaxed) <= now_ns;
+    ib_replica_t *m = (ib_replica_t *)r;
+    return atomic_load_explicit(&m->ejected_until_ns, memory_order_relaxed) <= now_ns &&
+           !atomic_load_explicit(&m->unresponsive, memory_order_relaxed);
 }
 
 void ib_replica_ok(ib_proxy_t *px, ib_replica_t *r)
@@ -308,8 +311,11 @@ int ib_proxy_run(ib_proxy_t *px)
             return 1;
         }
     }
+    if (ib_probe_start(px) != 0)
+        fprintf(stderr, "ibrain: cannot start the health prober; replicas are checked passively only\n");
     int sig = 0;
     sigwait(&mask, &sig);
+    ib_probe_stop(px);
     fprintf(stderr, "ibrain: %s: draining (at most %u ms)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             px->cfg.drain_timeout_ms);
     ib_sync_stop(px->sync); /* no table changes while draining */

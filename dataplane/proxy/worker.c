@@ -248,7 +248,11 @@ static void check_timeouts(ib_worker_t *w, uint64_t now)
         if (c->closing)
             continue;
         if (c->state == IB_C_UPSTREAM && c->up != NULL) {
-            if (now > c->up->deadline_ns)
+            /* A replica that stopped answering its health probes holds this exchange:
+             * retried elsewhere before the first byte, ended cleanly after it. */
+            if (atomic_load_explicit(&w->px->replicas[c->up->replica].unresponsive, memory_order_relaxed))
+                ib_exchange_failed(w, c, IB_UPERR_UNRESPONSIVE, 0);
+            else if (now > c->up->deadline_ns)
                 ib_exchange_failed(w, c, c->up->state == IB_U_CONNECTING ? IB_UPERR_CONNECT : IB_UPERR_TIMEOUT,
                                 c->up->state != IB_U_CONNECTING);
             continue;

@@ -62,6 +62,9 @@ typedef struct ib_replica {
     _Alignas(64) _Atomic uint32_t consecutive_failures;
     _Atomic uint64_t ejected_until_ns;
     _Atomic uint64_t ejections;
+    /* active health (probe.c): written by the prober, read by anyone */
+    _Atomic int unresponsive;     /* failed eject_after_failures probes in a row */
+    _Atomic uint32_t probe_failures;
 } ib_replica_t;
 
 typedef struct ib_proxy_config {
@@ -81,6 +84,7 @@ typedef struct ib_proxy_config {
     uint32_t drain_timeout_ms;      /* SIGTERM: finish in-flight requests for at most this */
     uint32_t eject_after_failures;  /* consecutive failures before a replica is ejected */
     uint32_t eject_ms;              /* base ejection time; doubles per ejection, max 32x */
+    uint32_t probe_ms;              /* GET /health of every replica this often, with this timeout (0: off) */
     uint32_t max_conns_per_worker;
     uint32_t busy_poll_us;          /* a worker with nothing to do polls its ring this long before sleeping
                                      * (0: sleeps at once); see docs/operations.md, Latency */

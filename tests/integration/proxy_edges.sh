@@ -3,6 +3,9 @@
 #     the header timeout counted from its first byte, on a connection's first request too;
 #   - a complete request followed by a half-close (shutdown(SHUT_WR)) is answered, then
 #     the connection closed;
+#   - a replica that hangs (SIGSTOP) fails its health probes, is marked unresponsive, and
+#     the requests it holds are retried elsewhere within seconds (not the 5-minute upstream
+#     timeout); it is taken back once it answers again;
 #   - out of file descriptors: accept errors back off instead of spinning, existing
 #     connections keep being served, the condition is counted, and once clients leave
 #     ibrain accepts again and stops cleanly on SIGTERM.
@@ -80,7 +83,49 @@ assert r.startswith(b"HTTP/1.1 200") and b"chat.completion" in r, r[:300]
 print("half-close: answered")
 PY
 ib_expect_eq "in flight after the half-closes" "$(ib_metric "http://127.0.0.1:$port/metrics" 'ibrain_replica_in_flight{replica="e1"}')" 0
-# 3. Out of file descriptors: an ibrain allowed 64 descriptors, 100 idle clients.
+# 3. A hung replica: probes every 300 ms, unresponsive after 3 failures. Round-robin
+#    sends half of 8 requests to it; it takes 3 s to answer, and is stopped 0.3 s in.
+ib_engine hang --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 3000
+ib_ibrain hp --workers 1 --model mock --probe-ms 300 --eject-after 3 --policy round-robin \
+  --replica e1=127.0.0.1:$(ib_port e1) --replica hang=127.0.0.1:$(ib_port hang)
+hpport=$(ib_port hp)
+/usr/bin/python3 - "$hpport" "${IB_PID[hang]}" <<'PY' || { kill -CONT "${IB_PID[hang]}"; ib_fail "hung replica"; }
+import http.client, json, os, signal, sys, threading, time
+port, hang = int(sys.argv[1]), int(sys.argv[2])
+results = []
+def ask(i):
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    body = json.dumps({"model": "mock", "messages": [{"role": "user", "content": "q%d" % i}], "max_tokens": 2})
+    c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    results.append((r.status, r.getheader("X-IB-Replica"), time.monotonic() - t0))
+    r.read()
+threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+for t in threads: t.start()
+time.sleep(0.3)
+os.kill(hang, signal.SIGSTOP)
+for t in threads: t.join()
+assert len(results) == 8, results
+assert all(st == 200 and rep == "e1" for st, rep, _ in results), results
+slowest = max(t for _, _, t in results)
+assert slowest < 5, "the hung replica held a request %.1f s" % slowest
+print("hung replica: 8 of 8 answered by e1, the slowest in %.2f s" % slowest)
+PY
+hpm="http://127.0.0.1:$hpport/metrics"
+ib_expect_eq "hang unresponsive" "$(ib_metric "$hpm" 'ibrain_replica_unresponsive{replica="hang"}')" 1
+ib_expect_eq "requests taken from the hung replica" \
+  "$(ib_metric "$hpm" 'ibrain_upstream_errors_total{replica="hang",kind="unresponsive"}')" 4
+kill -CONT "${IB_PID[hang]}"
+for ((i = 0; i < 50; i++)); do
+  [ "$(ib_metric "$hpm" 'ibrain_replica_unresponsive{replica="hang"}')" = 0 ] && break
+  sleep 0.1
+done
+ib_expect_eq "hang responsive again" "$(ib_metric "$hpm" 'ibrain_replica_unresponsive{replica="hang"}')" 0
+ib_expect_eq "in flight to the hung replica" "$(ib_metric "$hpm" 'ibrain_replica_in_flight{replica="hang"}')" 0
+grep -q "replica hang failed 3 health probes in a row" "$IB_TMP/hp.log" || ib_fail "unresponsive not logged"
+
+# 4. Out of file descriptors: an ibrain allowed 64 descriptors, 100 idle clients.
 ib_spawn fd prlimit --nofile=64:64 "$IB_IBRAIN_BIN" --listen 127.0.0.1:0 --port-file @PORTFILE --workers 1 \
   --model mock --replica e1=127.0.0.1:$(ib_port e1)
 ib_wait_port fd

@@ -1,0 +1,99 @@
+/*
+ * Active health: a thread that asks each replica for GET /health every --probe-ms, off
+ * the request path. Passive health (a request's failure) cannot see a replica that hangs:
+ * it accepts connections and answers nothing, and the requests it holds wait for the
+ * upstream timeout (5 minutes by default). A replica that fails --eject-after probes in a
+ * row is marked unresponsive: no request goes to it, and the workers end the exchanges it
+ * holds (retried elsewhere before their first byte, a clean mid-stream error after it).
+ * One answer marks it responsive again.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* What one round probes: the slots in use, copied under the table lock (the sync thread
+ * may give a slot to another replica meanwhile: its epoch tells). */
+typedef struct target {
+    uint32_t slot, epoch;
+    char hostport[64];
+    char name[64];
+} target_t;
+
+static uint32_t take_targets(ib_proxy_t *px, target_t *t)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&px->rtab_lock);
+    uint32_t nslots = atomic_load(&px->nslots);
+    for (uint32_t i = 0; i < nslots; i++) {
+        ib_replica_t *r = &px->replicas[i];
+        if (!atomic_load(&r->in_use))
+            continue;
+        t[n].slot = i;
+        t[n].epoch = atomic_load(&r->epoch);
+        memcpy(t[n].hostport, r->hostport, sizeof(t[n].hostport));
+        memcpy(t[n].name, r->name, sizeof(t[n].name));
+        n++;
+    }
+    pthread_mutex_unlock(&px->rtab_lock);
+    return n;
+}
+
+static void probe_one(ib_proxy_t *px, const target_t *t, ib_buf_t *body)
+{
+    ib_replica_t *r = &px->replicas[t->slot];
+    ib_buf_reset(body);
+    int status = ib_http_get(t->hostport, "/health", (int)px->cfg.probe_ms, body);
+    if (atomic_load(&r->epoch) != t->epoch)
+        return; /* the slot has another replica now */
+    if (status == 200) {
+        atomic_store_explicit(&r->probe_failures, 0, memory_order_relaxed);
+        if (atomic_exchange(&r->unresponsive, 0))
+            fprintf(stderr, "ibrain: replica %s answers its health probe again\n", t->name);
+        return;
+    }
+    uint32_t fails = atomic_fetch_add_explicit(&r->probe_failures, 1, memory_order_relaxed) + 1;
+    if (fails >= px->cfg.eject_after_failures && !atomic_exchange(&r->unresponsive, 1))
+        fprintf(stderr, "ibrain: replica %s failed %u health probes in a row (%s): unresponsive, its requests go "
+                        "elsewhere\n", t->name, fails, status < 0 ? "no answer" : "not 200");
+}
+
+static void *probe_main(void *arg)
+{
+    ib_proxy_t *px = arg;
+    target_t targets[IB_MAX_REPLICAS];
+    ib_buf_t body = {0};
+    while (!atomic_load(&px->stopping) && !atomic_load(&px->probe_stop)) {
+        uint64_t next = ib_now_ns() + (uint64_t)px->cfg.probe_ms * 1000000ull;
+        uint32_t n = take_targets(px, targets);
+        for (uint32_t i = 0; i < n && !atomic_load(&px->probe_stop); i++)
+            probe_one(px, &targets[i], &body);
+        while (!atomic_load(&px->probe_stop) && ib_now_ns() < next) {
+            struct timespec ts = {0, 20 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    ib_buf_free(&body);
+    return NULL;
+}
+
+int ib_probe_start(ib_proxy_t *px)
+{
+    if (px->cfg.probe_ms == 0)
+        return 0;
+    atomic_store(&px->probe_stop, 0);
+    if (pthread_create(&px->probe_thread, NULL, probe_main, px) != 0)
+        return -1;
+    px->probe_running = 1;
+    return 0;
+}
+
+void ib_probe_stop(ib_proxy_t *px)
+{
+    if (!px->probe_running)
+        return;
+    atomic_store(&px->probe_stop, 1);
+    pthread_join(px->probe_thread, NULL);
+    px->probe_running = 0;
+}
