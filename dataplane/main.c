@@ -30,6 +30,10 @@ static void usage(FILE *f)
             "                              (default 50; 0: sleep at once)\n"
             "  --eject-after N             consecutive failures that eject a replica (default 3)\n"
             "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n"
+            "  --max-conns-per-worker N    client connections per worker; at the cap the longest-idle keep-alive\n"
+            "                              connection makes room, else the new one is refused (default 16384)\n"
+            "  --admin-listen HOST:PORT    a listener for /health, /ready, /metrics and /v1/models only, not counted\n"
+            "                              against the cap (--admin-port-file F writes its port)\n"
             "  --probe-ms N                GET /health of every replica this often (and within it); --eject-after\n"
             "                              failures in a row mark it unresponsive: its requests go elsewhere (default\n"
             "                              1000; 0: off)\n"
@@ -59,26 +63,100 @@ static void usage(FILE *f)
             policies, ib_policy_name(IB_POLICY_AFFINITY));
 }
 
+enum {
+    O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT, O_EA,
+    O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK, O_CTX,
+    O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_ADMIN, O_ADMINPORT, O_HELP
+};
+
+static const struct option opts[] = {
+    {"listen", 1, 0, O_LISTEN},           {"port-file", 1, 0, O_PORTFILE},      {"workers", 1, 0, O_WORKERS},
+    {"replica", 1, 0, O_REPLICA},         {"model", 1, 0, O_MODEL},             {"max-head-bytes", 1, 0, O_HEAD},
+    {"max-body-bytes", 1, 0, O_BODY},     {"header-timeout-ms", 1, 0, O_HT},    {"idle-timeout-ms", 1, 0, O_IT},
+    {"upstream-timeout-ms", 1, 0, O_UT},  {"connect-timeout-ms", 1, 0, O_CT},   {"drain-timeout-ms", 1, 0, O_DT},
+    {"eject-after", 1, 0, O_EA},          {"eject-ms", 1, 0, O_EM},             {"probe-ms", 1, 0, O_PROBE},
+    {"policy", 1, 0, O_POLICY},           {"template", 1, 0, O_TEMPLATE},       {"block-bytes", 1, 0, O_BLOCK},
+    {"cache-blocks", 1, 0, O_CBLOCKS},    {"cache-ttl-ms", 1, 0, O_TTL},        {"affinity-sets-log2", 1, 0, O_SETS},
+    {"min-match-pct", 1, 0, O_MINMATCH},  {"tokenizer", 1, 0, O_TOKENIZER},    {"block-tokens", 1, 0, O_BTOK},
+    {"context-length", 1, 0, O_CTX},      {"redis", 1, 0, O_REDIS},            {"redis-sentinel", 1, 0, O_SENTINEL},
+    {"redis-master", 1, 0, O_MASTER},     {"redis-reread-ms", 1, 0, O_REREAD}, {"instance-id", 1, 0, O_INSTANCE},
+    {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"max-conns-per-worker", 1, 0, O_MAXCONNS},
+    {"admin-listen", 1, 0, O_ADMIN},      {"admin-port-file", 1, 0, O_ADMINPORT}, {"help", 0, 0, O_HELP},
+    {0, 0, 0, 0}};
+
+/* An option that takes a string or a list entry: 1 when taken, 0 when <c> is not one,
+ * -1 when refused (a message said why). */
+static int text_option(ib_proxy_config_t *cfg, int c, const char *arg)
+{
+    switch (c) {
+    case O_LISTEN: cfg->listen = arg; return 1;
+    case O_PORTFILE: cfg->port_file = arg; return 1;
+    case O_POLICY: cfg->policy = arg; return 1;
+    case O_TEMPLATE: cfg->chat_template = arg; return 1;
+    case O_TOKENIZER: cfg->tokenizer = arg; return 1;
+    case O_REDIS: cfg->redis = arg; return 1;
+    case O_INSTANCE: cfg->instance_id = arg; return 1;
+    case O_MASTER: cfg->redis_master = arg; return 1;
+    case O_ADMIN: cfg->admin_listen = arg; return 1;
+    case O_ADMINPORT: cfg->admin_port_file = arg; return 1;
+    case O_NOWB: cfg->no_writeback = 1; return 1;
+    case O_SENTINEL:
+        if (cfg->nredis_sentinels == 8) {
+            fprintf(stderr, "ibrain: at most 8 --redis-sentinel\n");
+            return -1;
+        }
+        cfg->redis_sentinels[cfg->nredis_sentinels++] = arg;
+        return 1;
+    case O_REPLICA:
+        if (cfg->nreplicas == IB_MAX_REPLICAS) {
+            fprintf(stderr, "ibrain: at most %d replicas\n", IB_MAX_REPLICAS);
+            return -1;
+        }
+        cfg->replica_specs[cfg->nreplicas++] = arg;
+        return 1;
+    case O_MODEL:
+        if (cfg->nmodels == IB_MAX_MODELS) {
+            fprintf(stderr, "ibrain: at most %d models\n", IB_MAX_MODELS);
+            return -1;
+        }
+        cfg->models[cfg->nmodels++] = arg;
+        return 1;
+    default: return 0;
+    }
+}
+
+/* An option that takes a number <v>. */
+static void number_option(ib_proxy_config_t *cfg, int c, unsigned long long v)
+{
+    switch (c) {
+    case O_WORKERS: cfg->workers = (uint32_t)v; break;
+    case O_HEAD: cfg->max_head_bytes = v; break;
+    case O_BODY: cfg->max_body_bytes = v; break;
+    case O_HT: cfg->header_timeout_ms = (uint32_t)v; break;
+    case O_IT: cfg->idle_timeout_ms = (uint32_t)v; break;
+    case O_UT: cfg->upstream_timeout_ms = (uint32_t)v; break;
+    case O_CT: cfg->connect_timeout_ms = (uint32_t)v; break;
+    case O_DT: cfg->drain_timeout_ms = (uint32_t)v; break;
+    case O_BUSY: cfg->busy_poll_us = (uint32_t)(v < 1000000 ? v : 1000000); break;
+    case O_EA: cfg->eject_after_failures = (uint32_t)(v ? v : 1); break;
+    case O_EM: cfg->eject_ms = (uint32_t)v; break;
+    case O_PROBE: cfg->probe_ms = (uint32_t)v; break;
+    case O_MAXCONNS: cfg->max_conns_per_worker = (uint32_t)(v ? v : 1); break;
+    case O_BLOCK: cfg->block_bytes = (uint32_t)v; break;
+    case O_BTOK: cfg->block_tokens = (uint32_t)v; break;
+    case O_CTX: cfg->context_length = (uint32_t)v; break;
+    case O_REREAD: cfg->redis_reread_ms = (uint32_t)(v ? v : 1); break;
+    case O_CBLOCKS: cfg->cache_blocks = (uint32_t)v; break;
+    case O_TTL: cfg->cache_ttl_ms = (uint32_t)v; break;
+    case O_SETS: cfg->affinity_sets_log2 = (uint32_t)v; break;
+    case O_MINMATCH: cfg->min_match_pct = (uint32_t)(v <= 100 ? v : 100); break;
+    }
+}
+
 int main(int argc, char **argv)
 {
     ib_proxy_config_t cfg;
     ib_proxy_config_defaults(&cfg);
-    enum { O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT,
-           O_EA, O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK,
-           O_CTX, O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_HELP };
-    static const struct option opts[] = {
-        {"listen", 1, 0, O_LISTEN},           {"port-file", 1, 0, O_PORTFILE},      {"workers", 1, 0, O_WORKERS},
-        {"replica", 1, 0, O_REPLICA},         {"model", 1, 0, O_MODEL},             {"max-head-bytes", 1, 0, O_HEAD},
-        {"max-body-bytes", 1, 0, O_BODY},     {"header-timeout-ms", 1, 0, O_HT},    {"idle-timeout-ms", 1, 0, O_IT},
-        {"upstream-timeout-ms", 1, 0, O_UT},  {"connect-timeout-ms", 1, 0, O_CT},   {"drain-timeout-ms", 1, 0, O_DT},
-        {"eject-after", 1, 0, O_EA},          {"eject-ms", 1, 0, O_EM},             {"probe-ms", 1, 0, O_PROBE},             {"policy", 1, 0, O_POLICY},
-        {"template", 1, 0, O_TEMPLATE},       {"block-bytes", 1, 0, O_BLOCK},       {"cache-blocks", 1, 0, O_CBLOCKS},
-        {"cache-ttl-ms", 1, 0, O_TTL},        {"affinity-sets-log2", 1, 0, O_SETS},
-        {"min-match-pct", 1, 0, O_MINMATCH},  {"tokenizer", 1, 0, O_TOKENIZER},    {"block-tokens", 1, 0, O_BTOK},
-        {"context-length", 1, 0, O_CTX},      {"redis", 1, 0, O_REDIS},            {"redis-sentinel", 1, 0, O_SENTINEL},
-        {"redis-master", 1, 0, O_MASTER},     {"redis-reread-ms", 1, 0, O_REREAD}, {"instance-id", 1, 0, O_INSTANCE},
-        {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"help", 0, 0, O_HELP},
-        {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (c == O_HELP) {
@@ -89,67 +167,18 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
-        if (c == O_LISTEN) { cfg.listen = optarg; continue; }
-        if (c == O_POLICY) { cfg.policy = optarg; continue; }
-        if (c == O_TEMPLATE) { cfg.chat_template = optarg; continue; }
-        if (c == O_TOKENIZER) { cfg.tokenizer = optarg; continue; }
-        if (c == O_REDIS) { cfg.redis = optarg; continue; }
-        if (c == O_INSTANCE) { cfg.instance_id = optarg; continue; }
-        if (c == O_NOWB) { cfg.no_writeback = 1; continue; }
-        if (c == O_MASTER) { cfg.redis_master = optarg; continue; }
-        if (c == O_SENTINEL) {
-            if (cfg.nredis_sentinels == 8) {
-                fprintf(stderr, "ibrain: at most 8 --redis-sentinel\n");
-                return 2;
-            }
-            cfg.redis_sentinels[cfg.nredis_sentinels++] = optarg;
+        int taken = text_option(&cfg, c, optarg);
+        if (taken < 0)
+            return 2;
+        if (taken)
             continue;
-        }
-        if (c == O_PORTFILE) { cfg.port_file = optarg; continue; }
-        if (c == O_REPLICA) {
-            if (cfg.nreplicas == IB_MAX_REPLICAS) {
-                fprintf(stderr, "ibrain: at most %d replicas\n", IB_MAX_REPLICAS);
-                return 2;
-            }
-            cfg.replica_specs[cfg.nreplicas++] = optarg;
-            continue;
-        }
-        if (c == O_MODEL) {
-            if (cfg.nmodels == IB_MAX_MODELS) {
-                fprintf(stderr, "ibrain: at most %d models\n", IB_MAX_MODELS);
-                return 2;
-            }
-            cfg.models[cfg.nmodels++] = optarg;
-            continue;
-        }
         char *end;
         unsigned long long v = strtoull(optarg, &end, 10);
         if (*optarg == '\0' || *optarg == '-' || *end != '\0' || v > (1ull << 31)) {
             fprintf(stderr, "ibrain: %s wants a non-negative integer, got '%s'\n", argv[optind - 1], optarg);
             return 2;
         }
-        switch (c) {
-        case O_WORKERS: cfg.workers = (uint32_t)v; break;
-        case O_HEAD: cfg.max_head_bytes = v; break;
-        case O_BODY: cfg.max_body_bytes = v; break;
-        case O_HT: cfg.header_timeout_ms = (uint32_t)v; break;
-        case O_IT: cfg.idle_timeout_ms = (uint32_t)v; break;
-        case O_UT: cfg.upstream_timeout_ms = (uint32_t)v; break;
-        case O_CT: cfg.connect_timeout_ms = (uint32_t)v; break;
-        case O_DT: cfg.drain_timeout_ms = (uint32_t)v; break;
-        case O_BUSY: cfg.busy_poll_us = (uint32_t)(v < 1000000 ? v : 1000000); break;
-        case O_EA: cfg.eject_after_failures = (uint32_t)(v ? v : 1); break;
-        case O_EM: cfg.eject_ms = (uint32_t)v; break;
-        case O_PROBE: cfg.probe_ms = (uint32_t)v; break;
-        case O_BLOCK: cfg.block_bytes = (uint32_t)v; break;
-        case O_BTOK: cfg.block_tokens = (uint32_t)v; break;
-        case O_CTX: cfg.context_length = (uint32_t)v; break;
-        case O_REREAD: cfg.redis_reread_ms = (uint32_t)(v ? v : 1); break;
-        case O_CBLOCKS: cfg.cache_blocks = (uint32_t)v; break;
-        case O_TTL: cfg.cache_ttl_ms = (uint32_t)v; break;
-        case O_SETS: cfg.affinity_sets_log2 = (uint32_t)v; break;
-        case O_MINMATCH: cfg.min_match_pct = (uint32_t)(v <= 100 ? v : 100); break;
-        }
+        number_option(&cfg, c, v);
     }
     if (optind < argc) {
         fprintf(stderr, "ibrain: unexpected argument '%s'\n", argv[optind]);

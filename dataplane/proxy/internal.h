@@ -44,6 +44,8 @@ typedef struct ib_worker_metrics {
     ib_counter_t retries;
     ib_counter_t conns_accepted;
     ib_counter_t accept_errors;   /* accepts failed for want of descriptors or memory */
+    ib_counter_t conns_refused;   /* closed at once: the cap was reached and no connection was idle */
+    ib_counter_t conns_evicted;   /* idle keep-alive connections closed to make room at the cap */
     ib_counter_t conns_open;      /* gauge: incremented and decremented by the owner */
     ib_counter_t conns_open_dec;
     ib_counter_t upstream_conns_opened;
@@ -147,7 +149,10 @@ void ib_writeback_tick(void *px, ib_sync_t *s);
 
 /* ---- connections (worker.c, upstream.c) ---- */
 
-enum ib_op { IB_OP_ACCEPT = 1, IB_OP_CRECV, IB_OP_CSEND, IB_OP_UCONN, IB_OP_USEND, IB_OP_URECV, IB_OP_TICK, IB_OP_WAKE };
+enum ib_op {
+    IB_OP_ACCEPT = 1, IB_OP_CRECV, IB_OP_CSEND, IB_OP_UCONN, IB_OP_USEND, IB_OP_URECV, IB_OP_TICK, IB_OP_WAKE,
+    IB_OP_ACCEPT_ADMIN
+};
 #define IB_OP_MASK 15u
 #define IB_BGID 1                        /* the provided-buffer group of receives */
 #define IB_OUT_HIGH_WATER (1u << 20)     /* stop reading the upstream above this much unsent */
@@ -183,6 +188,7 @@ typedef struct ib_client {
     int closing;
     int recv_armed;
     int keepalive;
+    int admin;                    /* came through the admin listener: local routes only */
     int minor;
     int is_get;
     int close_after_send;
@@ -243,8 +249,11 @@ typedef struct ib_worker {
     int accept_paused;                /* accepts wait for accept_resume_ns (out of descriptors) */
     uint32_t accept_backoff_ms;       /* 0 while accepts succeed */
     uint64_t accept_resume_ns;
-    struct ib_client *clients;        /* every open client connection (for timeouts) */
+    struct ib_client *clients;        /* every open client connection (for timeouts), newest first */
+    struct ib_client *clients_tail;   /* the oldest */
+    int admin_fd;                     /* worker 0: the admin listener (-1: none) */
     uint32_t nclients;
+    uint32_t nadmin;                  /* of which came through the admin listener */
     uint32_t nupstreams;              /* upstream connections not yet freed */
     struct ib_upstream **idle;        /* per replica: idle keep-alive upstream connections */
     ib_buf_t scratch;

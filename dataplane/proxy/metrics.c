@@ -140,6 +140,13 @@ static int render_counters(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_connections_accepted_total counter\nibrain_connections_accepted_total %llu\n",
                        (unsigned long long)SUM(conns_accepted));
     rc = rc || ib_buf_try_printf(b,
+                       "# HELP ibrain_connections_refused_total Connections closed at once: the cap "
+                       "(--max-conns-per-worker) was reached and no connection was idle.\n"
+                       "# TYPE ibrain_connections_refused_total counter\nibrain_connections_refused_total %llu\n"
+                       "# HELP ibrain_connections_evicted_total Idle keep-alive connections closed to make room at the cap.\n"
+                       "# TYPE ibrain_connections_evicted_total counter\nibrain_connections_evicted_total %llu\n",
+                       (unsigned long long)SUM(conns_refused), (unsigned long long)SUM(conns_evicted));
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_accept_errors_total Accepts failed for want of file descriptors or memory "
                        "(accepts then pause, backing off).\n"
                        "# TYPE ibrain_accept_errors_total counter\nibrain_accept_errors_total %llu\n",

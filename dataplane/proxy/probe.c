@@ -3,9 +3,11 @@
  * the request path. Passive health (a request's failure) cannot see a replica that hangs:
  * it accepts connections and answers nothing, and the requests it holds wait for the
  * upstream timeout (5 minutes by default). A replica that fails --eject-after probes in a
- * row is marked unresponsive: no request goes to it, and the workers end the exchanges it
- * holds (retried elsewhere before their first byte, a clean mid-stream error after it).
- * One answer marks it responsive again.
+ * row is marked unresponsive: no new request goes to it. When those probes got no answer
+ * at all within their time (a hang, not a refused connection: a draining engine refuses
+ * new connections while its streams finish), it is also marked hung, and the workers end
+ * the exchanges it holds: retried elsewhere before their first byte, a clean mid-stream
+ * error after it. One answer marks it responsive again.
  */
 #include "internal.h"
 
@@ -44,19 +46,32 @@ static void probe_one(ib_proxy_t *px, const target_t *t, ib_buf_t *body)
 {
     ib_replica_t *r = &px->replicas[t->slot];
     ib_buf_reset(body);
+    uint64_t t0 = ib_now_ns();
     int status = ib_http_get(t->hostport, "/health", (int)px->cfg.probe_ms, body);
+    /* No answer within the probe's time is a hang; a refused or closed connection is a
+     * replica that is down or draining, whose streams may still be finishing. */
+    int timed_out = status < 0 && ib_now_ns() - t0 >= (uint64_t)px->cfg.probe_ms * 900000ull;
     if (atomic_load(&r->epoch) != t->epoch)
         return; /* the slot has another replica now */
     if (status == 200) {
         atomic_store_explicit(&r->probe_failures, 0, memory_order_relaxed);
+        atomic_store_explicit(&r->probe_timeouts, 0, memory_order_relaxed);
+        atomic_store(&r->hung, 0);
         if (atomic_exchange(&r->unresponsive, 0))
             fprintf(stderr, "ibrain: replica %s answers its health probe again\n", t->name);
         return;
     }
     uint32_t fails = atomic_fetch_add_explicit(&r->probe_failures, 1, memory_order_relaxed) + 1;
-    if (fails >= px->cfg.eject_after_failures && !atomic_exchange(&r->unresponsive, 1))
-        fprintf(stderr, "ibrain: replica %s failed %u health probes in a row (%s): unresponsive, its requests go "
-                        "elsewhere\n", t->name, fails, status < 0 ? "no answer" : "not 200");
+    uint32_t hangs = timed_out ? atomic_fetch_add_explicit(&r->probe_timeouts, 1, memory_order_relaxed) + 1 : 0;
+    if (!timed_out)
+        atomic_store_explicit(&r->probe_timeouts, 0, memory_order_relaxed);
+    uint32_t limit = px->cfg.eject_after_failures;
+    if (fails >= limit && !atomic_exchange(&r->unresponsive, 1))
+        fprintf(stderr, "ibrain: replica %s failed %u health probes in a row (%s): unresponsive, new requests go "
+                        "elsewhere\n", t->name, fails, timed_out ? "no answer" : status < 0 ? "refused" : "not 200");
+    if (hangs >= limit && !atomic_exchange(&r->hung, 1))
+        fprintf(stderr, "ibrain: replica %s hangs (%u probes unanswered): the requests it holds go elsewhere\n", t->name,
+                hangs);
 }
 
 static void *probe_main(void *arg)

@@ -156,6 +156,28 @@ static int bind_listener(const struct sockaddr_in *sa)
     return fd;
 }
 
+/* The admin listener, its port written to admin_port_file. -1 with a message. */
+static int bind_admin(const ib_proxy_config_t *cfg)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = -1;
+    if (ib_parse_hostport(cfg->admin_listen, &sa) != 0 || (fd = bind_listener(&sa)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        fprintf(stderr, "ibrain: cannot listen on --admin-listen %s: %s\n", cfg->admin_listen, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (cfg->admin_port_file != NULL && ib_write_port_file(cfg->admin_port_file, ntohs(sa.sin_port)) != 0) {
+        fprintf(stderr, "ibrain: cannot write %s: %s\n", cfg->admin_port_file, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    fprintf(stderr, "ibrain: admin listener (/health /ready /metrics /v1/models) on port %u\n", ntohs(sa.sin_port));
+    return fd;
+}
+
 /* The line that says what a new proxy serves, and how. */
 static void log_listening(const ib_proxy_t *px, const struct sockaddr_in *sa)
 {
@@ -239,6 +261,9 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
     px->workers = calloc(cfg->workers, sizeof(*px->workers));
     if (px->workers == NULL)
         goto Error;
+    int admin_fd = -1;
+    if (cfg->admin_listen != NULL && (admin_fd = bind_admin(cfg)) < 0)
+        goto Error;
     for (uint32_t i = 0; i < cfg->workers; i++) {
         /* Port 0: the first listener picks the port, the others join it (SO_REUSEPORT). */
         int fd = bind_listener(&sa);
@@ -252,6 +277,7 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
             px->port = ntohs(sa.sin_port);
         }
         px->workers[i].listen_fd = fd;
+        px->workers[i].admin_fd = i == 0 ? admin_fd : -1; /* worker 0 owns it */
         px->nworkers = i + 1;
         if (ib_worker_init(&px->workers[i], px, i) != 0) {
             fprintf(stderr, "ibrain: worker %u: io_uring setup failed: %s\n", i, strerror(errno));

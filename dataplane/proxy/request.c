@@ -52,7 +52,10 @@ _Static_assert(sizeof(((ib_client_t *)0)->request_id) >= 31, "make_request_id wr
 static void request_ready(ib_worker_t *w, ib_client_t *c)
 {
     c->deadline_ns = 0;
-    if (c->route == IB_ROUTE_NONE) {
+    if (c->admin && c->route < IB_ROUTE_MODELS) {
+        ib_respond_error(w, c, 404, "the admin listener serves /health, /ready, /metrics and /v1/models only",
+                         "invalid_request_error", NULL, NULL, NULL);
+    } else if (c->route == IB_ROUTE_NONE) {
         ib_respond_error(w, c, 404, "no such route", "invalid_request_error", NULL, NULL, NULL);
     } else if (c->route >= IB_ROUTE_MODELS) {
         ib_local_respond(w, c);

@@ -193,7 +193,9 @@ static int slot_for(ib_proxy_t *px, const char *name, const char *addr, const ib
         atomic_store(&r->consecutive_failures, 0);
         atomic_store(&r->ejected_until_ns, 0);
         atomic_store(&r->unresponsive, 0);
+        atomic_store(&r->hung, 0);
         atomic_store(&r->probe_failures, 0);
+        atomic_store(&r->probe_timeouts, 0);
         atomic_fetch_add(&r->epoch, 1); /* pooled connections to the previous occupant go */
         atomic_store(&r->in_use, 1);
         if (i >= n)

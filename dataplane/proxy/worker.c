@@ -29,7 +29,7 @@
 #define TICK_MS 100
 
 _Static_assert(_Alignof(ib_client_t) >= 16 && _Alignof(ib_upstream_t) >= 16, "user_data packs the op in 4 bits");
-_Static_assert(IB_OP_WAKE <= IB_OP_MASK, "ops fit the mask");
+_Static_assert(IB_OP_ACCEPT_ADMIN <= IB_OP_MASK, "ops fit the mask");
 
 static void recycle_buffer(ib_worker_t *w, unsigned bid)
 {
@@ -74,7 +74,10 @@ static void free_client(ib_worker_t *w, ib_client_t *c)
         w->clients = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    else
+        w->clients_tail = c->prev;
     w->nclients--;
+    w->nadmin -= c->admin != 0;
     ib_counter_add(&w->m.conns_open_dec, 1);
     ib_buf_free(&c->in);
     ib_buf_free(&c->out[0]);
@@ -111,6 +114,16 @@ static void accept_failed(ib_worker_t *w, int err)
     w->accept_paused = 1;
 }
 
+static int evict_idle(ib_worker_t *w);
+static void add_client(ib_worker_t *w, int fd, int admin);
+
+static void arm_accept_admin(ib_worker_t *w)
+{
+    struct io_uring_sqe *sqe = ib_get_sqe(w);
+    io_uring_prep_multishot_accept(sqe, w->admin_fd, NULL, NULL, SOCK_CLOEXEC);
+    ib_set_data(sqe, w, IB_OP_ACCEPT_ADMIN);
+}
+
 static void on_accept(ib_worker_t *w, struct io_uring_cqe *cqe)
 {
     int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
@@ -128,10 +141,49 @@ static void on_accept(ib_worker_t *w, struct io_uring_cqe *cqe)
         arm_accept(w);
     w->accept_backoff_ms = 0;
     int fd = cqe->res;
-    if (w->draining || w->nclients >= w->px->cfg.max_conns_per_worker) {
+    if (w->draining) {
         close(fd);
         return;
     }
+    if (w->nclients - w->nadmin >= w->px->cfg.max_conns_per_worker && !evict_idle(w)) {
+        ib_counter_add(&w->m.conns_refused, 1);
+        close(fd);
+        return;
+    }
+    add_client(w, fd, 0);
+}
+
+/* The admin listener's connections: /health, /ready, /metrics and /v1/models only, not
+ * counted against the cap, so that they answer when the clients fill it. */
+static void on_accept_admin(ib_worker_t *w, struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE) && !w->draining)
+        arm_accept_admin(w);
+    if (cqe->res < 0)
+        return; /* the client listener's back-off covers a descriptor shortage */
+    if (w->draining) {
+        close(cqe->res);
+        return;
+    }
+    add_client(w, cqe->res, 1);
+}
+
+/* At the cap: closes the idle keep-alive connection that has waited longest (no request in
+ * progress, nothing to send) to make room. 0 when every connection is busy. */
+static int evict_idle(ib_worker_t *w)
+{
+    for (ib_client_t *c = w->clients_tail; c != NULL; c = c->prev)
+        if (!c->closing && !c->admin && c->state == IB_C_HEAD && c->in.len == 0 && !c->sending &&
+            c->out[c->out_cur].len == 0) {
+            ib_counter_add(&w->m.conns_evicted, 1);
+            ib_client_close(w, c);
+            return 1;
+        }
+    return 0;
+}
+
+static void add_client(ib_worker_t *w, int fd, int admin)
+{
     ib_client_t *c = aligned_alloc(16, sizeof(*c));
     if (c == NULL) {
         close(fd);
@@ -145,9 +197,13 @@ static void on_accept(ib_worker_t *w, struct io_uring_cqe *cqe)
     c->minor = 1;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->admin = admin;
+    w->nadmin += admin != 0;
     c->next = w->clients;
     if (w->clients)
         w->clients->prev = c;
+    else
+        w->clients_tail = c;
     w->clients = c;
     w->nclients++;
     ib_counter_add(&w->m.conns_accepted, 1);
@@ -248,9 +304,9 @@ static void check_timeouts(ib_worker_t *w, uint64_t now)
         if (c->closing)
             continue;
         if (c->state == IB_C_UPSTREAM && c->up != NULL) {
-            /* A replica that stopped answering its health probes holds this exchange:
+            /* A replica that hangs (its health probes unanswered) holds this exchange:
              * retried elsewhere before the first byte, ended cleanly after it. */
-            if (atomic_load_explicit(&w->px->replicas[c->up->replica].unresponsive, memory_order_relaxed))
+            if (atomic_load_explicit(&w->px->replicas[c->up->replica].hung, memory_order_relaxed))
                 ib_exchange_failed(w, c, IB_UPERR_UNRESPONSIVE, 0);
             else if (now > c->up->deadline_ns)
                 ib_exchange_failed(w, c, c->up->state == IB_U_CONNECTING ? IB_UPERR_CONNECT : IB_UPERR_TIMEOUT,
@@ -292,6 +348,8 @@ static void start_drain(ib_worker_t *w)
     w->draining = 1;
     w->drain_deadline_ns = ib_deadline(w->px->cfg.drain_timeout_ms);
     shutdown(w->listen_fd, SHUT_RDWR); /* ends the multishot accept */
+    if (w->admin_fd >= 0)
+        shutdown(w->admin_fd, SHUT_RDWR);
     for (ib_client_t *c = w->clients, *next; c != NULL; c = next) {
         next = c->next;
         c->keepalive = 0;
@@ -324,6 +382,7 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
     void *obj = (void *)(uintptr_t)(data & ~(uint64_t)IB_OP_MASK);
     switch (op) {
     case IB_OP_ACCEPT: on_accept(w, cqe); break;
+    case IB_OP_ACCEPT_ADMIN: on_accept_admin(w, cqe); break;
     case IB_OP_CRECV: on_client_recv(w, obj, cqe); op_done_client(w, obj, cqe); break;
     case IB_OP_CSEND: on_client_send(w, obj, cqe); op_done_client(w, obj, cqe); break;
     case IB_OP_UCONN: ib_exchange_on_connect(w, obj, cqe->res); op_done_upstream(w, obj, cqe); break;
@@ -354,14 +413,14 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
 
 /* ---- setup and loop ---- */
 
-
 int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id)
 {
-    int listen_fd = w->listen_fd;
+    int listen_fd = w->listen_fd, admin_fd = w->admin_fd;
     memset(w, 0, sizeof(*w));
     w->px = px;
     w->id = id;
     w->listen_fd = listen_fd;
+    w->admin_fd = admin_fd;
     w->wake_fd = eventfd(0, EFD_CLOEXEC);
     w->idle = calloc(IB_MAX_REPLICAS, sizeof(*w->idle));
     w->json = ib_json_parser_new(px->cfg.max_body_bytes);
@@ -434,6 +493,8 @@ void ib_worker_destroy(ib_worker_t *w)
         close(w->wake_fd);
     if (w->listen_fd > 0)
         close(w->listen_fd);
+    if (w->admin_fd >= 0)
+        close(w->admin_fd);
 }
 
 /* Waits for at least one completion. With --busy-poll-us (default 50), first polls the
@@ -479,6 +540,8 @@ void *ib_worker_main(void *arg)
         return NULL;
     }
     arm_accept(w);
+    if (w->admin_fd >= 0)
+        arm_accept_admin(w);
     arm_tick(w);
     arm_wake(w);
     for (;;) {

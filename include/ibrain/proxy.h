@@ -63,8 +63,9 @@ typedef struct ib_replica {
     _Atomic uint64_t ejected_until_ns;
     _Atomic uint64_t ejections;
     /* active health (probe.c): written by the prober, read by anyone */
-    _Atomic int unresponsive;     /* failed eject_after_failures probes in a row */
-    _Atomic uint32_t probe_failures;
+    _Atomic int unresponsive;     /* failed eject_after_failures probes in a row: no new request */
+    _Atomic int hung;             /* and those got no answer in time: its exchanges are ended */
+    _Atomic uint32_t probe_failures, probe_timeouts;
 } ib_replica_t;
 
 typedef struct ib_proxy_config {
@@ -85,7 +86,10 @@ typedef struct ib_proxy_config {
     uint32_t eject_after_failures;  /* consecutive failures before a replica is ejected */
     uint32_t eject_ms;              /* base ejection time; doubles per ejection, max 32x */
     uint32_t probe_ms;              /* GET /health of every replica this often, with this timeout (0: off) */
-    uint32_t max_conns_per_worker;
+    uint32_t max_conns_per_worker;  /* at the cap, the longest-idle keep-alive connection makes room */
+    const char *admin_listen;       /* "HOST:PORT" of the admin listener (/health /ready /metrics /v1/models,
+                                     * not counted against the cap), or NULL */
+    const char *admin_port_file;
     uint32_t busy_poll_us;          /* a worker with nothing to do polls its ring this long before sleeping
                                      * (0: sleeps at once); see docs/operations.md, Latency */
     /* routing (the workload in standalone mode) */

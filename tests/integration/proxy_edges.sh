@@ -6,6 +6,9 @@
 #   - a replica that hangs (SIGSTOP) fails its health probes, is marked unresponsive, and
 #     the requests it holds are retried elsewhere within seconds (not the 5-minute upstream
 #     timeout); it is taken back once it answers again;
+#   - at the connection cap, the longest-idle keep-alive connection makes room for a new
+#     one; with every connection busy, new ones are refused and counted, and the admin
+#     listener still answers /health and /metrics;
 #   - out of file descriptors: accept errors back off instead of spinning, existing
 #     connections keep being served, the condition is counted, and once clients leave
 #     ibrain accepts again and stops cleanly on SIGTERM.
@@ -123,9 +126,91 @@ for ((i = 0; i < 50; i++)); do
 done
 ib_expect_eq "hang responsive again" "$(ib_metric "$hpm" 'ibrain_replica_unresponsive{replica="hang"}')" 0
 ib_expect_eq "in flight to the hung replica" "$(ib_metric "$hpm" 'ibrain_replica_in_flight{replica="hang"}')" 0
-grep -q "replica hang failed 3 health probes in a row" "$IB_TMP/hp.log" || ib_fail "unresponsive not logged"
+grep -q "replica hang hangs (3 probes unanswered)" "$IB_TMP/hp.log" || ib_fail "the hang was not logged"
 
-# 4. Out of file descriptors: an ibrain allowed 64 descriptors, 100 idle clients.
+# A draining replica refuses new connections (its probes fail at once) but finishes its
+# streams: no new request goes to it, and its streams are not cut.
+ib_engine dr --itl-ms 100 --prefill-us-per-token 0 --overhead-ms 0
+ib_ibrain dp --workers 1 --model mock --probe-ms 300 --eject-after 3 --replica dr=127.0.0.1:$(ib_port dr)
+curl -s -N --max-time 20 "http://127.0.0.1:$(ib_port dp)/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"mock","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":30}' >"$IB_TMP/dr.sse" &
+client=$!
+sleep 0.5
+kill -TERM "${IB_PID[dr]}"
+wait $client || ib_fail "the stream from the draining replica failed (curl exit $?)"
+tail -n 2 "$IB_TMP/dr.sse" | grep -q '^data: \[DONE\]' || ib_fail "the draining replica's stream was cut: $(tail -c 300 "$IB_TMP/dr.sse")"
+ib_expect_eq "tokens of the drained stream" "$(grep -c '"content"' "$IB_TMP/dr.sse")" 30
+grep -q "replica dr failed 3 health probes in a row (refused)" "$IB_TMP/dp.log" || ib_fail "the refusals were not seen"
+
+# 4. The connection cap: 8 per worker.
+ib_spawn cap "$IB_IBRAIN_BIN" --listen 127.0.0.1:0 --port-file @PORTFILE --workers 1 --max-conns-per-worker 8 \
+  --admin-listen 127.0.0.1:0 --admin-port-file "$IB_TMP/cap-admin.port" --model mock --replica e1=127.0.0.1:$(ib_port e1)
+ib_wait_port cap
+/usr/bin/python3 - "$(ib_port cap)" "$(cat "$IB_TMP/cap-admin.port")" <<'PY' || ib_fail "connection cap"
+import socket, sys, time
+port, admin = int(sys.argv[1]), int(sys.argv[2])
+def get(p, path, s=None):
+    own = s is None
+    s = s or socket.create_connection(("127.0.0.1", p), timeout=5)
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    head, _, body = got.partition(b"\r\n\r\n")
+    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < n:
+        body += s.recv(65536)
+    if own:
+        s.close()
+    return head.split(b" ")[1], body
+# 8 idle keep-alive clients fill the cap, the first one the longest idle.
+idle = []
+for i in range(8):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert get(port, "/health", s)[0] == b"200"
+    idle.append(s)
+    time.sleep(0.02)
+# A ninth is served: the longest-idle one was closed to make room.
+assert get(port, "/health")[0] == b"200"
+idle[0].settimeout(2)
+assert idle[0].recv(1) == b"", "the longest-idle connection was not the one closed"
+assert get(port, "/health", idle[7])[0] == b"200", "a newer idle connection was closed"
+# (The ninth, closed by us, must be gone from ibrain's count before the cap is full again.)
+def metric(name):
+    body = get(admin, "/metrics")[1].decode()
+    return int([l for l in body.splitlines() if l.startswith(name + " ")][0].split()[1])
+deadline = time.monotonic() + 5
+while metric("ibrain_connections_open") != 7 + 1:  # 7 idle clients + this scrape's own connection
+    assert time.monotonic() < deadline, metric("ibrain_connections_open")
+    time.sleep(0.05)
+# Every connection busy (a request head half sent): a new one is refused...
+busy = []
+for s in idle[1:]:
+    s.sendall(b"GET /health HTTP/1.1\r\n")
+    busy.append(s)
+busy.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+busy[-1].sendall(b"GET /health HTTP/1.1\r\n")
+time.sleep(0.2)
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+try:
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    refused = s.recv(4096) == b""
+except ConnectionResetError:
+    refused = True
+assert refused, "a connection over the cap was served"
+# ...and the admin listener still answers, with the refusal counted.
+code, body = get(admin, "/metrics")
+assert code == b"200", code
+line = [l for l in body.decode().splitlines() if l.startswith("ibrain_connections_refused_total ")][0]
+assert int(line.split()[1]) >= 1, line
+evicted = [l for l in body.decode().splitlines() if l.startswith("ibrain_connections_evicted_total ")][0]
+assert int(evicted.split()[1]) == 1, evicted
+assert get(admin, "/v1/chat/completions")[0] == b"404"
+print("connection cap: oldest idle evicted, %s, admin listener answers" % line)
+PY
+ib_stop cap || ib_fail "cap: stop"
+
+# 5. Out of file descriptors: an ibrain allowed 64 descriptors, 100 idle clients.
 ib_spawn fd prlimit --nofile=64:64 "$IB_IBRAIN_BIN" --listen 127.0.0.1:0 --port-file @PORTFILE --workers 1 \
   --model mock --replica e1=127.0.0.1:$(ib_port e1)
 ib_wait_port fd

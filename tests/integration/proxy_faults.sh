@@ -9,7 +9,11 @@ ib_engine e2 --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 0
 ib_engine slow --itl-ms 50
 # A port nobody listens on: bind one, then close it.
 dead=$(ib_free_port)
-ib_ibrain ib --workers 2 --model mock --eject-after 2 --eject-ms 60000 --drain-timeout-ms 8000 \
+# Round-robin, so that the dead replica surely gets requests (ties between equal replicas
+# are broken at random: an affinity router may send none there); passive health only
+# (the prober has its own test in proxy_edges.sh).
+ib_ibrain ib --workers 2 --model mock --policy round-robin --probe-ms 0 --eject-after 2 --eject-ms 60000 \
+  --drain-timeout-ms 8000 \
   --replica e1=127.0.0.1:$(ib_port e1) --replica e2=127.0.0.1:$(ib_port e2) --replica dead=127.0.0.1:$dead
 port=$(ib_port ib)
 base="http://127.0.0.1:$port"
