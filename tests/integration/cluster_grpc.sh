@@ -12,7 +12,7 @@ ib_spawn cd "$IB_BUILD/controlplane/ib-clusterd" --listen 127.0.0.1:0 --port-fil
   --http-listen 127.0.0.1:0 --http-port-file "$IB_TMP/cd.http" --engine "$IB_BUILD/tools/ib-mock-engine --listen 127.0.0.1:{port} --model {model} --id {replica} --itl-ms 1"
 port=$(ib_wait_port cd)
 /usr/bin/python3 "$IB_SRC/tests/interop/cluster_client.py" "$port" "$IB_SRC/controlplane/proto" "$IB_TMP/py" \
-  "$IB_TMP/weights.bin" >"$IB_TMP/client.txt" 2>&1 || ib_fail "cluster client: $(cat "$IB_TMP/client.txt")"
+  "$IB_TMP/weights.bin" "$IB_TMP/state" >"$IB_TMP/client.txt" 2>&1 || ib_fail "cluster client: $(cat "$IB_TMP/client.txt")"
 cat "$IB_TMP/client.txt"
 curl -fsS "http://127.0.0.1:$(cat "$IB_TMP/cd.http")/metrics" >"$IB_TMP/cd.metrics" || ib_fail "cluster /metrics"
 promtool check metrics <"$IB_TMP/cd.metrics" || ib_fail "promtool on the cluster server's /metrics"
@@ -40,10 +40,10 @@ while time.time() < deadline and sum(e.ready for e in stub.ListEndpoints(pb.List
 print(' '.join(sorted(e.address for e in stub.ListEndpoints(pb.ListEndpointsRequest(workload='keep')).endpoints if e.ready)))
 " >"$IB_TMP/before.txt" || ib_fail "create keep"
 [ "$(wc -w <"$IB_TMP/before.txt")" = 2 ] || ib_fail "keep not ready: $(cat "$IB_TMP/before.txt")"
-managers=$(pgrep -f -- "ib-manager .*--workload keep " | sort | tr '\n' ' ')
+managers=$(pgrep -f -- "ib-manager .*--workload keep .*--state-dir $IB_TMP/state" | sort | tr '\n' ' ')
 ib_stop cd KILL || true
 sleep 0.5
-[ "$(pgrep -f -- "ib-manager .*--workload keep " | sort | tr '\n' ' ')" = "$managers" ] ||
+[ "$(pgrep -f -- "ib-manager .*--workload keep .*--state-dir $IB_TMP/state" | sort | tr '\n' ' ')" = "$managers" ] ||
   ib_fail "the managers did not survive the cluster server's crash"
 ib_spawn cd2 "$IB_BUILD/controlplane/ib-clusterd" --listen 127.0.0.1:0 --port-file @PORTFILE --state-dir "$IB_TMP/state"
 port2=$(ib_wait_port cd2)
@@ -57,10 +57,10 @@ grep -q "2 of 2 replicas adopted" "$IB_TMP/cd2.log" || ib_fail "no adoption logg
 echo "keep: cluster server crashed and restarted; both replicas adopted, still on $(cat "$IB_TMP/after.txt")"
 grpc_py "$port2" "stub.DeleteWorkload(pb.WorkloadRef(id='keep'), timeout=10)" || ib_fail "delete keep"
 for ((i = 0; i < 100; i++)); do
-  pgrep -f -- "ib-manager .*--workload keep " >/dev/null || break
+  pgrep -f -- "ib-manager .*--workload keep .*--state-dir $IB_TMP/state" >/dev/null || break
   sleep 0.1
 done
-pgrep -f -- "ib-manager .*--workload keep " >/dev/null && ib_fail "adopted managers still running after delete"
+pgrep -f -- "ib-manager .*--workload keep .*--state-dir $IB_TMP/state" >/dev/null && ib_fail "adopted managers still running after delete"
 ib_stop cd2 || ib_fail "ib-clusterd exited with $?"
 sleep 0.5
 pgrep -f "state-dir $IB_TMP/state" >/dev/null && ib_fail "managers left running: $(pgrep -af "state-dir $IB_TMP/state")"

@@ -167,7 +167,7 @@ print(" ".join(r["address"] for r in d["replicas"] if r["id"] == sys.argv[1]))' 
 victim="demo-g$gen-r0"
 old_addr=$(snap_addr "$victim")
 [ -n "$old_addr" ] || ib_fail "$victim not in the snapshot"
-pkill -KILL -f -- "--id $victim( |$)" || ib_fail "no engine for $victim"
+pkill -KILL -f -- "^$IB_BUILD/.*ib-mock-engine .*--id $victim( |$)" || ib_fail "no engine for $victim" # this build's only
 for ((i = 0; i < 150; i++)); do
   new_addr=$(snap_addr "$victim")
   [ -n "$new_addr" ] && [ "$new_addr" != "$old_addr" ] && curl -sf "http://$new_addr/health" >/dev/null && break

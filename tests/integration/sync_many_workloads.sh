@@ -14,14 +14,7 @@ ib_engine other --model other --itl-ms 1
 ib_ibrain ib --workers 2 --redis "127.0.0.1:$rport" --redis-reread-ms 300 --no-writeback
 url="http://127.0.0.1:$(ib_port ib)"
 metric() { ib_metric "$url/metrics" "$1"; }
-wait_version() {
-  local i
-  for ((i = 0; i < 100; i++)); do
-    [ "$(metric ibrain_snapshot_version)" = "$1" ] && return 0
-    sleep 0.05
-  done
-  ib_fail "snapshot version $1 not applied (at $(metric ibrain_snapshot_version))"
-}
+wait_version() { ib_wait_snapshot "$url" "$1"; }
 # snapshot_json VERSION WORKLOADS REPLICAS: workloads w1..wN serving models m1..mN; replicas
 # r1..rM, replica k of workload ((k-1) % N) + 1. The 40th workload's replicas are on engine
 # 'last', every other one's on engine 'other'.

@@ -18,14 +18,7 @@ ib_ibrain ib --workers 2 --redis "127.0.0.1:$rport" --redis-reread-ms 300 --no-w
 port=$(ib_port ib)
 url="http://127.0.0.1:$port"
 metric() { ib_metric "$url/metrics" "$1"; }
-wait_version() {
-  local i
-  for ((i = 0; i < 100; i++)); do
-    [ "$(metric ibrain_snapshot_version)" = "$1" ] && return 0
-    sleep 0.05
-  done
-  ib_fail "snapshot version $1 not applied (at $(metric ibrain_snapshot_version))"
-}
+wait_version() { ib_wait_snapshot "$url" "$1"; }
 # put VERSION REPLICAS_JSON: two workloads, qwen3 (chatml) and llama (llama3).
 put() {
   cat >"$IB_TMP/snap.json" <<JSON

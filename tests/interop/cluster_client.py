@@ -111,7 +111,10 @@ stub.DeleteWorkload(pb.WorkloadRef(id="broken"), timeout=10)
 # A manager killed: the driver restarts it and the replica is ready again.
 victim_status = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10).replicas[0]
 victim, old_address = victim_status.id, victim_status.address
-out = subprocess.run(["pgrep", "-f", "--", "ib-manager .*--replica %s " % victim], capture_output=True, text=True).stdout.split()
+# Only this cluster server's managers (their --state-dir): another stack on the machine
+# may run a replica of the same name.
+out = subprocess.run(["pgrep", "-f", "--", "ib-manager .*--replica %s .*--state-dir %s" % (victim, sys.argv[5])],
+                     capture_output=True, text=True).stdout.split()
 assert out, "no manager process for %s" % victim
 for pid in out:
     os.kill(int(pid), signal.SIGKILL)

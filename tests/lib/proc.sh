@@ -206,6 +206,17 @@ ib_metric() {
   curl -s "$1" | awk -v m="$2" '$1 == m {print $2}'
 }
 
+# ib_wait_snapshot BASE_URL VERSION: waits (5 s) until the ibrain at BASE_URL applied
+# routing snapshot VERSION.
+ib_wait_snapshot() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [ "$(ib_metric "$1/metrics" ibrain_snapshot_version)" = "$2" ] && return 0
+    sleep 0.05
+  done
+  ib_fail "snapshot version $2 not applied (at $(ib_metric "$1/metrics" ibrain_snapshot_version))"
+}
+
 ib_stop() {
   local name=$1 sig=${2:-TERM} pid=${IB_PID[$1]} rc=0 i
   kill -"$sig" -- "-$pid" 2>/dev/null || true
