@@ -32,6 +32,8 @@ static void usage(FILE *f)
             "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n"
             "  --max-conns-per-worker N    client connections per worker; at the cap the longest-idle keep-alive\n"
             "                              connection makes room, else the new one is refused (default 16384)\n"
+            "  --abort-on-client-close     a client's EOF abandons its proxied request, sparing the replica the rest\n"
+            "                              of its generation (default: answer it, as a half-close asks)\n"
             "  --admin-listen HOST:PORT    a listener for /health, /ready, /metrics and /v1/models only, not counted\n"
             "                              against the cap (--admin-port-file F writes its port)\n"
             "  --probe-ms N                GET /health of every replica this often (and within it); --eject-after\n"
@@ -66,7 +68,7 @@ static void usage(FILE *f)
 enum {
     O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT, O_EA,
     O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK, O_CTX,
-    O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_ADMIN, O_ADMINPORT, O_HELP
+    O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_ADMIN, O_ADMINPORT, O_ABORTCLOSE, O_HELP
 };
 
 static const struct option opts[] = {
@@ -82,6 +84,7 @@ static const struct option opts[] = {
     {"redis-master", 1, 0, O_MASTER},     {"redis-reread-ms", 1, 0, O_REREAD}, {"instance-id", 1, 0, O_INSTANCE},
     {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"max-conns-per-worker", 1, 0, O_MAXCONNS},
     {"admin-listen", 1, 0, O_ADMIN},      {"admin-port-file", 1, 0, O_ADMINPORT}, {"help", 0, 0, O_HELP},
+    {"abort-on-client-close", 0, 0, O_ABORTCLOSE},
     {0, 0, 0, 0}};
 
 /* An option that takes a string or a list entry: 1 when taken, 0 when <c> is not one,
@@ -100,6 +103,7 @@ static int text_option(ib_proxy_config_t *cfg, int c, const char *arg)
     case O_ADMIN: cfg->admin_listen = arg; return 1;
     case O_ADMINPORT: cfg->admin_port_file = arg; return 1;
     case O_NOWB: cfg->no_writeback = 1; return 1;
+    case O_ABORTCLOSE: cfg->abort_on_client_close = 1; return 1;
     case O_SENTINEL:
         if (cfg->nredis_sentinels == 8) {
             fprintf(stderr, "ibrain: at most 8 --redis-sentinel\n");

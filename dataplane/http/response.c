@@ -109,6 +109,7 @@ int ib_http_body_feed(ib_http_body_t *b, char *p, size_t *n)
 {
     switch (b->framing) {
     case IB_FRAMING_NONE:
+        b->trailing |= *n > 0;
         *n = 0;
         return 1;
     case IB_FRAMING_CLOSE:
@@ -116,6 +117,7 @@ int ib_http_body_feed(ib_http_body_t *b, char *p, size_t *n)
     case IB_FRAMING_LENGTH: {
         assert(b->remaining > 0 || b->done);
         size_t take = (int64_t)*n < b->remaining ? *n : (size_t)b->remaining;
+        b->trailing |= take < *n;
         b->remaining -= (int64_t)take;
         *n = take; /* bytes past the body are not ours to relay */
         b->done = b->remaining == 0;
@@ -123,6 +125,7 @@ int ib_http_body_feed(ib_http_body_t *b, char *p, size_t *n)
     }
     case IB_FRAMING_CHUNKED: {
         if (b->done) {
+            b->trailing |= *n > 0;
             *n = 0;
             return 1;
         }
@@ -130,6 +133,7 @@ int ib_http_body_feed(ib_http_body_t *b, char *p, size_t *n)
         if (rc == -1)
             return -1;
         b->done = rc >= 0;
+        b->trailing |= rc > 0;
         return b->done;
     }
     }

@@ -92,9 +92,12 @@ static void finish_exchange(ib_worker_t *w, ib_client_t *c)
 {
     assert(c->state == IB_C_UPSTREAM && c->head_sent && c->replica >= 0);
     int until_close = c->resp_body.framing == IB_FRAMING_CLOSE;
+    /* Not reusable when bytes followed the body (they would answer the next request) or
+     * when the replica answered before it had our whole request. */
+    int clean = !c->resp_body.trailing && c->up != NULL && c->up->send_off == c->upreq.len;
     ib_replica_ok(w->px, &w->px->replicas[c->replica]);
     release_inflight(w, c);
-    detach_upstream(w, c, c->up_keepalive && !until_close);
+    detach_upstream(w, c, c->up_keepalive && !until_close && clean);
     ib_count_request(w, c, c->status);
     if (!c->keepalive || w->draining || until_close)
         c->close_after_send = 1;
@@ -112,8 +115,10 @@ void ib_exchange_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_error k
     ib_upstream_t *u = c->up;
     int stale_reuse = u != NULL && u->reused && kind == IB_UPERR_IO && c->resp_head.len == 0;
     ib_counter_add(&w->m.upstream_errors[c->replica][c->head_sent ? IB_UPERR_MIDSTREAM : kind], 1);
-    /* A pooled connection that the replica had already closed is not the replica's fault. */
-    if (!stale_reuse)
+    /* A pooled connection that the replica had already closed is not the replica's fault;
+     * a hung replica's health is the prober's to judge (one hang would otherwise count
+     * once per exchange it held, and push its ejections to their longest). */
+    if (!stale_reuse && kind != IB_UPERR_UNRESPONSIVE)
         ib_replica_failed(w->px, &w->px->replicas[c->replica], ib_now_ns());
     release_inflight(w, c);
     detach_upstream(w, c, 0);
@@ -149,11 +154,15 @@ void ib_exchange_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_error k
 
 /* ---- the request ---- */
 
-static void build_upstream_request(ib_worker_t *w, ib_client_t *c)
+/* 0, or -1 when the room for it cannot be had (the body is the client's size). */
+static int build_upstream_request(ib_worker_t *w, ib_client_t *c)
 {
     const ib_replica_t *r = &w->px->replicas[c->replica];
     ib_buf_t *b = &c->upreq;
     ib_buf_reset(b);
+    if (ib_buf_try_reserve(b, c->method_path.len + c->fwd_headers.len + c->body.len + 512 + sizeof(r->hostport) +
+                                  sizeof(r->name) + sizeof(c->request_id)) != 0)
+        return -1; /* the appends below then fit: none of them allocates */
     ib_buf_append(b, c->method_path.ptr, c->method_path.len);
     IB_APPEND_LIT(b, " HTTP/1.1\r\nHost: ");
     ib_append_str(b, r->hostport);
@@ -167,6 +176,7 @@ static void build_upstream_request(ib_worker_t *w, ib_client_t *c)
     ib_append_uint(b, c->body.len, 10);
     IB_APPEND_LIT(b, "\r\n\r\n");
     ib_buf_append(b, c->body.ptr, c->body.len);
+    return 0;
 }
 
 /* Counts the request on <replica>: in flight, and the prefill work it queues there (the
@@ -199,7 +209,11 @@ void ib_exchange_dispatch(ib_worker_t *w, ib_client_t *c, int replica)
     assert(replica < IB_MAX_REPLICAS);
     count_on(w, c, replica);
     ib_buf_reset(&c->resp_head);
-    build_upstream_request(w, c);
+    if (build_upstream_request(w, c) != 0) {
+        release_inflight(w, c);
+        ib_respond_error(w, c, 503, "ibrain is out of memory", "server_error", NULL, NULL, "Retry-After: 1");
+        return;
+    }
     ib_upstream_t *u = ib_upstream_take(w, replica);
     if (u == NULL && (u = ib_upstream_connect(w, replica)) == NULL) {
         ib_counter_add(&w->m.upstream_errors[replica][IB_UPERR_CONNECT], 1);
@@ -211,6 +225,7 @@ void ib_exchange_dispatch(ib_worker_t *w, ib_client_t *c, int replica)
     c->up = u;
     u->client = c;
     u->send_off = 0;
+    u->last_rx_ns = ib_now_ns();
     c->state = IB_C_UPSTREAM;
     if (u->state == IB_U_CONNECTING) {
         u->deadline_ns = ib_deadline(w->px->cfg.connect_timeout_ms);
@@ -238,7 +253,7 @@ static void send_head(ib_worker_t *w, ib_client_t *c, const ib_http_resp_t *r)
         const struct phr_header *h = &r->headers[i];
         if (ib_http_is_hop_by_hop(h) || ib_http_name_is(h, "x-request-id") || ib_http_name_is(h, "server"))
             continue;
-        if (c->client_chunked && ib_http_name_is(h, "content-length"))
+        if (r->framing == IB_FRAMING_CHUNKED && ib_http_name_is(h, "content-length"))
             continue; /* a chunked body's Content-Length is not the length we send */
         ib_buf_append(o, h->name, h->name_len);
         ib_buf_append(o, ": ", 2);
@@ -311,7 +326,8 @@ static int relay_body(ib_client_t *c, char *p, size_t n)
 static void on_data(ib_worker_t *w, ib_upstream_t *u, char *p, size_t n)
 {
     ib_client_t *c = u->client;
-    u->deadline_ns = ib_deadline(w->px->cfg.upstream_timeout_ms);
+    u->last_rx_ns = ib_now_ns();
+    u->deadline_ns = u->last_rx_ns + (uint64_t)w->px->cfg.upstream_timeout_ms * 1000000ull;
     int done;
     if (!c->head_sent) {
         if (ib_buf_try_append(&c->resp_head, p, n) != 0) {

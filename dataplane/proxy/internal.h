@@ -177,6 +177,7 @@ typedef struct ib_upstream {
     struct ib_client *client;     /* the exchange it carries (IB_U_BUSY, IB_U_CONNECTING) */
     size_t send_off;
     uint64_t deadline_ns;
+    uint64_t last_rx_ns;          /* when it last sent us a byte (or was given its request) */
     struct ib_upstream *next_idle;
     uint32_t epoch;               /* the replica slot's epoch when connected */
 } ib_upstream_t;
@@ -247,6 +248,7 @@ typedef struct ib_worker {
     uint64_t drain_deadline_ns;
     uint64_t next_request_id;
     int accept_paused;                /* accepts wait for accept_resume_ns (out of descriptors) */
+    int admin_paused;                 /* and so does the admin listener's */
     uint32_t accept_backoff_ms;       /* 0 while accepts succeed */
     uint64_t accept_resume_ns;
     struct ib_client *clients;        /* every open client connection (for timeouts), newest first */

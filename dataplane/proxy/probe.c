@@ -42,6 +42,8 @@ static uint32_t take_targets(ib_proxy_t *px, target_t *t)
     return n;
 }
 
+static void apply_result(ib_proxy_t *px, ib_replica_t *r, const target_t *t, int alive, int timed_out, int status);
+
 static void probe_one(ib_proxy_t *px, const target_t *t, ib_buf_t *body)
 {
     ib_replica_t *r = &px->replicas[t->slot];
@@ -51,9 +53,20 @@ static void probe_one(ib_proxy_t *px, const target_t *t, ib_buf_t *body)
     /* No answer within the probe's time is a hang; a refused or closed connection is a
      * replica that is down or draining, whose streams may still be finishing. */
     int timed_out = status < 0 && ib_now_ns() - t0 >= (uint64_t)px->cfg.probe_ms * 900000ull;
-    if (atomic_load(&r->epoch) != t->epoch)
-        return; /* the slot has another replica now */
-    if (status == 200) {
+    /* Any answer below 500 is a live server (an engine without /health answers 404);
+     * a 5xx is an engine saying it is not well. */
+    int alive = status >= 200 && status < 500;
+    /* Applied under the table lock, so that a slot given to another replica meanwhile
+     * (rtab.c, same lock) does not take this one's verdict. */
+    pthread_mutex_lock(&px->rtab_lock);
+    if (atomic_load(&r->epoch) == t->epoch)
+        apply_result(px, r, t, alive, timed_out, status);
+    pthread_mutex_unlock(&px->rtab_lock);
+}
+
+static void apply_result(ib_proxy_t *px, ib_replica_t *r, const target_t *t, int alive, int timed_out, int status)
+{
+    if (alive) {
         atomic_store_explicit(&r->probe_failures, 0, memory_order_relaxed);
         atomic_store_explicit(&r->probe_timeouts, 0, memory_order_relaxed);
         atomic_store(&r->hung, 0);
@@ -68,7 +81,7 @@ static void probe_one(ib_proxy_t *px, const target_t *t, ib_buf_t *body)
     uint32_t limit = px->cfg.eject_after_failures;
     if (fails >= limit && !atomic_exchange(&r->unresponsive, 1))
         fprintf(stderr, "ibrain: replica %s failed %u health probes in a row (%s): unresponsive, new requests go "
-                        "elsewhere\n", t->name, fails, timed_out ? "no answer" : status < 0 ? "refused" : "not 200");
+                        "elsewhere\n", t->name, fails, timed_out ? "no answer" : status < 0 ? "refused" : "5xx");
     if (hangs >= limit && !atomic_exchange(&r->hung, 1))
         fprintf(stderr, "ibrain: replica %s hangs (%u probes unanswered): the requests it holds go elsewhere\n", t->name,
                 hangs);

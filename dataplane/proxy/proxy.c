@@ -106,16 +106,15 @@ int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoi
     w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
     int best = ib_route_least(load, usable, n, w->rng);
     if (best < 0 && fallback < 0 && avoid < 0) {
-        /* Every candidate is ejected: try the one whose ejection ends first rather than
-         * failing every request until then. */
-        uint64_t soonest = UINT64_MAX;
+        /* Every candidate is ejected or unresponsive: try the one whose ejection ends
+         * first (ties, such as replicas all unresponsive and none ejected, spread at
+         * random) rather than failing every request until then. */
         for (uint32_t i = 0; i < n; i++) {
-            if (!ib_mask_has(cand, i))
-                continue;
+            usable[i] = ib_mask_has(cand, i);
             uint64_t until = atomic_load_explicit(&px->replicas[i].ejected_until_ns, memory_order_relaxed);
-            if (until < soonest)
-                soonest = until, best = (int)i;
+            load[i] = until > now ? (int64_t)((until - now) / 1000000) : 0;
         }
+        best = ib_route_least(load, usable, n, w->rng >> 1);
     }
     return best >= 0 ? best : fallback;
 }

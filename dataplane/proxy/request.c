@@ -205,6 +205,10 @@ void ib_request_input(ib_worker_t *w, ib_client_t *c)
 {
     while (!c->closing && !c->close_after_send) {
         if (c->state == IB_C_HEAD) {
+            /* Answers the client does not read pile up: further pipelined requests wait
+             * (on_client_send resumes them), and c->in fills to its cap. */
+            if (ib_out_pending(c) > IB_OUT_HIGH_WATER)
+                return;
             if (c->in.len == 0 || read_head(w, c) <= 0)
                 return;
         }

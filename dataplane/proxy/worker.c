@@ -157,10 +157,21 @@ static void on_accept(ib_worker_t *w, struct io_uring_cqe *cqe)
  * counted against the cap, so that they answer when the clients fill it. */
 static void on_accept_admin(ib_worker_t *w, struct io_uring_cqe *cqe)
 {
-    if (!(cqe->flags & IORING_CQE_F_MORE) && !w->draining)
+    int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    if (cqe->res < 0) {
+        int err = -cqe->res;
+        if (!more && !w->draining) {
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                accept_failed(w, err); /* the same back-off: the tick re-arms both */
+                w->admin_paused = 1;
+            } else {
+                arm_accept_admin(w);
+            }
+        }
+        return;
+    }
+    if (!more && !w->draining)
         arm_accept_admin(w);
-    if (cqe->res < 0)
-        return; /* the client listener's back-off covers a descriptor shortage */
     if (w->draining) {
         close(cqe->res);
         return;
@@ -239,20 +250,23 @@ static void on_client_recv(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
             arm_client_recv(w, c);
         return;
     }
-    if (c->state == IB_C_BODY || (c->state == IB_C_HEAD && c->in.len > 0)) {
-        c->status = 400;
-        ib_count_request(w, c, 400); /* a truncated request */
-        ib_client_close(w, c);
-        return;
-    }
     /* EOF after a complete request: a half-close (shutdown(SHUT_WR)) or a client gone
-     * altogether, which the server cannot tell apart. The request in progress is
-     * answered, then the connection closed; a client that is really gone shows itself by
-     * the first send that fails. An error, or EOF with nothing in progress, closes now. */
-    if (cqe->res == 0 && !c->closing && (c->state == IB_C_UPSTREAM || c->sending || ib_out_pending(c) > 0)) {
+     * altogether, which the server cannot tell apart. The request being answered is
+     * answered, then the connection closed (bytes of a later request it left are
+     * dropped); a client that is really gone shows itself by the first send that fails.
+     * With --abort-on-client-close, a proxied request is abandoned instead, sparing the
+     * replica a whole generation for nobody (HAProxy's abortonclose). */
+    int answering = c->state == IB_C_UPSTREAM || c->sending || ib_out_pending(c) > 0;
+    if (cqe->res == 0 && !c->closing && answering &&
+        !(c->state == IB_C_UPSTREAM && w->px->cfg.abort_on_client_close)) {
         c->keepalive = 0;
         c->close_after_send = 1;
+        c->in.len = 0;
         return;
+    }
+    if (!answering && (c->state == IB_C_BODY || (c->state == IB_C_HEAD && c->in.len > 0))) {
+        c->status = 400;
+        ib_count_request(w, c, 400); /* a truncated request */
     }
     ib_client_close(w, c);
 }
@@ -282,6 +296,9 @@ static void on_client_send(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
         c->upstream_blocked = 0;
         ib_upstream_arm_recv(w, c->up);
     }
+    /* Pipelined requests parked while the answers piled up (ib_request_input). */
+    if (!c->closing && c->state == IB_C_HEAD && c->in.len > 0 && ib_out_pending(c) <= IB_OUT_HIGH_WATER / 2)
+        ib_request_input(w, c);
 }
 
 /* The data of a receive is in a provided buffer, recycled once the exchange took it. */
@@ -304,9 +321,11 @@ static void check_timeouts(ib_worker_t *w, uint64_t now)
         if (c->closing)
             continue;
         if (c->state == IB_C_UPSTREAM && c->up != NULL) {
-            /* A replica that hangs (its health probes unanswered) holds this exchange:
-             * retried elsewhere before the first byte, ended cleanly after it. */
-            if (atomic_load_explicit(&w->px->replicas[c->up->replica].hung, memory_order_relaxed))
+            /* A replica that hangs (its health probes unanswered) holds this exchange, and
+             * has sent nothing for it for as long: retried elsewhere before the first
+             * byte, ended cleanly after it. A stream still flowing is left alone. */
+            if (atomic_load_explicit(&w->px->replicas[c->up->replica].hung, memory_order_relaxed) &&
+                now - c->up->last_rx_ns >= (uint64_t)w->px->cfg.probe_ms * w->px->cfg.eject_after_failures * 1000000ull)
                 ib_exchange_failed(w, c, IB_UPERR_UNRESPONSIVE, 0);
             else if (now > c->up->deadline_ns)
                 ib_exchange_failed(w, c, c->up->state == IB_U_CONNECTING ? IB_UPERR_CONNECT : IB_UPERR_TIMEOUT,
@@ -393,6 +412,10 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
         if (w->accept_paused && !w->draining && ib_now_ns() >= w->accept_resume_ns) {
             w->accept_paused = 0;
             arm_accept(w);
+            if (w->admin_paused) {
+                w->admin_paused = 0;
+                arm_accept_admin(w);
+            }
         }
         if (w->id == 0) {
             const ib_rtab_t *rt = atomic_load_explicit(&w->px->rtab, memory_order_acquire);

@@ -74,6 +74,7 @@ typedef struct ib_http_body {
     ib_http_framing_t framing;
     int64_t remaining;                 /* LENGTH: bytes still to come */
     int done;
+    int trailing;                      /* bytes came after the body's end (dropped) */
     struct phr_chunked_decoder dec;    /* CHUNKED */
 } ib_http_body_t;
 

@@ -90,6 +90,7 @@ typedef struct ib_proxy_config {
     const char *admin_listen;       /* "HOST:PORT" of the admin listener (/health /ready /metrics /v1/models,
                                      * not counted against the cap), or NULL */
     const char *admin_port_file;
+    int abort_on_client_close;      /* EOF from a client abandons its proxied request (default: answer it) */
     uint32_t busy_poll_us;          /* a worker with nothing to do polls its ring this long before sleeping
                                      * (0: sleeps at once); see docs/operations.md, Latency */
     /* routing (the workload in standalone mode) */

@@ -83,7 +83,40 @@ body = b'{"model":"mock","messages":[{"role":"user","content":"hi"}],"max_tokens
 r = ask(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
         % (len(body), body))
 assert r.startswith(b"HTTP/1.1 200") and b"chat.completion" in r, r[:300]
+# A stray CRLF after the request, then the half-close: still answered, no 400 counted.
+r = ask(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n\r\n")
+assert r.startswith(b"HTTP/1.1 200"), r[:200]
 print("half-close: answered")
+PY
+ib_expect_eq "no 400 for a stray CRLF" "$(ib_metric "http://127.0.0.1:$port/metrics" 'ibrain_requests_total{route="none",status="400"}')" ""
+
+# A client that pipelines requests and never reads its answers: the answers stop piling
+# up at the output's high-water mark, the input fills to its cap, and the client is
+# closed; ibrain's memory stays bounded (each /metrics answer is kilobytes).
+/usr/bin/python3 - "$port" "${IB_PID[ib]}" <<'PY' || ib_fail "pipelining without reading"
+import socket, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+def rss_mb():
+    for l in open("/proc/%d/status" % pid):
+        if l.startswith("VmRSS:"):
+            return int(l.split()[1]) / 1024
+before = rss_mb()
+s = socket.create_connection(("127.0.0.1", port))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.settimeout(5)
+req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+sent, closed = 0, False
+t0 = time.monotonic()
+while sent < 64 << 20 and time.monotonic() - t0 < 20:
+    try:
+        sent += s.send(req)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        closed = True
+        break
+after = rss_mb()
+assert closed, "a client pipelining %d MB without reading was never closed" % (sent >> 20)
+assert after - before < 64, "ibrain grew %.0f MB for one client (%.0f -> %.0f)" % (after - before, before, after)
+print("pipelining without reading: closed after %.1f MB sent, ibrain grew %.1f MB" % (sent / 1048576, after - before))
 PY
 ib_expect_eq "in flight after the half-closes" "$(ib_metric "http://127.0.0.1:$port/metrics" 'ibrain_replica_in_flight{replica="e1"}')" 0
 # 3. A hung replica: probes every 300 ms, unresponsive after 3 failures. Round-robin
