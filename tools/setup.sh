@@ -13,7 +13,7 @@ debs=(
   libprotobuf-c-dev protobuf-c-compiler libh2o-evloop-dev libssl-dev
   libcmocka-dev libgrpc-dev libjwt-dev libpcre2-dev libutf8proc-dev
   redis-server redis-sentinel redis-tools
-  python3 python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
+  python3 python3-venv python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
   prometheus curl procps iproute2 util-linux
   nginx-light haproxy wrk linux-perf
 )
@@ -42,5 +42,14 @@ if [ ! -f "$npmdir/node_modules/.ibrain-ok" ] || \
   echo "setup: installing npm packages into third_party/npm"
   (cd "$npmdir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
   cp "$npmdir/package.json" "$npmdir/node_modules/.ibrain-ok"
+fi
+# Python packages (tools/requirements-interop.txt: the openai SDK), pinned, into a venv of
+# the project's outside the tree (Debian's python3), never into the system.
+venv=${IB_VENV:-$HOME/.cache/ibrain/venv}
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$top/tools/requirements-interop.txt" "$venv/.ibrain-ok"; then
+  echo "setup: installing Python packages into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$top/tools/requirements-interop.txt"
+  cp "$top/tools/requirements-interop.txt" "$venv/.ibrain-ok"
 fi
 echo "setup: all dependencies present"

@@ -1,5 +1,6 @@
-# Clients nobody here wrote, through ibrain: the openai npm SDK (streaming and not, and
-# the engine's errors surfacing as typed SDK errors), and promtool on ibrain's /metrics.
+# Clients nobody here wrote, through ibrain: the openai npm SDK and the openai Python SDK
+# (sync and async, streaming and not, and the engine's errors surfacing as typed SDK
+# errors), and promtool on ibrain's /metrics.
 source "$IB_SRC/tests/lib/proc.sh"
 
 sdk="$IB_SRC/third_party/npm/node_modules/openai"
@@ -11,6 +12,11 @@ base="http://127.0.0.1:$(ib_port ib)"
 node "$IB_SRC/tests/interop/openai_sdk.cjs" "$sdk" "$base/v1" qwen3-demo >"$IB_TMP/sdk.log" 2>&1 ||
   ib_fail "openai SDK through ibrain: $(cat "$IB_TMP/sdk.log")"
 cat "$IB_TMP/sdk.log"
+venv=${IB_VENV:-$HOME/.cache/ibrain/venv}
+[ -x "$venv/bin/python" ] || ib_fail "the project's Python venv is missing: run tools/setup.sh"
+"$venv/bin/python" "$IB_SRC/tests/interop/openai_sdk.py" "$base/v1" qwen3-demo >"$IB_TMP/sdk-py.log" 2>&1 ||
+  ib_fail "openai Python SDK through ibrain: $(cat "$IB_TMP/sdk-py.log")"
+cat "$IB_TMP/sdk-py.log"
 curl -s "$base/metrics" >"$IB_TMP/metrics.txt"
 promtool check metrics <"$IB_TMP/metrics.txt" >"$IB_TMP/promtool.log" 2>&1 || ib_fail "promtool: $(cat "$IB_TMP/promtool.log")"
 grep -q '^ibrain_requests_total{route="/v1/chat/completions",status="200"} [1-9]' "$IB_TMP/metrics.txt" ||
