@@ -33,7 +33,13 @@ for i, turns in enumerate(convs):
     for t in turns[1:]:
         assert t["reason"] == "affinity", "turn routed by %s: %s" % (t["reason"], turns)
         assert t["cached"] > 0, "the engine saw no cache hit on a follow-up turn: %s" % turns
-assert len(replicas_used) >= 3, "8 conversations used only %s" % replicas_used
+# New conversations are not herded onto the replica holding the shared system prompt (it
+# is under min_match): they go where it costs least, and with the fleet idle between
+# conversations (they run one after another) every replica costs the same, so each takes
+# a replica uniformly at random. Herding would put all 8 on one; 8 uniform picks land on
+# one replica with probability 4/4^8 (1 run in 16,384), on at most two with 2.3% (which
+# the earlier ">= 3" failed on, about once in 43 runs).
+assert len(replicas_used) >= 2, "8 conversations all went to %s" % replicas_used
 print("conversations stayed put; replicas used:", sorted(replicas_used))
 PY
 
