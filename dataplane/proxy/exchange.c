@@ -225,14 +225,15 @@ void ib_exchange_dispatch(ib_worker_t *w, ib_client_t *c, int replica)
     c->up = u;
     u->client = c;
     u->send_off = 0;
-    u->last_rx_ns = ib_now_ns();
+    uint64_t now = ib_now_ns(); /* one clock read for the silence mark and the deadline */
+    u->last_rx_ns = now;
     c->state = IB_C_UPSTREAM;
     if (u->state == IB_U_CONNECTING) {
-        u->deadline_ns = ib_deadline(w->px->cfg.connect_timeout_ms);
+        u->deadline_ns = now + (uint64_t)w->px->cfg.connect_timeout_ms * 1000000ull;
         return; /* the send follows the connect */
     }
     u->state = IB_U_BUSY;
-    u->deadline_ns = ib_deadline(w->px->cfg.upstream_timeout_ms);
+    u->deadline_ns = now + (uint64_t)w->px->cfg.upstream_timeout_ms * 1000000ull;
     ib_upstream_send(w, u);
     if (!u->recv_armed)
         ib_upstream_arm_recv(w, u);
