@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# A real single-node Kubernetes on this machine, for the tests and for trying ibrain's
+# kubernetes driver: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built by
+# tools/k8s/build.sh), containerd + runc + the CNI bridge plugin (Debian), and a kubelet that
+# runs the pods for real. Images come from tools/k8s/image/build.sh (no registry is needed).
+#
+#   cluster.sh up DIR     start everything with its state, certificates and logs in DIR;
+#                         writes DIR/env (KUBECONFIG, ports, pod network) and waits until the
+#                         node is Ready and the images are imported. Loopback ports are chosen
+#                         at run time; pods get addresses on a bridge this script makes.
+#   cluster.sh down DIR   stop it by the PIDs in DIR, remove its pods' containers, mounts,
+#                         network and cgroups, and leave DIR for the logs.
+#
+# One cluster at a time on a machine: the kubelet's cgroups (kubepods) and containerd's shim
+# directory are machine-wide. The pod network is ${IB_K8S_POD_CIDR:-10.233.0.0/24} on bridge
+# ibk8s0; its first address is the node's IP. Nothing leaves this machine: no masquerade, no
+# route out, and the bridge has no uplink.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+K8S_VERSION=${K8S_VERSION:-v1.37.2}
+ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
+CACHE=${IBRAIN_K8S_CACHE:-$HOME/.cache/ibrain/k8s}
+KBIN=$CACHE/bin/kubernetes-$K8S_VERSION
+EBIN=$CACHE/bin/etcd-$ETCD_VERSION
+NODE=ibrain-node
+BRIDGE=ibk8s0
+POD_PREFIX=${IB_K8S_POD_PREFIX:-10.233.0}
+NODE_IP=$POD_PREFIX.1
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now_ms() { date +%s%3N; }
+
+# start NAME CMD...: in the background, in its own process group, logging to DIR/logs/NAME.log
+start() {
+  local name=$1; shift
+  setsid "$@" >"$D/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$D/pids/$name"
+}
+
+# wait_for WHAT SECONDS CMD...: until CMD succeeds, or fail naming WHAT and the logs
+wait_for() {
+  local what=$1 secs=$2 i; shift 2
+  for ((i = 0; i < secs * 10; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "cluster.sh: $what not ready after ${secs}s; last lines of the logs:" >&2
+  tail -n 15 "$D"/logs/*.log >&2 || true
+  return 1
+}
+
+kctl() { kubectl --kubeconfig "$D/pki/admin.kubeconfig" "$@"; }
+
+up() {
+  [[ -x $KBIN/kubelet && -x $EBIN/etcd ]] || die "no Kubernetes $K8S_VERSION binaries in $CACHE (run tools/k8s/build.sh)"
+  for b in containerd runc ctr /usr/lib/cni/bridge kubectl; do
+    command -v "$b" >/dev/null || die "$b missing (run tools/setup.sh)"
+  done
+  [[ $(id -u) -eq 0 ]] || die "needs root (containers, bridge, cgroups)"
+  ! ip link show "$BRIDGE" >/dev/null 2>&1 || die "bridge $BRIDGE exists: another cluster runs (cluster.sh down DIR)"
+  local t0; t0=$(now_ms)
+  mkdir -p "$D"/{logs,pids,etcd,kubelet,cni/net.d,cni/ipam,containerd}
+  D=$(cd "$D" && pwd)
+
+  local etcd_port etcd_peer api_port kubelet_port healthz_port kcm_port sched_port
+  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+  kubelet_port=$(free_port); healthz_port=$(free_port); kcm_port=$(free_port); sched_port=$(free_port)
+  local url=https://127.0.0.1:$api_port
+  rm -f "$D"/pki/*.kubeconfig   # they name the API server's port, new each run
+  bash "$HERE/certs.sh" "$D/pki" "$NODE" "$NODE_IP" 10.96.0.1 "$url" 2>/dev/null
+  local P=$D/pki
+
+  # --- the pod network: a bridge of our own, the node's address on it ----------------
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$NODE_IP/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  cat > "$D/cni/net.d/10-ibrain.conflist" <<EOF
+{"cniVersion": "0.4.0", "name": "ibrain-pods",
+ "plugins": [
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$D/cni/ipam",
+            "ranges": [[{"subnet": "$POD_PREFIX.0/24", "rangeStart": "$POD_PREFIX.10", "gateway": "$NODE_IP"}]]}},
+  {"type": "loopback"}
+ ]}
+EOF
+
+  # --- containerd (its own root, state and socket) ------------------------------------
+  cat > "$D/containerd/config.toml" <<EOF
+version = 2
+root = "$D/containerd/root"
+state = "$D/containerd/state"
+[grpc]
+  address = "$D/containerd/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "ibrain.local/pause:1"
+  enable_unprivileged_ports = true
+  # this machine withholds CAP_SYS_RESOURCE: nothing here may lower an oom_score_adj below
+  # its own, and runc fails a sandbox that asks for -998 ("can't get final child's PID")
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$D/cni/net.d"
+EOF
+  start containerd containerd --config "$D/containerd/config.toml"
+  wait_for containerd 20 ctr --address "$D/containerd/containerd.sock" version
+
+  # --- images: built here, imported into the CRI's namespace ------------------------------
+  local images=${IB_K8S_IMAGES:-$CACHE/images}
+  for tar in "$images"/*.tar; do
+    [[ -e $tar ]] || die "no images in $images (run tools/k8s/image/build.sh)"
+    ctr --address "$D/containerd/containerd.sock" -n k8s.io images import --no-unpack=false "$tar" >/dev/null \
+      || die "ctr images import $tar failed"
+  done
+
+  # --- etcd and the control plane ------------------------------------------------------
+  start etcd "$EBIN/etcd" --name=ibrain --data-dir="$D/etcd" --unsafe-no-fsync \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
+    --initial-cluster="ibrain=http://127.0.0.1:$etcd_peer" --listen-metrics-urls="" \
+    --quota-backend-bytes=1073741824 --log-level=warn
+  start kube-apiserver "$KBIN/kube-apiserver" \
+    --bind-address=127.0.0.1 --secure-port="$api_port" --advertise-address=127.0.0.1 \
+    --endpoint-reconciler-type=none --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" --client-ca-file="$P/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
+    --api-audiences=https://kubernetes.default.svc.cluster.local \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --kubelet-client-certificate="$P/apiserver-kubelet-client.crt" --kubelet-client-key="$P/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$P/ca.crt" --kubelet-preferred-address-types=InternalIP,Hostname \
+    --anonymous-auth=false --profiling=false
+  wait_for kube-apiserver 60 kctl get --raw /readyz
+  start kube-controller-manager "$KBIN/kube-controller-manager" \
+    --kubeconfig="$P/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$P/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$P/kube-controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$P/sa.key" --root-ca-file="$P/ca.crt" \
+    --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key" \
+    --controllers=deployment-controller,replicaset-controller,endpointslice-controller,garbage-collector-controller,serviceaccount-token-controller,serviceaccount-controller,namespace-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,node-lifecycle-controller
+  cat > "$D/scheduler.yaml" <<EOF
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: $P/kube-scheduler.kubeconfig
+leaderElection:
+  leaderElect: false
+EOF
+  start kube-scheduler "$KBIN/kube-scheduler" --config="$D/scheduler.yaml" \
+    --authentication-kubeconfig="$P/kube-scheduler.kubeconfig" --authorization-kubeconfig="$P/kube-scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$sched_port"
+
+  # --- the kubelet -----------------------------------------------------------------------
+  cat > "$D/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://$D/containerd/containerd.sock
+failSwapOn: false
+address: 127.0.0.1
+port: $kubelet_port
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $healthz_port
+tlsCertFile: $P/kubelet-serving.crt
+tlsPrivateKeyFile: $P/kubelet-serving.key
+rotateCertificates: false
+serverTLSBootstrap: false
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $P/ca.crt}
+authorization:
+  mode: Webhook
+clusterDomain: cluster.local
+resolvConf: /etc/resolv.conf
+cgroupsPerQOS: true
+enforceNodeAllocatable: ["pods"]
+registerNode: true
+maxPods: 40
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+evictionHard:
+  memory.available: "100Mi"
+  nodefs.available: "1%"
+  imagefs.available: "1%"
+syncFrequency: 10s
+nodeStatusUpdateFrequency: 5s
+EOF
+  start kubelet "$KBIN/kubelet" --config="$D/kubelet.yaml" --kubeconfig="$P/kubelet.kubeconfig" \
+    --hostname-override="$NODE" --node-ip="$NODE_IP" --root-dir="$D/kubelet" --cert-dir="$D/kubelet/pki"
+  wait_for "node $NODE" 90 kctl wait --for=condition=Ready "node/$NODE" --timeout=1s
+  wait_for "the default service account" 30 kctl get serviceaccount default
+
+  cat > "$D/env" <<EOF
+KUBECONFIG=$P/admin.kubeconfig
+IB_K8S_API=$url
+IB_K8S_CA=$P/ca.crt
+IB_K8S_NODE=$NODE
+IB_K8S_NODE_IP=$NODE_IP
+IB_K8S_POD_PREFIX=$POD_PREFIX
+IB_K8S_CONTAINERD=$D/containerd/containerd.sock
+IB_K8S_ETCD=http://127.0.0.1:$etcd_port
+EOF
+  echo "cluster.sh: up in $(( $(now_ms) - t0 )) ms; source $D/env" >&2
+}
+
+# stop NAME [SIGNAL]: the process group started by start(), waited for up to 10 s
+stop() {
+  local name=$1 sig=${2:-TERM} pid i
+  [[ -s $D/pids/$name ]] || return 0
+  pid=$(cat "$D/pids/$name")
+  kill -"$sig" -- -"$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- -"$pid" 2>/dev/null || true
+  rm -f "$D/pids/$name"
+}
+
+down() {
+  [[ -d $D ]] || die "$D: no such directory"
+  D=$(cd "$D" && pwd)
+  stop kubelet
+  local sock=$D/containerd/containerd.sock
+  if [[ -S $sock ]] && [[ -s $D/pids/containerd ]]; then
+    # the pods' containers: stop them while containerd still knows them
+    for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr --address "$sock" -n k8s.io tasks kill -s KILL "$t" >/dev/null 2>&1 || true
+    done
+    sleep 0.5
+    for t in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr --address "$sock" -n k8s.io tasks delete -f "$t" >/dev/null 2>&1 || true
+    done
+  fi
+  stop kube-scheduler; stop kube-controller-manager; stop kube-apiserver; stop etcd
+  stop containerd
+  # shims are daemons of their own (containerd-shim-runc-v2 -address OUR SOCKET)
+  pkill -KILL -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null || true
+  # network namespaces and mounts left under DIR (pod sandboxes, kubelet volumes, rootfs)
+  grep -o " $D/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  # the pods' cgroups (empty now) under every v1 controller
+  for ctl in /sys/fs/cgroup/*/kubepods; do
+    [[ -d $ctl ]] && find "$ctl" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  echo "cluster.sh: down; logs in $D/logs" >&2
+}
+
+cmd=${1:-}; D=${2:-}
+[[ -n $D ]] || die "usage: cluster.sh up|down DIR"
+case $cmd in
+  up) up ;;
+  down) down ;;
+  *) die "usage: cluster.sh up|down DIR" ;;
+esac
