@@ -16,6 +16,7 @@ debs=(
   libcmocka-dev libgrpc-dev libjwt-dev libpcre2-dev libutf8proc-dev
   redis-server redis-sentinel redis-tools
   python3 python3-venv python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
+  libcurl4-openssl-dev libyaml-dev
   prometheus curl procps iproute2 util-linux
   nginx-light haproxy wrk linux-perf
 )

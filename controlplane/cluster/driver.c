@@ -7,6 +7,8 @@
 const ib_driver_entry_t ib_drivers[] = {
     {.name = "local", .summary = "one ib-manager child process per replica, on this machine",
      .create = ib_driver_local_new},
+    {.name = "kubernetes", .summary = "a Deployment + headless Service + ConfigMap per workload, by server-side apply",
+     .create = ib_driver_kubernetes_new},
     {.name = NULL},
 };
 

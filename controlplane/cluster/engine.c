@@ -47,7 +47,7 @@ int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, 
         if (w->context_length)
             rc |= add(out, cap, &n, " --max-model-len %u", w->context_length);
     } else if (strcmp(e, "vllm") == 0) {
-        rc |= add(out, cap, &n, "vllm serve {weights} --served-model-name {model} --host 127.0.0.1 --port {port}");
+        rc |= add(out, cap, &n, "vllm serve {weights} --served-model-name {model} --host {host} --port {port}");
         if (w->block_size)
             rc |= add(out, cap, &n, " --block-size %u", w->block_size);
         if (w->context_length)
@@ -55,7 +55,7 @@ int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, 
     } else if (strcmp(e, "sglang") == 0) {
         rc |= add(out, cap, &n,
                   "python3 -m sglang.launch_server --model-path {weights} --served-model-name {model} "
-                  "--host 127.0.0.1 --port {port}");
+                  "--host {host} --port {port}");
         if (w->context_length)
             rc |= add(out, cap, &n, " --context-length %u", w->context_length);
     } else if (strcmp(e, "custom") == 0) {

@@ -23,6 +23,16 @@ static void usage(FILE *f)
                "  --http-port-file F   write that port to F\n"
                "  --drain-grace-ms N   a retiring replica is announced as draining this long before it is\n"
                "                       stopped, so that routers stop sending to it first (default 1500)\n"
+               "  --kubeconfig F       kubernetes: the API server and credentials (default: in-cluster, the\n"
+               "                       pod's service account)\n"
+               "  --namespace NS       kubernetes: where workloads go (default: the kubeconfig context's or\n"
+               "                       the pod's, else default)\n"
+               "  --image REF          kubernetes: the workload pods' image (ib-manager with the engines;\n"
+               "                       default ibrain.local/ib-manager:latest)\n"
+               "  --pull-policy P      kubernetes: IfNotPresent (default), Never or Always\n"
+               "  --pod-drain-s N      kubernetes: a pod shows as terminating this long before its manager\n"
+               "                       drains (preStop; default 3)\n"
+               "  --pod-grace-s N      kubernetes: terminationGracePeriodSeconds (default 30)\n"
                "  --driver NAME        what runs the replicas (default %s):\n",
             ib_drivers[0].name);
     for (const ib_driver_entry_t *d = ib_drivers; d->name != NULL; d++)
@@ -36,11 +46,20 @@ int main(int argc, char **argv)
                                          {"manager", 1, 0, 'm'}, {"engine", 1, 0, 'e'},    {"help", 0, 0, 'h'},
                                          {"http-listen", 1, 0, 'H'}, {"http-port-file", 1, 0, 'P'},
                                          {"drain-grace-ms", 1, 0, 'g'}, {"driver", 1, 0, 'd'},
+                                         {"kubeconfig", 1, 0, 'k'}, {"namespace", 1, 0, 'n'},
+                                         {"image", 1, 0, 'i'}, {"pull-policy", 1, 0, 'u'},
+                                         {"pod-drain-s", 1, 0, 'D'}, {"pod-grace-s", 1, 0, 'G'},
                                          {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'd': cfg.driver = optarg; break;
+        case 'k': cfg.kubeconfig = optarg; break;
+        case 'n': cfg.namespace_ = optarg; break;
+        case 'i': cfg.image = optarg; break;
+        case 'u': cfg.pull_policy = optarg; break;
+        case 'D': cfg.pod_drain_s = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'G': cfg.pod_grace_s = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'l': cfg.listen = optarg; break;
         case 'p': cfg.port_file = optarg; break;
         case 's': cfg.state_dir = optarg; break;

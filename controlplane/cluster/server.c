@@ -93,6 +93,10 @@ typedef struct cluster {
     uint64_t metrics_at_ns;
     pthread_mutex_t lock;
     ib_buf_t metrics;
+    /* workload drivers: whether the workloads were read back from the platform yet (until
+     * then, changes are refused as UNAVAILABLE), and when to try again */
+    int restored;
+    uint64_t restore_at_ns;
 } cluster_t;
 
 typedef struct call {
@@ -163,11 +167,22 @@ typedef struct status_msg {
     Ibrain__V1__ReplicaStatus *rptrs[MAX_LISTED];
     ib_replica_status_t raw[MAX_LISTED];
     char message[300];
+    ib_workload_view_t view; /* workload drivers */
 } status_msg_t;
 
 /* Every replica of <w>, current generation first, then the retiring ones. */
 static uint32_t replica_statuses(cluster_t *c, workload_t *w, ib_replica_status_t *out)
 {
+    if (c->driver->workloads != NULL) {
+        ib_workload_view_t *v = calloc(1, sizeof(*v));
+        if (v == NULL)
+            return 0;
+        c->driver->workloads->view(c->driver->self, &w->spec, v);
+        uint32_t n = v->n < MAX_LISTED ? v->n : MAX_LISTED;
+        memcpy(out, v->replicas, n * sizeof(*out));
+        free(v);
+        return n;
+    }
     uint32_t n = 0;
     for (uint32_t i = 0; i < w->spec.replicas; i++)
         c->driver->status(c->driver->self, w->replica_ids[i], &out[n++]);
@@ -227,12 +242,22 @@ static void replica_id(char *out, size_t cap, const ib_workload_spec_t *s, uint3
 }
 
 
+_Static_assert(sizeof(((ib_workload_view_t *)0)->replicas) == sizeof(((status_msg_t *)0)->raw),
+               "a workload driver's view fits a status message");
+
 static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
 {
     ibrain__v1__workload_status__init(&m->st);
     ib_spec_to_msg(&w->spec, &m->spec);
     m->st.spec = &m->spec;
-    uint32_t n = replica_statuses(c, w, m->raw);
+    uint32_t n;
+    if (c->driver->workloads != NULL) {
+        c->driver->workloads->view(c->driver->self, &w->spec, &m->view);
+        n = m->view.n < MAX_LISTED ? m->view.n : MAX_LISTED;
+        memcpy(m->raw, m->view.replicas, n * sizeof(m->raw[0]));
+    } else {
+        n = replica_statuses(c, w, m->raw);
+    }
     for (uint32_t i = 0; i < n; i++) {
         ibrain__v1__replica_status__init(&m->reps[i]);
         m->reps[i].id = m->raw[i].id;
@@ -246,7 +271,13 @@ static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
         m->rptrs[i] = &m->reps[i];
     }
     ib_workload_phase_t phase = IB_WORKLOAD_UNKNOWN;
-    m->st.ready_replicas = workload_phase(w, m->raw, &phase, m->message, sizeof(m->message));
+    if (c->driver->workloads != NULL) {
+        phase = m->view.phase;
+        m->st.ready_replicas = m->view.ready;
+        snprintf(m->message, sizeof(m->message), "%s", m->view.message);
+    } else {
+        m->st.ready_replicas = workload_phase(w, m->raw, &phase, m->message, sizeof(m->message));
+    }
     m->st.phase = (Ibrain__V1__WorkloadPhase)phase;
     m->st.message = m->message;
     m->st.n_replicas = n;
@@ -361,6 +392,36 @@ static int save_spec(const cluster_t *c, const ib_workload_spec_t *s)
     return rc;
 }
 
+/* A workload driver's apply of <s>. 0, or -1 with <r> set to the driver's code and words. */
+static int driver_apply(cluster_t *c, const ib_workload_spec_t *s, int create, reply_t *r)
+{
+    Ibrain__V1__WorkloadSpec m;
+    ib_spec_to_msg(s, &m);
+    size_t len = ibrain__v1__workload_spec__get_packed_size(&m);
+    uint8_t *record = malloc(len ? len : 1);
+    if (record == NULL) {
+        fail(r, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", "out of memory");
+        return -1;
+    }
+    ibrain__v1__workload_spec__pack(&m, record);
+    char err[sizeof(r->message)];
+    int code = c->driver->workloads->apply(c->driver->self, s, record, len, create, err, sizeof(err));
+    free(record);
+    if (code != 0)
+        fail(r, (grpc_status_code)code, "%s", err);
+    return code != 0 ? -1 : 0;
+}
+
+/* Workload drivers: changes wait until the workloads were read back from the platform. */
+static int restored(cluster_t *c, reply_t *r)
+{
+    if (c->driver->workloads == NULL || c->restored)
+        return 1;
+    fail(r, GRPC_STATUS_UNAVAILABLE, "%s", "the cluster server has not read its workloads back from the platform "
+         "yet (is the API server reachable?): retry");
+    return 0;
+}
+
 static int driver_validate(cluster_t *c, const ib_workload_spec_t *s, reply_t *r)
 {
     char err[200];
@@ -378,7 +439,7 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
         return;
     }
     ib_workload_spec_t s;
-    if (spec_from_msg(m, &s, r) != 0)
+    if (spec_from_msg(m, &s, r) != 0 || !restored(c, r))
         goto out;
     if (find(c, s.id) != NULL) {
         fail(r, GRPC_STATUS_ALREADY_EXISTS, "workload '%s' exists", s.id);
@@ -395,6 +456,17 @@ static void create_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
     if (check_total_replicas(c, &s, r) != 0)
         goto out;
     s.generation = ++c->next_generation;
+    if (c->driver->workloads != NULL) { /* the platform keeps the workload and rolls it out */
+        if (driver_apply(c, &s, 1, r) != 0)
+            goto out;
+        workload_t *w = &c->workloads[c->n++];
+        memset(w, 0, sizeof(*w));
+        w->spec = s;
+        fprintf(stderr, "ib-clusterd: workload %s created on %s: %u replicas of %s, generation %llu\n", s.id,
+                c->driver->name, s.replicas, s.model, (unsigned long long)s.generation);
+        reply_status(c, w, r);
+        goto out;
+    }
     if (save_spec(c, &s) != 0) {
         fail(r, GRPC_STATUS_INTERNAL, "%s", "cannot write the workload to the state directory");
         goto out;
@@ -507,7 +579,7 @@ static void update_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
     ib_workload_spec_t s;
     workload_t *w;
     char err[160];
-    if (spec_from_msg(m, &s, r) != 0)
+    if (spec_from_msg(m, &s, r) != 0 || !restored(c, r))
         goto out;
     if ((w = find(c, s.id)) == NULL) {
         fail(r, GRPC_STATUS_NOT_FOUND, "workload '%s' does not exist", s.id);
@@ -515,6 +587,23 @@ static void update_workload(cluster_t *c, const uint8_t *in, size_t len, reply_t
     }
     if (driver_validate(c, &s, r) != 0 || check_total_replicas(c, &s, r) != 0)
         goto out;
+    if (c->driver->workloads != NULL) { /* the platform scales or rolls */
+        int scale = same_but_replicas(&s, &w->spec);
+        s.generation = scale ? w->spec.generation : c->next_generation + 1;
+        if (driver_apply(c, &s, 0, r) != 0)
+            goto out;
+        if (!scale) {
+            c->next_generation++;
+            c->rolling_updates_total++;
+        } else if (s.replicas != w->spec.replicas) {
+            c->scale_total++;
+        }
+        fprintf(stderr, "ib-clusterd: workload %s %s on %s (%u replicas, generation %llu)\n", s.id,
+                scale ? "scaled" : "rolling out", c->driver->name, s.replicas, (unsigned long long)s.generation);
+        w->spec = s;
+        reply_status(c, w, r);
+        goto out;
+    }
     uint64_t now = ib_now_ns(), grace = (uint64_t)c->cfg->drain_grace_ms * 1000000ull;
     if (same_but_replicas(&s, &w->spec)) { /* scale */
         s.generation = w->spec.generation;
@@ -623,6 +712,48 @@ static void roll(cluster_t *c)
     }
 }
 
+/* A workload driver's record of one workload, read back at start. */
+static void on_record(void *ctx, const uint8_t *record, size_t len)
+{
+    cluster_t *c = ctx;
+    Ibrain__V1__WorkloadSpec *m = ibrain__v1__workload_spec__unpack(NULL, len, record);
+    reply_t r = {0};
+    ib_workload_spec_t s;
+    if (m == NULL || spec_from_msg(m, &s, &r) != 0) {
+        fprintf(stderr, "ib-clusterd: ignoring a workload record on %s: %s\n", c->driver->name,
+                m ? r.message : "not a WorkloadSpec");
+    } else if (find(c, s.id) == NULL && c->n < IB_MAX_WORKLOADS) {
+        workload_t *w = &c->workloads[c->n++];
+        memset(w, 0, sizeof(*w));
+        w->spec = s;
+        if (s.generation > c->next_generation)
+            c->next_generation = s.generation;
+        fprintf(stderr, "ib-clusterd: workload %s found on %s: %u replicas, generation %llu\n", s.id,
+                c->driver->name, s.replicas, (unsigned long long)s.generation);
+    }
+    if (m != NULL)
+        ibrain__v1__workload_spec__free_unpacked(m, NULL);
+}
+
+/* Workload drivers: the workloads read back from the platform (tried again every 2 s until
+ * it answers). */
+static void restore_workloads(cluster_t *c)
+{
+    if (c->restored || ib_now_ns() < c->restore_at_ns)
+        return;
+    char err[256];
+    c->n = 0;
+    int code = c->driver->workloads->list(c->driver->self, on_record, c, err, sizeof(err));
+    if (code == 0) {
+        c->restored = 1;
+        fprintf(stderr, "ib-clusterd: %u workloads on %s\n", c->n, c->driver->name);
+    } else {
+        c->n = 0;
+        c->restore_at_ns = ib_now_ns() + 2000000000ull;
+        fprintf(stderr, "ib-clusterd: cannot list the workloads on %s yet: %s\n", c->driver->name, err);
+    }
+}
+
 /* At start: every saved workload, its managers adopted when they still run. */
 static void load_specs(cluster_t *c)
 {
@@ -682,8 +813,21 @@ static void get_or_delete(cluster_t *c, const uint8_t *in, size_t len, reply_t *
     if (w == NULL) {
         fail(r, GRPC_STATUS_NOT_FOUND, "workload '%s' does not exist", m->id);
     } else {
-        reply_status(c, w, r);
-        if (delete) {
+        char err[sizeof(r->message)];
+        int code = 0;
+        if (delete && c->driver->workloads != NULL && !restored(c, r)) {
+            delete = 0;
+        } else if (delete && c->driver->workloads != NULL &&
+                   (code = c->driver->workloads->remove(c->driver->self, w->spec.id, err, sizeof(err))) != 0) {
+            fail(r, (grpc_status_code)code, "%s", err);
+            delete = 0;
+        } else {
+            reply_status(c, w, r);
+        }
+        if (delete && c->driver->workloads != NULL) {
+            fprintf(stderr, "ib-clusterd: workload %s deleted on %s\n", w->spec.id, c->driver->name);
+            *w = c->workloads[--c->n];
+        } else if (delete) {
             for (uint32_t i = 0; i < w->spec.replicas; i++)
                 c->driver->stop(c->driver->self, w->replica_ids[i]);
             for (uint32_t i = 0; i < w->nold; i++)
@@ -982,6 +1126,8 @@ static void on_event(cluster_t *c, grpc_server *server, grpc_completion_queue *c
  * exit (the driver reports them gone). */
 static void stop_every_replica(cluster_t *c, ib_driver_t *driver)
 {
+    if (driver->workloads != NULL) /* the platform keeps running them: a restarted server finds them */
+        return;
     for (uint32_t i = 0; i < c->n; i++) {
         for (uint32_t k = 0; k < c->workloads[i].spec.replicas; k++)
             driver->stop(driver->self, c->workloads[i].replica_ids[k]);
@@ -1029,7 +1175,10 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
     c->cfg = cfg;
     c->state_dir = cfg->state_dir;
     pthread_mutex_init(&c->lock, NULL);
-    load_specs(c);
+    if (driver->workloads != NULL)
+        restore_workloads(c);
+    else
+        load_specs(c);
     ib_admin_t *admin = NULL;
     grpc_init();
     grpc_server *server = grpc_server_create(NULL, NULL);
@@ -1067,7 +1216,10 @@ int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver)
         if (read(sfd, &si, sizeof(si)) == sizeof(si))
             break;
         driver->tick(driver->self);
-        roll(c);
+        if (driver->workloads != NULL)
+            restore_workloads(c);
+        else
+            roll(c);
         if (admin != NULL && ib_now_ns() >= c->metrics_at_ns) {
             render_metrics(c);
             c->metrics_at_ns = ib_now_ns() + 1000000000ull;

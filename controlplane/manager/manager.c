@@ -103,22 +103,22 @@ static int build_argv(const mgr_t *m, char *buf, size_t cap, char **argv, int ma
 {
     char port[8];
     snprintf(port, sizeof(port), "%u", m->engine_port);
-    const char *from[] = {"{port}", "{model}", "{weights}", "{replica}"};
+    const char *from[] = {"{port}", "{model}", "{weights}", "{replica}", "{host}"};
     const char *to[] = {port, m->cfg.model ? m->cfg.model : "", m->cfg.weights ? m->cfg.weights : "",
-                        m->cfg.replica ? m->cfg.replica : ""};
+                        m->cfg.replica ? m->cfg.replica : "", m->cfg.engine_host ? m->cfg.engine_host : "127.0.0.1"};
     size_t o = 0;
     for (const char *p = m->cfg.engine_cmd; *p;) {
         int k;
-        for (k = 0; k < 4; k++)
+        for (k = 0; k < 5; k++)
             if (strncmp(p, from[k], strlen(from[k])) == 0)
                 break;
-        const char *piece = k < 4 ? to[k] : p;
-        size_t n = k < 4 ? strlen(to[k]) : 1;
+        const char *piece = k < 5 ? to[k] : p;
+        size_t n = k < 5 ? strlen(to[k]) : 1;
         if (o + n + 1 >= cap)
             return -1;
         memcpy(buf + o, piece, n);
         o += n;
-        p += k < 4 ? strlen(from[k]) : 1;
+        p += k < 5 ? strlen(from[k]) : 1;
     }
     buf[o] = '\0';
     int argc = 0;
@@ -268,8 +268,14 @@ static int on_status_request(void *arg, const char *path, ib_buf_t *body, const 
     mgr_t *m = arg;
     if (strcmp(path, "/status") == 0) {
         render_status(m, body);
-    } else if (strcmp(path, "/health") == 0) {
+    } else if (strcmp(path, "/health") == 0) { /* liveness: the manager answers */
         ib_buf_append(body, "{\"status\":\"ok\"}\n", 16);
+    } else if (strcmp(path, "/ready") == 0) { /* readiness: the engine serves and is not draining */
+        pthread_mutex_lock(&m->lock);
+        int ready = m->phase == IB_MGR_READY;
+        pthread_mutex_unlock(&m->lock);
+        ib_buf_printf(body, "{\"ready\":%s}\n", ready ? "true" : "false");
+        return ready ? 200 : 503;
     } else if (strcmp(path, "/metrics") == 0) {
         *ctype = IB_PROM_CTYPE;
         render_metrics(m, body);

@@ -423,6 +423,68 @@ extern "C" int ib_json_pointer_bool(ib_json_parser_t *p, const char *doc_bytes, 
     return 0;
 }
 
+extern "C" int ib_json_pointer_count(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, size_t *n)
+{
+    *n = 0;
+    ondemand::document doc;
+    ondemand::value v;
+    if (int rc = pointer_value(p, doc_bytes, len, ptr, doc, v))
+        return rc;
+    ondemand::array arr;
+    if (v.get_array().get(arr) == SUCCESS) {
+        size_t count;
+        if (arr.count_elements().get(count) != SUCCESS)
+            return -1;
+        *n = count;
+        return 0;
+    }
+    ondemand::object obj;
+    if (v.get_object().get(obj) == SUCCESS) {
+        size_t count;
+        if (obj.count_fields().get(count) != SUCCESS)
+            return -1;
+        *n = count;
+        return 0;
+    }
+    return -1;
+}
+
+extern "C" int ib_json_pointer_raw(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, ib_span_t *out)
+{
+    ondemand::document doc;
+    ondemand::value v;
+    if (int rc = pointer_value(p, doc_bytes, len, ptr, doc, v))
+        return rc;
+    ondemand::object o;
+    std::string_view raw;
+    if (v.get_object().get(o) != SUCCESS || o.raw_json().get(raw) != SUCCESS)
+        return -1;
+    out->ptr = raw.data();
+    out->len = raw.size();
+    return 0;
+}
+
+extern "C" int ib_json_pointer_each(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr,
+                                    ib_json_element_fn fn, void *ctx)
+{
+    ondemand::document doc;
+    ondemand::value v;
+    if (int rc = pointer_value(p, doc_bytes, len, ptr, doc, v))
+        return rc;
+    ondemand::array arr;
+    if (v.get_array().get(arr) != SUCCESS)
+        return -1;
+    for (auto elem : arr) {
+        ondemand::object o; // the elements walked are objects (API objects, endpoints)
+        std::string_view raw;
+        if (elem.get_object().get(o) != SUCCESS || o.raw_json().get(raw) != SUCCESS)
+            return -1;
+        if (int rc = fn(ctx, raw.data(), raw.size()))
+            return rc;
+    }
+    return 0;
+}
+
 extern "C" int ib_json_pointer_int_array(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr,
                                          int64_t **out, size_t *n)
 {

@@ -64,11 +64,52 @@ typedef struct ib_replica_status {
     int draining;        /* retiring and announced as draining */
 } ib_replica_status_t;
 
-/** A driver: starts, stops and reports replicas. Filled with designated initializers; every
- * operation is set. */
+/** What a workload driver sees of one workload: its replicas (current generation first)
+ * and the platform's account of the rollout. */
+typedef struct ib_workload_view {
+    ib_workload_phase_t phase;
+    char message[256];
+    uint32_t ready;         /* ready replicas of the current generation */
+    uint32_t n;
+    ib_replica_status_t replicas[3 * IB_MAX_WORKLOAD_REPLICAS];
+} ib_workload_view_t;
+
+/** Called by a workload driver's list operation for each workload it finds. */
+typedef void (*ib_record_fn)(void *ctx, const uint8_t *record, size_t len);
+
+/**
+ * The operations of a driver that runs whole workloads, where the platform does the
+ * rollouts (kubernetes: a Deployment per workload). Every one returns 0, or a gRPC status
+ * code (grpc/status.h numbers) with <err> saying why in the platform's words.
+ */
+typedef struct ib_workload_ops {
+    /** Creates (<create> set: ALREADY_EXISTS when the workload is there) or updates every
+     * object of <w>. <record> (the cluster server's packed WorkloadSpec) is kept with the
+     * workload on the platform and handed back by list: the server keeps no state of its own. */
+    int (*apply)(void *self, const ib_workload_spec_t *w, const uint8_t *record, size_t len, int create, char *err,
+                 size_t errlen);
+    /** Takes the workload out of service and deletes its objects; its pods drain. */
+    int (*remove)(void *self, const char *id, char *err, size_t errlen);
+    /** What the driver last saw of <w> (from its watches: no request to the platform). */
+    void (*view)(void *self, const ib_workload_spec_t *w, ib_workload_view_t *out);
+    /** Every workload the platform holds for this server, through <found>. */
+    int (*list)(void *self, ib_record_fn found, void *ctx, char *err, size_t errlen);
+} ib_workload_ops_t;
+
+/**
+ * A driver. Two kinds, told apart by <workloads>:
+ *  - replica drivers (local; workloads NULL): start, adopt, stop and status run one replica
+ *    each, and the cluster server does rolling updates itself (new generation beside the
+ *    old, then the old drained and stopped);
+ *  - workload drivers (kubernetes; workloads set): the platform rolls workloads out, the
+ *    server hands whole specs to <workloads> and reads views back; start, adopt, stop and
+ *    status are NULL.
+ * validate, tick and destroy are always set. Filled with designated initializers.
+ */
 typedef struct ib_driver {
     void *self;
     const char *name;       /* its name in ib_drivers[] ("local") */
+    const ib_workload_ops_t *workloads;
     /** Checks what only the driver can (the weights path exists where replicas run).
      * 0, or -1 with <err> = "field: reason". */
     int (*validate)(void *self, const ib_workload_spec_t *w, char *err, size_t errlen);
@@ -104,6 +145,13 @@ typedef struct ib_cluster_config {
     const char *http_listen;/* /metrics and /health, IPV4:PORT (NULL: none) */
     const char *http_port_file;
     uint32_t drain_grace_ms;/* retiring replica announced as draining -> stopped (default 1500) */
+    /* the kubernetes driver */
+    const char *kubeconfig; /* NULL: in-cluster (the pod's service account) */
+    const char *namespace_; /* NULL: the kubeconfig context's or the pod's, else "default" */
+    const char *image;      /* the workload pods' image (ib-manager + engines) */
+    const char *pull_policy;/* NULL: IfNotPresent */
+    uint32_t pod_drain_s;   /* preStop: the pod shows as terminating this long before SIGTERM (default 3) */
+    uint32_t pod_grace_s;   /* terminationGracePeriodSeconds (default 30) */
 } ib_cluster_config_t;
 
 /* ---- functions ---- */
@@ -126,6 +174,9 @@ const ib_driver_entry_t *ib_driver_find(const char *name);
 
 /** The local driver. NULL when out of memory. Freed by its destroy operation. */
 ib_driver_t *ib_driver_local_new(const ib_cluster_config_t *cfg);
+/** The kubernetes driver (controlplane/cluster/driver_kubernetes.c). NULL with a message on
+ * stderr when the API server's config cannot be read. */
+ib_driver_t *ib_driver_kubernetes_new(const ib_cluster_config_t *cfg);
 
 /** Runs the gRPC server until SIGTERM/SIGINT; stops every replica on the way out. */
 int ib_cluster_run(const ib_cluster_config_t *cfg, ib_driver_t *driver);

@@ -52,7 +52,8 @@ typedef struct ib_manager_config {
     const char *replica;
     const char *model;
     const char *weights;         /* path (file or directory) */
-    const char *engine_cmd;      /* argv, split on spaces; {port} {model} {weights} {replica} */
+    const char *engine_cmd;      /* argv, split on spaces; {port} {model} {weights} {replica} {host} */
+    const char *engine_host;     /* {host}: the address the engine listens on (NULL: 127.0.0.1) */
     const char *state_dir;       /* engine log; default the current directory */
     uint32_t engine_port;        /* 0: a free loopback port */
     uint32_t ready_timeout_ms;   /* engine start to healthy, else restart (default 60000) */

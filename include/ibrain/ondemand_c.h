@@ -98,6 +98,19 @@ int ib_json_pointer_int(ib_json_parser_t *p, const char *doc, size_t len, const 
 /** Same for a boolean (*out 0 or 1). */
 int ib_json_pointer_bool(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int *out);
 
+/** The number of elements of the array (or members of the object) at <ptr>: 0 with *n set,
+ * 1 when the pointer does not exist or is null, -1 when invalid or neither. */
+int ib_json_pointer_count(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, size_t *n);
+/** The raw JSON text of the object at <ptr> (valid until the next call on <p>): 0, 1 when
+ * the pointer does not exist or is null, -1 when invalid or not an object. */
+int ib_json_pointer_raw(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, ib_span_t *out);
+/** Called with the raw JSON text of one array element (an object); a nonzero return stops the walk. The
+ * text lies in the parser's buffer: read it with another parser, before the next call on this one. */
+typedef int (*ib_json_element_fn)(void *ctx, const char *elem, size_t len);
+/** Calls <fn> for each element of the array at <ptr>, in order. 0, 1 when the pointer does
+ * not exist or is null, -1 when invalid, not an array or an element is not an object, or what <fn> returned. */
+int ib_json_pointer_each(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, ib_json_element_fn fn,
+                         void *ctx);
 /**
  * Reads the array of integers at <ptr> into a malloc'd array (*out, *n; free() it).
  * Returns 0, 1 when the pointer does not exist, -1 when invalid, not an array of integers,

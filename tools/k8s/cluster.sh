@@ -61,7 +61,7 @@ up() {
   [[ $(id -u) -eq 0 ]] || die "needs root (containers, bridge, cgroups)"
   ! ip link show "$BRIDGE" >/dev/null 2>&1 || die "bridge $BRIDGE exists: another cluster runs (cluster.sh down DIR)"
   local t0; t0=$(now_ms)
-  mkdir -p "$D"/{logs,pids,etcd,kubelet,cni/net.d,cni/ipam,containerd}
+  mkdir -p "$D"/{logs,pids,etcd,kubelet,pod-logs,cni/net.d,cni/ipam,containerd}
   D=$(cd "$D" && pwd)
 
   local etcd_port etcd_peer api_port kubelet_port healthz_port kcm_port sched_port
@@ -94,7 +94,7 @@ state = "$D/containerd/state"
 [grpc]
   address = "$D/containerd/containerd.sock"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "ibrain.local/pause:1"
+  sandbox_image = "ibrain.local/pause:local"
   enable_unprivileged_ports = true
   # this machine withholds CAP_SYS_RESOURCE: nothing here may lower an oom_score_adj below
   # its own, and runc fails a sandbox that asks for -998 ("can't get final child's PID")
@@ -197,6 +197,7 @@ evictionHard:
   nodefs.available: "1%"
   imagefs.available: "1%"
 syncFrequency: 10s
+podLogsDir: $D/pod-logs
 nodeStatusUpdateFrequency: 5s
 EOF
   start kubelet "$KBIN/kubelet" --config="$D/kubelet.yaml" --kubeconfig="$P/kubelet.kubeconfig" \

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# ibrain's container images, built on this machine without a registry: each is FROM scratch
+# with its binaries (stripped), the shared libraries they link (as ldd finds them) and the
+# loader, a /tmp, and a non-root user (65532). Written as OCI archives for
+# `ctr images import` (tools/k8s/cluster.sh imports them); tools/k8s/Dockerfile builds the
+# same images for users with a registry.
+#
+#   image/build.sh BUILD_DIR [OUT_DIR]     (OUT_DIR default ~/.cache/ibrain/k8s/images)
+#
+# Images (tag :local):
+#   ibrain.local/pause           the pod sandbox (image/pause.c, static)
+#   ibrain.local/ib-manager      ib-manager + ib-mock-engine: one workload replica
+#   ibrain.local/ibrain          the router
+#   ibrain.local/ib-orchestrator the REST control plane (+ ibctl)
+#   ibrain.local/ib-clusterd     the cluster server
+# Rebuilt only when a binary changed (a stamp of their hashes beside each archive).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+B=$(cd "${1:?usage: build.sh BUILD_DIR [OUT_DIR]}" && pwd)
+OUT=${2:-${IBRAIN_K8S_CACHE:-$HOME/.cache/ibrain/k8s}/images}
+mkdir -p "$OUT"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# image NAME ENTRYPOINT BINARY...: one image of the binaries (the first is the entrypoint)
+image() {
+  local name=$1 entry=$2; shift 2
+  local stamp="$OUT/$name.stamp" want
+  want=$(sha256sum "$@" "$HERE/build.sh" "$HERE/oci_archive.py" | sha256sum | cut -c1-64)
+  if [[ -s $OUT/$name.tar && -s $stamp && $(cat "$stamp") == "$want" ]]; then
+    return 0
+  fi
+  local root=$work/$name
+  rm -rf "$root"
+  mkdir -p "$root/usr/local/bin" "$root/tmp" "$root/etc"
+  chmod 1777 "$root/tmp"
+  printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' > "$root/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' > "$root/etc/group"
+  local bin lib
+  for bin in "$@"; do
+    install -m 0755 "$bin" "$root/usr/local/bin/$(basename "$bin")"
+    strip --strip-unneeded "$root/usr/local/bin/$(basename "$bin")"
+    # the libraries it links and the loader, at the paths the loader looks in
+    for lib in $(ldd "$bin" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+      [[ -e $root$lib ]] && continue
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+      strip --strip-unneeded "$root$lib" 2>/dev/null || true
+    done
+  done
+  python3 "$HERE/oci_archive.py" --name "ibrain.local/$name:local" --rootfs "$root" --out "$OUT/$name.tar" \
+    --entrypoint "[\"$entry\"]" >/dev/null
+  echo "$want" > "$stamp"
+  echo "image ibrain.local/$name:local: $(du -k "$OUT/$name.tar" | cut -f1) KiB compressed, $(du -sk "$root" | cut -f1) KiB unpacked" >&2
+}
+
+# the pause image: one static binary
+pause_root=$work/pause-bin
+mkdir -p "$pause_root"
+cc -O2 -static -Wall -Wextra -Werror -o "$pause_root/pause" "$HERE/pause.c"
+strip "$pause_root/pause"
+if [[ ! -s $OUT/pause.tar ]] || ! cmp -s "$OUT/pause.stamp" <(sha256sum "$HERE/pause.c" "$HERE/oci_archive.py" | sha256sum); then
+  mkdir -p "$work/pause/"
+  cp "$pause_root/pause" "$work/pause/pause"
+  python3 "$HERE/oci_archive.py" --name ibrain.local/pause:local --rootfs "$work/pause" --out "$OUT/pause.tar" \
+    --entrypoint '["/pause"]' >/dev/null
+  sha256sum "$HERE/pause.c" "$HERE/oci_archive.py" | sha256sum > "$OUT/pause.stamp"
+  echo "image ibrain.local/pause:local: $(du -k "$OUT/pause.tar" | cut -f1) KiB compressed" >&2
+fi
+
+image ib-manager /usr/local/bin/ib-manager "$B/controlplane/ib-manager" "$B/tools/ib-mock-engine"
+image ibrain /usr/local/bin/ibrain "$B/dataplane/ibrain"
+image ib-orchestrator /usr/local/bin/ib-orchestrator "$B/controlplane/ib-orchestrator" "$B/controlplane/ibctl"
+image ib-clusterd /usr/local/bin/ib-clusterd "$B/controlplane/ib-clusterd"
