@@ -412,6 +412,8 @@ static int apply_object(kube_t *k, const char *kind_path, const char *name, cons
     return code;
 }
 
+static int kube_remove(void *self, const char *id, char *err, size_t errlen);
+
 static int kube_apply(void *self, const ib_workload_spec_t *w, const uint8_t *record, size_t len, int create,
                       char *err, size_t errlen)
 {
@@ -464,6 +466,10 @@ static int kube_apply(void *self, const ib_workload_spec_t *w, const uint8_t *re
     ib_buf_free(&spec);
     ib_buf_free(&body);
     ib_buf_free(&conf);
+    if (code != IB_GRPC_OK && create && uid[0] != '\0') { /* nothing half-created: the ConfigMap and its dependents go */
+        char ignored[256];
+        kube_remove(k, w->id, ignored, sizeof(ignored));
+    }
     return code;
 }
 
@@ -617,6 +623,25 @@ static void kube_view(void *self, const ib_workload_spec_t *w, ib_workload_view_
     }
 }
 
+static void kube_metrics(void *self, ib_buf_t *b)
+{
+    kube_t *k = self;
+    ib_buf_printf(b, "# HELP ib_cluster_kube_requests_total Requests to the Kubernetes API server (calls, lists and "
+                     "watches started).\n# TYPE ib_cluster_kube_requests_total counter\n"
+                     "ib_cluster_kube_requests_total %llu\n", (unsigned long long)ib_kube_requests(k->api));
+    static const char *const kinds[S__COUNT] = {"pods", "endpointslices", "deployments"};
+    ib_buf_printf(b, "# HELP ib_cluster_kube_watch_events_total Watch events received, by kind of object.\n"
+                     "# TYPE ib_cluster_kube_watch_events_total counter\n");
+    for (int st = 0; st < S__COUNT; st++)
+        ib_buf_printf(b, "ib_cluster_kube_watch_events_total{kind=\"%s\"} %llu\n", kinds[st],
+                      (unsigned long long)k->streams[st].events);
+    ib_buf_printf(b, "# HELP ib_cluster_kube_watching 1 when the watch of that kind runs (0: listing again, or "
+                     "waiting for the API server).\n# TYPE ib_cluster_kube_watching gauge\n");
+    for (int st = 0; st < S__COUNT; st++)
+        ib_buf_printf(b, "ib_cluster_kube_watching{kind=\"%s\"} %d\n", kinds[st],
+                      k->streams[st].watching && ib_kube_streaming(k->api, st));
+}
+
 static int kube_validate(void *self, const ib_workload_spec_t *w, char *err, size_t errlen)
 {
     (void)self;
@@ -683,6 +708,7 @@ ib_driver_t *ib_driver_kubernetes_new(const ib_cluster_config_t *cfg)
         .workloads = &k->wops,
         .validate = kube_validate,
         .tick = kube_tick,
+        .metrics = kube_metrics,
         .destroy = kube_destroy,
     };
     fprintf(stderr, "ib-clusterd: kubernetes driver: namespace %s, image %s\n", k->ns, k->cfg.image);

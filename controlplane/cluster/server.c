@@ -989,6 +989,8 @@ static void render_metrics(cluster_t *c)
     ib_buf_printf(&b, "# HELP ib_cluster_replicas_retired_total Retiring replicas stopped and gone.\n"
          "# TYPE ib_cluster_replicas_retired_total counter\nib_cluster_replicas_retired_total %llu\n",
          (unsigned long long)c->replicas_retired_total);
+    if (c->driver->metrics != NULL)
+        c->driver->metrics(c->driver->self, &b);
     pthread_mutex_lock(&c->lock);
     ib_buf_free(&c->metrics);
     c->metrics = b;

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "ibrain/buf.h"
 #include "ibrain/limits.h"
 #include "ibrain/phase.h"
 
@@ -120,6 +121,8 @@ typedef struct ib_driver {
     void (*stop)(void *self, const char *replica_id);
     void (*status)(void *self, const char *replica_id, ib_replica_status_t *out);
     void (*tick)(void *self); /* reap and restart; called after each gRPC event, at least every 100 ms */
+    /** Appends the driver's own Prometheus samples (with HELP and TYPE) to <out>; NULL: none. */
+    void (*metrics)(void *self, ib_buf_t *out);
     /** Frees the driver (after ib_cluster_run returned: every replica stopped). */
     void (*destroy)(struct ib_driver *d);
 } ib_driver_t;

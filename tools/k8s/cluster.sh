@@ -10,6 +10,11 @@
 #                         at run time; pods get addresses on a bridge this script makes.
 #   cluster.sh down DIR   stop it by the PIDs in DIR, remove its pods' containers, mounts,
 #                         network and cgroups, and leave DIR for the logs.
+#   cluster.sh stop DIR NAME / start DIR NAME
+#                         stop one component (kube-apiserver, etcd, kubelet, ...) by its PID,
+#                         or start it again with the command line it had: for fault tests.
+#   cluster.sh import DIR TAR...
+#                         OCI image archives (tools/k8s/image/build.sh) into the node's containerd.
 #
 # One cluster at a time on a machine: the kubelet's cgroups (kubepods) and containerd's shim
 # directory are machine-wide. The pod network is ${IB_K8S_POD_CIDR:-10.233.0.0/24} on bridge
@@ -33,9 +38,13 @@ free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("12
 now_ms() { date +%s%3N; }
 
 # start NAME CMD...: in the background, in its own process group, logging to DIR/logs/NAME.log
+# (appended: a component started again keeps its history); the command line is kept in
+# DIR/cmds/NAME for `cluster.sh start DIR NAME`
 start() {
   local name=$1; shift
-  setsid "$@" >"$D/logs/$name.log" 2>&1 < /dev/null &
+  mkdir -p "$D/cmds"
+  printf '%q ' "$@" > "$D/cmds/$name"
+  setsid "$@" >>"$D/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$D/pids/$name"
 }
 
@@ -51,11 +60,13 @@ wait_for() {
   return 1
 }
 
-kctl() { kubectl --kubeconfig "$D/pki/admin.kubeconfig" "$@"; }
+KUBECTL=$KBIN/kubectl
+[[ -x $KUBECTL ]] || KUBECTL=kubectl
+kctl() { "$KUBECTL" --kubeconfig "$D/pki/admin.kubeconfig" "$@"; }
 
 up() {
   [[ -x $KBIN/kubelet && -x $EBIN/etcd ]] || die "no Kubernetes $K8S_VERSION binaries in $CACHE (run tools/k8s/build.sh)"
-  for b in containerd runc ctr /usr/lib/cni/bridge kubectl; do
+  for b in containerd runc ctr /usr/lib/cni/bridge "$KUBECTL"; do
     command -v "$b" >/dev/null || die "$b missing (run tools/setup.sh)"
   done
   [[ $(id -u) -eq 0 ]] || die "needs root (containers, bridge, cgroups)"
@@ -113,13 +124,10 @@ EOF
   start containerd containerd --config "$D/containerd/config.toml"
   wait_for containerd 20 ctr --address "$D/containerd/containerd.sock" version
 
-  # --- images: built here, imported into the CRI's namespace ------------------------------
+  # --- the pause image: built here, imported into the CRI's namespace ---------------------
   local images=${IB_K8S_IMAGES:-$CACHE/images}
-  for tar in "$images"/*.tar; do
-    [[ -e $tar ]] || die "no images in $images (run tools/k8s/image/build.sh)"
-    ctr --address "$D/containerd/containerd.sock" -n k8s.io images import --no-unpack=false "$tar" >/dev/null \
-      || die "ctr images import $tar failed"
-  done
+  bash "$HERE/image/build.sh" --pause "$images"
+  import_images "$images/pause.tar"
 
   # --- etcd and the control plane ------------------------------------------------------
   start etcd "$EBIN/etcd" --name=ibrain --data-dir="$D/etcd" --unsafe-no-fsync \
@@ -214,8 +222,19 @@ IB_K8S_NODE_IP=$NODE_IP
 IB_K8S_POD_PREFIX=$POD_PREFIX
 IB_K8S_CONTAINERD=$D/containerd/containerd.sock
 IB_K8S_ETCD=http://127.0.0.1:$etcd_port
+IB_K8S_DIR=$D
+IB_KUBECTL=$KUBECTL
 EOF
   echo "cluster.sh: up in $(( $(now_ms) - t0 )) ms; source $D/env" >&2
+}
+
+# import TAR...: OCI archives into containerd's k8s.io namespace, where the kubelet finds them
+import_images() {
+  local tar
+  for tar in "$@"; do
+    ctr --address "$D/containerd/containerd.sock" -n k8s.io images import "$tar" >/dev/null \
+      || die "ctr images import $tar failed"
+  done
 }
 
 # stop NAME [SIGNAL]: the process group started by start(), waited for up to 10 s
@@ -260,9 +279,16 @@ down() {
 }
 
 cmd=${1:-}; D=${2:-}
-[[ -n $D ]] || die "usage: cluster.sh up|down DIR"
+usage="usage: cluster.sh up|down DIR, cluster.sh stop|start DIR COMPONENT, or cluster.sh import DIR TAR..."
+[[ -n $D ]] || die "$usage"
 case $cmd in
   up) up ;;
   down) down ;;
-  *) die "usage: cluster.sh up|down DIR" ;;
+  stop) stop "${3:?$usage}" ;;
+  import) shift 2; import_images "$@" ;;
+  start)
+    [[ -s $D/cmds/${3:?$usage} ]] || die "no command line kept for $3 in $D/cmds"
+    [[ ! -s $D/pids/$3 ]] || ! kill -0 "$(cat "$D/pids/$3")" 2>/dev/null || die "$3 runs already"
+    eval "start $3 $(cat "$D/cmds/$3")" ;;
+  *) die "$usage" ;;
 esac

@@ -5,9 +5,12 @@
 # `ctr images import` (tools/k8s/cluster.sh imports them); tools/k8s/Dockerfile builds the
 # same images for users with a registry.
 #
-#   image/build.sh BUILD_DIR [OUT_DIR]     (OUT_DIR default ~/.cache/ibrain/k8s/images)
+#   image/build.sh BUILD_DIR [TAG [OUT_DIR]]   (TAG default local; OUT_DIR default
+#                                               ~/.cache/ibrain/k8s/images)
+# The tag tells builds apart (the suite's sanitizer build makes :asan images).
+#   image/build.sh --pause [OUT_DIR]             the pause image only (tools/k8s/cluster.sh)
 #
-# Images (tag :local):
+# Images (pause is always :local):
 #   ibrain.local/pause           the pod sandbox (image/pause.c, static)
 #   ibrain.local/ib-manager      ib-manager + ib-mock-engine: one workload replica
 #   ibrain.local/ibrain          the router
@@ -17,8 +20,13 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-B=$(cd "${1:?usage: build.sh BUILD_DIR [OUT_DIR]}" && pwd)
-OUT=${2:-${IBRAIN_K8S_CACHE:-$HOME/.cache/ibrain/k8s}/images}
+if [[ ${1:-} == --pause ]]; then
+  B=""; OUT=${2:-${IBRAIN_K8S_CACHE:-$HOME/.cache/ibrain/k8s}/images}
+else
+  B=$(cd "${1:?usage: build.sh BUILD_DIR [TAG [OUT_DIR]]}" && pwd)
+  TAG=${2:-local}
+  OUT=${3:-${IBRAIN_K8S_CACHE:-$HOME/.cache/ibrain/k8s}/images}
+fi
 mkdir -p "$OUT"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -26,9 +34,9 @@ trap 'rm -rf "$work"' EXIT
 # image NAME ENTRYPOINT BINARY...: one image of the binaries (the first is the entrypoint)
 image() {
   local name=$1 entry=$2; shift 2
-  local stamp="$OUT/$name.stamp" want
+  local file=$name-$TAG stamp="$OUT/$name-$TAG.stamp" want
   want=$(sha256sum "$@" "$HERE/build.sh" "$HERE/oci_archive.py" | sha256sum | cut -c1-64)
-  if [[ -s $OUT/$name.tar && -s $stamp && $(cat "$stamp") == "$want" ]]; then
+  if [[ -s $OUT/$file.tar && -s $stamp && $(cat "$stamp") == "$want" ]]; then
     return 0
   fi
   local root=$work/$name
@@ -49,10 +57,10 @@ image() {
       strip --strip-unneeded "$root$lib" 2>/dev/null || true
     done
   done
-  python3 "$HERE/oci_archive.py" --name "ibrain.local/$name:local" --rootfs "$root" --out "$OUT/$name.tar" \
+  python3 "$HERE/oci_archive.py" --name "ibrain.local/$name:$TAG" --rootfs "$root" --out "$OUT/$file.tar" \
     --entrypoint "[\"$entry\"]" >/dev/null
   echo "$want" > "$stamp"
-  echo "image ibrain.local/$name:local: $(du -k "$OUT/$name.tar" | cut -f1) KiB compressed, $(du -sk "$root" | cut -f1) KiB unpacked" >&2
+  echo "image ibrain.local/$name:$TAG: $(du -k "$OUT/$file.tar" | cut -f1) KiB compressed, $(du -sk "$root" | cut -f1) KiB unpacked" >&2
 }
 
 # the pause image: one static binary
@@ -69,6 +77,7 @@ if [[ ! -s $OUT/pause.tar ]] || ! cmp -s "$OUT/pause.stamp" <(sha256sum "$HERE/p
   echo "image ibrain.local/pause:local: $(du -k "$OUT/pause.tar" | cut -f1) KiB compressed" >&2
 fi
 
+[[ -n $B ]] || exit 0
 image ib-manager /usr/local/bin/ib-manager "$B/controlplane/ib-manager" "$B/tools/ib-mock-engine"
 image ibrain /usr/local/bin/ibrain "$B/dataplane/ibrain"
 image ib-orchestrator /usr/local/bin/ib-orchestrator "$B/controlplane/ib-orchestrator" "$B/controlplane/ibctl"

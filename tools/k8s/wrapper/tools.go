@@ -8,5 +8,5 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubelet"
-	_ "k8s.io/kubernetes/cmd/kubectl" // optional (BUILD_KUBECTL=1): the kubectl on PATH here is v1.32.4
+	_ "k8s.io/kubernetes/cmd/kubectl" // Debian's is v1.32, outside the supported skew
 )
