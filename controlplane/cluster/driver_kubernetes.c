@@ -35,11 +35,12 @@
 #define MAX_SLICES (IB_MAX_WORKLOADS * 4)
 #define MAX_SLICE_EPS 128
 
-enum { S_PODS, S_SLICES, S_DEPLOYS, S__COUNT };
+enum { S_PODS, S_SLICES, S_DEPLOYS, S_CONFIGS, S__COUNT };
 static const char *const stream_paths[S__COUNT] = {
     "/api/v1/namespaces/%s/pods",
     "/apis/discovery.k8s.io/v1/namespaces/%s/endpointslices",
     "/apis/apps/v1/namespaces/%s/deployments",
+    "/api/v1/namespaces/%s/configmaps",
 };
 
 typedef struct kpod {
@@ -67,6 +68,16 @@ typedef struct kdeploy {
     char message[200];
 } kdeploy_t;
 
+/* A workload's ConfigMap: the cluster server's record of its spec, and the resourceVersion
+ * an update must match (optimistic concurrency between cluster servers). */
+typedef struct kconfig {
+    char workload[64];
+    char rv[32];
+    uint8_t *record;
+    size_t len;
+    int deleting;
+} kconfig_t;
+
 /* One list-then-watch of a kind of object. */
 typedef struct stream {
     char rv[32];          /* resourceVersion to watch from; "" until listed */
@@ -75,6 +86,7 @@ typedef struct stream {
     uint32_t backoff_ms;
     uint64_t next_ns;     /* when to list again */
     uint64_t events;
+    int listed;           /* the cache holds a full list (and what came after) */
 } stream_t;
 
 typedef struct kube {
@@ -91,6 +103,9 @@ typedef struct kube {
     uint32_t nslices;
     kdeploy_t deploys[IB_MAX_WORKLOADS * 2];
     uint32_t ndeploys;
+    kconfig_t configs[IB_MAX_WORKLOADS * 2];
+    uint32_t nconfigs;
+    uint64_t records_version; /* bumped when a workload's record appears, changes or goes */
 } kube_t;
 
 /* ---- small helpers ---- */
@@ -267,8 +282,74 @@ static void deploy_update(kube_t *k, const char *o, size_t len, int deleted)
     }
 }
 
+/* base64 of binaryData into a malloc'd record; NULL when absent or invalid. */
+static uint8_t *b64_decode(const char *s, size_t n, size_t *len)
+{
+    uint8_t *out = malloc(n / 4 * 3 + 4);
+    if (out == NULL)
+        return NULL;
+    int m = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
+    for (size_t e = n; m > 0 && e > 0 && s[e - 1] == '='; e--)
+        m--; /* EVP_DecodeBlock counts the padding */
+    if (m <= 0) {
+        free(out);
+        return NULL;
+    }
+    *len = (size_t)m;
+    return out;
+}
+
+static kconfig_t *config_of(kube_t *k, const char *workload)
+{
+    for (uint32_t i = 0; i < k->nconfigs; i++)
+        if (strcmp(k->configs[i].workload, workload) == 0)
+            return &k->configs[i];
+    return NULL;
+}
+
+static void config_drop(kube_t *k, kconfig_t *c)
+{
+    free(c->record);
+    *c = k->configs[--k->nconfigs];
+    k->records_version++;
+}
+
+static void config_update(kube_t *k, const char *o, size_t len, int deleted)
+{
+    char name[80], id[64];
+    if (str_at(k, o, len, "/metadata/name", name, sizeof(name)) != 0)
+        return;
+    workload_of(name, id, sizeof(id));
+    kconfig_t *c = config_of(k, id);
+    if (deleted) {
+        if (c != NULL)
+            config_drop(k, c);
+        return;
+    }
+    if (c == NULL) {
+        if (k->nconfigs == sizeof(k->configs) / sizeof(k->configs[0]))
+            return;
+        c = &k->configs[k->nconfigs++];
+        memset(c, 0, sizeof(*c));
+        snprintf(c->workload, sizeof(c->workload), "%s", id);
+    }
+    str_at(k, o, len, "/metadata/resourceVersion", c->rv, sizeof(c->rv));
+    ib_span_t s;
+    int deleting = ib_json_pointer_string(k->inner, o, len, "/metadata/deletionTimestamp", &s) == 0;
+    size_t rlen = 0;
+    uint8_t *record = NULL;
+    if (ib_json_pointer_string(k->inner, o, len, "/binaryData/spec.pb", &s) == 0)
+        record = b64_decode(s.ptr, s.len, &rlen);
+    if (deleting != c->deleting || rlen != c->len || (rlen > 0 && memcmp(record, c->record, rlen) != 0))
+        k->records_version++;
+    free(c->record);
+    c->record = record;
+    c->len = rlen;
+    c->deleting = deleting;
+}
+
 typedef void (*update_fn)(kube_t *k, const char *o, size_t len, int deleted);
-static const update_fn updaters[S__COUNT] = {pod_update, slice_update, deploy_update};
+static const update_fn updaters[S__COUNT] = {pod_update, slice_update, deploy_update, config_update};
 
 typedef struct list_walk {
     kube_t *k;
@@ -347,8 +428,11 @@ static void on_stream(void *ctx, int st, ib_kube_chunk_t kind, const char *data,
             k->npods = 0;
         else if (st == S_SLICES)
             k->nslices = 0;
-        else
+        else if (st == S_DEPLOYS)
             k->ndeploys = 0;
+        else
+            while (k->nconfigs > 0)
+                config_drop(k, &k->configs[0]);
         list_walk_t w = {k, st};
         ib_json_pointer_each(k->json, data, len, "/items", on_item, &w);
         ib_span_t rv;
@@ -356,6 +440,7 @@ static void on_stream(void *ctx, int st, ib_kube_chunk_t kind, const char *data,
             span_copy(s->rv, sizeof(s->rv), rv);
         s->gone = 0;
         s->backoff_ms = 0;
+        s->listed = 1;
     } else if (!s->watching && status == 200) { /* listed: watch from there */
         start_watch(k, st);
     } else if (s->watching && status == 200 && !s->gone) { /* a watch's timeout: go on */
@@ -391,7 +476,7 @@ static void b64(const uint8_t *in, size_t len, ib_buf_t *out)
 }
 
 static int apply_object(kube_t *k, const char *kind_path, const char *name, const ib_buf_t *body, const char *what,
-                        char *uid, size_t uidcap, char *err, size_t errlen)
+                        char *uid, size_t uidcap, char *rv, size_t rvcap, char *err, size_t errlen)
 {
     char path[512];
     path_of(k, path, sizeof(path), kind_path, name, "?fieldManager=" FIELD_MANAGER "&force=true");
@@ -404,15 +489,41 @@ static int apply_object(kube_t *k, const char *kind_path, const char *name, cons
         code = ib_kube_error(&r, k->json, label, err, errlen);
     } else if (uid != NULL) {
         ib_span_t s;
-        uid[0] = '\0';
+        uid[0] = rv[0] = '\0';
         if (ib_json_pointer_string(k->json, r.body.ptr, r.body.len, "/metadata/uid", &s) == 0)
             span_copy(uid, uidcap, s);
+        if (ib_json_pointer_string(k->json, r.body.ptr, r.body.len, "/metadata/resourceVersion", &s) == 0)
+            span_copy(rv, rvcap, s);
     }
     ib_buf_free(&r.body);
     return code;
 }
 
 static int kube_remove(void *self, const char *id, char *err, size_t errlen);
+
+/* The cache learns this server's own change at once, so that a list made before the watch
+ * event arrives does not bring back the old spec, and the next update starts from <rv>. */
+static void config_remember(kube_t *k, const char *id, const char *rv, const uint8_t *record, size_t len)
+{
+    kconfig_t *c = config_of(k, id);
+    if (c == NULL) {
+        if (k->nconfigs == sizeof(k->configs) / sizeof(k->configs[0]))
+            return;
+        c = &k->configs[k->nconfigs++];
+        memset(c, 0, sizeof(*c));
+        snprintf(c->workload, sizeof(c->workload), "%s", id);
+    }
+    uint8_t *copy = malloc(len ? len : 1);
+    if (copy == NULL)
+        return;
+    memcpy(copy, record, len);
+    free(c->record);
+    c->record = copy;
+    c->len = len;
+    c->deleting = 0;
+    if (rv[0] != '\0')
+        snprintf(c->rv, sizeof(c->rv), "%s", rv);
+}
 
 static int kube_apply(void *self, const ib_workload_spec_t *w, const uint8_t *record, size_t len, int create,
                       char *err, size_t errlen)
@@ -445,14 +556,23 @@ static int kube_apply(void *self, const ib_workload_spec_t *w, const uint8_t *re
         .manager_port = MANAGER_PORT, .drain_s = k->cfg.pod_drain_s, .grace_s = k->cfg.pod_grace_s,
         .spec_b64 = spec.ptr, .mock_engine = MOCK_IN_IMAGE,
     };
+    /* an update names the ConfigMap's resourceVersion this server last saw: if another cluster
+     * server changed the workload since, the API server refuses (409) and nothing changes */
+    const kconfig_t *seen = create ? NULL : config_of(k, w->id);
+    o.resource_version = seen != NULL ? seen->rv : NULL;
     ib_kube_configmap(&body, w, &o);
-    int code = apply_object(k, "/api/v1/namespaces/%s/configmaps", name, &body, "configmap", uid, sizeof(uid), err,
-                            errlen);
+    char rv[32] = "";
+    int code = apply_object(k, "/api/v1/namespaces/%s/configmaps", name, &body, "configmap", uid, sizeof(uid), rv,
+                            sizeof(rv), err, errlen);
+    if (code == IB_GRPC_ABORTED && seen != NULL)
+        snprintf(err + strlen(err), errlen - strlen(err), " (changed by another cluster server: get it and retry)");
+    if (code == IB_GRPC_OK) /* our own change, known before its watch event comes */
+        config_remember(k, w->id, rv, record, len);
     if (code == IB_GRPC_OK) {
         o.owner_uid = uid;
         body.len = 0;
         ib_kube_service(&body, w, &o);
-        code = apply_object(k, "/api/v1/namespaces/%s/services", name, &body, "service", NULL, 0, err, errlen);
+        code = apply_object(k, "/api/v1/namespaces/%s/services", name, &body, "service", NULL, 0, NULL, 0, err, errlen);
     }
     if (code == IB_GRPC_OK) {
         /* the pods roll when what they read changes: the config file's hash in the template */
@@ -460,8 +580,8 @@ static int kube_apply(void *self, const ib_workload_spec_t *w, const uint8_t *re
         snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)XXH3_64bits(conf.ptr, conf.len));
         body.len = 0;
         ib_kube_deployment(&body, w, &o, hash);
-        code = apply_object(k, "/apis/apps/v1/namespaces/%s/deployments", name, &body, "deployment", NULL, 0, err,
-                            errlen);
+        code = apply_object(k, "/apis/apps/v1/namespaces/%s/deployments", name, &body, "deployment", NULL, 0, NULL, 0,
+                            err, errlen);
     }
     ib_buf_free(&spec);
     ib_buf_free(&body);
@@ -488,6 +608,9 @@ static int kube_remove(void *self, const char *id, char *err, size_t errlen)
     if (r.status != 200 && r.status != 202 && r.status != 404)
         code = ib_kube_error(&r, k->json, "delete configmap", err, errlen);
     ib_buf_free(&r.body);
+    kconfig_t *c = code == IB_GRPC_OK ? config_of(k, id) : NULL;
+    if (c != NULL) /* gone for this server now, whatever the watch says until its event comes */
+        c->deleting = 1;
     return code;
 }
 
@@ -506,21 +629,23 @@ static int on_configmap(void *arg, const char *item, size_t len)
         return 0; /* on its way out */
     if (ib_json_pointer_string(k->inner, item, len, "/binaryData/spec.pb", &s) != 0)
         return 0;
-    unsigned char *out = malloc(s.len / 4 * 3 + 4);
-    if (out == NULL)
-        return 0;
-    int n = EVP_DecodeBlock(out, (const unsigned char *)s.ptr, (int)s.len);
-    for (size_t e = s.len; n > 0 && e > 0 && s.ptr[e - 1] == '='; e--)
-        n--; /* EVP_DecodeBlock counts the padding */
-    if (n > 0)
-        l->found(l->ctx, out, (size_t)n);
-    free(out);
+    size_t n = 0;
+    uint8_t *record = b64_decode(s.ptr, s.len, &n);
+    if (record != NULL)
+        l->found(l->ctx, record, n);
+    free(record);
     return 0;
 }
 
 static int kube_list(void *self, ib_record_fn found, void *ctx, char *err, size_t errlen)
 {
     kube_t *k = self;
+    if (k->streams[S_CONFIGS].listed) { /* the watch keeps them */
+        for (uint32_t i = 0; i < k->nconfigs; i++)
+            if (!k->configs[i].deleting && k->configs[i].record != NULL)
+                found(ctx, k->configs[i].record, k->configs[i].len);
+        return IB_GRPC_OK;
+    }
     char path[512];
     path_of(k, path, sizeof(path), "/api/v1/namespaces/%s/configmaps", NULL, "?labelSelector=" MANAGED);
     ib_kube_resp_t r;
@@ -629,7 +754,7 @@ static void kube_metrics(void *self, ib_buf_t *b)
     ib_buf_printf(b, "# HELP ib_cluster_kube_requests_total Requests to the Kubernetes API server (calls, lists and "
                      "watches started).\n# TYPE ib_cluster_kube_requests_total counter\n"
                      "ib_cluster_kube_requests_total %llu\n", (unsigned long long)ib_kube_requests(k->api));
-    static const char *const kinds[S__COUNT] = {"pods", "endpointslices", "deployments"};
+    static const char *const kinds[S__COUNT] = {"pods", "endpointslices", "deployments", "configmaps"};
     ib_buf_printf(b, "# HELP ib_cluster_kube_watch_events_total Watch events received, by kind of object.\n"
                      "# TYPE ib_cluster_kube_watch_events_total counter\n");
     for (int st = 0; st < S__COUNT; st++)
@@ -640,6 +765,11 @@ static void kube_metrics(void *self, ib_buf_t *b)
     for (int st = 0; st < S__COUNT; st++)
         ib_buf_printf(b, "ib_cluster_kube_watching{kind=\"%s\"} %d\n", kinds[st],
                       k->streams[st].watching && ib_kube_streaming(k->api, st));
+}
+
+static uint64_t kube_version(void *self)
+{
+    return ((kube_t *)self)->records_version;
 }
 
 static int kube_validate(void *self, const ib_workload_spec_t *w, char *err, size_t errlen)
@@ -662,6 +792,8 @@ static void kube_destroy(ib_driver_t *d)
     ib_json_parser_free(k->eps);
     free(k->pods);
     free(k->slices);
+    for (uint32_t i = 0; i < k->nconfigs; i++)
+        free(k->configs[i].record);
     free(k);
 }
 
@@ -701,7 +833,8 @@ ib_driver_t *ib_driver_kubernetes_new(const ib_cluster_config_t *cfg)
         kube_destroy(&k->ops);
         return NULL;
     }
-    k->wops = (ib_workload_ops_t){.apply = kube_apply, .remove = kube_remove, .view = kube_view, .list = kube_list};
+    k->wops = (ib_workload_ops_t){
+        .apply = kube_apply, .remove = kube_remove, .view = kube_view, .list = kube_list, .version = kube_version};
     k->ops = (ib_driver_t){
         .self = k,
         .name = "kubernetes",

@@ -116,6 +116,12 @@ void ib_kube_configmap(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_w
 {
     ib_buf_printf(b, "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",");
     metadata(b, w, o);
+    if (o->resource_version != NULL && o->resource_version[0] != '\0') { /* into metadata: reopen it */
+        b->len--;
+        ib_buf_printf(b, ",\"resourceVersion\":");
+        ib_json_str(b, o->resource_version);
+        ib_buf_printf(b, "}");
+    }
     ib_buf_printf(b, ",\"data\":{\"manager.conf\":");
     ib_buf_t conf = {0};
     ib_kube_manager_conf(&conf, w, o);

@@ -97,6 +97,8 @@ typedef struct cluster {
      * then, changes are refused as UNAVAILABLE), and when to try again */
     int restored;
     uint64_t restore_at_ns;
+    uint64_t records_version; /* the driver's version when last listed */
+    int ever_restored;
 } cluster_t;
 
 typedef struct call {
@@ -728,7 +730,8 @@ static void on_record(void *ctx, const uint8_t *record, size_t len)
         w->spec = s;
         if (s.generation > c->next_generation)
             c->next_generation = s.generation;
-        fprintf(stderr, "ib-clusterd: workload %s found on %s: %u replicas, generation %llu\n", s.id,
+        if (!c->ever_restored)
+            fprintf(stderr, "ib-clusterd: workload %s found on %s: %u replicas, generation %llu\n", s.id,
                 c->driver->name, s.replicas, (unsigned long long)s.generation);
     }
     if (m != NULL)
@@ -739,14 +742,19 @@ static void on_record(void *ctx, const uint8_t *record, size_t len)
  * it answers). */
 static void restore_workloads(cluster_t *c)
 {
+    uint64_t v = c->driver->workloads->version(c->driver->self);
+    if (c->restored && v != c->records_version) /* changed on the platform: read them again */
+        c->restored = 0;
     if (c->restored || ib_now_ns() < c->restore_at_ns)
         return;
+    c->records_version = v;
     char err[256];
     c->n = 0;
     int code = c->driver->workloads->list(c->driver->self, on_record, c, err, sizeof(err));
     if (code == 0) {
-        c->restored = 1;
-        fprintf(stderr, "ib-clusterd: %u workloads on %s\n", c->n, c->driver->name);
+        if (!c->ever_restored)
+            fprintf(stderr, "ib-clusterd: %u workloads on %s\n", c->n, c->driver->name);
+        c->restored = c->ever_restored = 1;
     } else {
         c->n = 0;
         c->restore_at_ns = ib_now_ns() + 2000000000ull;

@@ -95,6 +95,9 @@ typedef struct ib_workload_ops {
     void (*view)(void *self, const ib_workload_spec_t *w, ib_workload_view_t *out);
     /** Every workload the platform holds for this server, through <found>. */
     int (*list)(void *self, ib_record_fn found, void *ctx, char *err, size_t errlen);
+    /** A number that changes when the platform's workloads change (another cluster server's
+     * doing, or this one's): the server then lists them again. */
+    uint64_t (*version)(void *self);
 } ib_workload_ops_t;
 
 /**

@@ -94,6 +94,7 @@ typedef struct ib_kube_workload_opts {
     uint32_t grace_s;          /* terminationGracePeriodSeconds */
     const char *spec_b64;      /* the server's record of the workload (binaryData spec.pb) */
     const char *owner_uid;     /* the ConfigMap's uid: the Service and Deployment are its dependents */
+    const char *resource_version; /* the ConfigMap's, when updating: a precondition (or NULL) */
     const char *mock_engine;   /* engine "mock" in the image: the command, placeholders kept */
 } ib_kube_workload_opts_t;
 

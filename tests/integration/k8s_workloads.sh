@@ -11,6 +11,8 @@
 #   - a pod's manager killed (the container restarts) and a pod deleted under load (the
 #     ReplicaSet replaces it): back in the snapshot, 0 failed requests;
 #   - the cluster server restarted: the workload is kept, nothing duplicated;
+#   - a second cluster server on the namespace sees the workload; a scale through it reaches
+#     the first one and ibrain;
 #   - the API server stopped for 10 s: ibrain keeps serving; the cluster server reconnects
 #     and a scale made afterwards reaches ibrain;
 #   - a cluster server whose service account may patch but not create deployments:
@@ -209,6 +211,33 @@ ib_expect_eq "objects after the restart" \
 wait_until 30 "the snapshot after the restart" 'test "$(snap_replicas)" = "$(pods_of)"'
 echo "cluster server restarted: workload demo kept (generation $gen), one ConfigMap, Service and Deployment"
 
+# ---- a second cluster server on the same namespace: it sees the workload, and a change
+# made through it reaches the first (they share the cluster's state, not their own) ----
+mkdir -p "$IB_TMP/py"
+/usr/bin/python3 -m grpc_tools.protoc -I "$IB_SRC/controlplane/proto" --python_out="$IB_TMP/py" \
+  --grpc_python_out="$IB_TMP/py" cluster.proto
+start_clusterd cd2 "$KUBECONFIG"
+/usr/bin/python3 - "$(ib_port cd2)" "$IB_TMP/py" "$gen" >"$IB_TMP/cd2.txt" 2>&1 <<'PY' || ib_fail "second cluster server: $(cat "$IB_TMP/cd2.txt")"
+import sys
+sys.path.insert(0, sys.argv[2])
+import grpc, cluster_pb2 as pb, cluster_pb2_grpc as rpc
+ch = grpc.insecure_channel("127.0.0.1:" + sys.argv[1])
+grpc.channel_ready_future(ch).result(timeout=10)
+stub = rpc.ClusterStub(ch)
+st = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10)
+assert st.spec.generation == int(sys.argv[3]), st.spec.generation
+spec = st.spec
+spec.replicas = 3
+st = stub.UpdateWorkload(spec, timeout=20)
+print("the second cluster server saw demo at generation %d and scaled it to %d" % (st.spec.generation, st.spec.replicas))
+PY
+cat "$IB_TMP/cd2.txt"
+replicas_seen() { "$IBCTL" -o json workload get demo | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"])'; }
+wait_until 20 "the first cluster server seeing the second one's scale" 'test "$(replicas_seen)" = 3'
+wait_until 60 "3 replicas in the snapshot" 'test "$(wc -w <<<"$(snap_replicas)")" = 3'
+ib_stop cd2 || true
+echo "two cluster servers: a scale to 3 through the second reached the first and ibrain"
+
 # ---- the API server away for 10 s: ibrain serves; the cluster server catches up ----
 bash "$IB_SRC/tools/k8s/cluster.sh" stop "$IB_K8S_DIR" kube-apiserver
 ok=0
@@ -217,13 +246,13 @@ for i in $(seq 1 20); do
   sleep 0.5
 done
 ib_expect_eq "requests answered while the API server was away" "$ok" 20
-"$IBCTL" workload scale demo 3 >"$IB_TMP/outage-scale.txt" 2>&1 && ib_fail "a scale succeeded without an API server"
+"$IBCTL" workload scale demo 2 >"$IB_TMP/outage-scale.txt" 2>&1 && ib_fail "a scale succeeded without an API server"
 grep -qi 'unavailable\|unreachable\|503' "$IB_TMP/outage-scale.txt" || ib_fail "scale during the outage: $(cat "$IB_TMP/outage-scale.txt")"
 bash "$IB_SRC/tools/k8s/cluster.sh" start "$IB_K8S_DIR" kube-apiserver
 wait_until 60 "the API server back" 'k get --raw /readyz >/dev/null 2>&1'
-"$IBCTL" workload scale demo 3 --wait --timeout 120 >"$IB_TMP/scale3.txt" 2>&1 || ib_fail "scale after the outage: $(cat "$IB_TMP/scale3.txt")"
-wait_until 60 "3 replicas in the snapshot after the outage" 'test "$(wc -w <<<"$(snap_replicas)")" = 3'
-echo "API server stopped 10 s: 20 of 20 requests answered; a scale then was refused as unavailable; after: scaled to 3"
+"$IBCTL" workload scale demo 2 --wait --timeout 120 >"$IB_TMP/scale2.txt" 2>&1 || ib_fail "scale after the outage: $(cat "$IB_TMP/scale2.txt")"
+wait_until 60 "2 replicas in the snapshot after the outage" 'test "$(wc -w <<<"$(snap_replicas)")" = 2'
+echo "API server stopped 10 s: 20 of 20 requests answered; a scale then was refused as unavailable; after: scaled to 2"
 
 # ---- permission denied, invalid argument (grpcio) ----
 k -n "$ns" create serviceaccount ib-limited >/dev/null
@@ -249,9 +278,6 @@ contexts:
 current-context: x
 EOF
 start_clusterd limited "$IB_TMP/limited.kubeconfig"
-mkdir -p "$IB_TMP/py"
-/usr/bin/python3 -m grpc_tools.protoc -I "$IB_SRC/controlplane/proto" --python_out="$IB_TMP/py" \
-  --grpc_python_out="$IB_TMP/py" cluster.proto
 /usr/bin/python3 - "$(ib_port limited)" "$IB_TMP/py" "$IB_TMP/weights/model.bin" >"$IB_TMP/limited.txt" 2>&1 <<'PY' || ib_fail "grpc: $(cat "$IB_TMP/limited.txt")"
 import sys
 sys.path.insert(0, sys.argv[2])
