@@ -554,6 +554,7 @@ static int kube_apply(void *self, const ib_workload_spec_t *w, const uint8_t *re
     ib_kube_workload_opts_t o = {
         .namespace_ = k->ns, .image = k->cfg.image, .pull_policy = k->cfg.pull_policy, .engine_port = ENGINE_PORT,
         .manager_port = MANAGER_PORT, .drain_s = k->cfg.pod_drain_s, .grace_s = k->cfg.pod_grace_s,
+        .progress_deadline_s = k->cfg.rollout_deadline_s,
         .spec_b64 = spec.ptr, .mock_engine = MOCK_IN_IMAGE,
     };
     /* an update names the ConfigMap's resourceVersion this server last saw: if another cluster

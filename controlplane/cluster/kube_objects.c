@@ -180,8 +180,8 @@ void ib_kube_deployment(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_
     /* maxUnavailable 0: an old pod goes only once a new one is ready; maxSurge 1: one new
      * pod at a time (an engine holds a GPU: never twice the fleet) */
     ib_buf_printf(b, "},\"strategy\":{\"type\":\"RollingUpdate\",\"rollingUpdate\":{\"maxUnavailable\":0,"
-                     "\"maxSurge\":1}},\"progressDeadlineSeconds\":180,\"revisionHistoryLimit\":3,"
-                     "\"template\":{\"metadata\":{\"labels\":");
+                     "\"maxSurge\":1}},\"progressDeadlineSeconds\":%u,\"revisionHistoryLimit\":3,"
+                     "\"template\":{\"metadata\":{\"labels\":", o->progress_deadline_s ? o->progress_deadline_s : 600);
     labels(b, w, 0);
     ib_buf_printf(b, ",\"annotations\":{\"ibrain.io/config-hash\":");
     ib_json_str(b, config_hash);

@@ -33,6 +33,8 @@ static void usage(FILE *f)
                "  --pod-drain-s N      kubernetes: a pod shows as terminating this long before its manager\n"
                "                       drains (preStop; default 3)\n"
                "  --pod-grace-s N      kubernetes: terminationGracePeriodSeconds (default 30)\n"
+               "  --rollout-deadline-s N  kubernetes: a rollout that makes no progress this long (a new pod\n"
+               "                       never ready) makes the workload degraded (default 600)\n"
                "  --driver NAME        what runs the replicas (default %s):\n",
             ib_drivers[0].name);
     for (const ib_driver_entry_t *d = ib_drivers; d->name != NULL; d++)
@@ -49,6 +51,7 @@ int main(int argc, char **argv)
                                          {"kubeconfig", 1, 0, 'k'}, {"namespace", 1, 0, 'n'},
                                          {"image", 1, 0, 'i'}, {"pull-policy", 1, 0, 'u'},
                                          {"pod-drain-s", 1, 0, 'D'}, {"pod-grace-s", 1, 0, 'G'},
+                                         {"rollout-deadline-s", 1, 0, 'R'},
                                          {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -60,6 +63,7 @@ int main(int argc, char **argv)
         case 'u': cfg.pull_policy = optarg; break;
         case 'D': cfg.pod_drain_s = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'G': cfg.pod_grace_s = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'R': cfg.rollout_deadline_s = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'l': cfg.listen = optarg; break;
         case 'p': cfg.port_file = optarg; break;
         case 's': cfg.state_dir = optarg; break;

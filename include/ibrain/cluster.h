@@ -158,6 +158,7 @@ typedef struct ib_cluster_config {
     const char *pull_policy;/* NULL: IfNotPresent */
     uint32_t pod_drain_s;   /* preStop: the pod shows as terminating this long before SIGTERM (default 3) */
     uint32_t pod_grace_s;   /* terminationGracePeriodSeconds (default 30) */
+    uint32_t rollout_deadline_s; /* progressDeadlineSeconds: a stalled rollout is degraded after it (default 600) */
 } ib_cluster_config_t;
 
 /* ---- functions ---- */

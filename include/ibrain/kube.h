@@ -92,6 +92,7 @@ typedef struct ib_kube_workload_opts {
     uint32_t manager_port;     /* container port of the manager's status server (8081) */
     uint32_t drain_s;          /* preStop sleep: routers see the pod terminating first */
     uint32_t grace_s;          /* terminationGracePeriodSeconds */
+    uint32_t progress_deadline_s; /* a rollout not progressing this long is failed (0: 600) */
     const char *spec_b64;      /* the server's record of the workload (binaryData spec.pb) */
     const char *owner_uid;     /* the ConfigMap's uid: the Service and Deployment are its dependents */
     const char *resource_version; /* the ConfigMap's, when updating: a precondition (or NULL) */

@@ -7,6 +7,9 @@
 #     to the pods, found through the Service's EndpointSlices;
 #   - `ibctl workload update --version v2` under 60 req/s: 0 failed requests, old pods gone,
 #     new requests answered by the new pods;
+#   - a bad update (the engine cannot start): the old pods serve on, the workload is rolling,
+#     then degraded at the rollout deadline with the Deployment's reason; the next update
+#     repairs it;
 #   - scale 2 -> 4 -> 1;
 #   - a pod's manager killed (the container restarts) and a pod deleted under load (the
 #     ReplicaSet replaces it): back in the snapshot, 0 failed requests;
@@ -65,7 +68,7 @@ ib_redis redis
 rport=$(ib_port redis)
 start_clusterd() { # NAME KUBECONFIG [PORT]
   ib_spawn "$1" "$CD/ib-clusterd" --driver kubernetes --kubeconfig "$2" --namespace "$ns" \
-    --image "ibrain.local/ib-manager:$tag" --pull-policy Never --pod-drain-s 2 --pod-grace-s 20 \
+    --image "ibrain.local/ib-manager:$tag" --pull-policy Never --pod-drain-s 2 --pod-grace-s 20 --rollout-deadline-s 12 \
     --listen "127.0.0.1:${3:-0}" --port-file @PORTFILE --state-dir "$IB_TMP/state-$1" \
     --http-listen 127.0.0.1:0 --http-port-file "$IB_TMP/$1.http"
   ib_wait_port "$1" >/dev/null
@@ -167,6 +170,25 @@ for i in $(seq 1 6); do
   [[ " $pods " == *" ${s#200:} "* ]] || ib_fail "after the update, answered by $s (want one of $pods)"
 done
 echo "rolling update to v2 under 60 req/s: 720 of 720 requests ok; old pods ($old_pods) gone; new pods: $pods"
+
+# ---- a bad update (the engine cannot start): the old pods keep serving, the workload turns
+# degraded at the rollout deadline with the reason; the next update repairs it ----
+phase_msg() { "$IBCTL" -o json workload get demo | /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin)["status"]; print(d["phase"] + ": " + d.get("message", ""))'; }
+"$IBCTL" workload update demo --version v3 --engine-args "--no-such-flag" >"$IB_TMP/bad.txt" 2>&1 || ib_fail "bad update: $(cat "$IB_TMP/bad.txt")"
+wait_until 10 "phase rolling" '[[ "$(phase_msg)" == rolling:* ]]'
+for i in $(seq 1 6); do
+  s=$(chat "during the bad update $i" | awk '{print $1 ":" $2}')
+  [[ " $pods " == *" ${s#200:} "* ]] || ib_fail "during a broken update, answered by $s (want one of $pods)"
+done
+wait_until 40 "phase degraded after the rollout deadline" '[[ "$(phase_msg)" == degraded:* ]]'
+echo "bad update: $(phase_msg)"
+[[ "$(phase_msg)" == *"progress"* ]] || ib_fail "degraded without the deadline named: $(phase_msg)"
+ib_expect_eq "pods still serving the bad update" "$(snap_replicas)" "$pods"
+"$IBCTL" workload update demo --version v4 --engine-args "--itl-ms 1" --wait --timeout 120 >"$IB_TMP/fix.txt" 2>&1 ||
+  ib_fail "repairing update: $(cat "$IB_TMP/fix.txt")"
+pods=$(pods_of)
+wait_until 30 "the repaired pods in the snapshot" 'test "$(snap_replicas)" = "$pods"'
+echo "the next update (v4) rolled out: $pods"
 
 # ---- scale 2 -> 4 -> 1 ----
 for n in 4 1; do
