@@ -158,6 +158,9 @@ void ib_spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m)
     m->engine = (char *)s->engine;
     m->engine_args = (char *)s->engine_args;
     m->version = (char *)s->version;
+    m->cpu = (char *)s->cpu;
+    m->memory = (char *)s->memory;
+    m->gpus = s->gpus;
 }
 
 void ib_spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *s)
@@ -174,7 +177,10 @@ void ib_spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *s)
     CP(engine);
     CP(engine_args);
     CP(version);
+    CP(cpu);
+    CP(memory);
 #undef CP
+    s->gpus = m->gpus;
     s->replicas = m->replicas;
     s->block_size = m->block_size;
     s->context_length = m->context_length;

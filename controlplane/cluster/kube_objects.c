@@ -173,6 +173,19 @@ void ib_kube_deployment(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_
     char err[160];
     if (parse_weights(w->weights, &v, err, sizeof(err)) != 0)
         v = (weights_vol_t){.kind = W_HOST, .a = "/"}; /* validated before: not reached */
+    /* requests: what the scheduler places the pod by; limits: memory (an engine over it is
+     * killed, not the node) and GPUs (extended resources are limits only) */
+    char resources[256] = "", req[96] = "", lim[96] = "";
+    if (w->cpu[0])
+        snprintf(req, sizeof(req), "\"cpu\":\"%s\"", w->cpu);
+    if (w->memory[0]) {
+        snprintf(req + strlen(req), sizeof(req) - strlen(req), "%s\"memory\":\"%s\"", req[0] ? "," : "", w->memory);
+        snprintf(lim, sizeof(lim), "\"memory\":\"%s\"", w->memory);
+    }
+    if (w->gpus)
+        snprintf(lim + strlen(lim), sizeof(lim) - strlen(lim), "%s\"nvidia.com/gpu\":%u", lim[0] ? "," : "", w->gpus);
+    if (req[0] || lim[0])
+        snprintf(resources, sizeof(resources), "\"resources\":{\"requests\":{%s},\"limits\":{%s}},", req, lim);
     ib_buf_printf(b, "{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\",");
     metadata(b, w, o);
     ib_buf_printf(b, ",\"spec\":{\"replicas\":%u,\"selector\":{\"matchLabels\":", w->replicas);
@@ -209,11 +222,12 @@ void ib_kube_deployment(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_
                   /* before SIGTERM: the pod shows as terminating in the EndpointSlices for this long,
                    * so that routers stop sending new requests before the engine drains */
                   "\"lifecycle\":{\"preStop\":{\"sleep\":{\"seconds\":%u}}},"
+                  "%s"
                   "\"securityContext\":{\"allowPrivilegeEscalation\":false,\"readOnlyRootFilesystem\":true,"
                   "\"capabilities\":{\"drop\":[\"ALL\"]}},"
                   "\"volumeMounts\":[{\"name\":\"config\",\"mountPath\":\"/etc/ibrain\",\"readOnly\":true},"
                   "{\"name\":\"tmp\",\"mountPath\":\"/tmp\"},{\"name\":\"weights\",\"readOnly\":true,\"mountPath\":",
-                  o->manager_port, o->engine_port, o->manager_port, o->drain_s);
+                  o->manager_port, o->engine_port, o->manager_port, o->drain_s, resources);
     ib_json_str(b, v.kind == W_HOST ? v.a : MOUNT);
     ib_buf_printf(b, "}]}],\"volumes\":[{\"name\":\"config\",\"configMap\":{\"name\":\"ib-%s\"}},"
                      "{\"name\":\"tmp\",\"emptyDir\":{\"sizeLimit\":\"256Mi\"}},",

@@ -339,6 +339,18 @@ static int spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *
     COPY(s->engine, m->engine, "engine");
     COPY(s->engine_args, m->engine_args, "engine_args");
     COPY(s->version, m->version, "version");
+    COPY(s->cpu, m->cpu, "cpu");
+    COPY(s->memory, m->memory, "memory");
+    if ((s->cpu[0] && !ib_quantity_valid(s->cpu)) || (s->memory[0] && !ib_quantity_valid(s->memory))) {
+        int cpu = s->cpu[0] && !ib_quantity_valid(s->cpu);
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s: not a quantity (\"4\", \"500m\", \"16Gi\")", cpu ? "cpu" : "memory");
+        return -1;
+    }
+    if (m->gpus > 64) {
+        fail(r, GRPC_STATUS_INVALID_ARGUMENT, "%s", "gpus: must be 0..64");
+        return -1;
+    }
+    s->gpus = m->gpus;
     ib_chat_template_t tpl;
     if (s->chat_template[0] != '\0' && ib_chat_template_parse(s->chat_template, &tpl) != 0) {
         fail(r, GRPC_STATUS_INVALID_ARGUMENT, "chat_template: unknown template '%s' (chatml, qwen3, llama3, plain)",

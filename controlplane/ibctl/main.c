@@ -55,6 +55,7 @@ static void usage(FILE *f)
             "fields: --replicas N --engine mock|vllm|sglang|custom --engine-args 'ARGS' --engine-cmd 'CMD'\n"
             "        --version V --template chatml|qwen3|llama3|plain --tokenizer PATH --block-size N\n"
             "        --context-length N --policy affinity|least-load|round-robin|consistent-hash\n"
+            "        --cpu Q --memory Q --gpus N   (per replica, kubernetes driver: \"4\", \"16Gi\")\n"
             "\n"
             "environment: IBCTL_SERVER (default " DEFAULT_SERVER "), IBCTL_TOKEN, IBCTL_TOKEN_FILE\n");
 }
@@ -263,7 +264,8 @@ static int spec_flags(int argc, char **argv, int i, char *body, size_t cap, int 
     } map[] = {{"--model", "model", 0},         {"--weights", "weights", 0},          {"--replicas", "replicas", 1},
                {"--engine", "engine", 0},       {"--engine-args", "engine_args", 0},  {"--engine-cmd", "engine_cmd", 0},
                {"--version", "version", 0},     {"--template", "chat_template", 0},   {"--tokenizer", "tokenizer", 0},
-               {"--block-size", "block_size", 1}, {"--context-length", "context_length", 1}, {"--policy", "policy", 0}};
+               {"--block-size", "block_size", 1}, {"--context-length", "context_length", 1}, {"--policy", "policy", 0},
+               {"--cpu", "cpu", 0},             {"--memory", "memory", 0},            {"--gpus", "gpus", 1}};
     size_t n = 0;
     ib_buf_t esc = {0};
     n += (size_t)snprintf(body + n, cap - n, "{");

@@ -142,6 +142,9 @@ static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
     ib_json_member_str(b, "weights", sp->weights, 1);
     ib_json_member_str(b, "engine", sp->engine[0] ? sp->engine : sp->engine_cmd[0] ? "custom" : "mock", 1);
     ib_json_member_str(b, "engine_args", sp->engine_args, 1);
+    ib_json_member_str(b, "cpu", sp->cpu, 1);
+    ib_json_member_str(b, "memory", sp->memory, 1);
+    ib_json_member_u64(b, "gpus", sp->gpus, 1);
     ib_json_member_str(b, "engine_cmd", sp->engine_cmd, 1);
     ib_json_member_str(b, "version", sp->version, 1);
     ib_json_member_str(b, "chat_template", sp->chat_template, 1);

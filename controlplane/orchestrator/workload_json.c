@@ -29,6 +29,9 @@ static const field_def_t fields[] = {
     INT("block_size", IB_WF_BLOCK, block_size, 0, 65536),
     INT("context_length", IB_WF_CONTEXT, context_length, 0, 1 << 24),
     STR("policy", IB_WF_POLICY, policy),
+    STR("cpu", IB_WF_CPU, cpu),
+    STR("memory", IB_WF_MEMORY, memory),
+    INT("gpus", IB_WF_GPUS, gpus, 0, 64),
 };
 
 typedef struct walk {

@@ -52,6 +52,9 @@ typedef struct ib_workload_spec {
     char engine[16];        /* "" or "mock" | "vllm" | "sglang" | "custom" (engine_cmd) */
     char engine_args[512];  /* appended to the engine's command line */
     char version[64];       /* the user's label of what runs */
+    char cpu[16];           /* per replica, a Kubernetes quantity ("4", "500m"), "" = none asked */
+    char memory[16];        /* per replica ("16Gi"), "" = none asked */
+    uint32_t gpus;          /* per replica (nvidia.com/gpu) */
 } ib_workload_spec_t;
 
 typedef struct ib_replica_status {
@@ -170,6 +173,9 @@ typedef struct ib_cluster_config {
  */
 /** 1 when <s>[0..n) is a workload id (IB_WORKLOAD_ID_RULE), else 0. */
 int ib_workload_id_valid(const char *s, size_t n);
+/** 1 when <s> is a Kubernetes quantity as a workload's cpu or memory takes it: digits, an
+ * optional fraction, an optional suffix (m k M G T P E Ki Mi Gi Ti Pi Ei); else 0. */
+int ib_quantity_valid(const char *s);
 
 int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, size_t cap, char *err, size_t errlen);
 

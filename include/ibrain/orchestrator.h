@@ -55,6 +55,9 @@ enum {
     IB_WF_BLOCK = 1u << 10,
     IB_WF_CONTEXT = 1u << 11,
     IB_WF_POLICY = 1u << 12,
+    IB_WF_CPU = 1u << 13,
+    IB_WF_MEMORY = 1u << 14,
+    IB_WF_GPUS = 1u << 15,
 };
 
 typedef struct ib_field_error {

@@ -118,6 +118,7 @@ load_result() { # NAME: waits for the load; "ok/errors" into $result
 # ---- create -> objects -> ready -> routed ----
 t0=$(date +%s%N)
 "$IBCTL" workload create demo --model demo --weights "$IB_TMP/weights/model.bin" --replicas 2 --version v1 \
+  --cpu 50m --memory 512Mi \
   >"$IB_TMP/create.txt" 2>&1 || ib_fail "create: $(cat "$IB_TMP/create.txt")"
 for ((i = 0; i < 600; i++)); do [[ "$(chat first)" == "200 ib-demo-"* ]] && break; sleep 0.1; done
 t1=$(date +%s%N)
@@ -135,6 +136,7 @@ ib_expect_eq "replicas" "$(jp deployment/ib-demo .spec.replicas)" 2
 ib_expect_eq "readiness probe" "$(jp deployment/ib-demo '.spec.template.spec.containers[0].readinessProbe.httpGet.path')" /ready
 ib_expect_eq "liveness probe" "$(jp deployment/ib-demo '.spec.template.spec.containers[0].livenessProbe.httpGet.path')" /health
 ib_expect_eq "preStop" "$(jp deployment/ib-demo '.spec.template.spec.containers[0].lifecycle.preStop.sleep.seconds')" 2
+ib_expect_eq "resources" "$(jp deployment/ib-demo '.spec.template.spec.containers[0].resources.requests.cpu')/$(jp deployment/ib-demo '.spec.template.spec.containers[0].resources.limits.memory')" 50m/512Mi
 ib_expect_eq "non-root" "$(jp deployment/ib-demo '.spec.template.spec.securityContext.runAsNonRoot')" true
 ib_expect_eq "labels" "$(jp deployment/ib-demo '.metadata.labels.app\.kubernetes\.io/managed-by')/$(jp deployment/ib-demo '.metadata.labels.ibrain\.io/workload')" ib-clusterd/demo
 ib_expect_eq "field manager" "$(k -n "$ns" get deployment/ib-demo --show-managed-fields -o jsonpath='{.metadata.managedFields[?(@.operation=="Apply")].manager}')" ib-clusterd

@@ -74,7 +74,21 @@ static void test_deployment(void **state)
     /* the weights: a host path, mounted where the spec says */
     expect_str(&b, "/spec/template/spec/volumes/2/hostPath/path", "/models/qwen3");
     expect_str(&b, "/spec/template/spec/containers/0/volumeMounts/2/mountPath", "/models/qwen3");
+    ib_span_t none;
+    assert_int_equal(ib_json_pointer_raw(json, b.ptr, b.len, "/spec/template/spec/containers/0/resources", &none), 1);
+    /* resources from the spec */
+    snprintf(w.cpu, sizeof(w.cpu), "4");
+    snprintf(w.memory, sizeof(w.memory), "16Gi");
+    w.gpus = 2;
+    b.len = 0;
+    ib_kube_deployment(&b, &w, &opts, "abc123");
+    expect_str(&b, "/spec/template/spec/containers/0/resources/requests/cpu", "4");
+    expect_str(&b, "/spec/template/spec/containers/0/resources/requests/memory", "16Gi");
+    expect_str(&b, "/spec/template/spec/containers/0/resources/limits/memory", "16Gi");
+    expect_int(&b, "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu", 2);
     ib_buf_free(&b);
+    assert_true(ib_quantity_valid("500m") && ib_quantity_valid("16Gi") && ib_quantity_valid("0.5"));
+    assert_false(ib_quantity_valid("") || ib_quantity_valid("Gi") || ib_quantity_valid("4 cores") || ib_quantity_valid("1e3"));
 }
 
 static void test_volumes(void **state)

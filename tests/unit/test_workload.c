@@ -144,7 +144,7 @@ static void test_engine_commands(void **state)
     spec_for(&s, "vllm");
     s.context_length = 8192;
     assert_int_equal(ib_engine_command(&s, "mock", out, sizeof(out), err, sizeof(err)), 0);
-    assert_string_equal(out, "vllm serve {weights} --served-model-name {model} --host 127.0.0.1 --port {port} "
+    assert_string_equal(out, "vllm serve {weights} --served-model-name {model} --host {host} --port {port} "
                              "--max-model-len 8192");
     spec_for(&s, "sglang");
     assert_int_equal(ib_engine_command(&s, "mock", out, sizeof(out), err, sizeof(err)), 0);
