@@ -13,20 +13,28 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 
-debs=(
-  build-essential cmake pkg-config clang libclang-rt-14-dev lld
+# what compiling ibrain needs (--build-deps-only: these and nothing else, as in
+# deploy/kubernetes/Dockerfile)
+build_debs=(
+  build-essential cmake pkg-config
   liburing-dev libhiredis-dev libsimdjson-dev libxxhash-dev libjemalloc-dev
   libprotobuf-c-dev protobuf-c-compiler libh2o-evloop-dev libssl-dev
   libcmocka-dev libgrpc-dev libjwt-dev libpcre2-dev libutf8proc-dev
+  libcurl4-openssl-dev libyaml-dev python3
+)
+build_only=0
+[ "${1:-}" = --build-deps-only ] && build_only=1
+debs=(
+  "${build_debs[@]}" clang libclang-rt-14-dev lld
   redis-server redis-sentinel redis-tools
   python3 python3-venv python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
-  libcurl4-openssl-dev libyaml-dev
   containerd runc containernetworking-plugins iptables
   prometheus curl procps iproute2 util-linux
   nginx-light haproxy wrk linux-perf
 )
 # Node.js may come from Debian (nodejs + npm) or elsewhere; only add it when absent.
 command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)
+((build_only)) && debs=("${build_debs[@]}")
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -41,6 +49,11 @@ if ((${#missing[@]})); then
   for s in redis-server redis-sentinel prometheus prometheus-node-exporter nginx haproxy containerd; do
     $sudo systemctl disable --now "$s" >/dev/null 2>&1 || $sudo service "$s" stop >/dev/null 2>&1 || true
   done
+fi
+
+if ((build_only)); then
+  echo "setup: build dependencies present"
+  exit 0
 fi
 
 # npm packages, pinned, installed into the tree (not global) so tests find them by path.
