@@ -15,6 +15,8 @@
  */
 #include <errno.h>
 #include <hiredis.h>
+
+#include "ibrain/net.h"
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,7 +142,17 @@ static void tick(loop_t *L)
     leader_t *l = &L->o->leader;
     uint64_t now = ib_wall_ms();
     if (L->redis == NULL) {
-        L->redis = ib_redis_connect(cfg->redis, 1000);
+        char master[IB_HOSTPORT_MAX];
+        const char *target = cfg->redis;
+        if (cfg->nsentinels > 0) { /* asked again after every error: a failover moves it */
+            if (ib_redis_sentinel_master(cfg->sentinels, cfg->nsentinels, cfg->redis_master, master,
+                                         sizeof(master)) != 0) {
+                set_leading(L, 0);
+                return;
+            }
+            target = master;
+        }
+        L->redis = ib_redis_connect(target, 1000);
         if (L->redis == NULL) {
             set_leading(L, 0);
             return;

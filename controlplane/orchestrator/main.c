@@ -14,8 +14,11 @@ static void usage(FILE *f)
             "usage: ib-orchestrator [options]\n"
             "  --listen IPV4:PORT        REST API (default 127.0.0.1:8081; port 0: free)\n"
             "  --port-file F             write the port to F once listening\n"
-            "  --cluster IPV4:PORT       the cluster server's gRPC address (default 127.0.0.1:7070)\n"
-            "  --redis IPV4:PORT         leader lease and routing snapshots (default 127.0.0.1:6379)\n"
+            "  --cluster HOST:PORT       the cluster server's gRPC address (default 127.0.0.1:7070)\n"
+            "  --redis HOST:PORT         leader lease and routing snapshots (default 127.0.0.1:6379)\n"
+            "  --redis-sentinel HOST:PORT  a Redis Sentinel (repeatable, instead of --redis): the master\n"
+            "                            is asked of them, again after any Redis error (a failover)\n"
+            "  --redis-master NAME       the sentinels' master name\n"
             "  --no-leader               REST only: never take the lease, never write snapshots\n"
             "  --instance-id NAME        the lease owner's name (default HOST-PID)\n"
             "  --lease-ms N              leader lease length (default 3000; renewed every third)\n"
@@ -46,14 +49,16 @@ int main(int argc, char **argv)
     cfg.jwt.leeway_s = 30;
     const char *secret_file = NULL, *pubkey_file = NULL;
     enum { O_LISTEN = 1, O_PORTFILE, O_CLUSTER, O_REDIS, O_NOLEADER, O_ID, O_LEASE, O_SYNC, O_SECRET, O_PUBKEY, O_ISS,
-           O_AUD, O_LEEWAY, O_NOAUTH, O_TTL, O_BLOCKS, O_HELP };
+           O_AUD, O_LEEWAY, O_NOAUTH, O_TTL, O_BLOCKS, O_HELP, O_SENTINEL, O_MASTER };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},         {"port-file", 1, 0, O_PORTFILE},     {"cluster", 1, 0, O_CLUSTER},
         {"redis", 1, 0, O_REDIS},           {"no-leader", 0, 0, O_NOLEADER},     {"instance-id", 1, 0, O_ID},
         {"lease-ms", 1, 0, O_LEASE},        {"sync-ms", 1, 0, O_SYNC},           {"jwt-secret-file", 1, 0, O_SECRET},
         {"jwt-public-key", 1, 0, O_PUBKEY}, {"jwt-issuer", 1, 0, O_ISS},         {"jwt-audience", 1, 0, O_AUD},
         {"jwt-leeway-s", 1, 0, O_LEEWAY},   {"no-auth", 0, 0, O_NOAUTH},         {"cache-ttl-ms", 1, 0, O_TTL},
-        {"cache-blocks", 1, 0, O_BLOCKS},   {"help", 0, 0, O_HELP},              {0, 0, 0, 0}};
+        {"cache-blocks", 1, 0, O_BLOCKS},   {"help", 0, 0, O_HELP},              {"redis-sentinel", 1, 0, O_SENTINEL},
+        {"redis-master", 1, 0, O_MASTER},   {0, 0, 0, 0}};
+    int no_leader = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -61,7 +66,15 @@ int main(int argc, char **argv)
         case O_PORTFILE: cfg.port_file = optarg; break;
         case O_CLUSTER: cfg.cluster = optarg; break;
         case O_REDIS: cfg.redis = optarg; break;
-        case O_NOLEADER: cfg.redis = NULL; break;
+        case O_NOLEADER: no_leader = 1; break;
+        case O_SENTINEL:
+            if (cfg.nsentinels == IB_REDIS_MAX_SENTINELS) {
+                fprintf(stderr, "ib-orchestrator: at most %d --redis-sentinel\n", IB_REDIS_MAX_SENTINELS);
+                return 2;
+            }
+            cfg.sentinels[cfg.nsentinels++] = optarg;
+            break;
+        case O_MASTER: cfg.redis_master = optarg; break;
         case O_ID: cfg.instance_id = optarg; break;
         case O_LEASE: cfg.lease_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
         case O_SYNC: cfg.sync_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
@@ -80,6 +93,31 @@ int main(int argc, char **argv)
     if (optind != argc || cfg.lease_ms < 300 || cfg.sync_ms < 10 || cfg.sync_ms > cfg.lease_ms) {
         fprintf(stderr, "ib-orchestrator: bad arguments (--lease-ms >= 300, 10 <= --sync-ms <= --lease-ms)\n");
         usage(stderr);
+        return 2;
+    }
+    char host[IB_HOSTPORT_MAX];
+    unsigned port;
+    if (cfg.nsentinels > 0)
+        cfg.redis = NULL; /* the master comes from the sentinels */
+    if (no_leader) {
+        cfg.redis = NULL;
+        cfg.nsentinels = 0;
+    }
+    if (cfg.redis != NULL && ib_split_hostport(cfg.redis, host, sizeof(host), &port) != 0) {
+        fprintf(stderr, "ib-orchestrator: --redis wants HOST:PORT, got '%s'\n", cfg.redis);
+        return 2;
+    }
+    for (uint32_t i = 0; i < cfg.nsentinels; i++)
+        if (ib_split_hostport(cfg.sentinels[i], host, sizeof(host), &port) != 0) {
+            fprintf(stderr, "ib-orchestrator: --redis-sentinel wants HOST:PORT, got '%s'\n", cfg.sentinels[i]);
+            return 2;
+        }
+    if (cfg.nsentinels > 0 && (cfg.redis_master == NULL || cfg.redis_master[0] == '\0')) {
+        fprintf(stderr, "ib-orchestrator: --redis-master NAME is required with --redis-sentinel\n");
+        return 2;
+    }
+    if (ib_split_hostport(cfg.cluster, host, sizeof(host), &port) != 0) {
+        fprintf(stderr, "ib-orchestrator: --cluster wants HOST:PORT, got '%s'\n", cfg.cluster);
         return 2;
     }
     struct sockaddr_in sa;

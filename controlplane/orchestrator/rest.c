@@ -221,7 +221,7 @@ static void call_and_reply(server_t *s, h2o_req_t *req, int route, uint64_t t0, 
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_LOCATION, NULL, loc, (size_t)n);
     }
     ibrain__v1__workload_status__free_unpacked(st, NULL);
-    if (strcmp(method, "GetWorkload") != 0 && s->o->cfg->redis != NULL)
+    if (strcmp(method, "GetWorkload") != 0 && (s->o->cfg->redis != NULL || s->o->cfg->nsentinels > 0))
         ib_leader_wake(s->o);
     send_body(s, req, route, t0, ok_status, "application/json", s->out.ptr, s->out.len);
 }
@@ -615,7 +615,7 @@ int ib_orchestrator_run(const ib_orch_config_t *cfg)
         goto out;
     unsigned port = ntohs(sa.sin_port);
 
-    if (cfg->redis != NULL) {
+    if (cfg->redis != NULL || cfg->nsentinels > 0) {
         if (ib_leader_start(o) != 0) {
             fprintf(stderr, "ib-orchestrator: cannot start the leader thread\n");
             goto out;
@@ -631,7 +631,8 @@ int ib_orchestrator_run(const ib_orch_config_t *cfg)
         goto dispose;
     }
     fprintf(stderr, "ib-orchestrator: %s REST on http://%s:%u, cluster server %s, %s, auth %s\n", o->instance_id,
-            inet_ntoa(sa.sin_addr), port, cfg->cluster, cfg->redis ? "leader election in Redis" : "no Redis (REST only)",
+            inet_ntoa(sa.sin_addr), port, cfg->cluster,
+            cfg->redis || cfg->nsentinels ? "leader election in Redis" : "no Redis (REST only)",
             cfg->auth_off ? "OFF" : "JWT");
     serve_until_stopped(s);
     rc = 0;

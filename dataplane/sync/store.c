@@ -16,17 +16,12 @@
 
 redisContext *ib_redis_connect(const char *hostport, int timeout_ms)
 {
-    struct sockaddr_in sa;
-    if (ib_parse_hostport(hostport, &sa) != 0)
+    char host[IB_HOSTPORT_MAX];
+    unsigned port;
+    if (ib_split_hostport(hostport, host, sizeof(host), &port) != 0)
         return NULL;
-    char host[64];
-    snprintf(host, sizeof(host), "%s", hostport);
-    char *colon = strrchr(host, ':');
-    if (colon == NULL)
-        return NULL;
-    *colon = '\0';
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(host, ntohs(sa.sin_port), tv);
+    redisContext *c = redisConnectWithTimeout(host, (int)port, tv); /* hiredis resolves names */
     if (c == NULL || c->err) {
         if (c != NULL)
             redisFree(c);

@@ -19,16 +19,16 @@
 
 struct ib_sync {
     ib_sync_config_t cfg;
-    char sentinels[IB_SYNC_MAX_SENTINELS][64];
+    char sentinels[IB_SYNC_MAX_SENTINELS][IB_HOSTPORT_MAX];
     char master_name[64];
-    char redis[64];
+    char redis[IB_HOSTPORT_MAX];
     ib_sync_apply_fn apply;
     void *ctx;
     ib_sync_status_t *st;
     int stop_fd; /* eventfd: stop */
     pthread_t thread;
     redisContext *cmd, *sub;
-    char addr[64]; /* the master in use */
+    char addr[IB_HOSTPORT_MAX]; /* the master in use */
     uint64_t applied_version;
     int tick_failed; /* a tick's command lost the connection */
 };
@@ -56,7 +56,7 @@ static void count_error(ib_sync_t *s) { atomic_fetch_add_explicit(&s->st->errors
 /* Connects the command and subscriber connections to the master. 0, or -1. */
 static int connect_all(ib_sync_t *s)
 {
-    char addr[64];
+    char addr[IB_HOSTPORT_MAX];
     if (s->cfg.nsentinels > 0) {
         if (resolve_master(s, addr, sizeof(addr)) != 0)
             return -1;
@@ -192,7 +192,7 @@ static void *sync_main(void *arg)
             next_reread = mono_ms() + s->cfg.reread_ms;
             /* The safety net; with sentinels, also notice a failover. */
             if (s->cfg.nsentinels > 0) {
-                char addr[64];
+                char addr[IB_HOSTPORT_MAX];
                 if (resolve_master(s, addr, sizeof(addr)) == 0 && strcmp(addr, s->addr) != 0) {
                     fprintf(stderr, "ibrain: sync: master moved from %s to %s\n", s->addr, addr);
                     disconnect(s);
@@ -282,10 +282,11 @@ ib_sync_t *ib_sync_start(const ib_sync_config_t *cfg, ib_sync_apply_fn apply, vo
     s->apply = apply;
     s->ctx = ctx;
     s->st = status;
-    struct sockaddr_in sa;
+    char host[IB_HOSTPORT_MAX];
+    unsigned port;
     if (cfg->nsentinels == 0) {
-        if (cfg->redis == NULL || ib_parse_hostport(cfg->redis, &sa) != 0 || strlen(cfg->redis) >= sizeof(s->redis)) {
-            fprintf(stderr, "ibrain: --redis wants IPV4:PORT, got '%s'\n", cfg->redis ? cfg->redis : "");
+        if (cfg->redis == NULL || ib_split_hostport(cfg->redis, host, sizeof(host), &port) != 0) {
+            fprintf(stderr, "ibrain: --redis wants HOST:PORT, got '%s'\n", cfg->redis ? cfg->redis : "");
             free(s);
             return NULL;
         }
@@ -298,8 +299,8 @@ ib_sync_t *ib_sync_start(const ib_sync_config_t *cfg, ib_sync_apply_fn apply, vo
         }
         snprintf(s->master_name, sizeof(s->master_name), "%s", cfg->master_name);
         for (uint32_t i = 0; i < cfg->nsentinels; i++) {
-            if (ib_parse_hostport(cfg->sentinels[i], &sa) != 0 || strlen(cfg->sentinels[i]) >= 64) {
-                fprintf(stderr, "ibrain: --redis-sentinel wants IPV4:PORT, got '%s'\n", cfg->sentinels[i]);
+            if (ib_split_hostport(cfg->sentinels[i], host, sizeof(host), &port) != 0) {
+                fprintf(stderr, "ibrain: --redis-sentinel wants HOST:PORT, got '%s'\n", cfg->sentinels[i]);
                 free(s);
                 return NULL;
             }

@@ -31,6 +31,25 @@ int ib_parse_hostport(const char *s, struct sockaddr_in *out)
     return inet_pton(AF_INET, ip, &out->sin_addr) == 1 ? 0 : -1;
 }
 
+int ib_split_hostport(const char *s, char *host, size_t hcap, unsigned *port)
+{
+    const char *colon = s ? strrchr(s, ':') : NULL;
+    if (colon == NULL || colon == s || (size_t)(colon - s) > 253 || (size_t)(colon - s) >= hcap)
+        return -1;
+    for (const char *p = s; p < colon; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+              *p == '.' || *p == '_'))
+            return -1;
+    char *end;
+    long v = strtol(colon + 1, &end, 10);
+    if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || v < 1 || v > 65535)
+        return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    *port = (unsigned)v;
+    return 0;
+}
+
 int ib_write_port_file(const char *path, unsigned port)
 {
     char tmp[4096];

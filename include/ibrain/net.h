@@ -14,6 +14,16 @@ extern "C" {
  */
 int ib_parse_hostport(const char *s, struct sockaddr_in *out);
 
+/** Room for "HOST:PORT" with a DNS name of up to 253 characters, and the NUL. */
+#define IB_HOSTPORT_MAX 264
+
+/**
+ * Splits "HOST:PORT", HOST an IPv4 address or a DNS name (letters, digits, '-', '.', '_';
+ * 1..253 characters), PORT 1..65535, into <host> (<hcap> >= 254) and <port>. For clients
+ * that resolve names (hiredis, gRPC). Returns 0, or -1 when malformed.
+ */
+int ib_split_hostport(const char *s, char *host, size_t hcap, unsigned *port);
+
 /**
  * Writes "<port>\n" to <path> atomically (a temporary file renamed into place), so that
  * a reader never sees a partial port. Returns 0, or -1 with errno set.

@@ -16,6 +16,7 @@
 
 #include "ibrain/cluster.h"
 #include "ibrain/jwt.h"
+#include "ibrain/store.h"
 #include "ibrain/ondemand_c.h"
 
 #ifdef __cplusplus
@@ -29,8 +30,11 @@ extern "C" {
 typedef struct ib_orch_config {
     const char *listen;          /* REST, IPV4:PORT (port 0: free) */
     const char *port_file;
-    const char *cluster;         /* the cluster server, IPV4:PORT */
-    const char *redis;           /* IPV4:PORT; NULL: no leader loop (REST only) */
+    const char *cluster;         /* the cluster server, HOST:PORT (a name is resolved by gRPC) */
+    const char *redis;           /* HOST:PORT; NULL (and no sentinels): no leader loop (REST only) */
+    const char *sentinels[IB_REDIS_MAX_SENTINELS]; /* HOST:PORT each: the master is asked of them */
+    uint32_t nsentinels;
+    const char *redis_master;    /* the sentinels' master name */
     const char *instance_id;     /* lease owner name (default host-pid) */
     uint32_t lease_ms;           /* default 3000 */
     uint32_t sync_ms;            /* leader's poll of the cluster server (default 200) */

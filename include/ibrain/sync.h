@@ -36,8 +36,8 @@ typedef struct ib_sync ib_sync_t;
 typedef void (*ib_sync_tick_fn)(void *ctx, ib_sync_t *s);
 
 typedef struct ib_sync_config {
-    const char *redis;                               /* IPV4:PORT, when no sentinels */
-    const char *sentinels[IB_SYNC_MAX_SENTINELS];    /* IPV4:PORT each */
+    const char *redis;                               /* HOST:PORT, when no sentinels */
+    const char *sentinels[IB_SYNC_MAX_SENTINELS];    /* HOST:PORT each */
     uint32_t nsentinels;
     const char *master_name;                         /* sentinel master name */
     uint32_t reread_ms;                              /* safety-net period (default 2000) */
@@ -58,7 +58,7 @@ typedef struct ib_sync_status {
     _Atomic uint64_t updates;           /* snapshots applied */
     _Atomic uint64_t errors;            /* connect, command and decode failures */
     _Atomic uint64_t reconnects;
-    char master[64];                    /* the address in use (written by the sync thread) */
+    char master[264];                   /* the address in use, HOST:PORT (written by the sync thread) */
 } ib_sync_status_t;
 
 /* ---- functions ---- */

@@ -39,9 +39,10 @@ static void usage(void)
 
 static redisContext *connect_redis(const char *hostport)
 {
-    struct sockaddr_in sa;
-    if (ib_parse_hostport(hostport, &sa) != 0) {
-        fprintf(stderr, "ib-snapshot: --redis wants IPV4:PORT, got '%s'\n", hostport);
+    char host[IB_HOSTPORT_MAX];
+    unsigned port;
+    if (ib_split_hostport(hostport, host, sizeof(host), &port) != 0) {
+        fprintf(stderr, "ib-snapshot: --redis wants HOST:PORT, got '%s'\n", hostport);
         exit(2);
     }
     redisContext *c = ib_redis_connect(hostport, 2000);
@@ -79,7 +80,7 @@ int main(int argc, char **argv)
     const char *redis = "127.0.0.1:6379", *master = NULL;
     const char *sentinels[IB_REDIS_MAX_SENTINELS];
     uint32_t nsentinels = 0;
-    char resolved[64];
+    char resolved[IB_HOSTPORT_MAX];
     int i = 1;
     for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
         if (strcmp(argv[i], "--redis") == 0 && i + 1 < argc)
