@@ -9,18 +9,46 @@
 #      and the load's failed requests.
 # Settings are the defaults an operator gets (--sync-ms 200, --drain-grace-ms 1500) unless
 # SYNC_MS / GRACE_MS say otherwise.
-# usage: perf/bench-controlplane.sh [BUILD_DIR]   (env: RUNS, SYNC_MS, GRACE_MS)
+# DRIVER=kubernetes: the same on a real Kubernetes (tools/k8s/cluster.sh; the one IB_K8S_ENV
+# names, or one of its own), ib-clusterd --driver kubernetes with this build's ib-manager
+# image (--pod-drain-s POD_DRAIN_S, default 3), plus:
+#   3. the cluster server's requests to the API server per minute at rest (a 4-replica
+#      workload deployed, nothing changing), from ib_cluster_kube_requests_total.
+# usage: perf/bench-controlplane.sh [BUILD_DIR]   (env: RUNS, SYNC_MS, GRACE_MS, DRIVER, POD_DRAIN_S)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$top/build}" && pwd)
 runs=${RUNS:-20}
 sync_ms=${SYNC_MS:-200}
 grace_ms=${GRACE_MS:-1500}
+driver=${DRIVER:-local}
 source "$top/perf/lib.sh"
 
 start_redis
-"$build/controlplane/ib-clusterd" --listen 127.0.0.1:0 --port-file "$tmp/cd.port" --state-dir "$tmp/state" \
-  --drain-grace-ms "$grace_ms" >"$tmp/cd.log" 2>&1 &
+if [ "$driver" = kubernetes ]; then
+  if [ -z "${IB_K8S_ENV:-}" ]; then
+    bash "$top/tools/k8s/cluster.sh" up "$tmp/k8s" >"$tmp/k8s-up.log" 2>&1 || { cat "$tmp/k8s-up.log"; exit 1; }
+    IB_K8S_ENV=$tmp/k8s/env
+    trap 'cleanup_k8s' EXIT
+  fi
+  cleanup_k8s() { bash "$top/tools/k8s/cluster.sh" down "$tmp/k8s" >/dev/null 2>&1; cleanup; }
+  source "$IB_K8S_ENV"
+  export KUBECONFIG
+  ns="bench-$$"
+  "$IB_KUBECTL" create namespace "$ns" >/dev/null
+  bash "$top/tools/k8s/image/build.sh" "$build" bench "$tmp/images" 2>/dev/null
+  bash "$top/tools/k8s/cluster.sh" import "$IB_K8S_DIR" "$tmp/images/ib-manager-bench.tar"
+  chmod 755 "$tmp"
+  "$build/controlplane/ib-clusterd" --driver kubernetes --kubeconfig "$KUBECONFIG" --namespace "$ns" \
+    --image ibrain.local/ib-manager:bench --pull-policy Never --pod-drain-s "${POD_DRAIN_S:-3}" \
+    --listen 127.0.0.1:0 --port-file "$tmp/cd.port" --state-dir "$tmp/state" \
+    --http-listen 127.0.0.1:0 --http-port-file "$tmp/cd.http" >"$tmp/cd.log" 2>&1 &
+  prefix_of() { echo "ib-$1-"; } # replica ids are the pods' names
+else
+  "$build/controlplane/ib-clusterd" --listen 127.0.0.1:0 --port-file "$tmp/cd.port" --state-dir "$tmp/state" \
+    --drain-grace-ms "$grace_ms" >"$tmp/cd.log" 2>&1 &
+  prefix_of() { echo "$1-g"; }
+fi
 pids+=($!)
 ib_wait_port_file "$tmp/cd.port" "${pids[-1]}" >/dev/null
 "$build/controlplane/ib-orchestrator" --listen 127.0.0.1:0 --port-file "$tmp/or.port" --no-auth \
@@ -32,12 +60,13 @@ pids+=($!)
 oport=$(ib_wait_port_file "$tmp/or.port" "${pids[-2]}")
 front=$(ib_wait_port_file "$tmp/ib.port" "${pids[-1]}")
 echo weights >"$tmp/weights.bin"
-echo "bench-controlplane: $(date -u '+%F %H:%M UTC'), $(nproc) cores, sync ${sync_ms} ms, drain grace ${grace_ms} ms, $runs runs"
+echo "bench-controlplane: $(date -u '+%F %H:%M UTC'), $(nproc) cores, $driver driver, sync ${sync_ms} ms, drain grace ${grace_ms} ms, $runs runs"
 
 # ---- 1. deploy -> first routed request ----
-/usr/bin/python3 - "$oport" "$front" "$tmp/weights.bin" "$runs" <<'PY'
+/usr/bin/python3 - "$oport" "$front" "$tmp/weights.bin" "$runs" "$(prefix_of WID)" <<'PY'
 import http.client, json, statistics, sys, time
 oport, front, weights, runs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+prefix = sys.argv[5]  # the replica ids of workload WID start with it
 
 def call(port, method, path, body=None):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -63,11 +92,11 @@ for i in range(runs):
         r = ib.getresponse()
         r.read()
         now = time.monotonic()
-        if r.status == 200 and (r.getheader("x-engine-id") or "").startswith(wid + "-g"):
+        if r.status == 200 and (r.getheader("x-engine-id") or "").startswith(prefix.replace("WID", wid)):
             routed.append(now - t0)
             break
-        if now - t0 > 30:
-            raise SystemExit("%s: not routed after 30 s (last status %d)" % (wid, r.status))
+        if now - t0 > 60:
+            raise SystemExit("%s: not routed after 60 s (last status %d)" % (wid, r.status))
         time.sleep(0.002)
     while t_ready is None:  # the orchestrator's view, for comparison
         st, data, _ = call(oport, "GET", "/v1/workloads/" + wid)
@@ -128,3 +157,14 @@ wait "$loader"
 import json, sys
 d = json.load(open(sys.argv[1]))
 print("  load through ibrain during the update (50 req/s, 800 requests): %d ok, %d failed" % (d["ok"], d["errors"]))' "$tmp/load.json"
+
+# ---- 3. (kubernetes) requests to the API server at rest ----
+if [ "$driver" = kubernetes ]; then
+  metric() { curl -s "http://127.0.0.1:$(cat "$tmp/cd.http")/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+  sleep 5
+  r0=$(metric ib_cluster_kube_requests_total); e0=$(metric 'ib_cluster_kube_watch_events_total{kind="pods"}')
+  sleep "${REST_S:-60}"
+  r1=$(metric ib_cluster_kube_requests_total); e1=$(metric 'ib_cluster_kube_watch_events_total{kind="pods"}')
+  echo "at rest (a 4-replica workload, nothing changing, ${REST_S:-60} s): $((r1 - r0)) requests to the API server ($(( (r1 - r0) * 60 / ${REST_S:-60} )) per minute), $((e1 - e0)) pod events; the orchestrator polled the cluster server every ${sync_ms} ms meanwhile"
+  "$IB_KUBECTL" delete namespace "$ns" --wait=false >/dev/null
+fi
