@@ -72,7 +72,7 @@ void ib_exchange_reset(ib_client_t *c)
     c->request_id[0] = '\0';
     c->replica = -1;
     c->attempts = 0;
-    c->head_sent = c->status = c->sse = c->client_chunked = 0;
+    c->head_sent = c->status = c->sse = c->client_chunked = c->said_close = 0;
     memset(&c->resp_body, 0, sizeof(c->resp_body));
     c->up_keepalive = 1;
     c->upstream_blocked = 0;
@@ -99,7 +99,11 @@ static void finish_exchange(ib_worker_t *w, ib_client_t *c)
     release_inflight(w, c);
     detach_upstream(w, c, c->up_keepalive && !until_close && clean);
     ib_count_request(w, c, c->status);
-    if (!c->keepalive || w->draining || until_close)
+    /* Closed after this response only when its head said so (or the body ends with the
+     * close): a drain that began while it streamed leaves the connection open, so the
+     * client's next request on it is answered, with Connection: close, instead of meeting
+     * a closed socket (worker.c, start_drain). */
+    if (c->said_close || until_close)
         c->close_after_send = 1;
     ib_exchange_reset(c);
     c->state = IB_C_HEAD;
@@ -275,8 +279,10 @@ static void send_head(ib_worker_t *w, ib_client_t *c, const ib_http_resp_t *r)
     IB_APPEND_LIT(o, "\r\nX-IB-Replica: ");
     ib_append_str(o, w->px->replicas[c->replica].name);
     IB_APPEND_LIT(o, "\r\n");
-    if (!c->keepalive || w->draining)
+    if (!c->keepalive || w->draining) {
         IB_APPEND_LIT(o, "Connection: close\r\n");
+        c->said_close = 1;
+    }
     IB_APPEND_LIT(o, "\r\n");
 }
 

@@ -225,6 +225,7 @@ typedef struct ib_client {
     /* response */
     ib_buf_t resp_head;           /* upstream head being accumulated */
     int head_sent, status, sse, client_chunked, up_keepalive;
+    int said_close;  /* our response head said Connection: close (else the client may reuse) */
     ib_http_body_t resp_body;     /* where the replica's body ends */
 } ib_client_t;
 
@@ -246,6 +247,7 @@ typedef struct ib_worker {
     uint64_t wake_value;
     int draining;
     uint64_t drain_deadline_ns;
+    uint64_t drain_idle_close_ns; /* idle keep-alive connections are closed from then (0: done) */
     uint64_t next_request_id;
     int accept_paused;                /* accepts wait for accept_resume_ns (out of descriptors) */
     int admin_paused;                 /* and so does the admin listener's */

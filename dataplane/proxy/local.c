@@ -1,6 +1,8 @@
 /*
  * ibrain's own endpoints, answered by the worker without a replica: /health (the process
- * serves), /ready (some ready replica is healthy, and not draining), /metrics (Prometheus
+ * serves), /ready (not draining, and: with the Redis snapshot, one has been applied, so the
+ * router knows the fleet and answers for it, 404 for a model it lacks and 503 when none of
+ * its replicas is up; with --replica flags, some replica is healthy), /metrics (Prometheus
  * text, metrics.c) and /v1/models (the models the routing table serves).
  */
 #include "internal.h"
@@ -21,7 +23,10 @@ static int render_ready(ib_worker_t *w, ib_buf_t *body, ib_local_resp_t *out)
     assert(nslots <= IB_MAX_REPLICAS);
     for (uint32_t i = 0; i < nslots; i++)
         healthy += ib_mask_has(rt->all_ready, i) && ib_replica_healthy(&px->replicas[i], now);
-    int ready = healthy && !w->draining;
+    /* a router that knows the fleet is ready even when no replica is up: it answers with a
+     * clear error, where a router taken out of its Service would refuse the connection */
+    int from_snapshot = (px->cfg.redis != NULL && px->cfg.redis[0] != '\0') || px->cfg.nredis_sentinels > 0;
+    int ready = (from_snapshot ? rt->version != 0 : healthy > 0) && !w->draining;
     out->status = ready ? 200 : 503;
     ib_buf_printf(body, "{\"status\":\"%s\",\"replicas_healthy\":%d}", ready ? "ready" : "not_ready", healthy);
     return 0;

@@ -59,7 +59,7 @@ static void request_ready(ib_worker_t *w, ib_client_t *c)
         ib_respond_error(w, c, 404, "no such route", "invalid_request_error", NULL, NULL, NULL);
     } else if (c->route >= IB_ROUTE_MODELS) {
         ib_local_respond(w, c);
-    } else if (w->draining) {
+    } else if (w->draining && w->drain_idle_close_ns == 0) { /* past the lame-duck window */
         ib_respond_error(w, c, 503, "ibrain is shutting down", "server_error", NULL, NULL, "Retry-After: 1");
     } else if (c->route == IB_ROUTE_CHAT || c->route == IB_ROUTE_COMPLETIONS) {
         ib_routing_request(w, c);

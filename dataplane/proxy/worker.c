@@ -360,6 +360,8 @@ static void arm_wake(ib_worker_t *w)
     ib_set_data(sqe, w, IB_OP_WAKE);
 }
 
+static void drain_idle(ib_worker_t *w);
+
 static void start_drain(ib_worker_t *w)
 {
     if (w->draining)
@@ -369,9 +371,23 @@ static void start_drain(ib_worker_t *w)
     shutdown(w->listen_fd, SHUT_RDWR); /* ends the multishot accept */
     if (w->admin_fd >= 0)
         shutdown(w->admin_fd, SHUT_RDWR);
+    /* Lame duck: a client that sends on its kept-alive connection now is served and told
+     * Connection: close, so it reconnects to another router; closing the idle connections
+     * at once would race with such a request (it would fail, unsent or unanswered). Those
+     * still idle after --drain-idle-ms are closed then (drain_idle). */
+    for (ib_client_t *c = w->clients; c != NULL; c = c->next)
+        c->keepalive = 0;
+    w->drain_idle_close_ns = ib_deadline(w->px->cfg.drain_idle_ms);
+    if (w->px->cfg.drain_idle_ms == 0)
+        drain_idle(w);
+}
+
+/* Draining, past --drain-idle-ms: the connections with nothing in flight are closed. */
+static void drain_idle(ib_worker_t *w)
+{
+    w->drain_idle_close_ns = 0;
     for (ib_client_t *c = w->clients, *next; c != NULL; c = next) {
         next = c->next;
-        c->keepalive = 0;
         if (c->state == IB_C_HEAD && c->in.len == 0 && !c->sending)
             ib_client_close(w, c);
     }
@@ -409,6 +425,8 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
     case IB_OP_URECV: on_upstream_recv(w, obj, cqe); op_done_upstream(w, obj, cqe); break;
     case IB_OP_TICK:
         check_timeouts(w, ib_now_ns());
+        if (w->draining && w->drain_idle_close_ns != 0 && ib_now_ns() >= w->drain_idle_close_ns)
+            drain_idle(w);
         if (w->accept_paused && !w->draining && ib_now_ns() >= w->accept_resume_ns) {
             w->accept_paused = 0;
             arm_accept(w);

@@ -77,13 +77,47 @@ fds_after=$(ls /proc/${IB_PID[ib]}/fd | wc -l)
 ib_expect_eq "open client connections" "$(ib_metric "$base/metrics" ibrain_connections_open)" 1 # the scrape itself
 
 # 5. SIGTERM with a stream open: it completes, new connections are refused, exit 0.
+#    Lame duck: a kept-alive connection that sends a request within --drain-idle-ms (1 s)
+#    is served with Connection: close; one left idle is closed after it. The client below
+#    sends the SIGTERM itself, between its requests.
 curl -s -N "$base/v1/chat/completions" -H 'Content-Type: application/json' \
   -d '{"model":"mock","stream":true,"messages":[{"role":"user","content":"finish me"}],"max_tokens":300}' \
   >"$IB_TMP/drain.sse" &
 client=$!
-sleep 0.1
-kill -TERM "${IB_PID[ib]}"
-sleep 0.1
+for ((i = 0; i < 100; i++)); do [ -s "$IB_TMP/drain.sse" ] && break; sleep 0.05; done # the stream is on
+[ -s "$IB_TMP/drain.sse" ] || ib_fail "the stream to drain did not start"
+/usr/bin/python3 - "$(ib_port ib)" "${IB_PID[ib]}" >"$IB_TMP/lameduck.txt" 2>&1 <<'PY' || ib_fail "lame duck: $(cat "$IB_TMP/lameduck.txt")"
+import os, signal, socket, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+body = b'{"model":"mock","max_tokens":2,"messages":[{"role":"user","content":"lame duck"}]}'
+req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+def exchange(s):
+    s.sendall(req)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = s.recv(65536)
+        if not d:
+            raise SystemExit("closed before an answer")
+        data += d
+    return data.split(b"\r\n\r\n", 1)[0].decode()
+busy, idle = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+for s in (busy, idle):
+    assert exchange(s).startswith("HTTP/1.1 200"), "before SIGTERM"
+os.kill(pid, signal.SIGTERM)
+time.sleep(0.3)
+head = exchange(busy)
+assert head.startswith("HTTP/1.1 200") and "connection: close" in head.lower(), head
+t0 = time.time()
+idle.settimeout(5)
+try:
+    while idle.recv(65536):
+        pass
+except socket.timeout:
+    raise SystemExit("the idle connection was not closed")
+print("lame duck: a request 0.3 s into the drain on a kept-alive connection got 200 with Connection: close; "
+      "the idle one was closed %.1f s later" % (time.time() - t0))
+PY
+cat "$IB_TMP/lameduck.txt"
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$base/health" || true)
 [ "$code" = 000 ] || ib_fail "new connection accepted while draining ($code)"
 wait $client || true
