@@ -42,6 +42,7 @@ typedef struct ib_load_options {
     uint32_t think_ms;         /* multi-turn pause between turns */
     double timeout_s;          /* per request */
     int progress;              /* progress line on stderr every second */
+    int log_errors;            /* a line on stderr for every failed request: when, what, on which connection */
 } ib_load_options_t;
 
 typedef struct ib_load_engine_count {

@@ -80,6 +80,9 @@ struct conn {
     char engine[64];
     char stream_error_code[48]; /* error.code (or type) of an error event in the stream */
     struct conn *next_idle;
+    uint32_t uses;          /* requests sent on it, this one included */
+    const char *io_where;   /* --log-errors: where an io error happened, and errno */
+    int io_errno;
 };
 
 struct run {
@@ -364,6 +367,16 @@ static void finish(struct run *run, struct conn *c, enum outcome how)
 {
     ib_load_result_t *r = run->r;
     uint64_t now = ib_now_ns();
+    if (how != OK && run->o->log_errors) {
+        static const char *const kinds[] = {"ok", "status", "io", "timeout", "protocol"};
+        fprintf(stderr, "ib-load: error at %.3f s: %s", (double)(now - run->start_ns) / 1e9, kinds[how]);
+        if (how == ERR_IO)
+            fprintf(stderr, " (%s: %s)", c->io_where ? c->io_where : "?", c->io_errno ? strerror(c->io_errno) : "EOF");
+        else if (how == ERR_STATUS)
+            fprintf(stderr, " (HTTP %d)", c->status);
+        fprintf(stderr, ", request %u on its connection, %s, %zu response bytes, %.1f ms after sending\n", c->uses,
+                c->head_done ? "head received" : "no head", c->body_total, (double)(now - c->t_send) / 1e6);
+    }
     run->inflight--;
     run->finished++;
     switch (how) {
@@ -589,6 +602,7 @@ static void on_readable(struct run *run, struct conn *c)
 {
     for (;;) {
         if (ib_buf_try_reserve(&c->in, 65536) != 0) {
+            c->io_where = "memory", c->io_errno = ENOMEM;
             finish(run, c, ERR_IO);
             return;
         }
@@ -627,6 +641,7 @@ static void on_readable(struct run *run, struct conn *c)
             c->keepalive = 0;
             finish(run, c, c->status / 100 != 2 ? ERR_STATUS : (run->o->stream && !c->done_event) ? ERR_PROTOCOL : OK);
         } else {
+            c->io_where = "read", c->io_errno = n < 0 ? errno : 0;
             finish(run, c, ERR_IO);
         }
         return;
@@ -643,6 +658,7 @@ static int on_writable(struct run *run, struct conn *c)
         if (err == EINPROGRESS || err == EALREADY)
             return 0;
         if (err != 0) {
+            c->io_where = "connect", c->io_errno = err;
             finish(run, c, ERR_IO);
             return -1;
         }
@@ -656,6 +672,7 @@ static int on_writable(struct run *run, struct conn *c)
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOTCONN))
             return 0;
+        c->io_where = "write", c->io_errno = errno;
         finish(run, c, ERR_IO);
         return -1;
     }
@@ -692,6 +709,7 @@ static int send_one(struct run *run, struct pending p, uint64_t now)
     }
     c->out_off = 0;
     c->t_send = now;
+    c->uses++;
     c->deadline_ns = now + (uint64_t)(run->o->timeout_s * 1e9);
     run->inflight++;
     run->r->sent++;

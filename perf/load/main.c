@@ -50,7 +50,9 @@ static void usage(FILE *f)
             "  --timeout-s X              per-request timeout (default 600)\n"
             "  --metrics HOST:PORT        an engine to scrape for prefix-cache counters before and after (repeatable)\n"
             "  --json FILE                write the summary as JSON\n"
-            "  --progress | --quiet       progress line on stderr (default: when stderr is a terminal)\n");
+            "  --progress | --quiet       progress line on stderr (default: when stderr is a terminal)\n"
+            "  --log-errors               a line on stderr per failed request: its time, kind, where it failed\n"
+            "                             (connect, write, read) and the connection's earlier requests\n");
 }
 
 /* ---- engine metrics ---- */
@@ -171,7 +173,7 @@ int main(int argc, char **argv)
     o.progress = isatty(2);
     enum { O_TARGET = 1, O_TRACE, O_SP, O_MT, O_SYS, O_Q, O_HIST, O_OUT, O_TURNS, O_THINK, O_RATE, O_SEED, O_BPT,
            O_TBT, O_SPREAD, O_SPEED, O_CONC, O_LIMIT, O_MAXOUT, O_MAXIN, O_API, O_NOSTREAM, O_NOEOS, O_SESS, O_MODEL,
-           O_MAXCONN, O_TIMEOUT, O_METRICS, O_JSON, O_PROGRESS, O_QUIET, O_HELP };
+           O_MAXCONN, O_TIMEOUT, O_METRICS, O_JSON, O_PROGRESS, O_QUIET, O_HELP, O_LOGERR };
     static const struct option opts[] = {
         {"target", 1, 0, O_TARGET},       {"trace", 1, 0, O_TRACE},
         {"shared-prefix", 1, 0, O_SP},    {"multi-turn", 1, 0, O_MT},
@@ -188,7 +190,7 @@ int main(int argc, char **argv)
         {"max-conns", 1, 0, O_MAXCONN},   {"timeout-s", 1, 0, O_TIMEOUT},
         {"metrics", 1, 0, O_METRICS},     {"json", 1, 0, O_JSON},
         {"progress", 0, 0, O_PROGRESS},   {"quiet", 0, 0, O_QUIET},
-        {"max-input", 1, 0, O_MAXIN},     {"help", 0, 0, O_HELP},
+        {"max-input", 1, 0, O_MAXIN},     {"help", 0, 0, O_HELP},           {"log-errors", 0, 0, O_LOGERR},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -217,6 +219,7 @@ int main(int argc, char **argv)
         case O_JSON: json_path = optarg; continue;
         case O_PROGRESS: o.progress = 1; continue;
         case O_QUIET: o.progress = 0; continue;
+        case O_LOGERR: o.log_errors = 1; continue;
         case O_HELP: usage(stdout); return 0;
         case O_RATE: case O_SPEED: case O_TIMEOUT: {
             double d = strtod(optarg, &end);
