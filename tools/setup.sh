@@ -28,7 +28,7 @@ debs=(
   "${build_debs[@]}" clang libclang-rt-14-dev lld
   redis-server redis-sentinel redis-tools
   python3 python3-venv python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
-  containerd runc containernetworking-plugins iptables
+  containerd runc containernetworking-plugins iptables busybox-static
   prometheus curl procps iproute2 util-linux
   nginx-light haproxy wrk linux-perf
 )

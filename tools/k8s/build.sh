@@ -43,7 +43,7 @@ grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION\$" "$ETCD_WRAPPER/go.mod" \
 
 # --- kubernetes -------------------------------------------------------------------------
 # kubectl too: Debian's is v1.32, five minors behind (the supported skew is one)
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
 missing=()
 for c in "${K8S_CMDS[@]}"; do [[ -x $K8S_OUT/$c ]] || missing+=("k8s.io/kubernetes/cmd/$c"); done
 if ((${#missing[@]})); then
@@ -85,9 +85,29 @@ build_etcd() { # build_etcd NAME PACKAGE
 build_etcd etcd    go.etcd.io/etcd/server/v3
 build_etcd etcdctl go.etcd.io/etcd/etcdctl/v3
 
+# --- helm and CoreDNS: modules without replace directives, so go install MODULE@VERSION ----
+HELM_VERSION=${HELM_VERSION:-v4.3.1}
+COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
+HELM_OUT=$CACHE/bin/helm-$HELM_VERSION
+COREDNS_OUT=$CACHE/bin/coredns-$COREDNS_VERSION
+go_install() { # go_install OUT_DIR NAME PACKAGE@VERSION
+  [[ -x $1/$2 ]] && return 0
+  mkdir -p "$1"
+  echo "building $3 -> $1/$2" >&2
+  GOFLAGS=-buildvcs=false GOBIN="$1/.tmp" go install -trimpath -ldflags "-s -w" "$3"
+  mv -f "$1/.tmp/$2" "$1/$2"
+  rmdir "$1/.tmp"
+}
+go_install "$HELM_OUT" helm "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+go_install "$COREDNS_OUT" coredns "github.com/coredns/coredns@$COREDNS_VERSION"
+
 # --- report ---------------------------------------------------------------------------------
 "$K8S_OUT/kube-apiserver" --version
 "$K8S_OUT/kubelet" --version
 "$ETCD_OUT/etcd" --version | head -1
 echo "K8S_BIN=$K8S_OUT"
 echo "ETCD_BIN=$ETCD_OUT"
+"$HELM_OUT/helm" version --short
+"$COREDNS_OUT/coredns" -version | head -1
+echo "HELM_BIN=$HELM_OUT"
+echo "COREDNS_BIN=$COREDNS_OUT"

@@ -63,13 +63,15 @@ leaf() {
 }
 
 # --- kube-apiserver serving cert (--tls-cert-file / --tls-private-key-file) ---------
-leaf apiserver "/CN=kube-apiserver" serverAuth \
-  "IP:127.0.0.1,IP:${SVC_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+ASAN="IP:127.0.0.1,IP:${SVC_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+if [[ -n $NODE_IP ]]; then ASAN="${ASAN},IP:${NODE_IP}"; fi
+leaf apiserver "/CN=kube-apiserver" serverAuth "$ASAN"
 
 # --- client certs (CN = user, O = group) --------------------------------------------
 leaf admin                 "/O=system:masters/CN=kubernetes-admin"            clientAuth
 leaf kube-controller-manager "/CN=system:kube-controller-manager"             clientAuth
 leaf kube-scheduler        "/CN=system:kube-scheduler"                        clientAuth
+leaf kube-proxy            "/CN=system:kube-proxy"                            clientAuth
 # apiserver -> kubelet (logs/exec/port-forward): --kubelet-client-certificate/-key
 leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
 # kubelet -> apiserver: the Node authorizer and NodeRestriction need exactly this form
@@ -112,10 +114,11 @@ EOF
 kubeconfig admin.kubeconfig admin
 kubeconfig kube-controller-manager.kubeconfig kube-controller-manager
 kubeconfig kube-scheduler.kubeconfig kube-scheduler
+kubeconfig kube-proxy.kubeconfig kube-proxy
 kubeconfig kubelet.kubeconfig kubelet-client
 
 # --- self-check -----------------------------------------------------------------------
 openssl verify -CAfile ca.crt -purpose sslserver apiserver.crt kubelet-serving.crt >/dev/null
 openssl verify -CAfile ca.crt -purpose sslclient admin.crt kube-controller-manager.crt \
-  kube-scheduler.crt apiserver-kubelet-client.crt kubelet-client.crt >/dev/null
+  kube-scheduler.crt kube-proxy.crt apiserver-kubelet-client.crt kubelet-client.crt >/dev/null
 echo "certs ready in $DIR" >&2

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes on this machine, for the tests and for trying ibrain's
-# kubernetes driver: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built by
-# tools/k8s/build.sh), containerd + runc + the CNI bridge plugin (Debian), and a kubelet that
-# runs the pods for real. Images come from tools/k8s/image/build.sh (no registry is needed).
+# kubernetes driver and Helm chart: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kube-proxy (iptables) and CoreDNS (built by tools/k8s/build.sh),
+# containerd + runc + the CNI bridge plugin (Debian), and a kubelet that runs the pods for
+# real. Images come from tools/k8s/image/build.sh (no registry is needed).
 #
 #   cluster.sh up DIR     start everything with its state, certificates and logs in DIR;
 #                         writes DIR/env (KUBECONFIG, ports, pod network) and waits until the
@@ -18,8 +19,10 @@
 #
 # One cluster at a time on a machine: the kubelet's cgroups (kubepods) and containerd's shim
 # directory are machine-wide. The pod network is ${IB_K8S_POD_CIDR:-10.233.0.0/24} on bridge
-# ibk8s0; its first address is the node's IP. Nothing leaves this machine: no masquerade, no
-# route out, and the bridge has no uplink.
+# ibk8s0; its first address is the node's IP, where the API server listens (pods reach it
+# there, through the kubernetes Service). Nothing leaves this machine: the bridge has no
+# uplink, Service IPs (10.96.0.0/16) exist only in this machine's iptables, and kube-proxy
+# masquerades Service traffic to the node's bridge address only.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -50,8 +53,9 @@ start() {
 
 # wait_for WHAT SECONDS CMD...: until CMD succeeds, or fail naming WHAT and the logs
 wait_for() {
-  local what=$1 secs=$2 i; shift 2
-  for ((i = 0; i < secs * 10; i++)); do
+  local what=$1 secs=$2 end; shift 2
+  end=$(($(date +%s) + secs))
+  while (($(date +%s) < end)); do
     "$@" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
@@ -66,7 +70,7 @@ kctl() { "$KUBECTL" --kubeconfig "$D/pki/admin.kubeconfig" "$@"; }
 
 up() {
   [[ -x $KBIN/kubelet && -x $EBIN/etcd ]] || die "no Kubernetes $K8S_VERSION binaries in $CACHE (run tools/k8s/build.sh)"
-  for b in containerd runc ctr /usr/lib/cni/bridge "$KUBECTL"; do
+  for b in containerd runc ctr iptables /usr/lib/cni/bridge "$KUBECTL" "$KBIN/kube-proxy"; do
     command -v "$b" >/dev/null || die "$b missing (run tools/setup.sh)"
   done
   [[ $(id -u) -eq 0 ]] || die "needs root (containers, bridge, cgroups)"
@@ -74,11 +78,13 @@ up() {
   local t0; t0=$(now_ms)
   mkdir -p "$D"/{logs,pids,etcd,kubelet,pod-logs,cni/net.d,cni/ipam,containerd}
   D=$(cd "$D" && pwd)
+  trap 'echo "cluster.sh: up failed; taking down what started" >&2; down >/dev/null 2>&1' ERR
 
   local etcd_port etcd_peer api_port kubelet_port healthz_port kcm_port sched_port
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
   kubelet_port=$(free_port); healthz_port=$(free_port); kcm_port=$(free_port); sched_port=$(free_port)
-  local url=https://127.0.0.1:$api_port
+  local url=https://$NODE_IP:$api_port proxy_healthz proxy_metrics
+  proxy_healthz=$(free_port); proxy_metrics=$(free_port)
   rm -f "$D"/pki/*.kubeconfig   # they name the API server's port, new each run
   bash "$HERE/certs.sh" "$D/pki" "$NODE" "$NODE_IP" 10.96.0.1 "$url" 2>/dev/null
   local P=$D/pki
@@ -92,7 +98,8 @@ up() {
  "plugins": [
   {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {"type": "host-local", "dataDir": "$D/cni/ipam",
-            "ranges": [[{"subnet": "$POD_PREFIX.0/24", "rangeStart": "$POD_PREFIX.10", "gateway": "$NODE_IP"}]]}},
+            "ranges": [[{"subnet": "$POD_PREFIX.0/24", "rangeStart": "$POD_PREFIX.10", "gateway": "$NODE_IP"}]],
+            "routes": [{"dst": "10.96.0.0/16"}]}},
   {"type": "loopback"}
  ]}
 EOF
@@ -124,10 +131,10 @@ EOF
   start containerd containerd --config "$D/containerd/config.toml"
   wait_for containerd 20 ctr --address "$D/containerd/containerd.sock" version
 
-  # --- the pause image: built here, imported into the CRI's namespace ---------------------
+  # --- the pause and CoreDNS images: built here, imported into the CRI's namespace ------------
   local images=${IB_K8S_IMAGES:-$CACHE/images}
-  bash "$HERE/image/build.sh" --pause "$images"
-  import_images "$images/pause.tar"
+  bash "$HERE/image/build.sh" --infra "$images"
+  import_images "$images/pause.tar" "$images/coredns-local.tar"
 
   # --- etcd and the control plane ------------------------------------------------------
   start etcd "$EBIN/etcd" --name=ibrain --data-dir="$D/etcd" --unsafe-no-fsync \
@@ -135,9 +142,11 @@ EOF
     --listen-peer-urls="http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
     --initial-cluster="ibrain=http://127.0.0.1:$etcd_peer" --listen-metrics-urls="" \
     --quota-backend-bytes=1073741824 --log-level=warn
+  # on the bridge's address: the tools here and the pods (through the kubernetes Service,
+  # whose endpoint the API server keeps) reach it there
   start kube-apiserver "$KBIN/kube-apiserver" \
-    --bind-address=127.0.0.1 --secure-port="$api_port" --advertise-address=127.0.0.1 \
-    --endpoint-reconciler-type=none --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address="$NODE_IP" --secure-port="$api_port" --advertise-address="$NODE_IP" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
     --service-cluster-ip-range=10.96.0.0/16 \
     --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" --client-ca-file="$P/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
@@ -156,7 +165,7 @@ EOF
     --use-service-account-credentials=true \
     --service-account-private-key-file="$P/sa.key" --root-ca-file="$P/ca.crt" \
     --cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key" \
-    --controllers=deployment-controller,replicaset-controller,endpointslice-controller,garbage-collector-controller,serviceaccount-token-controller,serviceaccount-controller,namespace-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,node-lifecycle-controller
+    --controllers=deployment-controller,replicaset-controller,statefulset-controller,disruption-controller,endpointslice-controller,garbage-collector-controller,serviceaccount-token-controller,serviceaccount-controller,namespace-controller,root-ca-certificate-publisher-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,node-lifecycle-controller
   cat > "$D/scheduler.yaml" <<EOF
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
@@ -168,6 +177,25 @@ EOF
   start kube-scheduler "$KBIN/kube-scheduler" --config="$D/scheduler.yaml" \
     --authentication-kubeconfig="$P/kube-scheduler.kubeconfig" --authorization-kubeconfig="$P/kube-scheduler.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$sched_port"
+
+  # --- kube-proxy: Service IPs in this machine's iptables ---------------------------------
+  cat > "$D/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $P/kube-proxy.kubeconfig}
+hostnameOverride: $NODE
+mode: iptables
+clusterCIDR: $POD_PREFIX.0/24
+# pod -> Service -> pod on the same bridge: the reply must come back through this host to
+# be un-NATed, so Service traffic is masqueraded to the node's bridge address
+iptables: {masqueradeAll: true}
+nodePortAddresses: ["$NODE_IP/32"]
+healthzBindAddress: 127.0.0.1:$proxy_healthz
+metricsBindAddress: 127.0.0.1:$proxy_metrics
+# leave the machine's conntrack settings alone
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
+  start kube-proxy "$KBIN/kube-proxy" --config="$D/kube-proxy.yaml"
 
   # --- the kubelet -----------------------------------------------------------------------
   cat > "$D/kubelet.yaml" <<EOF
@@ -193,6 +221,7 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+clusterDNS: ["10.96.0.10"]
 resolvConf: /etc/resolv.conf
 cgroupsPerQOS: true
 enforceNodeAllocatable: ["pods"]
@@ -212,6 +241,10 @@ EOF
     --hostname-override="$NODE" --node-ip="$NODE_IP" --root-dir="$D/kubelet" --cert-dir="$D/kubelet/pki"
   wait_for "node $NODE" 90 kctl wait --for=condition=Ready "node/$NODE" --timeout=1s
   wait_for "the default service account" 30 kctl get serviceaccount default
+
+  # --- CoreDNS: Service names for the pods (the Helm chart's components find each other so)
+  sed "s|@IMAGE@|ibrain.local/coredns:local|" "$HERE/coredns.yaml" | kctl apply -f - >/dev/null
+  wait_for CoreDNS 60 kctl -n kube-system wait --for=condition=Available deployment/coredns --timeout=1s
 
   cat > "$D/env" <<EOF
 KUBECONFIG=$P/admin.kubeconfig
@@ -263,12 +296,14 @@ down() {
       ctr --address "$sock" -n k8s.io tasks delete -f "$t" >/dev/null 2>&1 || true
     done
   fi
+  stop kube-proxy
+  [[ -x $KBIN/kube-proxy ]] && "$KBIN/kube-proxy" --cleanup >/dev/null 2>&1 || true # its iptables chains
   stop kube-scheduler; stop kube-controller-manager; stop kube-apiserver; stop etcd
   stop containerd
   # shims are daemons of their own (containerd-shim-runc-v2 -address OUR SOCKET)
   pkill -KILL -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null || true
   # network namespaces and mounts left under DIR (pod sandboxes, kubelet volumes, rootfs)
-  grep -o " $D/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $D/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
   ip link del "$BRIDGE" 2>/dev/null || true
   # the pods' cgroups (empty now) under every v1 controller
