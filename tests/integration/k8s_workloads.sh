@@ -23,40 +23,17 @@
 #     INVALID_ARGUMENT naming the field;
 #   - delete: nothing labelled left.
 # The suite (tests/run-all.sh) brings one cluster up for every Kubernetes test and passes
-# IB_K8S_ENV; run alone, the test brings up its own and takes it down.
+# IB_K8S_ENV; run alone, the test brings up its own and takes it down (tests/lib/k8s.sh).
 source "$IB_SRC/tests/lib/proc.sh"
+source "$IB_SRC/tests/lib/k8s.sh"
 CD="$IB_BUILD/controlplane"
 IBCTL="$CD/ibctl"
 SNAP="$IB_BUILD/tools/ib-snapshot"
 
-if [ -z "${IB_K8S_ENV:-}" ]; then
-  bash "$IB_SRC/tools/k8s/cluster.sh" up "$IB_TMP/k8s" >"$IB_TMP/cluster-up.log" 2>&1 || {
-    cat "$IB_TMP/cluster-up.log"; bash "$IB_SRC/tools/k8s/cluster.sh" down "$IB_TMP/k8s" >/dev/null 2>&1
-    ib_fail "cluster.sh up"; }
-  IB_K8S_ENV=$IB_TMP/k8s/env
-  own_cluster=1
-fi
-# shellcheck disable=SC1090
-source "$IB_K8S_ENV"
-export KUBECONFIG
-k() { "$IB_KUBECTL" "$@"; }
-ns="ibt-$$-$RANDOM"
-k_cleanup() {
-  local rc=$?
-  k delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
-  [ -n "${own_cluster:-}" ] && bash "$IB_SRC/tools/k8s/cluster.sh" down "$IB_TMP/k8s" >/dev/null 2>&1
-  (exit "$rc") # ib__cleanup reads the test's status from $?
-  ib__cleanup
-}
-trap k_cleanup EXIT
-k create namespace "$ns" >/dev/null
-
 # ---- images of this build, imported into the node ----
 tag=local
 [ -n "${IB_SANITIZED:-}" ] && tag=san
-bash "$IB_SRC/tools/k8s/image/build.sh" "$IB_BUILD" "$tag" "$IB_TMP/images" 2>"$IB_TMP/images.log" ||
-  ib_fail "image build: $(cat "$IB_TMP/images.log")"
-bash "$IB_SRC/tools/k8s/cluster.sh" import "$IB_K8S_DIR" "$IB_TMP/images/ib-manager-$tag.tar"
+k8s_images "$tag" ib-manager
 cat "$IB_TMP/images.log"
 
 # ---- the stack: redis, ib-clusterd (kubernetes), ib-orchestrator, ibrain ----
@@ -99,11 +76,6 @@ pods_of() { # the names of demo's pods that are not being deleted, sorted, one l
   k -n "$ns" get pods -l ibrain.io/workload=demo -o json | /usr/bin/python3 -c '
 import json, sys
 print(" ".join(sorted(p["metadata"]["name"] for p in json.load(sys.stdin)["items"] if not p["metadata"].get("deletionTimestamp"))))'
-}
-wait_until() { # SECONDS WHAT 'CONDITION': until the shell condition holds (evaluated each time)
-  local secs=$1 what=$2 i
-  for ((i = 0; i < secs * 5; i++)); do eval "$3" && return 0; sleep 0.2; done
-  ib_fail "$what: not within ${secs}s"
 }
 load() { # NAME SECONDS: 60 req/s of short chats in the background; pid in $loader
   "$IB_LOAD_BIN" --target "127.0.0.1:$front" --model demo --shared-prefix 4,$((60 * $2 / 4)) --system-tokens 60 \
