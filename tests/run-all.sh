@@ -65,7 +65,7 @@ else
 fi
 
 run_phase "release" build -DCMAKE_BUILD_TYPE=RelWithDebInfo -- -L "unit|integration"
-run_phase "asan+ubsan" build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_ADDRESS=ON -- -L "unit|integration"
+run_phase "asan+ubsan" build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_ADDRESS=ON -- -L "unit|integration" -LE release-only
 run_phase "tsan" build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_THREAD=ON -- -L tsan
 if command -v clang >/dev/null; then
   CC=clang CXX=clang++ run_phase "fuzz" build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_FUZZ=ON -- -L fuzz

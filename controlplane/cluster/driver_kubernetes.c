@@ -43,6 +43,7 @@ static const char *const stream_paths[S__COUNT] = {
     "/api/v1/namespaces/%s/configmaps",
 };
 
+/* The caches' entries: each begins with its key (cache_put, cache_find). */
 typedef struct kpod {
     char name[80];
     char workload[64];
@@ -142,6 +143,37 @@ static void path_of(kube_t *k, char *out, size_t cap, const char *fmt_kind, cons
 
 /* ---- the caches, fed by lists and watch events ---- */
 
+/* A cache is an array of structs whose first member is their key (a NUL-terminated name). */
+static uint32_t cache_find(const void *items, size_t size, uint32_t n, const char *key)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (strcmp((const char *)items + (size_t)i * size, key) == 0)
+            return i;
+    return n;
+}
+
+/* The item keyed <key>, zeroed but for its key (added when new), to fill from the object;
+ * NULL when the cache is full. <deleted>: the item is removed instead, and NULL returned. */
+static void *cache_put(void *items, size_t size, uint32_t *n, uint32_t cap, const char *key, size_t keycap, int deleted)
+{
+    char *base = items;
+    uint32_t i = cache_find(items, size, *n, key);
+    if (deleted) {
+        if (i < *n && i != --*n)
+            memcpy(base + (size_t)i * size, base + (size_t)*n * size, size);
+        return NULL;
+    }
+    if (i == *n) {
+        if (*n == cap)
+            return NULL;
+        (*n)++;
+    }
+    char *item = base + (size_t)i * size;
+    memset(item, 0, size);
+    snprintf(item, keycap, "%s", key);
+    return item;
+}
+
 static void workload_of(const char *name, char *out, size_t cap)
 {
     const char *id = strncmp(name, "ib-", 3) == 0 ? name + 3 : name;
@@ -155,23 +187,9 @@ static void pod_update(kube_t *k, const char *o, size_t len, int deleted)
     char name[80];
     if (str_at(k, o, len, "/metadata/name", name, sizeof(name)) != 0)
         return;
-    uint32_t i;
-    for (i = 0; i < k->npods; i++)
-        if (strcmp(k->pods[i].name, name) == 0)
-            break;
-    if (deleted) {
-        if (i < k->npods)
-            k->pods[i] = k->pods[--k->npods];
+    kpod_t *p = cache_put(k->pods, sizeof(*p), &k->npods, MAX_PODS, name, sizeof(p->name), deleted);
+    if (p == NULL)
         return;
-    }
-    if (i == k->npods) {
-        if (k->npods == MAX_PODS)
-            return;
-        k->npods++;
-    }
-    kpod_t *p = &k->pods[i];
-    memset(p, 0, sizeof(*p));
-    snprintf(p->name, sizeof(p->name), "%s", name);
     str_at(k, o, len, "/metadata/labels/ibrain.io~1workload", p->workload, sizeof(p->workload));
     char gen[32];
     str_at(k, o, len, "/metadata/annotations/ibrain.io~1generation", gen, sizeof(gen));
@@ -212,23 +230,9 @@ static void slice_update(kube_t *k, const char *o, size_t len, int deleted)
     char name[128];
     if (str_at(k, o, len, "/metadata/name", name, sizeof(name)) != 0)
         return;
-    uint32_t i;
-    for (i = 0; i < k->nslices; i++)
-        if (strcmp(k->slices[i].name, name) == 0)
-            break;
-    if (deleted) {
-        if (i < k->nslices)
-            k->slices[i] = k->slices[--k->nslices];
+    kslice_t *s = cache_put(k->slices, sizeof(*s), &k->nslices, MAX_SLICES, name, sizeof(s->name), deleted);
+    if (s == NULL)
         return;
-    }
-    if (i == k->nslices) {
-        if (k->nslices == MAX_SLICES)
-            return;
-        k->nslices++;
-    }
-    kslice_t *s = &k->slices[i];
-    memset(s, 0, sizeof(*s));
-    snprintf(s->name, sizeof(s->name), "%s", name);
     char label[64], svc[80];
     int n = ib_kube_slice_endpoints(k->inner, k->eps, o, len, label, sizeof(label), s->eps, MAX_SLICE_EPS);
     s->n = n > 0 ? n : 0;
@@ -245,23 +249,10 @@ static void deploy_update(kube_t *k, const char *o, size_t len, int deleted)
     if (str_at(k, o, len, "/metadata/name", name, sizeof(name)) != 0)
         return;
     workload_of(name, id, sizeof(id));
-    uint32_t i;
-    for (i = 0; i < k->ndeploys; i++)
-        if (strcmp(k->deploys[i].workload, id) == 0)
-            break;
-    if (deleted) {
-        if (i < k->ndeploys)
-            k->deploys[i] = k->deploys[--k->ndeploys];
+    kdeploy_t *d = cache_put(k->deploys, sizeof(*d), &k->ndeploys, sizeof(k->deploys) / sizeof(k->deploys[0]), id,
+                             sizeof(d->workload), deleted);
+    if (d == NULL)
         return;
-    }
-    if (i == k->ndeploys) {
-        if (k->ndeploys == sizeof(k->deploys) / sizeof(k->deploys[0]))
-            return;
-        k->ndeploys++;
-    }
-    kdeploy_t *d = &k->deploys[i];
-    memset(d, 0, sizeof(*d));
-    snprintf(d->workload, sizeof(d->workload), "%s", id);
     d->generation = int_at(k, o, len, "/metadata/generation");
     d->observed = int_at(k, o, len, "/status/observedGeneration");
     d->want = (uint32_t)int_at(k, o, len, "/spec/replicas");
@@ -301,10 +292,19 @@ static uint8_t *b64_decode(const char *s, size_t n, size_t *len)
 
 static kconfig_t *config_of(kube_t *k, const char *workload)
 {
-    for (uint32_t i = 0; i < k->nconfigs; i++)
-        if (strcmp(k->configs[i].workload, workload) == 0)
-            return &k->configs[i];
-    return NULL;
+    uint32_t i = cache_find(k->configs, sizeof(k->configs[0]), k->nconfigs, workload);
+    return i < k->nconfigs ? &k->configs[i] : NULL;
+}
+
+/* A new entry for workload <id>, or NULL when the cache is full. */
+static kconfig_t *config_add(kube_t *k, const char *id)
+{
+    if (k->nconfigs == sizeof(k->configs) / sizeof(k->configs[0]))
+        return NULL;
+    kconfig_t *c = &k->configs[k->nconfigs++];
+    memset(c, 0, sizeof(*c));
+    snprintf(c->workload, sizeof(c->workload), "%s", id);
+    return c;
 }
 
 static void config_drop(kube_t *k, kconfig_t *c)
@@ -326,13 +326,8 @@ static void config_update(kube_t *k, const char *o, size_t len, int deleted)
             config_drop(k, c);
         return;
     }
-    if (c == NULL) {
-        if (k->nconfigs == sizeof(k->configs) / sizeof(k->configs[0]))
-            return;
-        c = &k->configs[k->nconfigs++];
-        memset(c, 0, sizeof(*c));
-        snprintf(c->workload, sizeof(c->workload), "%s", id);
-    }
+    if (c == NULL && (c = config_add(k, id)) == NULL)
+        return;
     str_at(k, o, len, "/metadata/resourceVersion", c->rv, sizeof(c->rv));
     ib_span_t s;
     int deleting = ib_json_pointer_string(k->inner, o, len, "/metadata/deletionTimestamp", &s) == 0;
@@ -506,13 +501,8 @@ static int kube_remove(void *self, const char *id, char *err, size_t errlen);
 static void config_remember(kube_t *k, const char *id, const char *rv, const uint8_t *record, size_t len)
 {
     kconfig_t *c = config_of(k, id);
-    if (c == NULL) {
-        if (k->nconfigs == sizeof(k->configs) / sizeof(k->configs[0]))
-            return;
-        c = &k->configs[k->nconfigs++];
-        memset(c, 0, sizeof(*c));
-        snprintf(c->workload, sizeof(c->workload), "%s", id);
-    }
+    if (c == NULL && (c = config_add(k, id)) == NULL)
+        return;
     uint8_t *copy = malloc(len ? len : 1);
     if (copy == NULL)
         return;

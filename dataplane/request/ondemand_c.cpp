@@ -423,32 +423,6 @@ extern "C" int ib_json_pointer_bool(ib_json_parser_t *p, const char *doc_bytes, 
     return 0;
 }
 
-extern "C" int ib_json_pointer_count(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, size_t *n)
-{
-    *n = 0;
-    ondemand::document doc;
-    ondemand::value v;
-    if (int rc = pointer_value(p, doc_bytes, len, ptr, doc, v))
-        return rc;
-    ondemand::array arr;
-    if (v.get_array().get(arr) == SUCCESS) {
-        size_t count;
-        if (arr.count_elements().get(count) != SUCCESS)
-            return -1;
-        *n = count;
-        return 0;
-    }
-    ondemand::object obj;
-    if (v.get_object().get(obj) == SUCCESS) {
-        size_t count;
-        if (obj.count_fields().get(count) != SUCCESS)
-            return -1;
-        *n = count;
-        return 0;
-    }
-    return -1;
-}
-
 extern "C" int ib_json_pointer_raw(ib_json_parser_t *p, const char *doc_bytes, size_t len, const char *ptr, ib_span_t *out)
 {
     ondemand::document doc;

@@ -98,9 +98,6 @@ int ib_json_pointer_int(ib_json_parser_t *p, const char *doc, size_t len, const 
 /** Same for a boolean (*out 0 or 1). */
 int ib_json_pointer_bool(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, int *out);
 
-/** The number of elements of the array (or members of the object) at <ptr>: 0 with *n set,
- * 1 when the pointer does not exist or is null, -1 when invalid or neither. */
-int ib_json_pointer_count(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, size_t *n);
 /** The raw JSON text of the object at <ptr> (valid until the next call on <p>): 0, 1 when
  * the pointer does not exist or is null, -1 when invalid or not an object. */
 int ib_json_pointer_raw(ib_json_parser_t *p, const char *doc, size_t len, const char *ptr, ib_span_t *out);

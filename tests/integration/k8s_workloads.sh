@@ -212,22 +212,33 @@ echo "cluster server restarted: workload demo kept (generation $gen), one Config
 mkdir -p "$IB_TMP/py"
 /usr/bin/python3 -m grpc_tools.protoc -I "$IB_SRC/controlplane/proto" --python_out="$IB_TMP/py" \
   --grpc_python_out="$IB_TMP/py" cluster.proto
-start_clusterd cd2 "$KUBECONFIG"
-/usr/bin/python3 - "$(ib_port cd2)" "$IB_TMP/py" "$gen" >"$IB_TMP/cd2.txt" 2>&1 <<'PY' || ib_fail "second cluster server: $(cat "$IB_TMP/cd2.txt")"
+# grpc_py PORT OUT ARGS... <<'PY': a grpcio client of the cluster server on PORT, its output
+# to $IB_TMP/OUT.txt; the script gets `grpc`, `pb` (the messages), `stub` and sys.argv[1:] = ARGS
+grpc_py() {
+  local port=$1 out=$2
+  shift 2
+  { cat <<HEAD
 import sys
-sys.path.insert(0, sys.argv[2])
+sys.argv = sys.argv[:1] + sys.argv[2:]
+sys.path.insert(0, "$IB_TMP/py")
 import grpc, cluster_pb2 as pb, cluster_pb2_grpc as rpc
-ch = grpc.insecure_channel("127.0.0.1:" + sys.argv[1])
+ch = grpc.insecure_channel("127.0.0.1:$port")
 grpc.channel_ready_future(ch).result(timeout=10)
 stub = rpc.ClusterStub(ch)
+HEAD
+    cat; } >"$IB_TMP/$out.py"
+  /usr/bin/python3 "$IB_TMP/$out.py" - "$@" >"$IB_TMP/$out.txt" 2>&1 || ib_fail "$out: $(cat "$IB_TMP/$out.txt")"
+  cat "$IB_TMP/$out.txt"
+}
+start_clusterd cd2 "$KUBECONFIG"
+grpc_py "$(ib_port cd2)" cd2 "$gen" <<'PY'
 st = stub.GetWorkload(pb.WorkloadRef(id="demo"), timeout=10)
-assert st.spec.generation == int(sys.argv[3]), st.spec.generation
+assert st.spec.generation == int(sys.argv[1]), st.spec.generation
 spec = st.spec
 spec.replicas = 3
 st = stub.UpdateWorkload(spec, timeout=20)
 print("the second cluster server saw demo at generation %d and scaled it to %d" % (st.spec.generation, st.spec.replicas))
 PY
-cat "$IB_TMP/cd2.txt"
 replicas_seen() { "$IBCTL" -o json workload get demo | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"])'; }
 wait_until 20 "the first cluster server seeing the second one's scale" 'test "$(replicas_seen)" = 3'
 wait_until 60 "3 replicas in the snapshot" 'test "$(wc -w <<<"$(snap_replicas)")" = 3'
@@ -274,13 +285,7 @@ contexts:
 current-context: x
 EOF
 start_clusterd limited "$IB_TMP/limited.kubeconfig"
-/usr/bin/python3 - "$(ib_port limited)" "$IB_TMP/py" "$IB_TMP/weights/model.bin" >"$IB_TMP/limited.txt" 2>&1 <<'PY' || ib_fail "grpc: $(cat "$IB_TMP/limited.txt")"
-import sys
-sys.path.insert(0, sys.argv[2])
-import grpc, cluster_pb2 as pb, cluster_pb2_grpc as rpc
-ch = grpc.insecure_channel("127.0.0.1:" + sys.argv[1])
-grpc.channel_ready_future(ch).result(timeout=10)
-stub = rpc.ClusterStub(ch)
+grpc_py "$(ib_port limited)" limited "$IB_TMP/weights/model.bin" <<'PY'
 def expect(code, spec, *words):
     try:
         stub.CreateWorkload(spec, timeout=20)
@@ -291,12 +296,11 @@ def expect(code, spec, *words):
         print(e.code().name + ": " + e.details())
         return
     raise SystemExit("created, want " + code.name)
-expect(grpc.StatusCode.PERMISSION_DENIED, pb.WorkloadSpec(id="nope", model="m", replicas=1, weights=sys.argv[3]),
+expect(grpc.StatusCode.PERMISSION_DENIED, pb.WorkloadSpec(id="nope", model="m", replicas=1, weights=sys.argv[1]),
        "cannot", "create", "deployments")
 expect(grpc.StatusCode.INVALID_ARGUMENT, pb.WorkloadSpec(id="bad", model="m", replicas=1, weights="relative/path"),
        "weights")
 PY
-cat "$IB_TMP/limited.txt"
 ib_stop limited || true
 wait_until 30 "nothing of the refused workload left" \
   'test -z "$(k -n "$ns" get configmaps,services,deployments -l ibrain.io/workload=nope -o name)"'
