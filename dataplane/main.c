@@ -23,6 +23,8 @@ static void usage(FILE *f)
             "  --header-timeout-ms N       time allowed for a request head and body, 408 after (default 10000)\n"
             "  --idle-timeout-ms N         keep-alive idle time (default 60000)\n"
             "  --upstream-timeout-ms N     longest silence from a replica, 504 after (default 300000)\n"
+            "  --send-timeout-ms N         a client that accepts no byte of its answer this long is closed and\n"
+            "                              its exchange abandoned, freeing the replica's slot (default 60000)\n"
             "  --connect-timeout-ms N      replica connect timeout (default 3000)\n"
             "  --drain-timeout-ms N        on SIGTERM, finish in-flight requests for at most this long (default 10000)\n"
             "  --drain-idle-ms N           on SIGTERM, keep-alive connections stay open this long: a request on one\n"
@@ -72,7 +74,7 @@ enum {
     O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT, O_EA,
     O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK, O_CTX,
     O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_ADMIN, O_ADMINPORT, O_ABORTCLOSE, O_HELP,
-    O_DIDLE
+    O_DIDLE, O_ST
 };
 
 static const struct option opts[] = {
@@ -88,7 +90,7 @@ static const struct option opts[] = {
     {"redis-master", 1, 0, O_MASTER},     {"redis-reread-ms", 1, 0, O_REREAD}, {"instance-id", 1, 0, O_INSTANCE},
     {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"max-conns-per-worker", 1, 0, O_MAXCONNS},
     {"admin-listen", 1, 0, O_ADMIN},      {"admin-port-file", 1, 0, O_ADMINPORT}, {"help", 0, 0, O_HELP},
-    {"abort-on-client-close", 0, 0, O_ABORTCLOSE}, {"drain-idle-ms", 1, 0, O_DIDLE},
+    {"abort-on-client-close", 0, 0, O_ABORTCLOSE}, {"drain-idle-ms", 1, 0, O_DIDLE}, {"send-timeout-ms", 1, 0, O_ST},
     {0, 0, 0, 0}};
 
 /* An option that takes a string or a list entry: 1 when taken, 0 when <c> is not one,
@@ -146,6 +148,7 @@ static void number_option(ib_proxy_config_t *cfg, int c, unsigned long long v)
     case O_CT: cfg->connect_timeout_ms = (uint32_t)v; break;
     case O_DT: cfg->drain_timeout_ms = (uint32_t)v; break;
     case O_DIDLE: cfg->drain_idle_ms = (uint32_t)v; break;
+    case O_ST: cfg->send_timeout_ms = (uint32_t)(v ? v : 1); break;
     case O_BUSY: cfg->busy_poll_us = (uint32_t)(v < 1000000 ? v : 1000000); break;
     case O_EA: cfg->eject_after_failures = (uint32_t)(v ? v : 1); break;
     case O_EM: cfg->eject_ms = (uint32_t)v; break;

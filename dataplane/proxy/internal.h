@@ -50,6 +50,7 @@ typedef struct ib_worker_metrics {
     ib_counter_t conns_open_dec;
     ib_counter_t upstream_conns_opened;
     ib_counter_t client_aborts;   /* clients gone before their response ended */
+    ib_counter_t send_timeouts;   /* clients that accepted no byte for --send-timeout-ms */
     ib_counter_t route_reason[IB_POLICY_MAX][IB_REASON__COUNT]; /* by policy, reason */
     ib_counter_t matched_bucket[IB_NMATCHED + 1];
     ib_counter_t matched_sum;
@@ -198,6 +199,7 @@ typedef struct ib_client {
     int out_cur;
     int sending;
     size_t send_off;
+    uint64_t send_since_ns;       /* sending: when the send began or last moved bytes */
     uint64_t deadline_ns;         /* header / body / idle deadline */
     int head_started;             /* part of a request head is in c->in: its deadline is set */
     struct ib_client *prev, *next;

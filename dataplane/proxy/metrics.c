@@ -132,9 +132,12 @@ static int render_counters(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_retries_total counter\nibrain_retries_total %llu\n",
                        (unsigned long long)SUM(retries));
     rc = rc || ib_buf_try_printf(b,
+                       "# HELP ibrain_client_send_timeouts_total Clients closed for accepting no byte of their answer "
+                       "for --send-timeout-ms.\n"
+                       "# TYPE ibrain_client_send_timeouts_total counter\nibrain_client_send_timeouts_total %llu\n"
                        "# HELP ibrain_client_aborts_total Requests whose client left before the response ended.\n"
                        "# TYPE ibrain_client_aborts_total counter\nibrain_client_aborts_total %llu\n",
-                       (unsigned long long)SUM(client_aborts));
+                       (unsigned long long)SUM(send_timeouts), (unsigned long long)SUM(client_aborts));
     rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_connections_accepted_total Client connections accepted.\n"
                        "# TYPE ibrain_connections_accepted_total counter\nibrain_connections_accepted_total %llu\n",

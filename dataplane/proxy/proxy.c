@@ -31,6 +31,7 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
     cfg->connect_timeout_ms = 3000;
     cfg->drain_timeout_ms = 10000;
     cfg->drain_idle_ms = 1000;
+    cfg->send_timeout_ms = 60000;
     cfg->busy_poll_us = 50;
     cfg->eject_after_failures = 3;
     cfg->eject_ms = 2000;

@@ -281,6 +281,7 @@ static void on_client_send(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
     }
     c->send_off += (size_t)cqe->res;
     if (c->send_off < b->len && !c->closing) {
+        c->send_since_ns = ib_now_ns(); /* it moved: the client reads */
         struct io_uring_sqe *sqe = ib_get_sqe(w);
         io_uring_prep_send(sqe, c->fd, b->ptr + c->send_off, b->len - c->send_off, MSG_NOSIGNAL);
         ib_set_data(sqe, c, IB_OP_CSEND);
@@ -320,6 +321,14 @@ static void check_timeouts(ib_worker_t *w, uint64_t now)
         next = c->next;
         if (c->closing)
             continue;
+        /* A client that accepts no byte of its answer for --send-timeout-ms (it stopped
+         * reading, or reads a byte an hour) would hold its replica's slot and our buffers
+         * for ever: closed, its exchange abandoned (the replica sees the cancel). */
+        if (c->sending && now - c->send_since_ns > (uint64_t)w->px->cfg.send_timeout_ms * 1000000ull) {
+            ib_counter_add(&w->m.send_timeouts, 1);
+            ib_client_close(w, c);
+            continue;
+        }
         if (c->state == IB_C_UPSTREAM && c->up != NULL) {
             /* A replica that hangs (its health probes unanswered) holds this exchange, and
              * has sent nothing for it for as long: retried elsewhere before the first

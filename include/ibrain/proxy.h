@@ -83,6 +83,7 @@ typedef struct ib_proxy_config {
     uint32_t upstream_timeout_ms;   /* no response byte from a replica for this long (504) */
     uint32_t connect_timeout_ms;
     uint32_t drain_timeout_ms;      /* SIGTERM: finish in-flight requests for at most this */
+    uint32_t send_timeout_ms;       /* a client that accepts no byte of its answer this long is closed */
     uint32_t drain_idle_ms;         /* SIGTERM: keep-alive connections stay open this long; a request on
                                      * one is served, answered with Connection: close (default 1000) */
     uint32_t eject_after_failures;  /* consecutive failures before a replica is ejected */

@@ -9,6 +9,8 @@
 #   - at the connection cap, the longest-idle keep-alive connection makes room for a new
 #     one; with every connection busy, new ones are refused and counted, and the admin
 #     listener still answers /health and /metrics;
+#   - a client that stops reading its stream is closed after --send-timeout-ms and its
+#     exchange abandoned (counted), and ibrain goes on serving;
 #   - out of file descriptors: accept errors back off instead of spinning, existing
 #     connections keep being served, the condition is counted, and once clients leave
 #     ibrain accepts again and stops cleanly on SIGTERM.
@@ -120,6 +122,38 @@ print("pipelining without reading: closed after %.1f MB sent, ibrain grew %.1f M
 PY
 ib_expect_eq "in flight after the half-closes" "$(ib_metric "http://127.0.0.1:$port/metrics" 'ibrain_replica_in_flight{replica="e1"}')" 0
 # 3. A hung replica: probes every 300 ms, unresponsive after 3 failures. Round-robin
+
+# A client that stops reading: a long stream it never reads fills the socket buffers; with
+# no byte accepted for --send-timeout-ms (1 s) it is closed, the exchange abandoned.
+ib_engine fast --itl-ms 0 --prefill-us-per-token 0 --overhead-ms 0
+ib_ibrain st --workers 1 --model mock --send-timeout-ms 1000 --replica fast=127.0.0.1:$(ib_port fast)
+/usr/bin/python3 - "$(ib_port st)" <<'PY' || ib_fail "a client that never reads"
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+body = b'{"model":"mock","stream":true,"max_tokens":100000,"messages":[{"role":"user","content":"never read"}]}'
+s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+time.sleep(4)  # not reading: ibrain's sends stall, and 1 s later it closes
+s.settimeout(10)
+n = 0
+try:
+    while True:
+        d = s.recv(1 << 20)
+        if not d:
+            break
+        n += len(d)
+except (ConnectionResetError, socket.timeout) as e:
+    if isinstance(e, socket.timeout):
+        raise SystemExit("the connection is still open after %d bytes" % n)
+print("a client that never read: closed by ibrain after %d bytes reached it" % n)
+PY
+ib_expect_eq "send timeouts counted" "$(ib_metric "http://127.0.0.1:$(ib_port st)/metrics" ibrain_client_send_timeouts_total)" 1
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(ib_port st)/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"mock","max_tokens":2,"messages":[{"role":"user","content":"next"}]}')" = 200 ] || ib_fail "ibrain after a send timeout"
+ib_stop st
+ib_stop fast
+
 #    sends half of 8 requests to it; it takes 3 s to answer, and is stopped 0.3 s in.
 ib_engine hang --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 3000
 ib_ibrain hp --workers 1 --model mock --probe-ms 300 --eject-after 3 --policy round-robin \
