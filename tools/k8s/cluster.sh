@@ -270,13 +270,17 @@ import_images() {
   done
 }
 
+# alive PID: the process exists and is not a zombie
+alive() { [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
+
 # stop NAME [SIGNAL]: the process group started by start(), waited for up to 10 s
 stop() {
   local name=$1 sig=${2:-TERM} pid i
   [[ -s $D/pids/$name ]] || return 0
   pid=$(cat "$D/pids/$name")
   kill -"$sig" -- -"$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  # gone, or a zombie: it is no child of ours (up's shell has exited) and PID 1 here reaps late
+  for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
   kill -KILL -- -"$pid" 2>/dev/null || true
   rm -f "$D/pids/$name"
 }
@@ -298,7 +302,9 @@ down() {
   fi
   stop kube-proxy
   [[ -x $KBIN/kube-proxy ]] && "$KBIN/kube-proxy" --cleanup >/dev/null 2>&1 || true # its iptables chains
-  stop kube-scheduler; stop kube-controller-manager; stop kube-apiserver; stop etcd
+  # the control plane's state is thrown away with DIR: no graceful shutdown to wait for
+  # (the scheduler and the API server take 5-6 s each to stop on SIGTERM)
+  stop kube-scheduler KILL; stop kube-controller-manager KILL; stop kube-apiserver KILL; stop etcd KILL
   stop containerd
   # shims are daemons of their own (containerd-shim-runc-v2 -address OUR SOCKET)
   pkill -KILL -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null || true
@@ -323,7 +329,7 @@ case $cmd in
   import) shift 2; import_images "$@" ;;
   start)
     [[ -s $D/cmds/${3:?$usage} ]] || die "no command line kept for $3 in $D/cmds"
-    [[ ! -s $D/pids/$3 ]] || ! kill -0 "$(cat "$D/pids/$3")" 2>/dev/null || die "$3 runs already"
+    [[ ! -s $D/pids/$3 ]] || ! alive "$(cat "$D/pids/$3")" || die "$3 runs already"
     eval "start $3 $(cat "$D/cmds/$3")" ;;
   *) die "$usage" ;;
 esac
