@@ -199,7 +199,9 @@ typedef struct ib_client {
     int out_cur;
     int sending;
     size_t send_off;
-    uint64_t send_since_ns;       /* sending: when the send began or last moved bytes */
+    uint64_t send_progress;       /* sends begun + completions: moves while the client takes bytes */
+    uint64_t send_seen;           /* send_progress as the tick last saw it ... */
+    uint64_t send_since_ns;       /* ... and since when (the send deadline, timed by the tick) */
     uint64_t deadline_ns;         /* header / body / idle deadline */
     int head_started;             /* part of a request head is in c->in: its deadline is set */
     struct ib_client *prev, *next;

@@ -53,7 +53,7 @@ void ib_client_flush(ib_worker_t *w, ib_client_t *c)
     ib_buf_reset(&c->out[c->out_cur]);
     c->sending = 1;
     c->send_off = 0;
-    c->send_since_ns = ib_now_ns();
+    c->send_progress++;
     ib_buf_t *b = &c->out[!c->out_cur];
     struct io_uring_sqe *sqe = ib_get_sqe(w);
     io_uring_prep_send(sqe, c->fd, b->ptr, b->len, MSG_NOSIGNAL);

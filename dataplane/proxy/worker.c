@@ -281,7 +281,7 @@ static void on_client_send(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
     }
     c->send_off += (size_t)cqe->res;
     if (c->send_off < b->len && !c->closing) {
-        c->send_since_ns = ib_now_ns(); /* it moved: the client reads */
+        c->send_progress++; /* it moved: the client reads */
         struct io_uring_sqe *sqe = ib_get_sqe(w);
         io_uring_prep_send(sqe, c->fd, b->ptr + c->send_off, b->len - c->send_off, MSG_NOSIGNAL);
         ib_set_data(sqe, c, IB_OP_CSEND);
@@ -323,8 +323,13 @@ static void check_timeouts(ib_worker_t *w, uint64_t now)
             continue;
         /* A client that accepts no byte of its answer for --send-timeout-ms (it stopped
          * reading, or reads a byte an hour) would hold its replica's slot and our buffers
-         * for ever: closed, its exchange abandoned (the replica sees the cancel). */
-        if (c->sending && now - c->send_since_ns > (uint64_t)w->px->cfg.send_timeout_ms * 1000000ull) {
+         * for ever: closed, its exchange abandoned (the replica sees the cancel). The tick
+         * times it from when it last saw the count of sends and completions move, so that
+         * no send reads the clock. */
+        if (c->send_progress != c->send_seen) { /* timed here, not on every send */
+            c->send_seen = c->send_progress;
+            c->send_since_ns = now;
+        } else if (c->sending && now - c->send_since_ns > (uint64_t)w->px->cfg.send_timeout_ms * 1000000ull) {
             ib_counter_add(&w->m.send_timeouts, 1);
             ib_client_close(w, c);
             continue;
