@@ -104,10 +104,10 @@ go_install "$COREDNS_OUT" coredns "github.com/coredns/coredns@$COREDNS_VERSION"
 # --- report ---------------------------------------------------------------------------------
 "$K8S_OUT/kube-apiserver" --version
 "$K8S_OUT/kubelet" --version
-"$ETCD_OUT/etcd" --version | head -1
+"$ETCD_OUT/etcd" --version | sed -n 1p  # sed reads all: head would SIGPIPE etcd under pipefail
 echo "K8S_BIN=$K8S_OUT"
 echo "ETCD_BIN=$ETCD_OUT"
 "$HELM_OUT/helm" version --short
-"$COREDNS_OUT/coredns" -version | head -1
+"$COREDNS_OUT/coredns" -version | sed -n 1p
 echo "HELM_BIN=$HELM_OUT"
 echo "COREDNS_BIN=$COREDNS_OUT"
