@@ -315,15 +315,17 @@ static void index_added(ib_tokenizer_t *t)
     }
 }
 
-/* ---- the regex, with ECMAScript's meaning of \s ---- */
+/* ---- the regex, with Unicode's meaning of \s ---- */
 
-/* ECMAScript WhiteSpace + LineTerminator (what \s matches in the reference); PCRE2's \s
- * with UCP differs on U+0085, U+180E and U+FEFF. */
-#define JS_WS "\\t\\n\\x0B\\f\\r \\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}\\x{FEFF}"
+/* Unicode White_Space: what \s matches in the engines' tokenizer (Hugging Face tokenizers,
+ * Oniguruma) and in Python's regex. PCRE2's UCP \s is spelled out so that no library version
+ * changes it. transformers.js (ECMAScript \s) differs on U+0085, which it does not count, and
+ * U+FEFF, which it does; tests/integration/tokenizer_golden.sh checks both references. */
+#define UNI_WS "\\t\\n\\x0B\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
 
 static int translate_regex(const char *in, char *out, size_t cap, char *err, size_t errlen)
 {
-    /* transformers.js rewrites this group because old JS had no (?i:); match its result. */
+    /* (?i:) spelled as classes, as transformers.js does (old JS had no (?i:)); same matches. */
     static const char ci_from[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)";
     static const char ci_to[] = "(?:'([sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD]))";
     size_t o = 0;
@@ -346,13 +348,13 @@ static int translate_regex(const char *in, char *out, size_t cap, char *err, siz
         if (c == '\\' && in[i + 1] != '\0') {
             char e = in[i + 1];
             if (e == 's') {
-                PUT(inclass ? JS_WS : "[" JS_WS "]");
+                PUT(inclass ? UNI_WS : "[" UNI_WS "]");
             } else if (e == 'S') {
                 if (inclass) {
                     snprintf(err, errlen, "regex: \\S inside a character class is not supported");
                     return -1;
                 }
-                PUT("[^" JS_WS "]");
+                PUT("[^" UNI_WS "]");
             } else {
                 char two[3] = {c, e, 0};
                 PUT(two);

@@ -12,9 +12,8 @@ base="http://127.0.0.1:$(ib_port ib)"
 node "$IB_SRC/tests/interop/openai_sdk.cjs" "$sdk" "$base/v1" qwen3-demo >"$IB_TMP/sdk.log" 2>&1 ||
   ib_fail "openai SDK through ibrain: $(cat "$IB_TMP/sdk.log")"
 cat "$IB_TMP/sdk.log"
-venv=${IB_VENV:-$HOME/.cache/ibrain/venv}
-[ -x "$venv/bin/python" ] || ib_fail "the project's Python venv is missing: run tools/setup.sh"
-"$venv/bin/python" "$IB_SRC/tests/interop/openai_sdk.py" "$base/v1" qwen3-demo >"$IB_TMP/sdk-py.log" 2>&1 ||
+ib_need_venv
+"$IB_PYTHON" "$IB_SRC/tests/interop/openai_sdk.py" "$base/v1" qwen3-demo >"$IB_TMP/sdk-py.log" 2>&1 ||
   ib_fail "openai Python SDK through ibrain: $(cat "$IB_TMP/sdk-py.log")"
 cat "$IB_TMP/sdk-py.log"
 curl -s "$base/metrics" >"$IB_TMP/metrics.txt"

@@ -1,10 +1,15 @@
-# Tokenizer golden tests: ib-tokenize against the JavaScript reference (transformers.js in
-# @lenml/tokenizers) on the checked-in corpus of tests/golden/tokenizer, for Llama 3 and Qwen3.
+# Tokenizer golden tests: ib-tokenize against two references on the checked-in corpus of
+# tests/golden/tokenizer, for Llama 3 and Qwen3: Hugging Face tokenizers (the Rust library the
+# engines and the peer routers use, from PyPI in the project's venv) and transformers.js
+# (@lenml/tokenizers, from npm).
 #   1. the corpus and the template renderings are what gen_corpus.py generates (Jinja2);
 #   2. token ids of every corpus string and of every rendered conversation equal the
-#      checked-in reference ids, and ib-tokenize's own chat rendering gives the same ids;
-#   3. the reference run live now (node) still gives the checked-in ids;
-#   4. decode(encode(s)) == s for every valid UTF-8 string of the corpus.
+#      checked-in ids, and ib-tokenize's own chat rendering gives the same ids;
+#   3. Hugging Face tokenizers run live now gives the checked-in ids, every line;
+#   4. transformers.js run live now gives them too, except on lines holding U+0085 or U+FEFF,
+#      where ECMAScript's \s differs from Unicode's White_Space (and there it must differ:
+#      the corpus has such lines to show that ibrain follows the engines' library);
+#   5. decode(encode(s)) == s for every valid UTF-8 string of the corpus.
 source "$IB_SRC/tests/lib/proc.sh"
 
 gold="$IB_SRC/tests/golden/tokenizer"
@@ -12,6 +17,7 @@ npm="$IB_SRC/third_party/npm/node_modules/@lenml"
 tok="$IB_BUILD/tools/ib-tokenize"
 [ -f "$npm/tokenizer-llama3/models/tokenizer.json" ] || ib_fail "tokenizer packages missing: run tools/setup.sh"
 
+ib_need_venv
 /usr/bin/python3 "$gold/gen_corpus.py" --check "$gold" || ib_fail "golden corpus is stale: rerun gen_corpus.py"
 [ "$(wc -l <"$gold/corpus.hex")" -ge 2000 ] || ib_fail "corpus has fewer than 2000 strings"
 
@@ -34,9 +40,22 @@ for model in llama3 qwen3; do
   "$tok" --tokenizer "$file" roundtrip-lines <"$gold/corpus.hex" >"$IB_TMP/rt-$model.json" || ib_fail "$model: round trip"
   echo "$model: $(wc -l <"$gold/corpus.hex") strings, $(wc -l <"$gold/chats.jsonl") conversations match; round trip $(cat "$IB_TMP/rt-$model.json")"
 
-  # The reference itself, now.
+  # The references themselves, now.
+  "$IB_PYTHON" "$IB_SRC/tests/interop/tokenizer_hf.py" "$file" hex-lines <"$gold/corpus.hex" \
+    >"$IB_TMP/hf-$model.txt" 2>"$IB_TMP/hf.err" || ib_fail "$model: HF tokenizers failed: $(tail -c 400 "$IB_TMP/hf.err")"
+  cmp -s "$IB_TMP/hf-$model.txt" "$gold/expected-$model.txt" || ib_fail "$model: HF tokenizers disagrees with the checked-in ids"
   node "$IB_SRC/tests/interop/tokenizer_ref.cjs" "$model" hex-lines <"$gold/corpus.hex" >"$IB_TMP/ref-$model.txt" 2>"$IB_TMP/ref.err" ||
     ib_fail "$model: reference failed: $(tail -c 400 "$IB_TMP/ref.err")"
-  cmp -s "$IB_TMP/ref-$model.txt" "$gold/expected-$model.txt" || ib_fail "$model: the live reference disagrees with the checked-in ids"
+  /usr/bin/python3 - "$gold/corpus.hex" "$IB_TMP/ref-$model.txt" "$gold/expected-$model.txt" <<'PY' || ib_fail "$model: transformers.js disagrees beyond \\s"
+import sys
+corpus, js, want = (open(f).read().splitlines() for f in sys.argv[1:])
+assert len(js) == len(want) == len(corpus), "line counts differ"
+edge = [("\u0085" in t or "\ufeff" in t) for t in (bytes.fromhex(h).decode("utf-8", "replace") for h in corpus)]
+bad = [i + 1 for i in range(len(js)) if js[i] != want[i] and not edge[i]]
+assert not bad, "transformers.js differs on lines %s" % bad[:10]
+differ = sum(1 for i in range(len(js)) if js[i] != want[i])
+assert differ > 0, "no line shows the \\s difference: the corpus lost its edge cases"
+print("transformers.js: same ids except %d lines with U+0085/U+FEFF" % differ)
+PY
 done
 echo "tokenizer_golden: ok"

@@ -27,6 +27,8 @@
 #   ib_stop NAME [SIGNAL]       signal NAME's process group (TERM), wait up to 10 s for NAME
 #                               (then KILL the group); returns NAME's exit status.
 #   ib_fail MSG                 print MSG and the logs of every process, exit 1.
+#   IB_PYTHON                   the project's venv's python (tools/setup.sh makes the venv at
+#                               ${IB_VENV:-~/.cache/ibrain/venv}); ib_need_venv fails without it.
 #
 # Every process started here leads its own process group (setsid), so that it and anything
 # it started are stopped by PID when the test exits, however it exits.
@@ -88,6 +90,7 @@ declare -A IB_PID=()
 IB_ENGINE_BIN="$IB_BUILD/tools/ib-mock-engine"
 IB_LOAD_BIN="$IB_BUILD/perf/ib-load"
 IB_IBRAIN_BIN="$IB_BUILD/dataplane/ibrain"
+IB_PYTHON="${IB_VENV:-$HOME/.cache/ibrain/venv}/bin/python"
 # Sanitizer builds: report leaks and errors, and fail the process when they happen.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=66}"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$IB_SRC/tests/lsan.supp:print_suppressions=0}"
@@ -127,6 +130,10 @@ ib_fail() {
     tail -n 30 "$f" >&2
   done
   exit 1
+}
+
+ib_need_venv() {
+  [ -x "$IB_PYTHON" ] || ib_fail "the project's Python venv is missing ($IB_PYTHON): run tools/setup.sh"
 }
 
 ib_spawn() {
@@ -204,6 +211,11 @@ ib_ibrain() {
 # ib_metric URL NAME{LABELS}: the value of one sample on a /metrics page (empty if absent).
 ib_metric() {
   curl -s "$1" | awk -v m="$2" '$1 == m {print $2}'
+}
+
+# ib_metric_sum URL REGEX: the sum of the series whose line matches REGEX (awk ERE), 0 if none.
+ib_metric_sum() {
+  curl -s "$1" | awk -v re="$2" '$0 ~ re {n += $2} END {print n + 0}'
 }
 
 # ib_wait_snapshot BASE_URL VERSION: waits (5 s) until the ibrain at BASE_URL applied
