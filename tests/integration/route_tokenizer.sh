@@ -55,8 +55,8 @@ ib_expect_eq "chat under context" "$code" 200
 served=0 engine_tokens=0
 for i in 1 2 3; do
   url="http://127.0.0.1:$(ib_port r$i)/metrics"
-  served=$((served + $(ib_metric "$url" 'ib_engine_requests_finished_total{model_name="qwen3"}')))
-  engine_tokens=$((engine_tokens + $(ib_metric "$url" 'ib_engine_prompt_tokens_total{model_name="qwen3"}')))
+  served=$((served + $(ib_metric_sum "$url" '^vllm:request_success_total.*finished_reason="(stop|length)"')))
+  engine_tokens=$((engine_tokens + $(ib_metric "$url" 'vllm:prompt_tokens_total{engine="0",model_name="qwen3"}')))
 done
 ib_expect_eq "requests the engines saw" "$served" 25
 ib_expect_eq "engines' prompt tokens" "$engine_tokens" "$((total + $(ib_json "$IB_TMP/ok.json" 'd["usage"]["prompt_tokens"]')))"

@@ -35,25 +35,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- metrics ---- */
-
-enum route { R_CHAT, R_COMPLETIONS, R_MODELS, R_HEALTH, R_METRICS, R_OTHER, R__COUNT };
-static const char *const route_names[R__COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/models",
-                                                  "/health", "/metrics", "other"};
-static const int status_codes[] = {200, 400, 404, 405, 413, 500, 503};
-#define NSTATUS (sizeof(status_codes) / sizeof(status_codes[0]))
-static const double ttft_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
-#define NTTFT (sizeof(ttft_buckets) / sizeof(ttft_buckets[0]))
-
-typedef struct engine_metrics {
-    uint64_t http[R__COUNT][NSTATUS + 1]; /* last column: any other status */
-    uint64_t ttft_bucket[NTTFT + 1];
-    double ttft_sum_s;
-    uint64_t ttft_count;
-    uint64_t streams_active;
-    uint64_t disconnects;
-} engine_metrics_t;
-
 struct ib_engine {
     ib_engine_config_t cfg;
     ib_sched_t sched;
@@ -69,7 +50,7 @@ struct ib_engine {
     int listen_fd;
     int stopping;
     uint64_t stop_deadline_ns;
-    engine_metrics_t m;
+    ib_engine_metrics_t m;
     h2o_evloop_t *loop;
     h2o_globalconf_t h2o_config;
     h2o_context_t h2o_ctx;
@@ -101,6 +82,7 @@ struct stream {
     ib_buf_t text;            /* non-streaming: the generated text */
     uint64_t id;
     uint64_t created;
+    uint64_t last_token_ns;   /* for the inter-token latency */
     uint32_t vocab_seed;
 };
 
@@ -129,14 +111,6 @@ void ib_engine_config_defaults(ib_engine_config_t *cfg)
 
 /* ---- responses ---- */
 
-static void count_http(ib_engine_t *eng, enum route r, int status)
-{
-    size_t k = 0;
-    while (k < NSTATUS && status_codes[k] != status)
-        k++;
-    eng->m.http[r][k]++;
-}
-
 static void add_header(h2o_req_t *req, const h2o_token_t *tok, const char *v, size_t n)
 {
     h2o_add_header(&req->pool, &req->res.headers, tok, NULL, v, n);
@@ -159,10 +133,10 @@ static void add_cached_tokens_header(h2o_req_t *req, uint32_t cached)
 
 /* Sends <body> as a complete response with an explicit Content-Length (keeps the
  * connection alive; see DEPS.md on h2o). */
-static void send_body(ib_engine_t *eng, h2o_req_t *req, enum route r, int status, const char *ctype, const char *body,
+static void send_body(ib_engine_t *eng, h2o_req_t *req, ib_engine_route_t r, int status, const char *ctype, const char *body,
                       size_t len)
 {
-    count_http(eng, r, status);
+    ib_engine_metrics_http(&eng->m, r, status);
     req->res.status = status;
     req->res.reason = ib_http_reason(status);
     req->res.content_length = len;
@@ -171,7 +145,7 @@ static void send_body(ib_engine_t *eng, h2o_req_t *req, enum route r, int status
     h2o_send_inline(req, body, len);
 }
 
-static void send_error(ib_engine_t *eng, h2o_req_t *req, enum route r, int status, const char *msg, const char *type,
+static void send_error(ib_engine_t *eng, h2o_req_t *req, ib_engine_route_t r, int status, const char *msg, const char *type,
                        const char *param, const char *code)
 {
     ib_buf_reset(&eng->scratch);
@@ -190,32 +164,11 @@ static const char *token_text(const struct stream *st, uint32_t i)
     return vocab[(st->vocab_seed + i * 7u) & 15u];
 }
 
-static int bprintf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int bprintf(ib_buf_t *b, const char *fmt, ...)
-{
-    va_list ap;
-    for (int tries = 0; tries < 2; tries++) {
-        size_t room = b->cap - b->len;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->ptr ? b->ptr + b->len : NULL, room, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return -1;
-        if ((size_t)n < room) {
-            b->len += (size_t)n;
-            return 0;
-        }
-        if (ib_buf_try_reserve(b, (size_t)n + 1) != 0)
-            return -1;
-    }
-    return -1;
-}
-
 static const char *finish_reason(const struct stream *st) { return st->explicit_max ? "length" : "stop"; }
 
 static int append_usage(ib_buf_t *b, const struct stream *st)
 {
-    return bprintf(b,
+    return ib_buf_try_printf(b,
                    "\"usage\":{\"prompt_tokens\":%u,\"completion_tokens\":%u,\"total_tokens\":%u,"
                    "\"prompt_tokens_details\":{\"cached_tokens\":%u}}",
                    st->seq.prompt_tokens, st->seq.generated, st->seq.prompt_tokens + st->seq.generated,
@@ -231,7 +184,7 @@ static int append_sse(struct stream *st, uint32_t i, int last)
     const char *fin_open = last ? "\"" : "", *fin = last ? finish_reason(st) : "null", *fin_close = last ? "\"" : "";
     int rc;
     if (st->kind == IB_API_CHAT)
-        rc = bprintf(b,
+        rc = ib_buf_try_printf(b,
                      "data: {\"id\":\"chatcmpl-%s-%llu\",\"object\":\"chat.completion.chunk\",\"created\":%llu,"
                      "\"model\":\"%.*s\",\"choices\":[{\"index\":0,\"delta\":{%s\"content\":\"%s\"},\"logprobs\":null,"
                      "\"finish_reason\":%s%s%s}]}\n\n",
@@ -239,19 +192,19 @@ static int append_sse(struct stream *st, uint32_t i, int last)
                      (int)eng->model_json.len, eng->model_json.ptr, i == 0 ? "\"role\":\"assistant\"," : "", tok,
                      fin_open, fin, fin_close);
     else
-        rc = bprintf(b,
+        rc = ib_buf_try_printf(b,
                      "data: {\"id\":\"cmpl-%s-%llu\",\"object\":\"text_completion\",\"created\":%llu,\"model\":\"%.*s\","
                      "\"choices\":[{\"index\":0,\"text\":\"%s\",\"logprobs\":null,\"finish_reason\":%s%s%s}]}\n\n",
                      eng->engine_id, (unsigned long long)st->id, (unsigned long long)st->created,
                      (int)eng->model_json.len, eng->model_json.ptr, tok, fin_open, fin, fin_close);
     if (rc == 0 && last && st->include_usage)
-        rc = bprintf(b, "data: {\"id\":\"%s-%s-%llu\",\"object\":\"%s\",\"created\":%llu,\"model\":\"%.*s\",\"choices\":[],",
+        rc = ib_buf_try_printf(b, "data: {\"id\":\"%s-%s-%llu\",\"object\":\"%s\",\"created\":%llu,\"model\":\"%.*s\",\"choices\":[],",
                      st->kind == IB_API_CHAT ? "chatcmpl" : "cmpl", eng->engine_id, (unsigned long long)st->id,
                      st->kind == IB_API_CHAT ? "chat.completion.chunk" : "text_completion",
                      (unsigned long long)st->created, (int)eng->model_json.len, eng->model_json.ptr) ||
-             append_usage(b, st) || bprintf(b, "}\n\n");
+             append_usage(b, st) || ib_buf_try_printf(b, "}\n\n");
     if (rc == 0 && last)
-        rc = bprintf(b, "data: [DONE]\n\n");
+        rc = ib_buf_try_printf(b, "data: [DONE]\n\n");
     return rc;
 }
 
@@ -264,7 +217,7 @@ static void start_stream_response(struct stream *st)
     add_header(req, H2O_TOKEN_CACHE_CONTROL, H2O_STRLIT("no-cache"));
     add_engine_header(st->eng, req);
     add_cached_tokens_header(req, st->seq.cached_tokens);
-    count_http(st->eng, st->kind == IB_API_CHAT ? R_CHAT : R_COMPLETIONS, 200);
+    ib_engine_metrics_http(&st->eng->m, st->kind == IB_API_CHAT ? IB_ER_CHAT : IB_ER_COMPLETIONS, 200);
     h2o_start_response(req, &st->gen);
     st->started = 1;
 }
@@ -311,20 +264,20 @@ static void send_full_completion(struct stream *st)
     ib_buf_reset(b);
     int rc;
     if (st->kind == IB_API_CHAT)
-        rc = bprintf(b,
+        rc = ib_buf_try_printf(b,
                      "{\"id\":\"chatcmpl-%s-%llu\",\"object\":\"chat.completion\",\"created\":%llu,\"model\":\"%.*s\","
                      "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"%.*s\"},"
                      "\"logprobs\":null,\"finish_reason\":\"%s\"}],",
                      eng->engine_id, (unsigned long long)st->id, (unsigned long long)st->created,
                      (int)eng->model_json.len, eng->model_json.ptr, (int)st->text.len, st->text.ptr, finish_reason(st));
     else
-        rc = bprintf(b,
+        rc = ib_buf_try_printf(b,
                      "{\"id\":\"cmpl-%s-%llu\",\"object\":\"text_completion\",\"created\":%llu,\"model\":\"%.*s\","
                      "\"choices\":[{\"index\":0,\"text\":\"%.*s\",\"logprobs\":null,\"finish_reason\":\"%s\"}],",
                      eng->engine_id, (unsigned long long)st->id, (unsigned long long)st->created,
                      (int)eng->model_json.len, eng->model_json.ptr, (int)st->text.len, st->text.ptr, finish_reason(st));
-    rc = rc || append_usage(b, st) || bprintf(b, "}");
-    enum route r = st->kind == IB_API_CHAT ? R_CHAT : R_COMPLETIONS;
+    rc = rc || append_usage(b, st) || ib_buf_try_printf(b, "}");
+    ib_engine_route_t r = st->kind == IB_API_CHAT ? IB_ER_CHAT : IB_ER_COMPLETIONS;
     if (rc != 0) {
         send_error(eng, st->req, r, 500, "out of memory", "server_error", NULL, NULL);
         return;
@@ -333,22 +286,29 @@ static void send_full_completion(struct stream *st)
     send_body(eng, st->req, r, 200, "application/json", b->ptr, b->len);
 }
 
-static void record_ttft(ib_engine_t *eng, const ib_seq_t *seq)
+/* The latency histograms and finish reasons, as vLLM observes them, per token. */
+static void observe_token(struct stream *st, uint32_t index, int last)
 {
-    double s = (double)(seq->first_token_ns - seq->submit_ns) / 1e9;
-    size_t k = 0;
-    while (k < NTTFT && s > ttft_buckets[k])
-        k++;
-    eng->m.ttft_bucket[k]++;
-    eng->m.ttft_sum_s += s;
-    eng->m.ttft_count++;
+    ib_engine_metrics_t *m = &st->eng->m;
+    uint64_t now = ib_now_ns();
+    if (index == 0)
+        ib_engine_hist_observe(&m->ttft, (double)(st->seq.first_token_ns - st->seq.submit_ns) / 1e9);
+    else
+        ib_engine_hist_observe(&m->itl, (double)(now - st->last_token_ns) / 1e9);
+    st->last_token_ns = now;
+    if (last) {
+        ib_engine_hist_observe(&m->e2e, (double)(now - st->seq.submit_ns) / 1e9);
+        if (st->explicit_max)
+            m->finished_length++;
+        else
+            m->finished_stop++;
+    }
 }
 
 static void on_token(ib_seq_t *seq, uint32_t index, int last)
 {
     struct stream *st = seq->owner;
-    if (index == 0)
-        record_ttft(st->eng, seq);
+    observe_token(st, index, last);
     if (!st->streaming) {
         if (ib_buf_try_append(&st->text, token_text(st, index), 4) != 0 && !last)
             return;
@@ -383,7 +343,7 @@ static void on_stream_dispose(void *p)
 
 static void handle_completion(ib_engine_t *eng, h2o_req_t *req, ib_api_kind_t kind)
 {
-    enum route r = kind == IB_API_CHAT ? R_CHAT : R_COMPLETIONS;
+    ib_engine_route_t r = kind == IB_API_CHAT ? IB_ER_CHAT : IB_ER_COMPLETIONS;
     ib_oai_request_t oreq;
     ib_json_error_t jerr;
     if (ib_oai_parse(eng->json, kind, req->entity.base, req->entity.len, req->entity.len, &oreq, &jerr) != 0) {
@@ -460,91 +420,52 @@ static void handle_completion(ib_engine_t *eng, h2o_req_t *req, ib_api_kind_t ki
 
 /* ---- other routes ---- */
 
+/* vLLM's ModelCard (vllm/entrypoints/openai/protocol.py): owned_by "vllm" is how SMG
+ * recognises a vLLM worker; root is the model path, here the served name. */
 static void handle_models(ib_engine_t *eng, h2o_req_t *req)
 {
     ib_buf_t *b = &eng->scratch;
     ib_buf_reset(b);
-    if (bprintf(b,
-                "{\"object\":\"list\",\"data\":[{\"id\":\"%.*s\",\"object\":\"model\",\"created\":%llu,"
-                "\"owned_by\":\"ib-mock-engine\",\"max_model_len\":%u}]}",
-                (int)eng->model_json.len, eng->model_json.ptr, (unsigned long long)eng->started_unix,
-                eng->cfg.max_model_len) != 0) {
-        send_error(eng, req, R_MODELS, 500, "out of memory", "server_error", NULL, NULL);
+    unsigned long long t = (unsigned long long)eng->started_unix;
+    int m = (int)eng->model_json.len;
+    const char *name = eng->model_json.ptr;
+    if (ib_buf_try_printf(b,
+                          "{\"object\":\"list\",\"data\":[{\"id\":\"%.*s\",\"object\":\"model\",\"created\":%llu,"
+                          "\"owned_by\":\"vllm\",\"root\":\"%.*s\",\"parent\":null,\"max_model_len\":%u,"
+                          "\"permission\":[{\"id\":\"modelperm-%s\",\"object\":\"model_permission\",\"created\":%llu,"
+                          "\"allow_create_engine\":false,\"allow_sampling\":true,\"allow_logprobs\":true,"
+                          "\"allow_search_indices\":false,\"allow_view\":true,\"allow_fine_tuning\":false,"
+                          "\"organization\":\"*\",\"group\":null,\"is_blocking\":false}]}]}",
+                          m, name, t, m, name, eng->cfg.max_model_len, eng->engine_id, t) != 0) {
+        send_error(eng, req, IB_ER_MODELS, 500, "out of memory", "server_error", NULL, NULL);
         return;
     }
-    send_body(eng, req, R_MODELS, 200, "application/json", b->ptr, b->len);
+    send_body(eng, req, IB_ER_MODELS, 200, "application/json", b->ptr, b->len);
 }
 
-static int metric(ib_buf_t *b, const char *name, const char *type, const char *help)
+/* vLLM's /load with --enable-server-load-tracking: the requests it holds now. */
+static void handle_load(ib_engine_t *eng, h2o_req_t *req)
 {
-    return bprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-static int render_metrics(ib_engine_t *eng, ib_buf_t *b)
-{
-    const ib_sched_t *s = &eng->sched;
-    const char *m = eng->cfg.model; /* label value: model names are plain identifiers */
-    int rc = 0;
-#define COUNTER(name, help, v)                                                                                          \
-    rc = rc || metric(b, name, "counter", help) || bprintf(b, name "{model_name=\"%s\"} %llu\n", m, (unsigned long long)(v))
-#define GAUGE(name, help, v)                                                                                            \
-    rc = rc || metric(b, name, "gauge", help) || bprintf(b, name "{model_name=\"%s\"} %llu\n", m, (unsigned long long)(v))
-    COUNTER("ib_engine_prefix_cache_queries_total",
-            "Prompt tokens looked up in the prefix cache (vLLM: prefix_cache_queries).", s->query_tokens);
-    COUNTER("ib_engine_prefix_cache_hits_total",
-            "Prompt tokens found in the prefix cache (vLLM: prefix_cache_hits).", s->hit_tokens);
-    COUNTER("ib_engine_prompt_tokens_total", "Prompt tokens processed.", s->prompt_tokens);
-    COUNTER("ib_engine_generation_tokens_total", "Tokens generated.", s->generation_tokens);
-    COUNTER("ib_engine_requests_finished_total", "Sequences that generated all their tokens.", s->finished);
-    COUNTER("ib_engine_requests_cancelled_total", "Sequences dropped because the client went away.", s->cancelled);
-    COUNTER("ib_engine_cache_evicted_blocks_total", "Prefix cache blocks evicted (LRU).", s->cache.evicted);
-    COUNTER("ib_engine_cache_expired_blocks_total", "Prefix cache blocks dropped after their TTL.", s->cache.expired);
-    GAUGE("ib_engine_num_requests_running", "Sequences holding a slot (prefill queue, prefill, decode).",
-          s->slots_used);
-    GAUGE("ib_engine_num_requests_waiting", "Sequences waiting for a slot.", s->waiting.count);
-    GAUGE("ib_engine_cache_blocks_used", "Blocks held by the prefix cache.", s->cache.used);
-    GAUGE("ib_engine_cache_blocks_capacity", "Prefix cache capacity in blocks.", s->cache.capacity);
-    GAUGE("ib_engine_block_size_tokens", "KV cache block size in tokens.", s->cfg.block_tokens);
-    rc = rc || metric(b, "ib_engine_time_to_first_token_seconds", "histogram",
-                      "Model time from admission to the first token.");
-    uint64_t cum = 0;
-    for (size_t k = 0; k <= NTTFT && !rc; k++) {
-        cum += eng->m.ttft_bucket[k];
-        if (k < NTTFT)
-            rc = bprintf(b, "ib_engine_time_to_first_token_seconds_bucket{model_name=\"%s\",le=\"%g\"} %llu\n", m,
-                         ttft_buckets[k], (unsigned long long)cum);
-        else
-            rc = bprintf(b, "ib_engine_time_to_first_token_seconds_bucket{model_name=\"%s\",le=\"+Inf\"} %llu\n", m,
-                         (unsigned long long)cum);
+    ib_buf_t *b = &eng->scratch;
+    ib_buf_reset(b);
+    if (ib_buf_try_printf(b, "{\"server_load\":%llu}", (unsigned long long)eng->m.streams_active) != 0) {
+        send_error(eng, req, IB_ER_LOAD, 500, "out of memory", "server_error", NULL, NULL);
+        return;
     }
-    rc = rc || bprintf(b, "ib_engine_time_to_first_token_seconds_sum{model_name=\"%s\"} %.9f\n", m, eng->m.ttft_sum_s) ||
-         bprintf(b, "ib_engine_time_to_first_token_seconds_count{model_name=\"%s\"} %llu\n", m,
-                 (unsigned long long)eng->m.ttft_count);
-    rc = rc || metric(b, "ib_engine_http_requests_total", "counter", "HTTP requests answered, by route and status.");
-    for (int r = 0; r < R__COUNT && !rc; r++)
-        for (size_t k = 0; k <= NSTATUS && !rc; k++)
-            if (eng->m.http[r][k] != 0)
-                rc = bprintf(b, "ib_engine_http_requests_total{route=\"%s\",status=\"%s%d\"} %llu\n", route_names[r],
-                             k < NSTATUS ? "" : "other", k < NSTATUS ? status_codes[k] : 0,
-                             (unsigned long long)eng->m.http[r][k]);
-    rc = rc || metric(b, "ib_engine_client_disconnects_total", "counter", "Streams whose client went away early.") ||
-         bprintf(b, "ib_engine_client_disconnects_total %llu\n", (unsigned long long)eng->m.disconnects);
-#undef COUNTER
-#undef GAUGE
-    return rc;
+    send_body(eng, req, IB_ER_LOAD, 200, "application/json", b->ptr, b->len);
 }
 
 static void handle_metrics(ib_engine_t *eng, h2o_req_t *req)
 {
     ib_buf_t *b = &eng->scratch;
     ib_buf_reset(b);
-    count_http(eng, R_METRICS, 200); /* counted before rendering so the scrape sees itself */
-    eng->m.http[R_METRICS][0]--;
-    if (render_metrics(eng, b) != 0) {
-        send_error(eng, req, R_METRICS, 500, "out of memory", "server_error", NULL, NULL);
+    ib_engine_metrics_http(&eng->m, IB_ER_METRICS, 200); /* counted before rendering so the scrape sees itself */
+    eng->m.http[IB_ER_METRICS][0]--;
+    if (ib_engine_metrics_render(b, &eng->m, &eng->sched, eng->cfg.model) != 0) {
+        send_error(eng, req, IB_ER_METRICS, 500, "out of memory", "server_error", NULL, NULL);
         return;
     }
-    send_body(eng, req, R_METRICS, 200, "text/plain; version=0.0.4; charset=utf-8", b->ptr, b->len);
+    send_body(eng, req, IB_ER_METRICS, 200, "text/plain; version=0.0.4; charset=utf-8", b->ptr, b->len);
 }
 
 static int path_is(h2o_req_t *req, const char *p)
@@ -559,10 +480,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     int is_post = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"));
     struct {
         const char *path;
-        enum route r;
+        ib_engine_route_t r;
         int post;
-    } routes[] = {{"/v1/chat/completions", R_CHAT, 1}, {"/v1/completions", R_COMPLETIONS, 1}, {"/v1/models", R_MODELS, 0},
-                  {"/health", R_HEALTH, 0},           {"/metrics", R_METRICS, 0}};
+    } routes[] = {{"/v1/chat/completions", IB_ER_CHAT, 1}, {"/v1/completions", IB_ER_COMPLETIONS, 1},
+                  {"/v1/models", IB_ER_MODELS, 0},          {"/health", IB_ER_HEALTH, 0},
+                  {"/metrics", IB_ER_METRICS, 0},           {"/version", IB_ER_VERSION, 0},
+                  {"/load", IB_ER_LOAD, 0}};
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         if (!path_is(req, routes[i].path))
             continue;
@@ -576,15 +499,19 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             return 0;
         }
         switch (routes[i].r) {
-        case R_CHAT: handle_completion(eng, req, IB_API_CHAT); break;
-        case R_COMPLETIONS: handle_completion(eng, req, IB_API_COMPLETION); break;
-        case R_MODELS: handle_models(eng, req); break;
-        case R_HEALTH: send_body(eng, req, R_HEALTH, 200, "application/json", H2O_STRLIT("{\"status\":\"ok\"}")); break;
+        case IB_ER_CHAT: handle_completion(eng, req, IB_API_CHAT); break;
+        case IB_ER_COMPLETIONS: handle_completion(eng, req, IB_API_COMPLETION); break;
+        case IB_ER_MODELS: handle_models(eng, req); break;
+        case IB_ER_HEALTH: send_body(eng, req, IB_ER_HEALTH, 200, "application/json", H2O_STRLIT("{\"status\":\"ok\"}")); break;
+        case IB_ER_VERSION: /* the vLLM release whose API the mock mirrors, marked as the mock */
+            send_body(eng, req, IB_ER_VERSION, 200, "application/json", H2O_STRLIT("{\"version\":\"0.11.0+ibmock\"}"));
+            break;
+        case IB_ER_LOAD: handle_load(eng, req); break;
         default: handle_metrics(eng, req); break;
         }
         return 0;
     }
-    send_error(eng, req, R_OTHER, 404, "no such route", "invalid_request_error", NULL, NULL);
+    send_error(eng, req, IB_ER_OTHER, 404, "no such route", "invalid_request_error", NULL, NULL);
     return 0;
 }
 
@@ -662,6 +589,7 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
     eng->cfg = *cfg;
     eng->listen_fd = -1;
     eng->started_unix = (uint64_t)time(NULL);
+    ib_engine_metrics_init(&eng->m);
     ib_raise_nofile();
     if (cfg->bytes_per_token == 0) {
         fprintf(stderr, "ib-mock-engine: --bytes-per-token must be at least 1\n");
