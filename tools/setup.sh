@@ -6,7 +6,8 @@
 #   Llama 3 / Qwen3 tokenizer packages whose tokenizer files ibrain bundles.
 #   Python packages (tools/requirements-interop.txt, into a venv at ${IB_VENV:-~/.cache/ibrain/venv}):
 #   the openai SDK and Hugging Face tokenizers for interop tests; tools/requirements-peers.txt
-#   (into ${IB_PEERS_VENV:-~/.cache/ibrain/peers-venv}): the peer routers smg and vllm-router.
+#   (into ${IB_PEERS_VENV:-~/.cache/ibrain/peers-venv}): the peer routers smg and vllm-router;
+#   tools/requirements-aiperf.txt (into ${IB_AIPERF_VENV:-~/.cache/ibrain/aiperf-venv}): aiperf.
 #   Kubernetes v1.37.2 (apiserver, controller-manager, scheduler, kubelet, kubectl) and etcd
 #   v3.7.3, built from the Go module proxy into ~/.cache/ibrain/k8s (tools/k8s/build.sh; about
 #   18 minutes the first time, seconds after), for the tests on a real cluster; containerd,
@@ -67,17 +68,11 @@ if [ ! -f "$npmdir/node_modules/.ibrain-ok" ] || \
 fi
 # Python packages, pinned, into venvs of the project's outside the tree (Debian's python3),
 # never into the system: tools/requirements-interop.txt (the openai SDK, Hugging Face
-# tokenizers) and tools/requirements-peers.txt (the peer routers smg and vllm-router).
-install_venv() { # install_venv DIR REQUIREMENTS
-  if [ ! -x "$1/bin/python" ] || ! cmp -s "$2" "$1/.ibrain-ok"; then
-    echo "setup: installing Python packages into $1"
-    /usr/bin/python3 -m venv "$1"
-    "$1/bin/pip" install -q --disable-pip-version-check -r "$2"
-    cp "$2" "$1/.ibrain-ok"
-  fi
-}
-install_venv "${IB_VENV:-$HOME/.cache/ibrain/venv}" "$top/tools/requirements-interop.txt"
-install_venv "${IB_PEERS_VENV:-$HOME/.cache/ibrain/peers-venv}" "$top/tools/requirements-peers.txt"
+# tokenizers), tools/requirements-peers.txt (the peer routers smg and vllm-router) and
+# tools/requirements-aiperf.txt (aiperf, the benchmark client).
+bash "$top/tools/venv.sh" "${IB_VENV:-$HOME/.cache/ibrain/venv}" "$top/tools/requirements-interop.txt"
+bash "$top/tools/venv.sh" "${IB_PEERS_VENV:-$HOME/.cache/ibrain/peers-venv}" "$top/tools/requirements-peers.txt"
+bash "$top/tools/venv.sh" "${IB_AIPERF_VENV:-$HOME/.cache/ibrain/aiperf-venv}" "$top/tools/requirements-aiperf.txt"
 # Kubernetes and etcd from source (Go module proxy), pinned in tools/k8s/wrapper/go.mod and
 # tools/k8s/etcd-wrapper/go.mod, cached outside the tree; a warm run checks seven files.
 mkdir -p "$HOME/.cache/ibrain/k8s"

@@ -25,10 +25,14 @@ extern "C" {
 #endif
 
 #define IB_LOAD_MAX_ENGINES 64
+#define IB_LOAD_MAX_TARGETS 8
+
 
 typedef struct ib_load_options {
     const char *host;          /* IPv4 literal */
-    uint16_t port;
+    uint16_t port;             /* the first target's */
+    uint16_t ports[IB_LOAD_MAX_TARGETS]; /* every target's, on the same host: requests take them in turn */
+    uint32_t ntargets;         /* >= 1 */
     const char *model;
     int chat;                  /* 1: /v1/chat/completions, 0: /v1/completions */
     int stream;

@@ -32,6 +32,8 @@ void ib_load_options_defaults(ib_load_options_t *o)
     memset(o, 0, sizeof(*o));
     o->host = "127.0.0.1";
     o->port = 8000;
+    o->ports[0] = 8000;
+    o->ntargets = 1;
     o->model = "mock";
     o->chat = 1;
     o->stream = 1;
@@ -80,6 +82,7 @@ struct conn {
     char engine[64];
     char stream_error_code[48]; /* error.code (or type) of an error event in the stream */
     struct conn *next_idle;
+    uint32_t target;        /* index into the options' ports */
     uint32_t uses;          /* requests sent on it, this one included */
     const char *io_where;   /* --log-errors: where an io error happened, and errno */
     int io_errno;
@@ -90,14 +93,14 @@ struct run {
     const ib_load_options_t *o;
     ib_load_result_t *r;
     int ep;
-    struct sockaddr_in addr;
+    struct sockaddr_in addr[IB_LOAD_MAX_TARGETS];
     ib_json_parser_t *json;
     struct pending *heap;
     size_t heap_len, heap_cap;
     struct user *users;
     struct conn **conns;   /* busy or idle, for timeouts */
     size_t nconns;
-    struct conn *idle;
+    struct conn *idle[IB_LOAD_MAX_TARGETS]; /* per target */
     uint64_t inflight, finished, start_ns;
     uint64_t waiting_for_conn;   /* due but no connection allowed yet */
     ib_buf_t sys, text, tmp;
@@ -263,7 +266,7 @@ static void conn_reset_response(struct conn *c)
     c->stream_error_code[0] = '\0';
 }
 
-static struct conn *conn_new(struct run *run)
+static struct conn *conn_new(struct run *run, uint32_t target)
 {
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -275,7 +278,8 @@ static struct conn *conn_new(struct run *run)
     }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(c->fd, (struct sockaddr *)&run->addr, sizeof(run->addr)) != 0 && errno != EINPROGRESS) {
+    c->target = target;
+    if (connect(c->fd, (struct sockaddr *)&run->addr[target], sizeof(run->addr[target])) != 0 && errno != EINPROGRESS) {
         close(c->fd);
         free(c);
         return NULL;
@@ -421,8 +425,8 @@ static void finish(struct run *run, struct conn *c, enum outcome how)
     if (how == OK && c->keepalive) {
         conn_reset_response(c);
         c->t_send = 0; /* idle: events on it are the server closing it */
-        c->next_idle = run->idle;
-        run->idle = c;
+        c->next_idle = run->idle[c->target];
+        run->idle[c->target] = c;
         c->deadline_ns = 0;
     } else {
         conn_forget(run, c);
@@ -679,24 +683,25 @@ static int on_writable(struct run *run, struct conn *c)
     return 0;
 }
 
-/* Takes an idle connection (dropping ones the server closed) or opens one. */
-static struct conn *get_conn(struct run *run)
+/* Takes an idle connection to <target> (dropping ones the server closed) or opens one. */
+static struct conn *get_conn(struct run *run, uint32_t target)
 {
-    while (run->idle != NULL) {
-        struct conn *c = run->idle;
-        run->idle = c->next_idle;
+    while (run->idle[target] != NULL) {
+        struct conn *c = run->idle[target];
+        run->idle[target] = c->next_idle;
         if (c->fd >= 0)
             return c;
         conn_forget(run, c);
     }
     if (run->nconns >= run->o->max_conns)
         return NULL;
-    return conn_new(run);
+    return conn_new(run, target);
 }
 
 static int send_one(struct run *run, struct pending p, uint64_t now)
 {
-    struct conn *c = get_conn(run);
+    /* Several targets (router replicas behind a client-side balancer): requests take them in turn. */
+    struct conn *c = get_conn(run, (uint32_t)(run->r->sent % run->o->ntargets));
     if (c == NULL)
         return -1;
     conn_reset_response(c);
@@ -743,10 +748,16 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
 {
     memset(r, 0, sizeof(*r));
     struct run run = {.w = w, .o = o, .r = r};
-    run.addr.sin_family = AF_INET;
-    run.addr.sin_port = htons(o->port);
-    if (inet_pton(AF_INET, o->host, &run.addr.sin_addr) != 1) {
-        fprintf(stderr, "ib-load: target host must be an IPv4 address, got '%s'\n", o->host);
+    for (uint32_t t = 0; t < o->ntargets && t < IB_LOAD_MAX_TARGETS; t++) {
+        run.addr[t].sin_family = AF_INET;
+        run.addr[t].sin_port = htons(o->ports[t]);
+        if (inet_pton(AF_INET, o->host, &run.addr[t].sin_addr) != 1) {
+            fprintf(stderr, "ib-load: target host must be an IPv4 address, got '%s'\n", o->host);
+            return -1;
+        }
+    }
+    if (o->ntargets == 0 || o->ntargets > IB_LOAD_MAX_TARGETS) {
+        fprintf(stderr, "ib-load: 1 to %d targets\n", IB_LOAD_MAX_TARGETS);
         return -1;
     }
     ib_raise_nofile();

@@ -15,7 +15,8 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: ib-load --target HOST:PORT [workload] [options]\n"
+            "usage: ib-load --target HOST:PORT [--target HOST:PORT ...] [workload] [options]\n"
+            "  (several targets on one host: requests take them in turn, as behind a client-side balancer)\n"
             "workload (one of):\n"
             "  --trace FILE               Mooncake JSONL (hash_ids) or Azure CSV trace, replayed at its arrival times\n"
             "  --shared-prefix G,P        G groups x P prompts sharing a per-group system prompt\n"
@@ -159,7 +160,8 @@ int main(int argc, char **argv)
     ib_load_options_defaults(&o);
     ib_load_workload_t w;
     ib_load_workload_init(&w);
-    const char *target = NULL, *trace = NULL, *json_path = NULL, *sp = NULL;
+    uint32_t ntargets = 0;
+    const char *targets[IB_LOAD_MAX_TARGETS], *target = NULL, *trace = NULL, *json_path = NULL, *sp = NULL;
     uint32_t mt_users = 0, output_tokens = 256, max_input = 0;
     long spread_ms = -1;
     double rate = 0;
@@ -193,7 +195,13 @@ int main(int argc, char **argv)
         unsigned long long u = optarg ? strtoull(optarg, &end, 10) : 0;
         int num_ok = optarg && *optarg && *optarg != '-' && end && *end == '\0' && u <= UINT32_MAX;
         switch (c) {
-        case O_TARGET: target = optarg; continue;
+        case O_TARGET:
+            if (ntargets == IB_LOAD_MAX_TARGETS) {
+                fprintf(stderr, "ib-load: at most %d --target\n", IB_LOAD_MAX_TARGETS);
+                return 2;
+            }
+            target = targets[ntargets++] = optarg;
+            continue;
         case O_TRACE: trace = optarg; continue;
         case O_SP: sp = optarg; continue;
         case O_API:
@@ -263,15 +271,25 @@ int main(int argc, char **argv)
         fprintf(stderr, "ib-load: --bytes-per-token must be >= 2, --trace-block-tokens, --max-conns, --turns >= 1\n");
         return 2;
     }
-    struct sockaddr_in target_addr;
     static char host[INET_ADDRSTRLEN];
-    if (ib_parse_hostport(target, &target_addr) != 0 || target_addr.sin_port == 0) {
-        fprintf(stderr, "ib-load: --target wants IPV4:PORT, got '%s'\n", target);
-        return 2;
+    o.ntargets = ntargets;
+    for (uint32_t t = 0; t < ntargets; t++) {
+        struct sockaddr_in a;
+        char h[INET_ADDRSTRLEN];
+        if (ib_parse_hostport(targets[t], &a) != 0 || a.sin_port == 0) {
+            fprintf(stderr, "ib-load: --target wants IPV4:PORT, got '%s'\n", targets[t]);
+            return 2;
+        }
+        inet_ntop(AF_INET, &a.sin_addr, h, sizeof(h));
+        if (t > 0 && strcmp(h, host) != 0) {
+            fprintf(stderr, "ib-load: every --target must be on the same host (%s, then %s)\n", host, h);
+            return 2;
+        }
+        memcpy(host, h, sizeof(host));
+        o.ports[t] = ntohs(a.sin_port);
     }
-    inet_ntop(AF_INET, &target_addr.sin_addr, host, sizeof(host));
     o.host = host;
-    o.port = ntohs(target_addr.sin_port);
+    o.port = o.ports[0];
 
     int rc = 0;
     if (trace != NULL) {
