@@ -235,6 +235,20 @@ typedef struct ib_client {
 
 /* ---- worker ---- */
 
+/* Adaptive busy polling: a worker polls its empty ring only while its recent waits for a
+ * completion averaged under one poll window, i.e. while polling mostly finds work (a
+ * closed request/response rhythm: one connection, or a busy worker); a rhythm with long
+ * gaps (a fixed moderate rate: each request's wait for the next one is long; streams
+ * whose chunks come every few ms) puts it to sleep at once, as --busy-poll-us 0 would.
+ * The average moves by 1/8 of each wait, a wait counted as at most 8 windows so that one
+ * long idle spell does not stop polling for long once short waits come back (16 waits). */
+static inline int ib_busy_poll_wanted(uint64_t avg_ns, uint64_t window_ns) { return avg_ns < window_ns; }
+static inline void ib_busy_poll_note(uint64_t *avg_ns, uint64_t wait_ns, uint64_t window_ns)
+{
+    uint64_t w = wait_ns < 8 * window_ns ? wait_ns : 8 * window_ns;
+    *avg_ns = *avg_ns - *avg_ns / 8 + w / 8;
+}
+
 struct ib_client;
 struct ib_upstream;
 
@@ -260,6 +274,7 @@ typedef struct ib_worker {
     struct ib_client *clients;        /* every open client connection (for timeouts), newest first */
     struct ib_client *clients_tail;   /* the oldest */
     int admin_fd;                     /* worker 0: the admin listener (-1: none) */
+    uint64_t wait_avg_ns;             /* recent waits for a completion (ib_busy_poll_note) */
     uint32_t nclients;
     uint32_t nadmin;                  /* of which came through the admin listener */
     uint32_t nupstreams;              /* upstream connections not yet freed */

@@ -558,8 +558,9 @@ void ib_worker_destroy(ib_worker_t *w)
  * VM, through the hypervisor, which costs tens of microseconds per request at light
  * load; a polling one sees the next request as soon as its data is queued. The window
  * starts at the last completion, so an idle worker sleeps, and sched_yield() hands the
- * core to whatever else is runnable there (a co-located engine): polling only takes
- * time the core would have spent idle. */
+ * core to whatever else is runnable there (a co-located engine). It polls only while its
+ * recent waits were shorter than the window (ib_busy_poll_wanted): where completions come
+ * in a slower rhythm, polling would burn the whole window before every sleep. */
 static void wait_completions(ib_worker_t *w)
 {
     uint64_t poll_ns = (uint64_t)w->px->cfg.busy_poll_us * 1000u;
@@ -568,21 +569,29 @@ static void wait_completions(ib_worker_t *w)
         return;
     }
     io_uring_submit(&w->ring);
-    if (io_uring_cq_ready(&w->ring) > 0)
+    if (io_uring_cq_ready(&w->ring) > 0) {
+        ib_busy_poll_note(&w->wait_avg_ns, 0, poll_ns);
         return;
-    uint64_t start = ib_now_ns(), now = start;
-    for (;;) {
-        io_uring_get_events(&w->ring);
-        if (io_uring_cq_ready(&w->ring) > 0)
-            break;
-        now = ib_now_ns();
-        if (now - start >= poll_ns)
-            break;
-        sched_yield();
     }
-    ib_counter_add(&w->m.busy_poll_ns, now - start);
-    if (io_uring_cq_ready(&w->ring) == 0)
-        io_uring_submit_and_wait(&w->ring, 1);
+    uint64_t start = ib_now_ns(), now = start;
+    if (ib_busy_poll_wanted(w->wait_avg_ns, poll_ns)) {
+        for (;;) {
+            io_uring_get_events(&w->ring);
+            if (io_uring_cq_ready(&w->ring) > 0)
+                break;
+            now = ib_now_ns();
+            if (now - start >= poll_ns)
+                break;
+            sched_yield();
+        }
+        ib_counter_add(&w->m.busy_poll_ns, now - start);
+        if (io_uring_cq_ready(&w->ring) > 0) {
+            ib_busy_poll_note(&w->wait_avg_ns, now - start, poll_ns);
+            return;
+        }
+    }
+    io_uring_submit_and_wait(&w->ring, 1);
+    ib_busy_poll_note(&w->wait_avg_ns, ib_now_ns() - start, poll_ns);
 }
 
 void *ib_worker_main(void *arg)

@@ -275,6 +275,41 @@ static void test_writeback_push(void **state)
     ib_proxy_destroy(px);
 }
 
+/* Adaptive busy polling: the rhythm of waits decides, not a single wait. */
+static void test_busy_poll_adapts(void **state)
+{
+    (void)state;
+    const uint64_t win = 50000; /* 50 us */
+    uint64_t avg = 0;
+    assert_true(ib_busy_poll_wanted(avg, win)); /* a fresh worker polls */
+    /* one connection, closed loop: waits of 10 to 70 us -> keeps polling */
+    for (int i = 0; i < 100; i++)
+        ib_busy_poll_note(&avg, 10000 + (uint64_t)(i % 3) * 30000, win);
+    assert_true(ib_busy_poll_wanted(avg, win));
+    /* a fixed rate of 400/s: the upstream's answer in 40 us, two sends done in 5 us, the
+     * next request 2.5 ms later -> sleeps */
+    for (int i = 0; i < 100; i++) {
+        ib_busy_poll_note(&avg, 40000, win);
+        ib_busy_poll_note(&avg, 5000, win);
+        ib_busy_poll_note(&avg, 5000, win);
+        ib_busy_poll_note(&avg, 2500000, win);
+    }
+    assert_false(ib_busy_poll_wanted(avg, win));
+    assert_true(avg <= 8 * win); /* a wait counts as at most eight windows */
+    /* streams whose chunks come 1 ms apart -> sleeps */
+    for (int i = 0; i < 100; i++)
+        ib_busy_poll_note(&avg, 1000000, win);
+    assert_false(ib_busy_poll_wanted(avg, win));
+    /* saturation (completions always ready) brings polling back within a few dozen waits */
+    int n = 0;
+    while (!ib_busy_poll_wanted(avg, win) && n < 100) {
+        ib_busy_poll_note(&avg, 0, win);
+        n++;
+    }
+    assert_true(ib_busy_poll_wanted(avg, win));
+    assert_in_range(n, 1, 24);
+}
+
 static void test_writeback_round_trip(void **state)
 {
     (void)state;
@@ -316,7 +351,7 @@ int main(void)
         cmocka_unit_test(test_routing_unusable),      cmocka_unit_test(test_routing_context_length),
         cmocka_unit_test(test_local_endpoints),       cmocka_unit_test(test_route_of),
         cmocka_unit_test(test_writeback_push),        cmocka_unit_test(test_writeback_round_trip),
-        cmocka_unit_test(test_pick_spreads_evenly),
+        cmocka_unit_test(test_pick_spreads_evenly),   cmocka_unit_test(test_busy_poll_adapts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
