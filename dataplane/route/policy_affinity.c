@@ -12,9 +12,19 @@ static int64_t affinity_cost(const ib_route_input_t *in, uint32_t r, uint32_t ma
     return in->load[r] + (int64_t)(in->nblocks - credit);
 }
 
+/* Blocks the replica's cache has taken in so far (its insertion counter): among equally
+ * cheap replicas, the one with the least is where a new conversation evicts least, so new
+ * conversations spread their cache footprint evenly (a uniformly random pick put 8 of 48
+ * conversations on one replica and 2 on another, whose caches then thrashed and idled). */
+static uint32_t churn(const ib_router_t *rt, uint32_t r)
+{
+    return atomic_load_explicit(&rt->table.replicas[r].counter, memory_order_relaxed);
+}
+
 /* The longest credited match's least loaded holder, unless over the load bound; the
- * session's replica first, within the same bound; else the cheapest replica. Leaves
- * <out> as it came (replica -1, reason unset) when no replica is usable. */
+ * session's replica first, within the same bound; else the cheapest replica, the one whose
+ * cache took in least among equals. Leaves <out> as it came (replica -1, reason unset)
+ * when no replica is usable. */
 static void affinity_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out)
 {
     uint32_t matched[IB_AFF_MAX_REPLICAS];
@@ -43,6 +53,7 @@ static void affinity_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_
     int holder = -1;    /* the least loaded replica with that match */
     int best = -1;      /* the cheapest: queued prefill plus the blocks it must compute */
     int64_t best_cost = 0, sum = 0;
+    uint32_t best_churn = 0;
     uint32_t usable = 0;
     ib_tiebreak_t tie_holder = ib_tiebreak_start(in->random), tie_best = ib_tiebreak_start(~in->random);
     for (uint32_t r = 0; r < n; r++) {
@@ -58,10 +69,12 @@ static void affinity_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_
             holder = (int)r;
         }
         int64_t cost = affinity_cost(in, r, matched[r], floor_blocks);
-        if (best < 0 || cost < best_cost) {
-            best = (int)r, best_cost = cost;
+        uint32_t c = churn(rt, r);
+        /* counters wrap: compared as a difference */
+        if (best < 0 || cost < best_cost || (cost == best_cost && (int32_t)(c - best_churn) < 0)) {
+            best = (int)r, best_cost = cost, best_churn = c;
             ib_tiebreak_reset(&tie_best);
-        } else if (cost == best_cost && ib_tiebreak_take(&tie_best)) {
+        } else if (cost == best_cost && c == best_churn && ib_tiebreak_take(&tie_best)) {
             best = (int)r;
         }
     }

@@ -48,6 +48,36 @@ static int route(ib_router_t *rt, struct scenario *s, ib_route_decision_t *d)
     return d->replica;
 }
 
+/* New conversations on an idle fleet spread their cache footprint evenly: the cheapest
+ * replicas tie, and the one whose cache took in least wins (a uniformly random pick put 8
+ * of 48 conversations on one replica and 2 on another). Exactly even for equal prompts,
+ * whatever the randomness; a replica that took a longer prompt gets the next ones later. */
+static void test_new_conversations_spread_by_footprint(void **state)
+{
+    (void)state;
+    ib_router_t rt;
+    assert_int_equal(ib_router_init(&rt, IB_POLICY_AFFINITY, N, 10, 10000, 0), 0);
+    struct scenario s;
+    ib_route_decision_t d;
+    int count[N] = {0};
+    for (uint64_t c = 1; c <= 12; c++) {
+        scenario_init(&s, 100 + c, c * 7919);
+        count[route(&rt, &s, &d)]++;
+        assert_int_equal(d.reason, IB_REASON_NO_MATCH);
+    }
+    for (int r = 0; r < N; r++)
+        assert_int_equal(count[r], 3);
+    /* Replica 0 takes a conversation of 8 blocks more than the others: the next three new
+     * ones go elsewhere. */
+    scenario_init(&s, 500, 1);
+    int first = route(&rt, &s, &d);
+    for (uint64_t c = 1; c <= 3; c++) {
+        scenario_init(&s, 600 + c, c);
+        assert_int_not_equal(route(&rt, &s, &d), first);
+    }
+    ib_router_destroy(&rt);
+}
+
 static void test_same_prefix_same_replica(void **state)
 {
     (void)state;
@@ -343,6 +373,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_prefix_same_replica), cmocka_unit_test(test_overloaded_holder_spills),
+        cmocka_unit_test(test_new_conversations_spread_by_footprint),
         cmocka_unit_test(test_distinctive_history_counts), cmocka_unit_test(test_lone_short_prefix_does_not_herd),
         cmocka_unit_test(test_two_holders_less_loaded_wins), cmocka_unit_test(test_unusable_never_chosen),
         cmocka_unit_test(test_session_sticks),           cmocka_unit_test(test_baselines),
