@@ -9,7 +9,9 @@
  *     load. Load is prefill work: the prompt blocks of a replica's requests still waiting
  *     for their first byte (what time to first token depends on; a count of requests in
  *     flight is dominated by decoding ones). Otherwise the cheapest replica wins, cost =
- *     load + the blocks of this prompt it does not hold. Reasons: affinity (the holder
+ *     load + the blocks of this prompt it does not hold, and among equally cheap ones the
+ *     one whose cache took in fewest blocks (so new conversations spread their cache
+ *     footprint evenly), then one at random. Reasons: affinity (the holder
  *     took it), load_spill (a holder was over the bound), no_match (no holder). A session
  *     id (X-Session-Id or the body's session_id / user) sticks to the replica it last
  *     went to, within the same bound.
