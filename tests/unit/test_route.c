@@ -67,8 +67,8 @@ static void test_new_conversations_spread_by_footprint(void **state)
     }
     for (int r = 0; r < N; r++)
         assert_int_equal(count[r], 3);
-    /* Replica 0 takes a conversation of 8 blocks more than the others: the next three new
-     * ones go elsewhere. */
+    /* The replica that takes the 13th conversation is then 8 blocks ahead of the others:
+     * the next three new ones go elsewhere. */
     scenario_init(&s, 500, 1);
     int first = route(&rt, &s, &d);
     for (uint64_t c = 1; c <= 3; c++) {
