@@ -30,7 +30,6 @@ extern "C" {
 
 typedef struct ib_load_options {
     const char *host;          /* IPv4 literal */
-    uint16_t port;             /* the first target's */
     uint16_t ports[IB_LOAD_MAX_TARGETS]; /* every target's, on the same host: requests take them in turn */
     uint32_t ntargets;         /* >= 1 */
     const char *model;

@@ -31,7 +31,6 @@ void ib_load_options_defaults(ib_load_options_t *o)
 {
     memset(o, 0, sizeof(*o));
     o->host = "127.0.0.1";
-    o->port = 8000;
     o->ports[0] = 8000;
     o->ntargets = 1;
     o->model = "mock";
@@ -175,7 +174,7 @@ static uint32_t output_tokens(const struct run *run, uint32_t item)
 }
 
 /* Builds the HTTP request for (item, turn) into <out>. */
-static int build_request(struct run *run, uint32_t item, uint32_t turn, ib_buf_t *out)
+static int build_request(struct run *run, uint32_t item, uint32_t turn, uint32_t target, ib_buf_t *out)
 {
     const ib_load_workload_t *w = run->w;
     const ib_load_options_t *o = run->o;
@@ -229,7 +228,7 @@ static int build_request(struct run *run, uint32_t item, uint32_t turn, ib_buf_t
     int hn = snprintf(head, sizeof(head),
                       "POST %s HTTP/1.1\r\nHost: %s:%u\r\nContent-Type: application/json\r\nAccept: %s\r\n%s"
                       "Content-Length: %zu\r\n\r\n",
-                      o->chat ? "/v1/chat/completions" : "/v1/completions", o->host, o->port,
+                      o->chat ? "/v1/chat/completions" : "/v1/completions", o->host, o->ports[target],
                       o->stream ? "text/event-stream" : "application/json", sess, body.len);
     ib_buf_reset(out);
     rc = rc || ib_buf_try_append(out, head, (size_t)hn) || ib_buf_try_append(out, body.ptr, body.len);
@@ -707,7 +706,7 @@ static int send_one(struct run *run, struct pending p, uint64_t now)
     conn_reset_response(c);
     c->item = p.item;
     c->turn = p.turn;
-    if (build_request(run, p.item, p.turn, &c->out) != 0) {
+    if (build_request(run, p.item, p.turn, c->target, &c->out) != 0) {
         fprintf(stderr, "ib-load: out of memory building a request\n");
         conn_forget(run, c);
         return -1;
@@ -748,17 +747,17 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
 {
     memset(r, 0, sizeof(*r));
     struct run run = {.w = w, .o = o, .r = r};
-    for (uint32_t t = 0; t < o->ntargets && t < IB_LOAD_MAX_TARGETS; t++) {
+    if (o->ntargets == 0 || o->ntargets > IB_LOAD_MAX_TARGETS) {
+        fprintf(stderr, "ib-load: 1 to %d targets\n", IB_LOAD_MAX_TARGETS);
+        return -1;
+    }
+    for (uint32_t t = 0; t < o->ntargets; t++) {
         run.addr[t].sin_family = AF_INET;
         run.addr[t].sin_port = htons(o->ports[t]);
         if (inet_pton(AF_INET, o->host, &run.addr[t].sin_addr) != 1) {
             fprintf(stderr, "ib-load: target host must be an IPv4 address, got '%s'\n", o->host);
             return -1;
         }
-    }
-    if (o->ntargets == 0 || o->ntargets > IB_LOAD_MAX_TARGETS) {
-        fprintf(stderr, "ib-load: 1 to %d targets\n", IB_LOAD_MAX_TARGETS);
-        return -1;
     }
     ib_raise_nofile();
     run.ep = epoll_create1(EPOLL_CLOEXEC);

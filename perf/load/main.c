@@ -161,7 +161,7 @@ int main(int argc, char **argv)
     ib_load_workload_t w;
     ib_load_workload_init(&w);
     uint32_t ntargets = 0;
-    const char *targets[IB_LOAD_MAX_TARGETS], *target = NULL, *trace = NULL, *json_path = NULL, *sp = NULL;
+    const char *targets[IB_LOAD_MAX_TARGETS], *trace = NULL, *json_path = NULL, *sp = NULL;
     uint32_t mt_users = 0, output_tokens = 256, max_input = 0;
     long spread_ms = -1;
     double rate = 0;
@@ -200,7 +200,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "ib-load: at most %d --target\n", IB_LOAD_MAX_TARGETS);
                 return 2;
             }
-            target = targets[ntargets++] = optarg;
+            targets[ntargets++] = optarg;
             continue;
         case O_TRACE: trace = optarg; continue;
         case O_SP: sp = optarg; continue;
@@ -262,7 +262,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ib-load: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (target == NULL || (!!trace + !!sp + !!mt_users) != 1) {
+    if (ntargets == 0 || (!!trace + !!sp + !!mt_users) != 1) {
         fprintf(stderr, "ib-load: need --target and exactly one of --trace, --shared-prefix, --multi-turn\n");
         usage(stderr);
         return 2;
@@ -289,7 +289,6 @@ int main(int argc, char **argv)
         o.ports[t] = ntohs(a.sin_port);
     }
     o.host = host;
-    o.port = o.ports[0];
 
     int rc = 0;
     if (trace != NULL) {
@@ -333,7 +332,7 @@ int main(int argc, char **argv)
                       : w.source == IB_SRC_AZURE   ? "azure trace"
                       : w.source == IB_SRC_SHARED_PREFIX ? "shared-prefix"
                                                          : "multi-turn";
-    printf("ib-load: %s against %s:%u (%s, %s)\n", src, o.host, o.port, o.chat ? "chat" : "completions",
+    printf("ib-load: %s against %s:%u (%s, %s)\n", src, o.host, o.ports[0], o.chat ? "chat" : "completions",
            o.stream ? "streaming" : "non-streaming");
     printf("  requests      sent %llu  ok %llu  errors %llu (status %llu [4xx %llu, 5xx %llu], io %llu, timeout %llu, "
            "protocol %llu)\n",
@@ -373,7 +372,7 @@ int main(int argc, char **argv)
             perror("ib-load: --json");
             return 1;
         }
-        fprintf(f, "{\n  \"source\": \"%s\",\n  \"target\": \"%s:%u\",\n", src, o.host, o.port);
+        fprintf(f, "{\n  \"source\": \"%s\",\n  \"target\": \"%s:%u\",\n", src, o.host, o.ports[0]);
         fprintf(f, "  \"sent\": %llu,\n  \"ok\": %llu,\n  \"errors\": %llu,\n", (unsigned long long)r.sent,
                 (unsigned long long)r.ok, (unsigned long long)errors);
         fprintf(f,

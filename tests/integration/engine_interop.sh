@@ -32,6 +32,7 @@ for s in 'vllm:time_to_first_token_seconds_count' 'vllm:inter_token_latency_seco
   grep -q "^$s{engine=\"0\",model_name=\"qwen3-demo\"} [1-9]" "$IB_TMP/metrics.txt" || ib_fail "$s not observed"
 done
 ib_expect_eq "/version" "$(curl -s "$base/version")" '{"version":"0.11.0+ibmock"}'
+ib_expect_eq "/load at rest" "$(curl -s "$base/load")" '{"server_load":0}'
 ib_expect_eq "/v1/models owned_by" "$(curl -s "$base/v1/models" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["owned_by"])')" vllm
 ib_stop e1 || ib_fail "engine exited with $?"
 
@@ -75,6 +76,7 @@ for ((i = 0; i < 100; i++)); do
   sleep 0.1
 done
 load=$(smg_worker 'w["engine_load"]["loads"][0]["num_running_reqs"], w["engine_load"]["loads"][0]["token_usage"] > 0')
+ib_expect_eq "/load with three streams in flight" "$(curl -s "$worker/load")" '{"server_load":3}'
 kill "${streams[@]}" 2>/dev/null || true
 wait "${streams[@]}" 2>/dev/null || true
 ib_expect_eq "the load SMG read from the engine's /metrics (running, KV usage > 0)" "$load" "(3, True)"

