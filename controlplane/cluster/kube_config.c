@@ -138,10 +138,18 @@ int ib_kube_conn_from_kubeconfig(const char *path, ib_kube_conn_t *c, char *err,
         snprintf(err, errlen, "kubeconfig %s: no current-context with a cluster and its server", path);
         goto out;
     }
-    snprintf(c->server, sizeof(c->server), "%s", server);
-    size_t sl = strlen(c->server);
+    /* As client-go does, a server without a scheme is https. */
+    int sn = snprintf(c->server, sizeof(c->server), "%s%s", strstr(server, "://") ? "" : "https://", server);
+    size_t sl = sn > 0 ? strlen(c->server) : 0;
     while (sl > 0 && c->server[sl - 1] == '/')
         c->server[--sl] = '\0';
+    const char *host = strstr(c->server, "://");
+    if (sn < 0 || (size_t)sn >= sizeof(c->server) ||
+        (strncmp(c->server, "https://", 8) != 0 && strncmp(c->server, "http://", 7) != 0) || host[3] == '\0') {
+        snprintf(err, errlen, "kubeconfig %s: cluster server \"%.128s\" is not an http(s) URL with a host", path,
+                 server);
+        goto out;
+    }
     const char *ns = scalar(get(&doc, ctx, "namespace"));
     snprintf(c->namespace_, sizeof(c->namespace_), "%s", ns ? ns : "");
     const char *insecure = scalar(get(&doc, cluster, "insecure-skip-tls-verify"));

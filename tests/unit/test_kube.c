@@ -210,6 +210,15 @@ static void test_kubeconfig(void **state)
     unlink(path);
     free(path);
 
+    /* a server without a scheme is https, as client-go takes it */
+    path = write_tmp("current-context: x\nclusters:\n- name: c\n  cluster: {server: 'h:6443//'}\nusers:\n"
+                     "- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\n");
+    assert_int_equal(ib_kube_conn_from_kubeconfig(path, &c, err, sizeof(err)), 0);
+    assert_string_equal(c.server, "https://h:6443");
+    ib_kube_conn_free(&c);
+    unlink(path);
+    free(path);
+
     path = write_tmp("current-context: x\nclusters:\n- name: c\n  cluster: {server: 'https://h:1', "
                      "insecure-skip-tls-verify: true}\nusers:\n- name: u\n  user: {token: abc.def}\n"
                      "contexts:\n- name: x\n  context: {cluster: c, user: u}\n");
@@ -229,6 +238,13 @@ static void test_kubeconfig(void **state)
         "current-context: x\nclusters:\n- name: c\n  cluster: {server: 'https://h:1'}\nusers:\n- name: u\n"
         "  user: {client-certificate-data: Y2VydAo=}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\n",
         "current-context: [unclosed\n",
+        /* an empty server, a scheme with no host, a scheme that is not http(s) */
+        "current-context: x\nclusters:\n- name: c\n  cluster:\n    server:\nusers:\n- name: u\n"
+        "  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\n",
+        "current-context: x\nclusters:\n- name: c\n  cluster: {server: 'https:///'}\nusers:\n- name: u\n"
+        "  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\n",
+        "current-context: x\nclusters:\n- name: c\n  cluster: {server: 'unix://sock'}\nusers:\n- name: u\n"
+        "  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         path = write_tmp(bad[i]);
