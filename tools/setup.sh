@@ -22,7 +22,7 @@ build_debs=(
   liburing-dev libhiredis-dev libsimdjson-dev libxxhash-dev libjemalloc-dev
   libprotobuf-c-dev protobuf-c-compiler libh2o-evloop-dev libssl-dev
   libcmocka-dev libgrpc-dev libjwt-dev libpcre2-dev libutf8proc-dev
-  libcurl4-openssl-dev libyaml-dev python3
+  libcurl4-openssl-dev libyaml-dev libzmq3-dev libmsgpack-dev python3
 )
 build_only=0
 [ "${1:-}" = --build-deps-only ] && build_only=1

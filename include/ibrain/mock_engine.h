@@ -64,6 +64,7 @@ struct ib_seq {
     /* set by the caller before submit */
     const uint64_t *hashes;   /* block hash chain of the rendered prompt */
     size_t nblocks;
+    const uint32_t *token_ids; /* the prompt's token ids (nblocks x block_tokens at least), or NULL */
     uint32_t prompt_tokens;
     uint32_t max_tokens;      /* >= 1 */
     ib_seq_token_cb on_token;
@@ -131,7 +132,8 @@ extern "C" {
 #endif
 
 typedef enum ib_engine_route {
-    IB_ER_CHAT, IB_ER_COMPLETIONS, IB_ER_MODELS, IB_ER_HEALTH, IB_ER_METRICS, IB_ER_VERSION, IB_ER_LOAD, IB_ER_OTHER,
+    IB_ER_CHAT, IB_ER_COMPLETIONS, IB_ER_MODELS, IB_ER_HEALTH, IB_ER_METRICS, IB_ER_VERSION, IB_ER_LOAD,
+    IB_ER_RESET_CACHE, IB_ER_KV_BLOCKS, IB_ER_OTHER,
     IB_ER__COUNT
 } ib_engine_route_t;
 
@@ -168,6 +170,53 @@ int ib_engine_metrics_render(ib_buf_t *b, const ib_engine_metrics_t *m, const ib
 }
 #endif
 
+/* ---- KV-cache events (tools/mock_engine/kv_events.c): vLLM's ZmqEventPublisher ---- */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* vLLM's prefix_caching_hash_algo: sha256 / xxh3_128 over pickle or canonical CBOR */
+typedef enum ib_kv_hash_algo { IB_KVH_SHA256, IB_KVH_SHA256_CBOR, IB_KVH_XXHASH, IB_KVH_XXHASH_CBOR } ib_kv_hash_algo_t;
+/* events as tagged arrays (vLLM 0.11) or maps with a "type" key (later vLLM) */
+typedef enum ib_kv_encoding { IB_KVENC_ARRAY, IB_KVENC_MAP } ib_kv_encoding_t;
+
+typedef struct ib_kvpub_config {
+    /* --kv-events-config, vLLM's KVEventsConfig keys */
+    int enabled;                /* enable_kv_cache_events and publisher "zmq" */
+    char endpoint[256];         /* PUB; binds when it has '*', '::', ipc:// or inproc://, else connects */
+    char replay_endpoint[256];  /* ROUTER, always binds; "" for none */
+    char topic[128];
+    uint32_t buffer_steps;      /* batches kept for replay (10000) */
+    int hwm;                    /* PUB send high-water mark (100000) */
+    /* engine flags and environment */
+    ib_kv_encoding_t encoding;  /* --kv-events-encoding */
+    ib_kv_hash_algo_t algo;     /* --prefix-caching-hash-algo */
+    int int_hashes;             /* VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES, default 1 */
+    int have_seed;              /* PYTHONHASHSEED set: NONE_HASH = hash_fn(seed), else random */
+    char seed[64];
+} ib_kvpub_config_t;
+
+typedef struct ib_kvpub ib_kvpub_t;
+
+void ib_kvpub_config_defaults(ib_kvpub_config_t *c);
+/** Reads vLLM's --kv-events-config JSON over <c>. 0, or -1 with a message in <err>. */
+int ib_kvpub_config_parse(ib_kvpub_config_t *c, const char *json, char *err, size_t errlen);
+int ib_kvpub_algo_parse(const char *name, ib_kv_hash_algo_t *out);
+const char *ib_kvpub_algo_name(ib_kv_hash_algo_t a);
+/** Opens the sockets and listens to <cache>, whose blocks are <block_tokens> tokens. */
+ib_kvpub_t *ib_kvpub_create(const ib_kvpub_config_t *cfg, ib_prefix_cache_t *cache, uint32_t block_tokens, char *err,
+                            size_t errlen);
+/** Publishes the events since the last flush as one batch (nothing when there are none). */
+void ib_kvpub_flush(ib_kvpub_t *p);
+/** The blocks the cache holds now, with their event hashes, as JSON. 0 or -1 (OOM). */
+int ib_kvpub_render_blocks(const ib_kvpub_t *p, ib_buf_t *b);
+void ib_kvpub_destroy(ib_kvpub_t *p);
+
+#ifdef __cplusplus
+}
+#endif
+
 /* ---- the engine process (tools/mock_engine/engine.c) ---- */
 
 
@@ -188,6 +237,7 @@ typedef struct ib_engine_config {
     size_t max_body_bytes;
     uint32_t drain_timeout_ms;  /* on SIGTERM/SIGINT: finish streams for at most this long */
     ib_sched_config_t sched;
+    ib_kvpub_config_t kv_events; /* enabled: publish KV-cache events (needs a tokenizer) */
 } ib_engine_config_t;
 
 typedef struct ib_engine ib_engine_t; /* opaque: owns the event loop, the scheduler, HTTP state */

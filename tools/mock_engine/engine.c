@@ -51,6 +51,7 @@ struct ib_engine {
     int stopping;
     uint64_t stop_deadline_ns;
     ib_engine_metrics_t m;
+    ib_kvpub_t *kv;           /* KV-cache events publisher, or NULL */
     h2o_evloop_t *loop;
     h2o_globalconf_t h2o_config;
     h2o_context_t h2o_ctx;
@@ -74,6 +75,7 @@ struct stream {
     h2o_req_t *req;
     ib_seq_t seq;
     uint64_t *hashes;
+    uint32_t *token_ids;      /* with KV events: the prompt's ids, for BlockStored */
     ib_api_kind_t kind;
     int streaming, include_usage, explicit_max;
     int started, inflight, final_queued, final_sent;
@@ -97,6 +99,7 @@ void ib_engine_config_defaults(ib_engine_config_t *cfg)
     cfg->default_max_tokens = 64;
     cfg->max_body_bytes = 8u << 20;
     cfg->drain_timeout_ms = 5000;
+    ib_kvpub_config_defaults(&cfg->kv_events);
     cfg->sched = (ib_sched_config_t){
         .max_seqs = 256,
         .block_tokens = 16,
@@ -335,6 +338,7 @@ static void on_stream_dispose(void *p)
     if (st->seq.state != IB_SEQ_DONE && st->seq.state != IB_SEQ_NEW)
         ib_sched_cancel(&eng->sched, &st->seq, ib_now_ns());
     free(st->hashes);
+    free(st->token_ids);
     ib_buf_free(&st->bufs[0]);
     ib_buf_free(&st->bufs[1]);
     ib_buf_free(&st->text);
@@ -408,7 +412,17 @@ static void handle_completion(ib_engine_t *eng, h2o_req_t *req, ib_api_kind_t ki
             return;
         }
         memcpy(st->hashes, eng->prompt.hashes, nblocks * sizeof(*st->hashes));
+        if (eng->kv != NULL && eng->prompt.tokenized) {
+            size_t ntok = nblocks * eng->cfg.sched.block_tokens;
+            st->token_ids = malloc(ntok * sizeof(*st->token_ids));
+            if (st->token_ids == NULL) {
+                send_error(eng, req, r, 500, "out of memory", "server_error", NULL, NULL);
+                return;
+            }
+            memcpy(st->token_ids, eng->prompt.ids.ids, ntok * sizeof(*st->token_ids));
+        }
     }
+    st->seq.token_ids = st->token_ids;
     st->seq.hashes = st->hashes;
     st->seq.nblocks = nblocks;
     st->seq.prompt_tokens = (uint32_t)prompt_tokens;
@@ -416,6 +430,8 @@ static void handle_completion(ib_engine_t *eng, h2o_req_t *req, ib_api_kind_t ki
     st->seq.on_token = on_token;
     st->seq.owner = st;
     ib_sched_submit(&eng->sched, &st->seq, ib_now_ns());
+    if (eng->kv != NULL)
+        ib_kvpub_flush(eng->kv); /* a lookup may have dropped expired blocks */
 }
 
 /* ---- other routes ---- */
@@ -468,6 +484,31 @@ static void handle_metrics(ib_engine_t *eng, h2o_req_t *req)
     send_body(eng, req, IB_ER_METRICS, 200, "text/plain; version=0.0.4; charset=utf-8", b->ptr, b->len);
 }
 
+/* vLLM's POST /reset_prefix_cache: every cached block goes (AllBlocksCleared). */
+static void handle_reset_cache(ib_engine_t *eng, h2o_req_t *req)
+{
+    ib_pcache_clear(&eng->sched.cache);
+    if (eng->kv != NULL)
+        ib_kvpub_flush(eng->kv);
+    send_body(eng, req, IB_ER_RESET_CACHE, 200, "application/json", H2O_STRLIT(""));
+}
+
+/* The mock's own: the blocks the cache holds now and their event hashes, for tests. */
+static void handle_kv_blocks(ib_engine_t *eng, h2o_req_t *req)
+{
+    if (eng->kv == NULL) {
+        send_error(eng, req, IB_ER_KV_BLOCKS, 404, "KV-cache events are not enabled (--kv-events-config)",
+                   "invalid_request_error", NULL, NULL);
+        return;
+    }
+    ib_buf_reset(&eng->scratch);
+    if (ib_kvpub_render_blocks(eng->kv, &eng->scratch) != 0) {
+        send_error(eng, req, IB_ER_KV_BLOCKS, 500, "out of memory", "server_error", NULL, NULL);
+        return;
+    }
+    send_body(eng, req, IB_ER_KV_BLOCKS, 200, "application/json", eng->scratch.ptr, eng->scratch.len);
+}
+
 static int path_is(h2o_req_t *req, const char *p)
 {
     return h2o_memis(req->path_normalized.base, req->path_normalized.len, p, strlen(p));
@@ -485,7 +526,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     } routes[] = {{"/v1/chat/completions", IB_ER_CHAT, 1}, {"/v1/completions", IB_ER_COMPLETIONS, 1},
                   {"/v1/models", IB_ER_MODELS, 0},          {"/health", IB_ER_HEALTH, 0},
                   {"/metrics", IB_ER_METRICS, 0},           {"/version", IB_ER_VERSION, 0},
-                  {"/load", IB_ER_LOAD, 0}};
+                  {"/load", IB_ER_LOAD, 0},                 {"/reset_prefix_cache", IB_ER_RESET_CACHE, 1},
+                  {"/debug/kv_blocks", IB_ER_KV_BLOCKS, 0}};
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         if (!path_is(req, routes[i].path))
             continue;
@@ -507,6 +549,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             send_body(eng, req, IB_ER_VERSION, 200, "application/json", H2O_STRLIT("{\"version\":\"0.11.0+ibmock\"}"));
             break;
         case IB_ER_LOAD: handle_load(eng, req); break;
+        case IB_ER_RESET_CACHE: handle_reset_cache(eng, req); break;
+        case IB_ER_KV_BLOCKS: handle_kv_blocks(eng, req); break;
         default: handle_metrics(eng, req); break;
         }
         return 0;
@@ -562,6 +606,8 @@ static void on_timer(h2o_socket_t *sock, const char *err)
     h2o_buffer_consume(&sock->input, sock->input->size);
     eng->timer_armed_ns = UINT64_MAX; /* one-shot: it fired */
     ib_sched_run(&eng->sched, ib_now_ns());
+    if (eng->kv != NULL)
+        ib_kvpub_flush(eng->kv); /* one batch per wake-up, as vLLM sends one per step */
 }
 
 /* Points the timerfd at the scheduler's next deadline (absolute, ns). */
@@ -591,6 +637,14 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
     eng->started_unix = (uint64_t)time(NULL);
     ib_engine_metrics_init(&eng->m);
     ib_raise_nofile();
+    /* blocked before any thread starts (the KV events' replay thread, libzmq's I/O threads):
+     * they inherit the mask, so SIGTERM reaches the loop's signalfd only */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGTERM);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
     if (cfg->bytes_per_token == 0) {
         fprintf(stderr, "ib-mock-engine: --bytes-per-token must be at least 1\n");
         goto Error;
@@ -607,6 +661,21 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
             fprintf(stderr, "ib-mock-engine: --tokenizer: %s\n", eng->tokenizer == NULL ? err : "out of memory");
             goto Error;
         }
+    }
+    if (cfg->kv_events.enabled) {
+        char err[512];
+        if (eng->tok == NULL) {
+            fprintf(stderr, "ib-mock-engine: --kv-events-config needs --tokenizer (events carry token ids)\n");
+            goto Error;
+        }
+        eng->kv = ib_kvpub_create(&cfg->kv_events, &eng->sched.cache, cfg->sched.block_tokens, err, sizeof(err));
+        if (eng->kv == NULL) {
+            fprintf(stderr, "ib-mock-engine: KV events: %s\n", err);
+            goto Error;
+        }
+        if (!cfg->kv_events.have_seed)
+            fprintf(stderr, "ib-mock-engine: PYTHONHASHSEED is not set: NONE_HASH is random, as in vLLM, so block "
+                            "hashes differ on every start\n");
     }
     eng->json = ib_json_parser_new(cfg->max_body_bytes);
     if (eng->json != NULL)
@@ -652,12 +721,6 @@ ib_engine_t *ib_engine_create(const ib_engine_config_t *cfg)
     eng->listen_sock->data = eng;
     h2o_socket_read_start(eng->listen_sock, on_accept);
 
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGTERM);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    signal(SIGPIPE, SIG_IGN);
     int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sfd < 0) {
         fprintf(stderr, "ib-mock-engine: signalfd: %s\n", strerror(errno));
@@ -738,6 +801,7 @@ void ib_engine_destroy(ib_engine_t *eng)
         h2o_evloop_destroy(eng->loop);
         h2o_config_dispose(&eng->h2o_config);
     }
+    ib_kvpub_destroy(eng->kv);
     if (eng->sched.cache.entries != NULL)
         ib_sched_destroy(&eng->sched);
     free(eng);

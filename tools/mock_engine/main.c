@@ -29,7 +29,14 @@ static void usage(FILE *f)
             "  --prefill-us-per-token X   cost of each uncached prompt token (default 20)\n"
             "  --itl-ms X                 inter-token latency with one sequence decoding (default 10)\n"
             "  --itl-us-per-seq X         added per other sequence decoding (default 20)\n"
-            "  --drain-timeout-ms N       on SIGTERM, finish open streams for at most this long (default 5000)\n");
+            "  --drain-timeout-ms N       on SIGTERM, finish open streams for at most this long (default 5000)\n"
+            "  --kv-events-config JSON    publish KV-cache events as vLLM does (its KVEventsConfig keys:\n"
+            "                             enable_kv_cache_events, publisher, endpoint, replay_endpoint, topic,\n"
+            "                             buffer_steps, hwm); needs --tokenizer\n"
+            "  --kv-events-encoding E     array (tagged arrays, vLLM 0.11; default) | map (maps with \"type\")\n"
+            "  --prefix-caching-hash-algo A  sha256 (default) | sha256_cbor | xxhash | xxhash_cbor\n"
+            "environment, as vLLM reads it: PYTHONHASHSEED (seeds NONE_HASH; unset: random),\n"
+            "  VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES (1, default: events carry the low 64 bits; 0: the digest)\n");
 }
 
 static int parse_u64(const char *name, const char *s, uint64_t max, uint64_t *out)
@@ -62,7 +69,7 @@ int main(int argc, char **argv)
     ib_engine_config_t cfg;
     ib_engine_config_defaults(&cfg);
     enum { O_LISTEN = 1, O_PORTFILE, O_MODEL, O_ID, O_TEMPLATE, O_BPT, O_MAXLEN, O_DEFMAX, O_MAXBODY, O_SEQS,
-           O_BLOCK, O_CBLOCKS, O_TTL, O_OVERHEAD, O_PREFILL, O_ITL, O_ITLSEQ, O_DRAIN, O_TOKENIZER, O_HELP };
+           O_BLOCK, O_CBLOCKS, O_TTL, O_OVERHEAD, O_PREFILL, O_ITL, O_ITLSEQ, O_DRAIN, O_TOKENIZER, O_KVCFG, O_KVENC, O_HASHALGO, O_HELP };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},       {"port-file", 1, 0, O_PORTFILE},      {"model", 1, 0, O_MODEL},
         {"id", 1, 0, O_ID},               {"template", 1, 0, O_TEMPLATE},        {"bytes-per-token", 1, 0, O_BPT},
@@ -70,7 +77,16 @@ int main(int argc, char **argv)
         {"max-seqs", 1, 0, O_SEQS},       {"block-size", 1, 0, O_BLOCK},         {"cache-blocks", 1, 0, O_CBLOCKS},
         {"cache-ttl-ms", 1, 0, O_TTL},    {"overhead-ms", 1, 0, O_OVERHEAD},     {"prefill-us-per-token", 1, 0, O_PREFILL},
         {"itl-ms", 1, 0, O_ITL},          {"itl-us-per-seq", 1, 0, O_ITLSEQ},    {"drain-timeout-ms", 1, 0, O_DRAIN},
-        {"tokenizer", 1, 0, O_TOKENIZER}, {"help", 0, 0, O_HELP},           {0, 0, 0, 0}};
+        {"tokenizer", 1, 0, O_TOKENIZER}, {"kv-events-config", 1, 0, O_KVCFG}, {"kv-events-encoding", 1, 0, O_KVENC},
+        {"prefix-caching-hash-algo", 1, 0, O_HASHALGO}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    char err[512];
+    const char *seed = getenv("PYTHONHASHSEED"), *inth = getenv("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES");
+    if (seed != NULL) {
+        cfg.kv_events.have_seed = 1;
+        snprintf(cfg.kv_events.seed, sizeof(cfg.kv_events.seed), "%s", seed);
+    }
+    if (inth != NULL)
+        cfg.kv_events.int_hashes = atoi(inth) != 0;
     int c;
     uint64_t v;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -100,6 +116,27 @@ int main(int argc, char **argv)
         case O_ITL: rc = parse_ns("--itl-ms", optarg, 1e6, &cfg.sched.itl_ns); break;
         case O_ITLSEQ: rc = parse_ns("--itl-us-per-seq", optarg, 1e3, &cfg.sched.itl_ns_per_seq); break;
         case O_DRAIN: rc = parse_u64("--drain-timeout-ms", optarg, 1u << 30, &v); cfg.drain_timeout_ms = (uint32_t)v; break;
+        case O_KVCFG:
+            if (ib_kvpub_config_parse(&cfg.kv_events, optarg, err, sizeof(err)) != 0) {
+                fprintf(stderr, "ib-mock-engine: %s\n", err);
+                rc = -1;
+            }
+            break;
+        case O_KVENC:
+            if (strcmp(optarg, "array") == 0 || strcmp(optarg, "map") == 0) {
+                cfg.kv_events.encoding = optarg[0] == 'a' ? IB_KVENC_ARRAY : IB_KVENC_MAP;
+            } else {
+                fprintf(stderr, "ib-mock-engine: --kv-events-encoding wants array or map, got '%s'\n", optarg);
+                rc = -1;
+            }
+            break;
+        case O_HASHALGO:
+            if (ib_kvpub_algo_parse(optarg, &cfg.kv_events.algo) != 0) {
+                fprintf(stderr, "ib-mock-engine: --prefix-caching-hash-algo: sha256, sha256_cbor, xxhash or "
+                                "xxhash_cbor, not '%s'\n", optarg);
+                rc = -1;
+            }
+            break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

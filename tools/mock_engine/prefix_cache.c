@@ -81,6 +81,8 @@ static void list_push_mru(ib_prefix_cache_t *c, uint32_t i)
 static void remove_slot(ib_prefix_cache_t *c, uint32_t s)
 {
     uint32_t idx = c->slots[s] - 1;
+    if (c->listener.removed != NULL)
+        c->listener.removed(c->listener.ctx, idx);
     list_unlink(c, idx);
     c->entries[idx].next = c->free_head;
     c->free_head = idx;
@@ -135,7 +137,7 @@ size_t ib_pcache_match(ib_prefix_cache_t *c, const uint64_t *h, size_t n, uint64
     return k;
 }
 
-void ib_pcache_insert(ib_prefix_cache_t *c, const uint64_t *h, size_t n, uint64_t now_ns)
+void ib_pcache_insert(ib_prefix_cache_t *c, const uint64_t *h, size_t n, uint64_t now_ns, void *tag)
 {
     /* A prompt longer than the cache keeps only its head, as an engine would. */
     if (n > c->capacity)
@@ -161,8 +163,31 @@ void ib_pcache_insert(ib_prefix_cache_t *c, const uint64_t *h, size_t n, uint64_
             c->slots[s] = idx + 1;
             c->used++;
             c->inserted++;
+            if (c->listener.stored != NULL)
+                c->listener.stored(c->listener.ctx, tag, i, idx);
         }
         c->entries[idx].last_used_ns = now_ns;
         list_push_mru(c, idx);
     }
+    if (c->listener.inserted != NULL)
+        c->listener.inserted(c->listener.ctx, tag, h, n);
+}
+
+uint32_t ib_pcache_entry_of(const ib_prefix_cache_t *c, uint64_t hash)
+{
+    uint32_t s = find_slot(c, hash);
+    return c->slots[s] != 0 ? c->slots[s] - 1 : IB_PCACHE_NONE;
+}
+
+void ib_pcache_clear(ib_prefix_cache_t *c)
+{
+    memset(c->slots, 0, ((size_t)c->slot_mask + 1) * sizeof(*c->slots));
+    for (uint32_t i = 0; i < c->capacity; i++)
+        c->entries[i].next = i + 1 < c->capacity ? i + 1 : IB_PCACHE_NONE;
+    c->free_head = 0;
+    c->mru = c->lru = IB_PCACHE_NONE;
+    c->used = 0;
+    c->cleared++;
+    if (c->listener.cleared != NULL)
+        c->listener.cleared(c->listener.ctx);
 }

@@ -169,7 +169,7 @@ static void emit(ib_sched_t *s, ib_seq_t *seq, uint64_t t)
 /* The prefill unit finished <seq> at <t>: cache its blocks, first token, join decoding. */
 static void finish_prefill(ib_sched_t *s, ib_seq_t *seq, uint64_t t)
 {
-    ib_pcache_insert(&s->cache, seq->hashes, seq->nblocks, t);
+    ib_pcache_insert(&s->cache, seq->hashes, seq->nblocks, t, seq);
     s->prefilling = NULL;
     seq->first_token_ns = t;
     if (seq->max_tokens > 1) {
