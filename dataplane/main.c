@@ -66,7 +66,11 @@ static void usage(FILE *f)
             "  --cache-ttl-ms N            the engines' cache TTL, 0 for none (default 0)\n"
             "  --affinity-sets-log2 N      affinity table size: 2^N sets of 8 slots (default 17)\n"
             "  --min-match-pct N           affinity: a cached prefix shorter than N%% of the prompt counts as no match\n"
-            "                              (default 50)\n",
+            "                              (default 50)\n"
+            "  --kv-events NAME=ENDPOINT[,REPLAY[,TOPIC]]\n"
+            "                              route replica NAME on its engine's KV-cache events (vLLM's ZMQ publisher:\n"
+            "                              its endpoint, its replay endpoint, its topic); needs --tokenizer and\n"
+            "                              --block-tokens equal to the engine's block size (repeatable)\n",
             policies, ib_policy_name(IB_POLICY_AFFINITY));
 }
 
@@ -74,7 +78,7 @@ enum {
     O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT, O_EA,
     O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK, O_CTX,
     O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_ADMIN, O_ADMINPORT, O_ABORTCLOSE, O_HELP,
-    O_DIDLE, O_ST
+    O_DIDLE, O_ST, O_KVEV
 };
 
 static const struct option opts[] = {
@@ -91,6 +95,7 @@ static const struct option opts[] = {
     {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"max-conns-per-worker", 1, 0, O_MAXCONNS},
     {"admin-listen", 1, 0, O_ADMIN},      {"admin-port-file", 1, 0, O_ADMINPORT}, {"help", 0, 0, O_HELP},
     {"abort-on-client-close", 0, 0, O_ABORTCLOSE}, {"drain-idle-ms", 1, 0, O_DIDLE}, {"send-timeout-ms", 1, 0, O_ST},
+    {"kv-events", 1, 0, O_KVEV},
     {0, 0, 0, 0}};
 
 /* An option that takes a string or a list entry: 1 when taken, 0 when <c> is not one,
@@ -123,6 +128,13 @@ static int text_option(ib_proxy_config_t *cfg, int c, const char *arg)
             return -1;
         }
         cfg->replica_specs[cfg->nreplicas++] = arg;
+        return 1;
+    case O_KVEV:
+        if (cfg->nkv == IB_MAX_REPLICAS) {
+            fprintf(stderr, "ibrain: at most %d --kv-events\n", IB_MAX_REPLICAS);
+            return -1;
+        }
+        cfg->kv_specs[cfg->nkv++] = arg;
         return 1;
     case O_MODEL:
         if (cfg->nmodels == IB_MAX_MODELS) {

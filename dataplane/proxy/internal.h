@@ -12,6 +12,7 @@
 #include "ibrain/chat.h"
 #include "ibrain/clock.h"
 #include "ibrain/http1.h"
+#include "ibrain/kv_events.h"
 #include "ibrain/ondemand_c.h"
 #include "ibrain/prompt.h"
 #include "ibrain/proxy.h"
@@ -23,7 +24,7 @@
 
 enum ib_route {
     IB_ROUTE_CHAT, IB_ROUTE_COMPLETIONS, IB_ROUTE_OTHER_PROXIED, IB_ROUTE_MODELS, IB_ROUTE_HEALTH, IB_ROUTE_READY,
-    IB_ROUTE_METRICS, IB_ROUTE_NONE, IB_ROUTE__COUNT
+    IB_ROUTE_METRICS, IB_ROUTE_DEBUG_AFFINITY, IB_ROUTE_NONE, IB_ROUTE__COUNT
 };
 #define IB_NSTATUS 16 /* see ib_metrics_status_index() */
 #define IB_NBUCKETS 16
@@ -86,6 +87,53 @@ typedef struct ib_workload_rt {
     uint64_t ready[IB_REPLICA_MASK_WORDS]; /* bit per slot: takes new requests */
     uint32_t max_slot;            /* highest slot + 1 */
 } ib_workload_rt_t;
+
+/* ---- KV-cache events: the events thread (kvevents.c) ---- */
+
+/* Where a replica's engine publishes its KV-cache events; written by the table's writers
+ * under rtab_lock (with the slot), read by the events thread under it. */
+typedef struct ib_kv_endpoint {
+    char events[128];             /* ZMQ endpoint to connect a SUB to; "" for none */
+    char replay[128];             /* its replay ROUTER; "" for none */
+    char topic[64];               /* "" accepts any topic */
+} ib_kv_endpoint_t;
+
+/* How a replica is routed. */
+enum ib_kv_mode { IB_KV_OFF, IB_KV_PRECISE, IB_KV_APPROXIMATE };
+/* Why a replica with events is routed approximately. */
+enum ib_kv_reason {
+    IB_KVR_NONE, IB_KVR_CONNECTING, IB_KVR_HISTORY_LOST, IB_KVR_BLOCK_SIZE, IB_KVR_NO_TOKENIZER, IB_KVR_POLICY,
+    IB_KVR__COUNT
+};
+/* Messages dropped before decoding. */
+enum ib_kv_drop { IB_KVD_FRAMES, IB_KVD_TOPIC, IB_KVD_BLOCK_SIZE, IB_KVD_ORPHAN, IB_KVD_MAP_FULL, IB_KVD__COUNT };
+#define IB_KV_LAG_BUCKETS 14
+
+/* Per slot, written by the events thread only, read by /metrics. Reset when the slot's
+ * subscription starts. */
+typedef struct ib_kv_stats {
+    _Alignas(64) _Atomic uint32_t mode;   /* enum ib_kv_mode */
+    _Atomic uint32_t reason;              /* enum ib_kv_reason */
+    _Atomic uint64_t batches, stored_events, removed_events, cleared_events;
+    _Atomic uint64_t blocks_stored, blocks_removed, unknown_removed;
+    _Atomic uint64_t gaps, replays, replay_failures, restarts, losses;
+    _Atomic uint64_t decode_errors[IB_KVE__COUNT];
+    _Atomic uint64_t dropped[IB_KVD__COUNT];
+    _Atomic uint64_t lag_bucket[IB_KV_LAG_BUCKETS + 1];
+    _Atomic uint64_t lag_sum_us, lag_count;
+    _Atomic uint64_t facts;               /* blocks the table holds for it, as the engine said */
+} ib_kv_stats_t;
+
+struct ib_kv;
+/** Starts the events thread. 0, or -1 (it could not start: routing stays approximate). */
+int ib_kv_start(ib_proxy_t *px);
+void ib_kv_stop(ib_proxy_t *px);
+/** Parses --kv-events NAME=ENDPOINT[,REPLAY[,TOPIC]] into <ep> and the name. 0 or -1. */
+int ib_kv_parse_spec(const char *spec, char *name, size_t namelen, ib_kv_endpoint_t *ep);
+/** The per-replica KV event metrics. 0, or -1 when out of memory. */
+int ib_kv_render_metrics(const ib_proxy_t *px, ib_buf_t *b);
+const char *ib_kv_mode_name(uint32_t mode);
+const char *ib_kv_reason_name(uint32_t reason);
 
 /** Immutable once published in px->rtab; freed after every worker has passed a quiescent
  * point (px->epoch). */
@@ -334,6 +382,10 @@ struct ib_proxy {
     pthread_t probe_thread;
     int probe_running;
     _Atomic int probe_stop;
+    /* KV-cache events (kvevents.c) */
+    ib_kv_endpoint_t *kv_ep;          /* IB_MAX_REPLICAS: where each slot's engine publishes */
+    ib_kv_stats_t *kv_stats;          /* IB_MAX_REPLICAS: what the events thread reports */
+    struct ib_kv *kv;                 /* the events thread, or NULL */
 };
 
 /* ---- the event loop and connections (worker.c) ---- */

@@ -49,10 +49,49 @@ static int render_models(ib_worker_t *w, ib_buf_t *b)
     return 0;
 }
 
+static int each_entry(void *ctx, uint32_t set, uint32_t tag)
+{
+    ib_buf_t *b = ctx;
+    char tmp[48];
+    int n = snprintf(tmp, sizeof(tmp), "\"%x:%x\",", set, tag);
+    return ib_buf_try_append(b, tmp, (size_t)n);
+}
+
+/* GET /debug/affinity: what the table believes each replica holds, as "set:tag" of each
+ * believed entry (a block key k is in set k & set_mask with tag (k >> 40) | 1), with its
+ * routing mode: for tests that compare ibrain's belief with an engine's cache. A scan of
+ * every workload's table: not for the request path. */
+static int render_affinity(ib_worker_t *w, ib_buf_t *b)
+{
+    ib_proxy_t *px = w->px;
+    const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
+    int rc = ib_buf_try_printf(b, "{\"replicas\":[");
+    int first = 1;
+    for (uint32_t i = 0; i < rt->nworkloads && !rc; i++) {
+        const ib_workload_rt_t *wl = &rt->wl[i];
+        for (uint32_t k = 0; k < wl->nslots && !rc; k++) {
+            uint32_t slot = wl->slots[k];
+            const ib_kv_stats_t *st = &px->kv_stats[slot];
+            rc = ib_buf_try_printf(b, "%s{\"name\":\"%s\",\"workload\":\"%s\",\"mode\":\"%s\",\"reason\":\"%s\","
+                                      "\"set_mask\":%u,\"believed\":[",
+                                   first ? "" : ",", px->replicas[slot].name, wl->id,
+                                   ib_kv_mode_name(atomic_load(&st->mode)), ib_kv_reason_name(atomic_load(&st->reason)),
+                                   wl->router->table.set_mask);
+            size_t before = b->len;
+            rc = rc || ib_affinity_each(&wl->router->table, slot, each_entry, b);
+            if (!rc && b->len > before)
+                b->len--; /* the last comma */
+            rc = rc || ib_buf_try_printf(b, "]}");
+            first = 0;
+        }
+    }
+    return rc || ib_buf_try_printf(b, "]}") ? -1 : 0;
+}
+
 int ib_local_render(ib_worker_t *w, enum ib_route route, int is_get, ib_buf_t *body, ib_local_resp_t *out)
 {
     assert(route == IB_ROUTE_MODELS || route == IB_ROUTE_HEALTH || route == IB_ROUTE_READY ||
-           route == IB_ROUTE_METRICS);
+           route == IB_ROUTE_METRICS || route == IB_ROUTE_DEBUG_AFFINITY);
     *out = (ib_local_resp_t){.status = 200, .ctype = "application/json", .extra_headers = NULL};
     if (!is_get) {
         out->status = 405;
@@ -66,6 +105,8 @@ int ib_local_render(ib_worker_t *w, enum ib_route route, int is_get, ib_buf_t *b
         return 0;
     case IB_ROUTE_READY:
         return render_ready(w, body, out);
+    case IB_ROUTE_DEBUG_AFFINITY:
+        return render_affinity(w, body);
     case IB_ROUTE_METRICS:
         out->ctype = "text/plain; version=0.0.4; charset=utf-8";
         return ib_metrics_render(w->px, body);

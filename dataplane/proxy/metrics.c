@@ -12,7 +12,7 @@ const double ib_metrics_buckets_s[IB_NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 
 static const int status_codes[IB_NSTATUS - 1] = {200, 400, 404, 405, 408, 413, 417, 429, 431, 499, 500, 501, 502, 503, 504};
 static const char *const route_names[IB_ROUTE__COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/other",
                                                          "/v1/models",           "/health",         "/ready",
-                                                         "/metrics",             "none"};
+                                                         "/metrics",             "/debug/affinity", "none"};
 static const char *const uperr_names[IB_UPERR__COUNT] = {"connect", "io", "timeout", "midstream", "unresponsive"};
 
 int ib_metrics_status_index(int status)
@@ -264,7 +264,8 @@ static int render_sync(const ib_proxy_t *px, ib_buf_t *b)
 
 int ib_metrics_render(const ib_proxy_t *px, ib_buf_t *b)
 {
-    int rc = render_requests(px, b) || render_replicas(px, b) || render_counters(px, b) || render_routing(px, b);
+    int rc = render_requests(px, b) || render_replicas(px, b) || render_counters(px, b) || render_routing(px, b) ||
+             ib_kv_render_metrics(px, b);
     if (px->cfg.redis != NULL || px->cfg.nredis_sentinels > 0)
         rc = rc || render_sync(px, b);
     rc = rc || ib_buf_try_printf(b, "# HELP ibrain_workers Worker threads.\n# TYPE ibrain_workers gauge\nibrain_workers %u\n",

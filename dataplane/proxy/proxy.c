@@ -226,6 +226,11 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
     if (px->replicas == NULL)
         goto Error;
     memset(px->replicas, 0, sizeof(ib_replica_t) * IB_MAX_REPLICAS);
+    px->kv_ep = calloc(IB_MAX_REPLICAS, sizeof(*px->kv_ep));
+    px->kv_stats = aligned_alloc(64, sizeof(ib_kv_stats_t) * IB_MAX_REPLICAS);
+    if (px->kv_ep == NULL || px->kv_stats == NULL)
+        goto Error;
+    memset(px->kv_stats, 0, sizeof(ib_kv_stats_t) * IB_MAX_REPLICAS);
     for (uint32_t i = 0; i < cfg->nreplicas; i++) {
         if (parse_replica(cfg->replica_specs[i], &px->replicas[i]) != 0) {
             fprintf(stderr, "ibrain: --replica wants NAME=IPV4:PORT (name of [A-Za-z0-9._:-]), got '%s'\n",
@@ -240,6 +245,23 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
         atomic_store(&px->replicas[i].in_use, 1);
     }
     atomic_store(&px->nslots, cfg->nreplicas);
+    for (uint32_t i = 0; i < cfg->nkv; i++) {
+        char name[64];
+        ib_kv_endpoint_t ep;
+        uint32_t k = 0;
+        if (ib_kv_parse_spec(cfg->kv_specs[i], name, sizeof(name), &ep) != 0) {
+            fprintf(stderr, "ibrain: --kv-events wants NAME=ENDPOINT[,REPLAY[,TOPIC]] with ZMQ endpoints "
+                            "(tcp://HOST:PORT, ipc://PATH), got '%s'\n", cfg->kv_specs[i]);
+            goto Error;
+        }
+        while (k < cfg->nreplicas && strcmp(px->replicas[k].name, name) != 0)
+            k++;
+        if (k == cfg->nreplicas) {
+            fprintf(stderr, "ibrain: --kv-events names '%s', which no --replica is\n", name);
+            goto Error;
+        }
+        px->kv_ep[k] = ep;
+    }
     if (ib_rtab_init_static(px) != 0)
         goto Error;
     if (cfg->instance_id != NULL && cfg->instance_id[0] != '\0') {
@@ -338,6 +360,8 @@ int ib_proxy_run(ib_proxy_t *px)
             return 1;
         }
     }
+    if ((cfg_redis(px) || px->cfg.nkv > 0) && ib_kv_start(px) != 0)
+        fprintf(stderr, "ibrain: cannot start the KV events thread; replicas are routed on the model only\n");
     if (ib_probe_start(px) != 0)
         fprintf(stderr, "ibrain: cannot start the health prober; replicas are checked passively only\n");
     int sig = 0;
@@ -347,6 +371,7 @@ int ib_proxy_run(ib_proxy_t *px)
             px->cfg.drain_timeout_ms);
     ib_sync_stop(px->sync); /* no table changes while draining */
     px->sync = NULL;
+    ib_kv_stop(px);
     atomic_store(&px->stopping, 1);
     for (uint32_t i = 0; i < px->nworkers; i++) {
         uint64_t one = 1;
@@ -366,6 +391,8 @@ void ib_proxy_destroy(ib_proxy_t *px)
         ib_worker_destroy(&px->workers[i]);
     free(px->workers);
     free(px->replicas);
+    free(px->kv_ep);
+    free(px->kv_stats);
     ib_rtab_destroy(px);
     if (px->rtab_lock_ready)
         pthread_mutex_destroy(&px->rtab_lock);

@@ -30,6 +30,8 @@ enum ib_route ib_route_of(ib_span_t path)
         return IB_ROUTE_READY;
     if (IS("/metrics"))
         return IB_ROUTE_METRICS;
+    if (IS("/debug/affinity"))
+        return IB_ROUTE_DEBUG_AFFINITY;
 #undef IS
     if (n >= 4 && memcmp(path.ptr, "/v1/", 4) == 0)
         return IB_ROUTE_OTHER_PROXIED;
@@ -53,7 +55,8 @@ static void request_ready(ib_worker_t *w, ib_client_t *c)
 {
     c->deadline_ns = 0;
     if (c->admin && c->route < IB_ROUTE_MODELS) {
-        ib_respond_error(w, c, 404, "the admin listener serves /health, /ready, /metrics and /v1/models only",
+        ib_respond_error(w, c, 404, "the admin listener serves /health, /ready, /metrics, /debug/affinity and "
+                         "/v1/models only",
                          "invalid_request_error", NULL, NULL, NULL);
     } else if (c->route == IB_ROUTE_NONE) {
         ib_respond_error(w, c, 404, "no such route", "invalid_request_error", NULL, NULL, NULL);

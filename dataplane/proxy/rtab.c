@@ -170,13 +170,16 @@ static int slot_named(const ib_rtab_t *rt, uint32_t slot)
 
 /* The slot of replica <name> at <addr>: its current one, or a free one (filled in). -1 when
  * every slot is taken. */
-static int slot_for(ib_proxy_t *px, const char *name, const char *addr, const ib_rtab_t *cur)
+static int slot_for(ib_proxy_t *px, const char *name, const char *addr, const ib_kv_endpoint_t *kv,
+                    const ib_rtab_t *cur)
 {
     uint32_t n = atomic_load(&px->nslots);
     for (uint32_t i = 0; i < n; i++) {
         ib_replica_t *r = &px->replicas[i];
-        if (atomic_load(&r->in_use) && strcmp(r->name, name) == 0 && strcmp(r->hostport, addr) == 0)
+        if (atomic_load(&r->in_use) && strcmp(r->name, name) == 0 && strcmp(r->hostport, addr) == 0) {
+            px->kv_ep[i] = *kv; /* the events thread notices a change and subscribes again */
             return (int)i;
+        }
     }
     for (uint32_t i = 0; i < IB_MAX_REPLICAS; i++) {
         ib_replica_t *r = &px->replicas[i];
@@ -196,6 +199,7 @@ static int slot_for(ib_proxy_t *px, const char *name, const char *addr, const ib
         atomic_store(&r->hung, 0);
         atomic_store(&r->probe_failures, 0);
         atomic_store(&r->probe_timeouts, 0);
+        px->kv_ep[i] = *kv;
         atomic_fetch_add(&r->epoch, 1); /* pooled connections to the previous occupant go */
         atomic_store(&r->in_use, 1);
         if (i >= n)
@@ -351,7 +355,12 @@ static void snapshot_replicas(ib_proxy_t *px, const ib_snapshot_t *snap, ib_rtab
         uint32_t k = 0;
         while (strcmp(snap->workloads[k].id, sr->workload) != 0)
             k++; /* checked by ib_snapshot_check */
-        int slot = slot_for(px, sr->id, sr->address, cur);
+        ib_kv_endpoint_t kv;
+        memset(&kv, 0, sizeof(kv));
+        snprintf(kv.events, sizeof(kv.events), "%s", sr->kv_events);
+        snprintf(kv.replay, sizeof(kv.replay), "%s", sr->kv_events_replay);
+        snprintf(kv.topic, sizeof(kv.topic), "%s", sr->kv_events_topic);
+        int slot = slot_for(px, sr->id, sr->address, &kv, cur);
         if (slot < 0) {
             fprintf(stderr, "ibrain: snapshot %llu: more than %d replicas; %s left out\n",
                     (unsigned long long)snap->version, IB_MAX_REPLICAS, sr->id);

@@ -100,6 +100,12 @@ int read_replica(ondemand::object obj, ib_snap_replica_t *r, size_t i, char *err
             rc = get_str(v, r->workload, sizeof(r->workload), where, err, errlen);
         } else if (key == "address") {
             rc = get_str(v, r->address, sizeof(r->address), where, err, errlen);
+        } else if (key == "kv_events") {
+            rc = get_str(v, r->kv_events, sizeof(r->kv_events), where, err, errlen);
+        } else if (key == "kv_events_replay") {
+            rc = get_str(v, r->kv_events_replay, sizeof(r->kv_events_replay), where, err, errlen);
+        } else if (key == "kv_events_topic") {
+            rc = get_str(v, r->kv_events_topic, sizeof(r->kv_events_topic), where, err, errlen);
         } else if (key == "state") {
             char state[16];
             rc = get_str(v, state, sizeof(state), where, err, errlen);

@@ -47,6 +47,7 @@ int ib_affinity_init(ib_affinity_t *t, uint32_t sets_log2, uint32_t nreplicas, u
     for (uint32_t r = 0; r < nreplicas; r++) {
         atomic_init(&t->replicas[r].counter, 0);
         atomic_init(&t->replicas[r].ttl_floor, 0);
+        atomic_init(&t->replicas[r].precise, 0);
         t->replicas[r].capacity_blocks = capacity_blocks;
     }
     atomic_init(&t->used[0], 0);
@@ -77,9 +78,16 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
     if (rep >= t->nreplicas)
         return -1;
     const ib_aff_replica_t *r = &t->replicas[rep];
+    uint32_t stamp = SLOT_STAMP(w);
+    /* A fact (stamp 0) is what the engine said: believed until it says otherwise. A
+     * replica routed on its engine's events believes nothing else; any other also
+     * believes its model's entries. */
+    if (stamp == IB_AFF_FACT)
+        return (int64_t)1 << 40;
+    if (atomic_load_explicit((_Atomic uint32_t *)&r->precise, memory_order_relaxed))
+        return -1;
     uint32_t now = atomic_load_explicit((_Atomic uint32_t *)&r->counter, memory_order_relaxed);
     uint32_t floor = atomic_load_explicit((_Atomic uint32_t *)&r->ttl_floor, memory_order_relaxed);
-    uint32_t stamp = SLOT_STAMP(w);
     /* Unsigned differences: counters wrap. */
     if ((int32_t)(stamp - floor) <= 0)
         return -1; /* stamped at or before the TTL floor (stamps start at 1) */
@@ -103,6 +111,41 @@ static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep)
             return life(t, w) > 0;
     }
     return 0;
+}
+
+/* Writes (or refreshes) <replica>'s entry for <h> with <stamp>, replacing its own entry
+ * or else the set's least believed word. */
+static void put(ib_affinity_t *t, uint64_t h, uint32_t replica, uint32_t stamp)
+{
+    uint32_t tag = tag_of(h);
+    _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
+    uint64_t want = SLOT(tag, replica, stamp);
+    assert(want != 0); /* an entry is never the empty word */
+    assert_slot_state(t, want);
+    assert(SLOT_REP(want) == replica);
+    assert(SLOT_STAMP(want) == stamp);
+    int victim = -1;
+    int64_t victim_life = INT64_MAX;
+    uint64_t victim_word = 0;
+    for (int k = 0; k < IB_AFF_WAYS; k++) {
+        uint64_t w = atomic_load_explicit(&set[k], memory_order_relaxed);
+        assert_slot_state(t, w);
+        if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == replica) {
+            if (SLOT_STAMP(w) == IB_AFF_FACT && stamp != IB_AFF_FACT)
+                return; /* the engine's word stands over the model's */
+            victim = k, victim_word = w; /* refresh our own entry */
+            break;
+        }
+        int64_t l = life(t, w);
+        if (l < victim_life)
+            victim = k, victim_life = l, victim_word = w;
+    }
+    /* Every word's life is below INT64_MAX (an empty one's is -1): a victim is found. */
+    assert(victim >= 0);
+    assert(victim < IB_AFF_WAYS);
+    /* One attempt: a lost race means another writer just used this slot. */
+    atomic_compare_exchange_strong_explicit(&set[victim], &victim_word, want, memory_order_relaxed,
+                                            memory_order_relaxed);
 }
 
 void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica)
@@ -130,34 +173,76 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
          * stamps stay in (base, base + adv] */
         uint32_t stamp = base + adv - (i < adv - 1 ? (uint32_t)i : adv - 1);
         assert(stamp - base - 1u < adv); /* in (base, base + adv], counters wrapping */
-        uint32_t tag = tag_of(h[i]);
-        _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
-        uint64_t want = SLOT(tag, replica, stamp);
-        assert(want != 0); /* an entry is never the empty word */
-        assert_slot_state(t, want);
-        assert(SLOT_REP(want) == replica);
-        assert(SLOT_STAMP(want) == stamp);
-        int victim = -1;
-        int64_t victim_life = INT64_MAX;
-        uint64_t victim_word = 0;
-        for (int k = 0; k < IB_AFF_WAYS; k++) {
-            uint64_t w = atomic_load_explicit(&set[k], memory_order_relaxed);
-            assert_slot_state(t, w);
-            if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == replica) {
-                victim = k, victim_word = w; /* refresh our own entry */
-                break;
-            }
-            int64_t l = life(t, w);
-            if (l < victim_life)
-                victim = k, victim_life = l, victim_word = w;
-        }
-        /* Every word's life is below INT64_MAX (an empty one's is -1): a victim is found. */
-        assert(victim >= 0);
-        assert(victim < IB_AFF_WAYS);
-        /* One attempt: a lost race means another writer just used this slot. */
-        atomic_compare_exchange_strong_explicit(&set[victim], &victim_word, want, memory_order_relaxed,
-                                                memory_order_relaxed);
+        if (stamp != IB_AFF_FACT) /* a wrapped counter's 0 is the facts' stamp: skip that block */
+            put(t, h[i], replica, stamp);
     }
+}
+
+/* ---- facts: a replica's engine events (include/ibrain/affinity.h) ---- */
+
+void ib_affinity_fact_stored(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica)
+{
+    if (replica >= t->nreplicas)
+        return;
+    if (!(atomic_load_explicit(&t->used[replica >> 6], memory_order_relaxed) & (1ull << (replica & 63))))
+        atomic_fetch_or_explicit(&t->used[replica >> 6], 1ull << (replica & 63), memory_order_relaxed);
+    for (size_t i = 0; i < n; i++)
+        put(t, h[i], replica, IB_AFF_FACT);
+}
+
+void ib_affinity_fact_removed(ib_affinity_t *t, uint64_t h, uint32_t replica)
+{
+    uint32_t tag = tag_of(h);
+    _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
+    for (int k = 0; k < IB_AFF_WAYS; k++) {
+        uint64_t w = atomic_load_explicit(&set[k], memory_order_relaxed);
+        assert_slot_state(t, w);
+        if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == replica && SLOT_STAMP(w) == IB_AFF_FACT) {
+            /* one attempt: if a writer replaced it meanwhile, the fact is gone already */
+            atomic_compare_exchange_strong_explicit(&set[k], &w, 0, memory_order_relaxed, memory_order_relaxed);
+            return;
+        }
+    }
+}
+
+uint64_t ib_affinity_forget_facts(ib_affinity_t *t, uint32_t replica)
+{
+    uint64_t n = 0;
+    size_t nslots = ((size_t)t->set_mask + 1) * IB_AFF_WAYS;
+    for (size_t i = 0; i < nslots; i++) {
+        uint64_t w = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
+        if (w != 0 && SLOT_REP(w) == replica && SLOT_STAMP(w) == IB_AFF_FACT)
+            n += atomic_compare_exchange_strong_explicit(&t->slots[i], &w, 0, memory_order_relaxed,
+                                                         memory_order_relaxed);
+    }
+    return n;
+}
+
+void ib_affinity_set_precise(ib_affinity_t *t, uint32_t replica, int precise)
+{
+    if (replica < t->nreplicas)
+        atomic_store_explicit(&t->replicas[replica].precise, precise ? 1u : 0u, memory_order_relaxed);
+}
+
+int ib_affinity_is_precise(const ib_affinity_t *t, uint32_t replica)
+{
+    return replica < t->nreplicas &&
+           atomic_load_explicit((_Atomic uint32_t *)&t->replicas[replica].precise, memory_order_relaxed) != 0;
+}
+
+int ib_affinity_each(const ib_affinity_t *t, uint32_t replica, int (*fn)(void *ctx, uint32_t set, uint32_t tag),
+                     void *ctx)
+{
+    size_t nslots = ((size_t)t->set_mask + 1) * IB_AFF_WAYS;
+    for (size_t i = 0; i < nslots; i++) {
+        uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&t->slots[i], memory_order_relaxed);
+        if (w != 0 && SLOT_REP(w) == replica && life(t, w) > 0) {
+            int rc = fn(ctx, (uint32_t)(i / IB_AFF_WAYS), SLOT_TAG(w));
+            if (rc != 0)
+                return rc;
+        }
+    }
+    return 0;
 }
 
 void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched)

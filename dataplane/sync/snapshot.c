@@ -68,6 +68,10 @@ int ib_snapshot_check(const ib_snapshot_t *s, char *err, size_t errlen)
         struct sockaddr_in sa;
         if (ib_parse_hostport(r->address, &sa) != 0 || sa.sin_port == 0)
             return FAIL("replicas[%u].address '%s' is not IPV4:PORT", i, r->address);
+        if ((r->kv_events[0] != '\0' && strstr(r->kv_events, "://") == NULL) ||
+            (r->kv_events_replay[0] != '\0' && (r->kv_events[0] == '\0' || strstr(r->kv_events_replay, "://") == NULL)))
+            return FAIL("replicas[%u].kv_events / kv_events_replay: ZMQ endpoints (tcp://HOST:PORT), the replay only "
+                        "with the events", i);
     }
     return 0;
 }
@@ -117,7 +121,12 @@ int ib_snapshot_decode(const void *buf, size_t len, ib_snapshot_t *out, char *er
         ib_snap_replica_t *o = &out->replicas[i];
         if (copy_field(o->id, sizeof(o->id), r->id, "id", r->id, err, errlen) ||
             copy_field(o->workload, sizeof(o->workload), r->workload, "workload", r->id, err, errlen) ||
-            copy_field(o->address, sizeof(o->address), r->address, "address", r->id, err, errlen))
+            copy_field(o->address, sizeof(o->address), r->address, "address", r->id, err, errlen) ||
+            copy_field(o->kv_events, sizeof(o->kv_events), r->kv_events, "kv_events", r->id, err, errlen) ||
+            copy_field(o->kv_events_replay, sizeof(o->kv_events_replay), r->kv_events_replay, "kv_events_replay",
+                       r->id, err, errlen) ||
+            copy_field(o->kv_events_topic, sizeof(o->kv_events_topic), r->kv_events_topic, "kv_events_topic", r->id,
+                       err, errlen))
             goto done;
         o->draining = r->state == IBRAIN__V1__REPLICA__STATE__DRAINING;
         o->generation = r->generation;
@@ -164,6 +173,9 @@ int ib_snapshot_encode(const ib_snapshot_t *s, ib_buf_t *out)
         rs[i].id = (char *)r->id;
         rs[i].workload = (char *)r->workload;
         rs[i].address = (char *)r->address;
+        rs[i].kv_events = (char *)r->kv_events;
+        rs[i].kv_events_replay = (char *)r->kv_events_replay;
+        rs[i].kv_events_topic = (char *)r->kv_events_topic;
         rs[i].state = r->draining ? IBRAIN__V1__REPLICA__STATE__DRAINING : IBRAIN__V1__REPLICA__STATE__READY;
         rs[i].generation = r->generation;
         rp[i] = &rs[i];
@@ -217,6 +229,11 @@ int ib_snapshot_to_json(const ib_snapshot_t *s, ib_buf_t *out)
         ib_json_member_str(out, "address", r->address, 1);
         ib_json_member_str(out, "state", r->draining ? "draining" : "ready", 1);
         ib_json_member_u64(out, "generation", r->generation, 1);
+        if (r->kv_events[0] != '\0') {
+            ib_json_member_str(out, "kv_events", r->kv_events, 1);
+            ib_json_member_str(out, "kv_events_replay", r->kv_events_replay, 1);
+            ib_json_member_str(out, "kv_events_topic", r->kv_events_topic, 1);
+        }
         ib_buf_append(out, "}", 1);
     }
     ib_buf_append(out, "]}\n", 3);

@@ -45,11 +45,13 @@ extern "C" {
 #define IB_AFF_MAX_REPLICAS IB_MAX_REPLICAS
 #define IB_AFF_CHECKPOINTS 64
 #define IB_AFF_GAP 8 /* blocks a match may skip: entries lost to full sets */
+#define IB_AFF_FACT 0u /* the stamp of a fact: an entry its engine's events put there */
 IB_STATIC_ASSERT(IB_AFF_MAX_REPLICAS <= 256, "a slot word holds the replica in 8 bits");
 
 typedef struct ib_aff_replica {
     _Alignas(64) _Atomic uint32_t counter;   /* blocks inserted so far (wraps) */
     _Atomic uint32_t ttl_floor;              /* stamps older than this have expired */
+    _Atomic uint32_t precise;                /* 1: routed on its engine's events (facts) */
     uint32_t capacity_blocks;
     /* counter checkpoints, written only by ib_affinity_tick()'s caller */
     uint64_t cp_time_ms[IB_AFF_CHECKPOINTS];
@@ -87,6 +89,29 @@ void ib_affinity_tick(ib_affinity_t *t, uint64_t now_ms);
 
 /** Entries the table currently believes, per replica (a scan; for metrics and tests). */
 uint64_t ib_affinity_count(const ib_affinity_t *t, uint32_t replica);
+
+/*
+ * Facts: what a replica's engine says it holds (its KV-cache events), written by one
+ * events thread. A fact is an entry with stamp IB_AFF_FACT, believed until the engine says
+ * the block left (no capacity or TTL model), and never overwritten by a routing insert. A
+ * precise replica believes its facts only; any other believes its facts (none, or those
+ * learnt since its events' history was lost) and its model's entries. Inserts from routing
+ * go on either way (ib_affinity_insert), so the model is warm when a replica falls back to
+ * it, and the request path checks nothing new.
+ */
+
+/** <replica>'s engine now holds the blocks keyed h[0..n). Lock-free. */
+void ib_affinity_fact_stored(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica);
+/** <replica>'s engine no longer holds the block keyed <h>. */
+void ib_affinity_fact_removed(ib_affinity_t *t, uint64_t h, uint32_t replica);
+/** Drops every fact about <replica> (a scan); returns how many. */
+uint64_t ib_affinity_forget_facts(ib_affinity_t *t, uint32_t replica);
+/** Routes <replica> on its facts (1) or on the model (0). */
+void ib_affinity_set_precise(ib_affinity_t *t, uint32_t replica, int precise);
+int ib_affinity_is_precise(const ib_affinity_t *t, uint32_t replica);
+/** Calls fn(set, tag) for each entry <replica> believes (a scan; for the debug page). */
+int ib_affinity_each(const ib_affinity_t *t, uint32_t replica, int (*fn)(void *ctx, uint32_t set, uint32_t tag),
+                     void *ctx);
 
 #ifdef __cplusplus
 }

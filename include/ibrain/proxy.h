@@ -115,6 +115,10 @@ typedef struct ib_proxy_config {
     uint32_t redis_reread_ms;       /* safety-net re-read period */
     const char *instance_id;        /* this ibrain's name in write-back batches (default host-pid-random) */
     int no_writeback;               /* do not share affinity and load with other instances */
+    /* KV-cache events of --replica replicas ("NAME=ENDPOINT[,REPLAY[,TOPIC]]"); snapshot
+     * replicas name theirs in the snapshot */
+    const char *kv_specs[IB_MAX_REPLICAS];
+    uint32_t nkv;
 } ib_proxy_config_t;
 
 typedef struct ib_proxy ib_proxy_t; /* opaque: replicas, workers, shared state */

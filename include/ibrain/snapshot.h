@@ -42,6 +42,9 @@ typedef struct ib_snap_replica {
     char address[64];       /* IPV4:PORT */
     int draining;
     uint64_t generation;
+    char kv_events[128];    /* its engine's KV events endpoint to connect to, "" for none */
+    char kv_events_replay[128];
+    char kv_events_topic[64];
 } ib_snap_replica_t;
 
 typedef struct ib_snapshot {

@@ -52,6 +52,60 @@ static void test_insert_and_match(void **state)
     ib_affinity_destroy(&t);
 }
 
+/* Facts (engine events) are believed only while the replica is precise, the model's
+ * entries only while it is not; a removal or a forget takes facts away; a fact outlives
+ * the capacity model (the engine says when a block leaves). */
+static void test_facts_and_precise_mode(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 10, 4, 4, 0), 0);
+    uint64_t a[6], b[6];
+    chain(11, a, 6);
+    chain(12, b, 6);
+    uint32_t m[4];
+    ib_affinity_insert(&t, b, 3, 2);            /* routed: the model believes b[0..3) on 2 */
+    ib_affinity_fact_stored(&t, a, 6, 2);       /* the engine says it holds a[0..6) */
+    ib_affinity_match(&t, a, 6, m);
+    assert_int_equal(m[2], 6);                  /* not precise: facts and the model */
+    ib_affinity_match(&t, b, 6, m);
+    assert_int_equal(m[2], 3);
+    ib_affinity_set_precise(&t, 2, 1);
+    assert_true(ib_affinity_is_precise(&t, 2));
+    ib_affinity_match(&t, a, 6, m);
+    assert_int_equal(m[2], 6);                  /* six facts, beyond the model's capacity of 4 */
+    ib_affinity_match(&t, b, 6, m);
+    assert_int_equal(m[2], 0);                  /* the model's entries are not */
+    assert_int_equal(ib_affinity_count(&t, 2), 6);
+    /* routing goes on, unseen while precise, and never overwrites a fact */
+    ib_affinity_insert(&t, b, 6, 2);
+    ib_affinity_insert(&t, a, 6, 2);
+    ib_affinity_match(&t, b, 6, m);
+    assert_int_equal(m[2], 0);
+    ib_affinity_match(&t, a, 6, m);
+    assert_int_equal(m[2], 6);
+    /* a removed tail block: the match ends before it */
+    ib_affinity_fact_removed(&t, a[5], 2);
+    ib_affinity_match(&t, a, 6, m);
+    assert_int_equal(m[2], 5);
+    ib_affinity_fact_removed(&t, a[5], 2);      /* twice: nothing more */
+    ib_affinity_fact_removed(&t, a[0], 3);      /* another replica's: nothing */
+    assert_int_equal(ib_affinity_count(&t, 2), 5);
+    /* other replicas' facts are theirs */
+    ib_affinity_fact_stored(&t, a, 2, 1);
+    ib_affinity_set_precise(&t, 1, 1);
+    assert_int_equal(ib_affinity_forget_facts(&t, 2), 5);
+    ib_affinity_match(&t, a, 6, m);
+    assert_int_equal(m[2], 0);
+    assert_int_equal(m[1], 2);
+    /* back to the model: its entries are believed again */
+    ib_affinity_set_precise(&t, 2, 0);
+    ib_affinity_match(&t, b, 6, m);
+    assert_int_equal(m[2], 3);                  /* the capacity model: b's 6, then a's insert (all held:
+                                                 * the clock moves by 1), leave 3 of b within 4 */
+    ib_affinity_destroy(&t);
+}
+
 static void test_capacity_model(void **state)
 {
     (void)state;
@@ -249,6 +303,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
+        cmocka_unit_test(test_facts_and_precise_mode),
         cmocka_unit_test(test_hits_do_not_age_others),
         cmocka_unit_test(test_match_skips_lost_entries),
         cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
