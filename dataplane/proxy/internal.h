@@ -122,6 +122,7 @@ typedef struct ib_kv_stats {
     _Atomic uint64_t lag_bucket[IB_KV_LAG_BUCKETS + 1];
     _Atomic uint64_t lag_sum_us, lag_count;
     _Atomic uint64_t facts;               /* blocks the table holds for it, as the engine said */
+    _Atomic uint64_t next_seq;            /* the batch expected next: the last applied + 1 */
 } ib_kv_stats_t;
 
 struct ib_kv;

@@ -296,7 +296,8 @@ static void apply(struct ib_kv *kv, sub_t *s, uint64_t seq, const void *payload,
     s->synced = 1;
     s->next_seq = seq + 1;
     inc(&ST(s)->batches, 1);
-    if (s->router == NULL || s->map.keys == NULL || s->reason == IB_KVR_BLOCK_SIZE || unusable(s) != IB_KVR_NONE)
+    atomic_store_explicit(&ST(s)->next_seq, s->next_seq, memory_order_relaxed);
+    if (s->router == NULL || s->map.keys == NULL || unusable(s) != IB_KVR_NONE)
         return; /* nothing to apply to, or its facts cannot be keyed */
     struct apply_ctx a = {kv, s};
     ib_kve_visitor_t v = {on_stored, on_removed, on_cleared, &a};
@@ -742,9 +743,11 @@ int ib_kv_render_metrics(const ib_proxy_t *px, ib_buf_t *b)
         {"ibrain_kv_engine_restarts_total", "Engine restarts seen (its sequence started again).", offsetof(ib_kv_stats_t, restarts)},
         {"ibrain_kv_history_losses_total", "Times the events' history could not be had: facts cleared, routed on the model until rebuilt.", offsetof(ib_kv_stats_t, losses)},
         {"ibrain_kv_facts", "Blocks ibrain believes the replica's engine holds, from its events.", offsetof(ib_kv_stats_t, facts)},
+        {"ibrain_kv_event_next_sequence", "The sequence number of the batch expected next from the engine.", offsetof(ib_kv_stats_t, next_seq)},
     };
     for (size_t c = 0; c < sizeof(counters) / sizeof(counters[0]) && !rc; c++) {
-        int gauge = strcmp(counters[c].name, "ibrain_kv_facts") == 0;
+        int gauge = strcmp(counters[c].name, "ibrain_kv_facts") == 0 ||
+                    strcmp(counters[c].name, "ibrain_kv_event_next_sequence") == 0;
         rc = ib_buf_try_printf(b, "# HELP %s %s\n# TYPE %s %s\n", counters[c].name, counters[c].help, counters[c].name,
                                gauge ? "gauge" : "counter");
         EACH_SLOT {

@@ -195,6 +195,10 @@ typedef struct ib_kvpub_config {
     int int_hashes;             /* VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES, default 1 */
     int have_seed;              /* PYTHONHASHSEED set: NONE_HASH = hash_fn(seed), else random */
     char seed[64];
+    /* fault injection (tests): these batches are not sent live (kept for replay), as a
+     * subscriber past its high-water mark misses them */
+    uint64_t drop_seq[8];
+    uint32_t ndrop;
 } ib_kvpub_config_t;
 
 typedef struct ib_kvpub ib_kvpub_t;

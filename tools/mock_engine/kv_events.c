@@ -516,10 +516,15 @@ void ib_kvpub_flush(ib_kvpub_t *p)
     uint8_t seqbe[8];
     for (int i = 0; i < 8; i++)
         seqbe[i] = (uint8_t)(seq >> (56 - 8 * i));
+    int drop = 0;
+    for (uint32_t i = 0; i < p->cfg.ndrop; i++)
+        drop |= p->cfg.drop_seq[i] == seq;
     /* PUB never blocks: past the HWM a subscriber misses batches, and sees the gap */
-    zmq_send(p->pub, p->cfg.topic, strlen(p->cfg.topic), ZMQ_SNDMORE | ZMQ_DONTWAIT);
-    zmq_send(p->pub, seqbe, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-    zmq_send(p->pub, p->batch.data, p->batch.size, ZMQ_DONTWAIT);
+    if (!drop) {
+        zmq_send(p->pub, p->cfg.topic, strlen(p->cfg.topic), ZMQ_SNDMORE | ZMQ_DONTWAIT);
+        zmq_send(p->pub, seqbe, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+        zmq_send(p->pub, p->batch.data, p->batch.size, ZMQ_DONTWAIT);
+    }
     if (p->router != NULL)
         keep(p, seq, p->batch.data, p->batch.size);
     p->published_batches++;

@@ -35,6 +35,7 @@ static void usage(FILE *f)
             "                             buffer_steps, hwm); needs --tokenizer\n"
             "  --kv-events-encoding E     array (tagged arrays, vLLM 0.11; default) | map (maps with \"type\")\n"
             "  --prefix-caching-hash-algo A  sha256 (default) | sha256_cbor | xxhash | xxhash_cbor\n"
+            "  --kv-events-drop-seq N     tests: do not send batch N live (replay still has it); repeatable, 8 at most\n"
             "environment, as vLLM reads it: PYTHONHASHSEED (seeds NONE_HASH; unset: random),\n"
             "  VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES (1, default: events carry the low 64 bits; 0: the digest)\n");
 }
@@ -69,7 +70,7 @@ int main(int argc, char **argv)
     ib_engine_config_t cfg;
     ib_engine_config_defaults(&cfg);
     enum { O_LISTEN = 1, O_PORTFILE, O_MODEL, O_ID, O_TEMPLATE, O_BPT, O_MAXLEN, O_DEFMAX, O_MAXBODY, O_SEQS,
-           O_BLOCK, O_CBLOCKS, O_TTL, O_OVERHEAD, O_PREFILL, O_ITL, O_ITLSEQ, O_DRAIN, O_TOKENIZER, O_KVCFG, O_KVENC, O_HASHALGO, O_HELP };
+           O_BLOCK, O_CBLOCKS, O_TTL, O_OVERHEAD, O_PREFILL, O_ITL, O_ITLSEQ, O_DRAIN, O_TOKENIZER, O_KVCFG, O_KVENC, O_HASHALGO, O_KVDROP, O_HELP };
     static const struct option opts[] = {
         {"listen", 1, 0, O_LISTEN},       {"port-file", 1, 0, O_PORTFILE},      {"model", 1, 0, O_MODEL},
         {"id", 1, 0, O_ID},               {"template", 1, 0, O_TEMPLATE},        {"bytes-per-token", 1, 0, O_BPT},
@@ -78,7 +79,8 @@ int main(int argc, char **argv)
         {"cache-ttl-ms", 1, 0, O_TTL},    {"overhead-ms", 1, 0, O_OVERHEAD},     {"prefill-us-per-token", 1, 0, O_PREFILL},
         {"itl-ms", 1, 0, O_ITL},          {"itl-us-per-seq", 1, 0, O_ITLSEQ},    {"drain-timeout-ms", 1, 0, O_DRAIN},
         {"tokenizer", 1, 0, O_TOKENIZER}, {"kv-events-config", 1, 0, O_KVCFG}, {"kv-events-encoding", 1, 0, O_KVENC},
-        {"prefix-caching-hash-algo", 1, 0, O_HASHALGO}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"prefix-caching-hash-algo", 1, 0, O_HASHALGO}, {"kv-events-drop-seq", 1, 0, O_KVDROP},
+        {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     char err[512];
     const char *seed = getenv("PYTHONHASHSEED"), *inth = getenv("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES");
     if (seed != NULL) {
@@ -136,6 +138,14 @@ int main(int argc, char **argv)
                                 "xxhash_cbor, not '%s'\n", optarg);
                 rc = -1;
             }
+            break;
+        case O_KVDROP:
+            if (cfg.kv_events.ndrop == 8) {
+                fprintf(stderr, "ib-mock-engine: at most 8 --kv-events-drop-seq\n");
+                rc = -1;
+                break;
+            }
+            rc = parse_u64("--kv-events-drop-seq", optarg, UINT64_MAX - 1, &cfg.kv_events.drop_seq[cfg.kv_events.ndrop++]);
             break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 2;
