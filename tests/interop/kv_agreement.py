@@ -2,7 +2,7 @@
 
 usage:
   kv_agreement.py load IBRAIN_PORT N CONCURRENCY SEED     chat requests with shared prefixes
-  kv_agreement.py agree IBRAIN_PORT MIN NAME=ENGINE_PORT...
+  kv_agreement.py agree IBRAIN_PORT MIN NAME=ENGINE_PORT...   (MIN 0: report only)
         waits until ibrain has applied every batch each engine published (its
         ibrain_kv_event_next_sequence against the engine's published_batches), then compares
         the blocks each engine holds (/debug/kv_blocks) with what ibrain believes it holds
@@ -89,8 +89,9 @@ def agree(port, least, pairs):
         common = len(want & have)
         a = common / len(want) if want else 1.0
         b = common / len(have) if have else 1.0
+        facts = set(r["facts"])
         out[n] = {"engine": len(want), "ibrain": len(have), "common": common, "mode": r["mode"],
-                  "agreement": round(min(a, b), 4)}
+                  "agreement": round(min(a, b), 4), "facts": len(facts), "facts_held": len(facts & want)}
         ok = ok and min(a, b) >= least and r["mode"] == "precise"
     print(json.dumps(out, sort_keys=True))
     if not ok:
