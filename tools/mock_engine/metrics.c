@@ -20,7 +20,8 @@ static const double e2e_bounds[] = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,  
 
 static const char *const route_names[IB_ER__COUNT] = {"/v1/chat/completions", "/v1/completions", "/v1/models",
                                                       "/health", "/metrics", "/version", "/load",
-                                                      "/reset_prefix_cache", "/debug/kv_blocks", "other"};
+                                                      "/reset_prefix_cache", "/debug/kv_blocks", "/tokenize",
+                                                      "other"};
 static const int status_codes[IB_ENGINE_NSTATUS] = {200, 400, 404, 405, 413, 500, 503};
 
 static void hist_init(ib_engine_hist_t *h, const double *bounds, size_t n)
