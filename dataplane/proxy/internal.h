@@ -88,6 +88,24 @@ typedef struct ib_workload_rt {
     uint32_t max_slot;            /* highest slot + 1 */
 } ib_workload_rt_t;
 
+/* ---- threads that read the replicas off the request path (probe.c, engine_load.c) ---- */
+
+/* A replica to read: its slot and identity, copied under the table lock (the sync thread
+ * may give the slot to another replica meanwhile: its epoch tells). */
+typedef struct ib_replica_target {
+    uint32_t slot, epoch;
+    char hostport[64];
+    char name[64];
+} ib_replica_target_t;
+
+/** The slots in use now, into <t> (IB_MAX_REPLICAS entries); returns how many. */
+uint32_t ib_replica_targets(ib_proxy_t *px, ib_replica_target_t *t);
+/** Starts / stops the thread that reads the engines' own load (--engine-metrics-ms). */
+int ib_engine_load_start(ib_proxy_t *px);
+void ib_engine_load_stop(ib_proxy_t *px);
+/** Engine-load figures of slot <r> are fresh (read within three periods). */
+int ib_engine_load_fresh(const ib_proxy_t *px, const ib_replica_t *r, uint64_t now_ns);
+
 /* ---- KV-cache events: the events thread (kvevents.c) ---- */
 
 /* Where a replica's engine publishes its KV-cache events; written by the table's writers
@@ -383,6 +401,10 @@ struct ib_proxy {
     pthread_t probe_thread;
     int probe_running;
     _Atomic int probe_stop;
+    /* the engines' own load (engine_load.c) */
+    pthread_t engine_load_thread;
+    int engine_load_running;
+    _Atomic int engine_load_stop;
     /* KV-cache events (kvevents.c) */
     ib_kv_endpoint_t *kv_ep;          /* IB_MAX_REPLICAS: where each slot's engine publishes */
     ib_kv_stats_t *kv_stats;          /* IB_MAX_REPLICAS: what the events thread reports */

@@ -688,6 +688,7 @@ int ib_kv_start(ib_proxy_t *px)
         free(kv);
         return -1;
     }
+    pthread_setname_np(kv->thread, "ib-kv-events"); /* for top -H and perf/bench-kv-events.sh */
     px->kv = kv;
     return 0;
 }

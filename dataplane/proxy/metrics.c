@@ -86,6 +86,43 @@ static int render_requests(const ib_proxy_t *px, ib_buf_t *b)
 }
 
 /* Per replica: upstream errors, in flight, health, ejections. */
+/* The engines' own load as last read from their /metrics (engine_load.c). */
+static int render_engine_load(const ib_proxy_t *px, ib_buf_t *b, uint32_t nslots, uint64_t now)
+{
+#define REP(r) ((ib_replica_t *)&px->replicas[r])
+#define EACH for (uint32_t r = 0; r < nslots && !rc; r++) if (atomic_load(&REP(r)->in_use))
+    int rc = ib_buf_try_printf(b, "# HELP ibrain_replica_engine_metrics_up 1 while the replica's engine's own load is "
+                                  "read from its /metrics (--engine-metrics-ms); 0: routed on ibrain's counters alone.\n"
+                                  "# TYPE ibrain_replica_engine_metrics_up gauge\n");
+    EACH rc = ib_buf_try_printf(b, "ibrain_replica_engine_metrics_up{replica=\"%s\"} %d\n", REP(r)->name,
+                                ib_engine_load_fresh(px, REP(r), now));
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_replica_engine_requests Requests the engine reports, by state "
+                                    "(running, waiting), as last read.\n# TYPE ibrain_replica_engine_requests gauge\n");
+    EACH {
+        if (!ib_engine_load_fresh(px, REP(r), now))
+            continue;
+        rc = ib_buf_try_printf(b, "ibrain_replica_engine_requests{replica=\"%s\",state=\"running\"} %lld\n"
+                                  "ibrain_replica_engine_requests{replica=\"%s\",state=\"waiting\"} %lld\n",
+                               REP(r)->name, (long long)atomic_load(&REP(r)->engine_running), REP(r)->name,
+                               (long long)atomic_load(&REP(r)->engine_waiting));
+    }
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_replica_engine_kv_cache_usage The engine's KV cache in use (0..1), "
+                                    "as last read.\n# TYPE ibrain_replica_engine_kv_cache_usage gauge\n");
+    EACH {
+        if (ib_engine_load_fresh(px, REP(r), now))
+            rc = ib_buf_try_printf(b, "ibrain_replica_engine_kv_cache_usage{replica=\"%s\"} %.3f\n", REP(r)->name,
+                                   atomic_load(&REP(r)->engine_kv_permille) / 1000.0);
+    }
+    rc = rc || ib_buf_try_printf(b, "# HELP ibrain_replica_engine_metrics_errors_total Reads of the engine's /metrics "
+                                    "that failed or held no load figures.\n"
+                                    "# TYPE ibrain_replica_engine_metrics_errors_total counter\n");
+    EACH rc = ib_buf_try_printf(b, "ibrain_replica_engine_metrics_errors_total{replica=\"%s\"} %llu\n", REP(r)->name,
+                                (unsigned long long)atomic_load(&REP(r)->engine_scrape_errors));
+#undef EACH
+#undef REP
+    return rc;
+}
+
 static int render_replicas(const ib_proxy_t *px, ib_buf_t *b)
 {
     int rc = 0;
@@ -120,6 +157,8 @@ static int render_replicas(const ib_proxy_t *px, ib_buf_t *b)
         rc = !SLOT_SHOWN(r) ? 0 : ib_buf_try_printf(b, "ibrain_replica_ejections_total{replica=\"%s\"} %llu\n", px->replicas[r].name,
                      (unsigned long long)atomic_load_explicit(&((ib_replica_t *)&px->replicas[r])->ejections,
                                                               memory_order_relaxed));
+    if (px->cfg.engine_metrics_ms > 0)
+        rc = rc || render_engine_load(px, b, nslots, now);
     return rc;
 }
 

@@ -15,15 +15,7 @@
 #include <string.h>
 #include <time.h>
 
-/* What one round probes: the slots in use, copied under the table lock (the sync thread
- * may give a slot to another replica meanwhile: its epoch tells). */
-typedef struct target {
-    uint32_t slot, epoch;
-    char hostport[64];
-    char name[64];
-} target_t;
-
-static uint32_t take_targets(ib_proxy_t *px, target_t *t)
+uint32_t ib_replica_targets(ib_proxy_t *px, ib_replica_target_t *t)
 {
     uint32_t n = 0;
     pthread_mutex_lock(&px->rtab_lock);
@@ -41,6 +33,8 @@ static uint32_t take_targets(ib_proxy_t *px, target_t *t)
     pthread_mutex_unlock(&px->rtab_lock);
     return n;
 }
+
+typedef ib_replica_target_t target_t;
 
 static void apply_result(ib_proxy_t *px, ib_replica_t *r, const target_t *t, int alive, int timed_out, int status);
 
@@ -94,7 +88,7 @@ static void *probe_main(void *arg)
     ib_buf_t body = {0};
     while (!atomic_load(&px->stopping) && !atomic_load(&px->probe_stop)) {
         uint64_t next = ib_now_ns() + (uint64_t)px->cfg.probe_ms * 1000000ull;
-        uint32_t n = take_targets(px, targets);
+        uint32_t n = ib_replica_targets(px, targets);
         for (uint32_t i = 0; i < n && !atomic_load(&px->probe_stop); i++)
             probe_one(px, &targets[i], &body);
         while (!atomic_load(&px->probe_stop) && ib_now_ns() < next) {

@@ -36,6 +36,7 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
     cfg->eject_after_failures = 3;
     cfg->eject_ms = 2000;
     cfg->probe_ms = 1000;
+    cfg->engine_metrics_ms = 500;
     cfg->max_conns_per_worker = 16384;
     cfg->policy = "affinity";
     cfg->chat_template = "chatml";
@@ -362,11 +363,14 @@ int ib_proxy_run(ib_proxy_t *px)
     }
     if ((cfg_redis(px) || px->cfg.nkv > 0) && ib_kv_start(px) != 0)
         fprintf(stderr, "ibrain: cannot start the KV events thread; replicas are routed on the model only\n");
+    if (ib_engine_load_start(px) != 0)
+        fprintf(stderr, "ibrain: cannot start the engine-load reader; replicas are balanced on ibrain's counters\n");
     if (ib_probe_start(px) != 0)
         fprintf(stderr, "ibrain: cannot start the health prober; replicas are checked passively only\n");
     int sig = 0;
     sigwait(&mask, &sig);
     ib_probe_stop(px);
+    ib_engine_load_stop(px);
     fprintf(stderr, "ibrain: %s: draining (at most %u ms)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             px->cfg.drain_timeout_ms);
     ib_sync_stop(px->sync); /* no table changes while draining */

@@ -90,6 +90,13 @@ static void replica_view(ib_worker_t *w, const ib_workload_rt_t *wl, int64_t *lo
         load[r] = ib_replica_pending(rep, px->nworkers) + atomic_load_explicit(&rep->remote_pending, memory_order_relaxed);
         inflight[r] = ib_replica_inflight(rep, px->nworkers) +
                       atomic_load_explicit(&rep->remote_inflight, memory_order_relaxed);
+        /* the engine's own count includes traffic no ibrain sent (engine_load.c) */
+        if (ib_engine_load_fresh(px, rep, now)) {
+            int64_t e = atomic_load_explicit(&rep->engine_running, memory_order_relaxed) +
+                        atomic_load_explicit(&rep->engine_waiting, memory_order_relaxed);
+            if (e > inflight[r])
+                inflight[r] = e;
+        }
         usable[r] = (uint8_t)(ib_mask_has(wl->ready, r) && ib_replica_healthy(rep, now));
     }
 }

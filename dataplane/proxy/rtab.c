@@ -199,6 +199,8 @@ static int slot_for(ib_proxy_t *px, const char *name, const char *addr, const ib
         atomic_store(&r->hung, 0);
         atomic_store(&r->probe_failures, 0);
         atomic_store(&r->probe_timeouts, 0);
+        atomic_store(&r->engine_scraped_ns, 0);
+        atomic_store(&r->engine_scrape_errors, 0);
         px->kv_ep[i] = *kv;
         atomic_fetch_add(&r->epoch, 1); /* pooled connections to the previous occupant go */
         atomic_store(&r->in_use, 1);

@@ -66,6 +66,11 @@ typedef struct ib_replica {
     _Atomic int unresponsive;     /* failed eject_after_failures probes in a row: no new request */
     _Atomic int hung;             /* and those got no answer in time: its exchanges are ended */
     _Atomic uint32_t probe_failures, probe_timeouts;
+    /* its engine's own load, from its /metrics (engine_load.c): written by that thread */
+    _Alignas(64) _Atomic int64_t engine_running, engine_waiting;
+    _Atomic uint32_t engine_kv_permille;
+    _Atomic uint64_t engine_scraped_ns;   /* when last read; 0: never, or not readable now */
+    _Atomic uint64_t engine_scrape_errors;
 } ib_replica_t;
 
 typedef struct ib_proxy_config {
@@ -89,6 +94,7 @@ typedef struct ib_proxy_config {
     uint32_t eject_after_failures;  /* consecutive failures before a replica is ejected */
     uint32_t eject_ms;              /* base ejection time; doubles per ejection, max 32x */
     uint32_t probe_ms;              /* GET /health of every replica this often, with this timeout (0: off) */
+    uint32_t engine_metrics_ms;     /* GET /metrics of every replica this often: its engine's own load (0: off) */
     uint32_t max_conns_per_worker;  /* at the cap, the longest-idle keep-alive connection makes room */
     const char *admin_listen;       /* "HOST:PORT" of the admin listener (/health /ready /metrics /v1/models,
                                      * not counted against the cap), or NULL */
