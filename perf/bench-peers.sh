@@ -29,7 +29,9 @@
 #        LIMIT=600 SPEEDUP=10 (trace) USERS=48 TURNS=6 (chat) CACHE_FRACTION=0.5 (the engines'
 #        caches together hold this much of the working set) SECTIONS="quality cost ha aiperf"
 #        COST_RATE=400 COST_REQUESTS=4000 LAT_REQUESTS=2000 COST_ROUTERS="$ROUTERS ibrain-no-poll"
-#        HA_ROUTERS="ibrain-shared ibrain-alone smg smg-mesh vllm-router" OUT=dir to keep reports
+#        HA_ROUTERS="ibrain-shared ibrain-alone smg smg-mesh vllm-router" (with KV_EVENTS=1 also
+#        ibrain-alone-precise: two instances, no Redis, each on the engines' events) HA_WORKLOAD=trace|chat
+#        OUT=dir to keep reports
 #        IBRAIN_BASE=path/to/another/ibrain (router name ibrain-base: an A/B in the same rounds)
 #        SMG_TUNED="--cache-threshold 0.5" (the best TTFT of a sweep on the trace, docs/performance.md)
 #        KV_EVENTS=1: the engines tokenize (Qwen3) and publish KV-cache events as vLLM does
@@ -352,10 +354,11 @@ fi
 # ---- 3. two instances behind an alternating client ----
 if [[ $sections == *" ha "* ]]; then
   n=4
-  ws=$(working_set_blocks trace)
+  ha_wl=${HA_WORKLOAD:-trace}
+  ws=$(working_set_blocks "$ha_wl")
   engine_cache=$(/usr/bin/python3 -c "print(max(64, int($ws * $fraction / $n)))")
   ha=(${HA_ROUTERS:-ibrain-shared ibrain-alone smg smg-mesh vllm-router})
-  echo "# ha: trace, 2 instances of each router, requests alternating; $n engines of $engine_cache blocks" >&2
+  echo "# ha: $ha_wl, 2 instances of each router, requests alternating; $n engines of $engine_cache blocks" >&2
   for ((r = 0; r < rounds; r++)); do
     for ((k = 0; k < ${#ha[@]}; k++)); do
       name=${ha[$(((k + r) % ${#ha[@]}))]}
@@ -374,6 +377,8 @@ if [[ $sections == *" ha "* ]]; then
           for i in 1 2; do start_router ibrain "$i" --redis "127.0.0.1:$redis_port" --instance-id "ib-$i"; ports+=("$rport"); done
           ;;
         ibrain-alone) for i in 1 2; do start_router ibrain "$i"; ports+=("$rport"); done ;;
+        ibrain-alone-precise) # no Redis: each learns the other's traffic from the engines' events
+          for i in 1 2; do start_router ibrain-precise "$i"; ports+=("$rport"); done ;;
         smg | vllm-router) for i in 1 2; do start_router "$name" "$i"; ports+=("$rport"); done ;;
         smg-mesh) # SMG's opt-in HA mesh (gossip between the routers)
           m1=$(ib_free_port) m2=$(ib_free_port)
@@ -385,7 +390,7 @@ if [[ $sections == *" ha "* ]]; then
           ports+=("$rport")
           ;;
       esac
-      run_load trace "$tmp/ha.json" "${ports[@]}"
+      run_load "$ha_wl" "$tmp/ha.json" "${ports[@]}"
       record "$tmp/ha.jsonl" router="\"$name\"" round="$r" load="$(cat "$tmp/ha.json" 2>/dev/null || echo null)" \
         counts="[$(engine_counts | sed 's/ $//; s/ /,/g')]"
       stop_all

@@ -51,42 +51,13 @@ static void read_one(ib_proxy_t *px, const ib_replica_target_t *t, ib_buf_t *bod
     pthread_mutex_unlock(&px->rtab_lock);
 }
 
-static void *engine_load_main(void *arg)
-{
-    ib_proxy_t *px = arg;
-    ib_replica_target_t targets[IB_MAX_REPLICAS];
-    ib_buf_t body = {0};
-    while (!atomic_load(&px->stopping) && !atomic_load(&px->engine_load_stop)) {
-        uint64_t next = ib_now_ns() + (uint64_t)px->cfg.engine_metrics_ms * 1000000ull;
-        uint32_t n = ib_replica_targets(px, targets);
-        for (uint32_t i = 0; i < n && !atomic_load(&px->engine_load_stop); i++)
-            read_one(px, &targets[i], &body);
-        while (!atomic_load(&px->engine_load_stop) && ib_now_ns() < next) {
-            struct timespec ts = {0, 10 * 1000000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    ib_buf_free(&body);
-    return NULL;
-}
-
 int ib_engine_load_start(ib_proxy_t *px)
 {
     if (px->cfg.engine_metrics_ms == 0)
         return 0;
-    atomic_store(&px->engine_load_stop, 0);
-    if (pthread_create(&px->engine_load_thread, NULL, engine_load_main, px) != 0)
-        return -1;
-    pthread_setname_np(px->engine_load_thread, "ib-engine-load");
-    px->engine_load_running = 1;
-    return 0;
+    px->engine_load = (ib_replica_reader_t){
+        .name = "ib-engine-load", .period_ms = px->cfg.engine_metrics_ms, .read_one = read_one, .px = px};
+    return ib_replica_reader_start(&px->engine_load);
 }
 
-void ib_engine_load_stop(ib_proxy_t *px)
-{
-    if (!px->engine_load_running)
-        return;
-    atomic_store(&px->engine_load_stop, 1);
-    pthread_join(px->engine_load_thread, NULL);
-    px->engine_load_running = 0;
-}
+void ib_engine_load_stop(ib_proxy_t *px) { ib_replica_reader_stop(&px->engine_load); }

@@ -100,6 +100,21 @@ typedef struct ib_replica_target {
 
 /** The slots in use now, into <t> (IB_MAX_REPLICAS entries); returns how many. */
 uint32_t ib_replica_targets(ib_proxy_t *px, ib_replica_target_t *t);
+
+/* A thread that reads every replica once per period (probe.c runs it). */
+typedef struct ib_replica_reader {
+    const char *name;             /* the thread's name */
+    uint32_t period_ms;
+    void (*read_one)(ib_proxy_t *px, const ib_replica_target_t *t, ib_buf_t *body);
+    ib_proxy_t *px;
+    pthread_t thread;
+    int running;
+    _Atomic int stop;
+} ib_replica_reader_t;
+
+/** Starts <r> (its name, period, read_one and px set). 0, or -1. */
+int ib_replica_reader_start(ib_replica_reader_t *r);
+void ib_replica_reader_stop(ib_replica_reader_t *r);
 /** Starts / stops the thread that reads the engines' own load (--engine-metrics-ms). */
 int ib_engine_load_start(ib_proxy_t *px);
 void ib_engine_load_stop(ib_proxy_t *px);
@@ -398,13 +413,9 @@ struct ib_proxy {
     _Atomic uint64_t wb_sent, wb_applied, wb_batches_in, wb_dropped;
     _Atomic int stopping;
     /* active health (probe.c) */
-    pthread_t probe_thread;
-    int probe_running;
-    _Atomic int probe_stop;
+    ib_replica_reader_t prober;
     /* the engines' own load (engine_load.c) */
-    pthread_t engine_load_thread;
-    int engine_load_running;
-    _Atomic int engine_load_stop;
+    ib_replica_reader_t engine_load;
     /* KV-cache events (kvevents.c) */
     ib_kv_endpoint_t *kv_ep;          /* IB_MAX_REPLICAS: where each slot's engine publishes */
     ib_kv_stats_t *kv_stats;          /* IB_MAX_REPLICAS: what the events thread reports */

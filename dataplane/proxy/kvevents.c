@@ -123,6 +123,16 @@ int ib_kv_parse_spec(const char *spec, char *name, size_t namelen, ib_kv_endpoin
     return strstr(ep->events, "://") != NULL && (ep->replay[0] == '\0' || strstr(ep->replay, "://") != NULL) ? 0 : -1;
 }
 
+/* Sequence numbers on the wire: 8 bytes, big-endian. */
+static uint64_t seq_of(const zmq_msg_t *m)
+{
+    const uint8_t *b = zmq_msg_data((zmq_msg_t *)m);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
 /* ---- stats ---- */
 
 #define ST(s) (&kv->px->kv_stats[(s)->slot])
@@ -157,10 +167,13 @@ static uint32_t unusable(const sub_t *s)
     return IB_KVR_NONE;
 }
 
-/* A known-empty baseline (engine start, restart, AllBlocksCleared). */
+/* A known-empty baseline (engine start, restart, AllBlocksCleared): no fact, and nothing
+ * the model learnt from routing either. */
 static void baseline(struct ib_kv *kv, sub_t *s)
 {
     forget(kv, s);
+    if (s->router != NULL)
+        ib_affinity_forget_model(&s->router->table, s->slot);
     s->rebuild_left = 0;
     uint32_t why = unusable(s);
     if (why == IB_KVR_NONE && s->reason == IB_KVR_BLOCK_SIZE)
@@ -454,10 +467,7 @@ static void on_replay(struct ib_kv *kv, sub_t *s, zmq_msg_t *f, int nf)
             inc(&ST(s)->dropped[IB_KVD_FRAMES], 1);
         return;
     }
-    const uint8_t *b = zmq_msg_data(&f[1]);
-    uint64_t seq = 0;
-    for (int i = 0; i < 8; i++)
-        seq = seq << 8 | b[i];
+    uint64_t seq = seq_of(&f[1]);
     if (seq == UINT64_MAX) { /* the end marker, -1 */
         end_replay(kv, s, 1);
         return;
@@ -587,11 +597,7 @@ static void on_live(struct ib_kv *kv, sub_t *s, zmq_msg_t *f, int nf)
         inc(&ST(s)->dropped[IB_KVD_TOPIC], 1);
         return;
     }
-    const uint8_t *b = zmq_msg_data(&f[1]);
-    uint64_t seq = 0;
-    for (int i = 0; i < 8; i++)
-        seq = seq << 8 | b[i];
-    on_batch(kv, s, seq, &f[2], 0);
+    on_batch(kv, s, seq_of(&f[1]), &f[2], 0);
 }
 
 /* Takes rtab_lock and brings the subscriptions up to the table in force: a table published

@@ -81,18 +81,19 @@ static void apply_result(ib_proxy_t *px, ib_replica_t *r, const target_t *t, int
                 hangs);
 }
 
-static void *probe_main(void *arg)
+static void *reader_main(void *arg)
 {
-    ib_proxy_t *px = arg;
-    target_t targets[IB_MAX_REPLICAS];
+    ib_replica_reader_t *rd = arg;
+    ib_proxy_t *px = rd->px;
+    ib_replica_target_t targets[IB_MAX_REPLICAS];
     ib_buf_t body = {0};
-    while (!atomic_load(&px->stopping) && !atomic_load(&px->probe_stop)) {
-        uint64_t next = ib_now_ns() + (uint64_t)px->cfg.probe_ms * 1000000ull;
+    while (!atomic_load(&px->stopping) && !atomic_load(&rd->stop)) {
+        uint64_t next = ib_now_ns() + (uint64_t)rd->period_ms * 1000000ull;
         uint32_t n = ib_replica_targets(px, targets);
-        for (uint32_t i = 0; i < n && !atomic_load(&px->probe_stop); i++)
-            probe_one(px, &targets[i], &body);
-        while (!atomic_load(&px->probe_stop) && ib_now_ns() < next) {
-            struct timespec ts = {0, 20 * 1000000};
+        for (uint32_t i = 0; i < n && !atomic_load(&rd->stop); i++)
+            rd->read_one(px, &targets[i], &body);
+        while (!atomic_load(&rd->stop) && ib_now_ns() < next) {
+            struct timespec ts = {0, 10 * 1000000};
             nanosleep(&ts, NULL);
         }
     }
@@ -100,22 +101,31 @@ static void *probe_main(void *arg)
     return NULL;
 }
 
+int ib_replica_reader_start(ib_replica_reader_t *r)
+{
+    atomic_store(&r->stop, 0);
+    if (pthread_create(&r->thread, NULL, reader_main, r) != 0)
+        return -1;
+    pthread_setname_np(r->thread, r->name);
+    r->running = 1;
+    return 0;
+}
+
+void ib_replica_reader_stop(ib_replica_reader_t *r)
+{
+    if (!r->running)
+        return;
+    atomic_store(&r->stop, 1);
+    pthread_join(r->thread, NULL);
+    r->running = 0;
+}
+
 int ib_probe_start(ib_proxy_t *px)
 {
     if (px->cfg.probe_ms == 0)
         return 0;
-    atomic_store(&px->probe_stop, 0);
-    if (pthread_create(&px->probe_thread, NULL, probe_main, px) != 0)
-        return -1;
-    px->probe_running = 1;
-    return 0;
+    px->prober = (ib_replica_reader_t){.name = "ib-probe", .period_ms = px->cfg.probe_ms, .read_one = probe_one, .px = px};
+    return ib_replica_reader_start(&px->prober);
 }
 
-void ib_probe_stop(ib_proxy_t *px)
-{
-    if (!px->probe_running)
-        return;
-    atomic_store(&px->probe_stop, 1);
-    pthread_join(px->probe_thread, NULL);
-    px->probe_running = 0;
-}
+void ib_probe_stop(ib_proxy_t *px) { ib_replica_reader_stop(&px->prober); }

@@ -84,8 +84,7 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
      * believes its model's entries. */
     if (stamp == IB_AFF_FACT)
         return (int64_t)1 << 40;
-    if (atomic_load_explicit((_Atomic uint32_t *)&r->precise, memory_order_relaxed))
-        return -1;
+    int precise = atomic_load_explicit((_Atomic uint32_t *)&r->precise, memory_order_relaxed) != 0;
     uint32_t now = atomic_load_explicit((_Atomic uint32_t *)&r->counter, memory_order_relaxed);
     uint32_t floor = atomic_load_explicit((_Atomic uint32_t *)&r->ttl_floor, memory_order_relaxed);
     /* Unsigned differences: counters wrap. */
@@ -96,6 +95,9 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
     assert(r->capacity_blocks < (1u << 31));
     if (age >= (1u << 31))
         return r->capacity_blocks; /* stamped by a concurrent insert ahead of our read */
+    if (precise) /* only what was routed just now, whose BlockStored may still be on its way */
+        return age < r->capacity_blocks / IB_AFF_PENDING_DIV ? (int64_t)(r->capacity_blocks / IB_AFF_PENDING_DIV - age)
+                                                            : -1;
     return (int64_t)r->capacity_blocks - (int64_t)age; /* never more than the capacity */
 }
 
@@ -216,6 +218,13 @@ uint64_t ib_affinity_forget_facts(ib_affinity_t *t, uint32_t replica)
                                                          memory_order_relaxed);
     }
     return n;
+}
+
+void ib_affinity_forget_model(ib_affinity_t *t, uint32_t replica)
+{
+    if (replica < t->nreplicas) /* every entry's age passes the capacity at once */
+        atomic_fetch_add_explicit(&t->replicas[replica].counter, t->replicas[replica].capacity_blocks,
+                                  memory_order_relaxed);
 }
 
 void ib_affinity_set_precise(ib_affinity_t *t, uint32_t replica, int precise)

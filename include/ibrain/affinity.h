@@ -46,6 +46,7 @@ extern "C" {
 #define IB_AFF_CHECKPOINTS 64
 #define IB_AFF_GAP 8 /* blocks a match may skip: entries lost to full sets */
 #define IB_AFF_FACT 0u /* the stamp of a fact: an entry its engine's events put there */
+#define IB_AFF_PENDING_DIV 8u /* a precise replica believes routing entries younger than capacity / this */
 IB_STATIC_ASSERT(IB_AFF_MAX_REPLICAS <= 256, "a slot word holds the replica in 8 bits");
 
 typedef struct ib_aff_replica {
@@ -94,10 +95,13 @@ uint64_t ib_affinity_count(const ib_affinity_t *t, uint32_t replica);
  * Facts: what a replica's engine says it holds (its KV-cache events), written by one
  * events thread. A fact is an entry with stamp IB_AFF_FACT, believed until the engine says
  * the block left (no capacity or TTL model), and never overwritten by a routing insert. A
- * precise replica believes its facts only; any other believes its facts (none, or those
- * learnt since its events' history was lost) and its model's entries. Inserts from routing
- * go on either way (ib_affinity_insert), so the model is warm when a replica falls back to
- * it, and the request path checks nothing new.
+ * precise replica believes its facts, and of its model's entries only the pending ones:
+ * routed within the last capacity / IB_AFF_PENDING_DIV blocks, whose BlockStored may not
+ * have arrived yet (a conversation's next turn, or a second prompt with the same system
+ * prompt, then follows the first instead of starting a copy elsewhere). Any other replica
+ * believes its facts (none, or those learnt since its events' history was lost) and its
+ * model's entries. Inserts from routing go on either way (ib_affinity_insert), so the model
+ * is warm when a replica falls back to it, and the request path checks nothing new.
  */
 
 /** <replica>'s engine now holds the blocks keyed h[0..n). Lock-free. */
@@ -106,6 +110,9 @@ void ib_affinity_fact_stored(ib_affinity_t *t, const uint64_t *h, size_t n, uint
 void ib_affinity_fact_removed(ib_affinity_t *t, uint64_t h, uint32_t replica);
 /** Drops every fact about <replica> (a scan); returns how many. */
 uint64_t ib_affinity_forget_facts(ib_affinity_t *t, uint32_t replica);
+/** Ages every model entry of <replica> past belief (its engine restarted: nothing it was
+ * sent is cached any more). */
+void ib_affinity_forget_model(ib_affinity_t *t, uint32_t replica);
 /** Routes <replica> on its facts (1) or on the model (0). */
 void ib_affinity_set_precise(ib_affinity_t *t, uint32_t replica, int precise);
 int ib_affinity_is_precise(const ib_affinity_t *t, uint32_t replica);

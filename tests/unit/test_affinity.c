@@ -106,6 +106,36 @@ static void test_facts_and_precise_mode(void **state)
     ib_affinity_destroy(&t);
 }
 
+/* A precise replica also believes what was routed to it just now (its BlockStored may be
+ * on its way), and nothing older; forget_model (an engine restart) takes even that away. */
+static void test_precise_pending_window(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 10, 2, 64, 0), 0); /* window: 64 / 8 = 8 blocks */
+    uint64_t a[4], b[12];
+    chain(21, a, 4);
+    chain(22, b, 12);
+    uint32_t m[2];
+    ib_affinity_set_precise(&t, 1, 1);
+    ib_affinity_insert(&t, a, 4, 1);
+    ib_affinity_match(&t, a, 4, m);
+    assert_int_equal(m[1], 4);      /* pending: believed */
+    ib_affinity_insert(&t, b, 12, 1); /* 12 newer blocks: a's entries are out of the window */
+    ib_affinity_match(&t, a, 4, m);
+    assert_int_equal(m[1], 0);
+    ib_affinity_match(&t, b, 12, m);
+    assert_true(m[1] >= 7 && m[1] <= 8); /* b's head, the newest 8 (its tail is older) */
+    ib_affinity_forget_model(&t, 1);
+    ib_affinity_match(&t, b, 12, m);
+    assert_int_equal(m[1], 0);
+    ib_affinity_fact_stored(&t, a, 2, 1); /* facts stay */
+    ib_affinity_forget_model(&t, 1);
+    ib_affinity_match(&t, a, 4, m);
+    assert_int_equal(m[1], 2);
+    ib_affinity_destroy(&t);
+}
+
 static void test_capacity_model(void **state)
 {
     (void)state;
@@ -303,7 +333,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
-        cmocka_unit_test(test_facts_and_precise_mode),
+        cmocka_unit_test(test_facts_and_precise_mode), cmocka_unit_test(test_precise_pending_window),
         cmocka_unit_test(test_hits_do_not_age_others),
         cmocka_unit_test(test_match_skips_lost_entries),
         cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
