@@ -490,7 +490,8 @@ if c:
 
 h = rows("ha")
 if h:
-    table("two instances, requests alternating (trace, 4 engines; medians of %d rounds)" % len({r["round"] for r in h}),
+    table("two instances, requests alternating (%s, 4 engines; medians of %d rounds)" % (
+          os.environ.get("HA_WORKLOAD", "trace"), len({r["round"] for r in h})),
           ["routers", "hit rate %", "TTFT p50 ms", "TTFT p99 ms", "max/mean", "failed"])
     by = {}
     for r in h:
