@@ -309,9 +309,10 @@ static void apply(struct ib_kv *kv, sub_t *s, uint64_t seq, const void *payload,
     s->synced = 1;
     s->next_seq = seq + 1;
     inc(&ST(s)->batches, 1);
-    atomic_store_explicit(&ST(s)->next_seq, s->next_seq, memory_order_relaxed);
-    if (s->router == NULL || s->map.keys == NULL || unusable(s) != IB_KVR_NONE)
+    if (s->router == NULL || s->map.keys == NULL || unusable(s) != IB_KVR_NONE) {
+        atomic_store_explicit(&ST(s)->next_seq, s->next_seq, memory_order_release);
         return; /* nothing to apply to, or its facts cannot be keyed */
+    }
     struct apply_ctx a = {kv, s};
     ib_kve_visitor_t v = {on_stored, on_removed, on_cleared, &a};
     ib_kve_batch_t b;
@@ -319,6 +320,7 @@ static void apply(struct ib_kv *kv, sub_t *s, uint64_t seq, const void *payload,
     (void)px;
     if (ib_kve_decode(&kv->dec, payload, len, &v, &b, &err) != 0) {
         inc(&ST(s)->decode_errors[err], 1);
+        atomic_store_explicit(&ST(s)->next_seq, s->next_seq, memory_order_release);
         return;
     }
     for (int e = 0; e < IB_KVE__COUNT; e++)
@@ -335,6 +337,8 @@ static void apply(struct ib_kv *kv, sub_t *s, uint64_t seq, const void *payload,
     inc(&ST(s)->lag_bucket[k], 1);
     inc(&ST(s)->lag_sum_us, (uint64_t)(lag * 1e6));
     inc(&ST(s)->lag_count, 1);
+    /* last: a reader that sees this sequence sees the batch's facts (tests wait on it) */
+    atomic_store_explicit(&ST(s)->next_seq, s->next_seq, memory_order_release);
 }
 
 /* ---- the sequence state machine ---- */
@@ -378,9 +382,9 @@ static void on_batch(struct ib_kv *kv, sub_t *s, uint64_t seq, zmq_msg_t *payloa
             apply(kv, s, seq, p, len);
         }
     } else if (!held) { /* earlier than expected, live: the engine restarted */
-        inc(&ST(s)->restarts, 1);
         s->synced = 0;
-        on_batch(kv, s, seq, payload, 0);
+        on_batch(kv, s, seq, payload, 0); /* its facts are cleared in there */
+        inc(&ST(s)->restarts, 1);         /* counted after: whoever sees it sees them gone */
     } /* earlier than expected, held: a replay already applied it */
 }
 
