@@ -57,6 +57,9 @@ typedef struct sub {
     uint32_t epoch;                   /* the slot's replica when subscribed */
     ib_kv_endpoint_t ep;
     void *sock, *dealer;
+    void *monitor;                    /* PAIR: the SUB's connection events (zmq_socket_monitor) */
+    int disconnected;                 /* the connection to the engine dropped since it was made */
+    uint64_t seq_before;              /* next_seq when a reconnection made us start over; 0 none */
     ib_kvmap_t map;
     /* the workload it routes in, as of the last table read */
     ib_router_t *router;
@@ -67,11 +70,13 @@ typedef struct sub {
     uint64_t next_seq;
     int replaying;
     uint64_t replay_deadline_ns;
+    uint64_t replay_backoff_ns;       /* no replay before this (the last one failed) */
     held_t *held;
     uint32_t nheld;
     /* after a loss: blocks to see stored before the facts are trusted again */
     uint64_t rebuild_left;
     int precise;                      /* what the table was last told */
+    int block_mismatch;               /* its engine's blocks are not the workload's: until the workload changes */
     uint32_t reason;
     ib_buf_t keys;                    /* scratch: one event's keys */
 } sub_t;
@@ -140,6 +145,8 @@ static void inc(_Atomic uint64_t *c, uint64_t n) { atomic_fetch_add_explicit(c, 
 
 static void set_mode(struct ib_kv *kv, sub_t *s, int precise, uint32_t reason)
 {
+    if (s->block_mismatch && reason != IB_KVR_POLICY && reason != IB_KVR_NO_TOKENIZER)
+        precise = 0, reason = IB_KVR_BLOCK_SIZE; /* a configuration fault outranks the rest */
     s->precise = precise;
     s->reason = precise ? IB_KVR_NONE : reason;
     if (s->router != NULL)
@@ -176,9 +183,7 @@ static void baseline(struct ib_kv *kv, sub_t *s)
         ib_affinity_forget_model(&s->router->table, s->slot);
     s->rebuild_left = 0;
     uint32_t why = unusable(s);
-    if (why == IB_KVR_NONE && s->reason == IB_KVR_BLOCK_SIZE)
-        why = IB_KVR_BLOCK_SIZE; /* a block size mismatch stays until the workload changes */
-    set_mode(kv, s, why == IB_KVR_NONE, why);
+    set_mode(kv, s, why == IB_KVR_NONE, why); /* a block size mismatch stays (set_mode) */
 }
 
 /* History we cannot have: route on the model until the engine's cache has turned over. */
@@ -203,13 +208,14 @@ static void on_stored(void *arg, const ib_kve_stored_t *ev)
     struct ib_kv *kv = a->kv;
     sub_t *s = a->s;
     if (ev->block_size != s->block) {
-        inc(&ST(s)->dropped[IB_KVD_BLOCK_SIZE], 1);
-        if (s->reason != IB_KVR_BLOCK_SIZE) {
+        if (!s->block_mismatch) {
+            s->block_mismatch = 1;
             fprintf(stderr, "ibrain: replica %s: its engine's KV blocks are %u tokens, the workload's %u: routed on the "
                             "model, not its events\n", kv->px->replicas[s->slot].name, ev->block_size, s->block);
             forget(kv, s);
             set_mode(kv, s, 0, IB_KVR_BLOCK_SIZE);
         }
+        inc(&ST(s)->dropped[IB_KVD_BLOCK_SIZE], 1); /* after the mode: a reader that sees it sees that */
         return;
     }
     uint64_t prev = 0;
@@ -297,8 +303,7 @@ static void refresh_route(struct ib_kv *kv, sub_t *s)
         if (ib_kvmap_init(&s->map, s->capacity < (1u << 26) ? s->capacity * 2 : (1u << 27)) != 0)
             s->router = NULL; /* out of memory: nothing to apply to, routed on the model */
         s->synced = 0;
-        if (s->reason == IB_KVR_BLOCK_SIZE)
-            s->reason = IB_KVR_NONE;
+        s->block_mismatch = 0;
         set_mode(kv, s, 0, unusable(s) != IB_KVR_NONE ? unusable(s) : IB_KVR_CONNECTING);
     }
 }
@@ -345,15 +350,20 @@ static void apply(struct ib_kv *kv, sub_t *s, uint64_t seq, const void *payload,
 
 static void hold(struct ib_kv *kv, sub_t *s, uint64_t seq, zmq_msg_t *payload);
 static void start_replay(struct ib_kv *kv, sub_t *s, uint64_t from);
+static void note_restart(struct ib_kv *kv, sub_t *s, uint64_t first_seq);
 static void drain_held(struct ib_kv *kv, sub_t *s);
 static void end_replay(struct ib_kv *kv, sub_t *s, int ok);
 
-/* A batch from the live stream (<held> 0) or from those held during a replay (1). */
+/* Whether a replay may be asked now: there is a socket, and the last one did not just fail. */
+static int may_replay(const sub_t *s) { return s->ep.replay[0] != '\0' && ib_now_ns() >= s->replay_backoff_ns; }
+
+/* A batch from the live stream (<held> 0) or from those held during a replay (1): a held
+ * one older than expected was replayed already, a live one means the engine restarted. */
 static void on_batch(struct ib_kv *kv, sub_t *s, uint64_t seq, zmq_msg_t *payload, int held)
 {
     const void *p = zmq_msg_data(payload);
     size_t len = zmq_msg_size(payload);
-    if (s->replaying && !held) {
+    if (s->replaying) { /* a replay runs (perhaps started by a held batch before this one) */
         hold(kv, s, seq, payload);
         return;
     }
@@ -361,12 +371,14 @@ static void on_batch(struct ib_kv *kv, sub_t *s, uint64_t seq, zmq_msg_t *payloa
         if (seq == 0) {
             baseline(kv, s); /* the engine's first batch: nothing came before */
             apply(kv, s, seq, p, len);
-        } else if (s->ep.replay[0] != '\0' && !held) {
+            note_restart(kv, s, seq);
+        } else if (may_replay(s)) {
             hold(kv, s, seq, payload);
             start_replay(kv, s, 0);
         } else {
             lost(kv, s); /* joined late, and no replay to learn what came before */
             apply(kv, s, seq, p, len);
+            note_restart(kv, s, seq);
         }
         return;
     }
@@ -374,7 +386,7 @@ static void on_batch(struct ib_kv *kv, sub_t *s, uint64_t seq, zmq_msg_t *payloa
         apply(kv, s, seq, p, len);
     } else if (seq > s->next_seq) {
         inc(&ST(s)->gaps, 1);
-        if (s->ep.replay[0] != '\0' && !held) {
+        if (may_replay(s)) {
             hold(kv, s, seq, payload);
             start_replay(kv, s, s->next_seq);
         } else {
@@ -382,9 +394,10 @@ static void on_batch(struct ib_kv *kv, sub_t *s, uint64_t seq, zmq_msg_t *payloa
             apply(kv, s, seq, p, len);
         }
     } else if (!held) { /* earlier than expected, live: the engine restarted */
+        s->seq_before = s->next_seq;
         s->synced = 0;
         on_batch(kv, s, seq, payload, 0); /* its facts are cleared in there */
-        inc(&ST(s)->restarts, 1);         /* counted after: whoever sees it sees them gone */
+        note_restart(kv, s, seq);         /* counted after: whoever sees it sees them gone */
     } /* earlier than expected, held: a replay already applied it */
 }
 
@@ -405,13 +418,19 @@ static void hold(struct ib_kv *kv, sub_t *s, uint64_t seq, zmq_msg_t *payload)
     zmq_msg_move(&h->payload, payload);
 }
 
+/* Applies the held batches in order. One of them may start another replay (a gap among
+ * them): the rest are then held again, in a fresh list. */
 static void drain_held(struct ib_kv *kv, sub_t *s)
 {
-    for (uint32_t i = 0; i < s->nheld; i++) {
-        on_batch(kv, s, s->held[i].seq, &s->held[i].payload, 1);
-        zmq_msg_close(&s->held[i].payload);
-    }
+    held_t *h = s->held;
+    uint32_t n = s->nheld;
+    s->held = NULL;
     s->nheld = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        on_batch(kv, s, h[i].seq, &h[i].payload, 1);
+        zmq_msg_close(&h[i].payload);
+    }
+    free(h);
 }
 
 static void close_dealer(sub_t *s)
@@ -451,8 +470,12 @@ static void start_replay(struct ib_kv *kv, sub_t *s, uint64_t from)
 static void end_replay(struct ib_kv *kv, sub_t *s, int ok)
 {
     s->replaying = 0;
+    if (!ok) /* no new replay for a while: the gaps meanwhile are losses, not a replay storm */
+        s->replay_backoff_ns = ib_now_ns() + (uint64_t)REPLAY_TIMEOUT_MS * 1000000ull;
     if (ok && s->reason == IB_KVR_CONNECTING && unusable(s) == IB_KVR_NONE)
         set_mode(kv, s, 1, IB_KVR_NONE); /* the engine's whole history, from its first batch */
+    if (ok && s->seq_before > 0)
+        note_restart(kv, s, s->next_seq); /* what it holds now ends before where we stood */
     if (!ok) {
         inc(&ST(s)->replay_failures, 1);
         close_dealer(s); /* late answers go with it */
@@ -484,6 +507,42 @@ static void on_replay(struct ib_kv *kv, sub_t *s, zmq_msg_t *f, int nf)
     apply(kv, s, seq, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
 }
 
+/* The connection to the engine came back after it dropped: the engine may have restarted,
+ * and its sequence may already be past where ours stood, so it cannot tell. Start over
+ * from its whole history (a replay from 0) or, without a replay socket, from its next
+ * batch as a lost history; a restart is counted once the new history is seen to be
+ * shorter than the old one. */
+static void on_reconnected(struct ib_kv *kv, sub_t *s)
+{
+    s->seq_before = s->synced ? s->next_seq : s->seq_before;
+    s->synced = 0;
+    if (may_replay(s) && !s->replaying && unusable(s) == IB_KVR_NONE)
+        start_replay(kv, s, 0);
+}
+
+/* A restarted engine's history is shorter than what we had of it. */
+static void note_restart(struct ib_kv *kv, sub_t *s, uint64_t first_seq)
+{
+    if (s->seq_before > 0 && first_seq < s->seq_before)
+        inc(&ST(s)->restarts, 1);
+    s->seq_before = 0;
+}
+
+/* One event of the SUB's monitor: [event id (2 bytes) + value (4), endpoint]. */
+static void on_monitor(struct ib_kv *kv, sub_t *s, zmq_msg_t *f, int nf)
+{
+    if (nf < 1 || zmq_msg_size(&f[0]) < 2)
+        return;
+    uint16_t ev;
+    memcpy(&ev, zmq_msg_data(&f[0]), 2);
+    if (ev == ZMQ_EVENT_DISCONNECTED) {
+        s->disconnected = 1;
+    } else if (ev == ZMQ_EVENT_CONNECTED && s->disconnected) {
+        s->disconnected = 0;
+        on_reconnected(kv, s);
+    }
+}
+
 /* ---- subscriptions ---- */
 
 static void unsubscribe(struct ib_kv *kv, sub_t *s)
@@ -497,8 +556,12 @@ static void unsubscribe(struct ib_kv *kv, sub_t *s)
         zmq_msg_close(&s->held[i].payload);
     free(s->held);
     close_dealer(s);
-    if (s->sock != NULL)
+    if (s->sock != NULL) {
+        zmq_socket_monitor(s->sock, NULL, 0);
         zmq_close(s->sock);
+    }
+    if (s->monitor != NULL)
+        zmq_close(s->monitor);
     ib_kvmap_free(&s->map);
     ib_buf_free(&s->keys);
     atomic_store_explicit(&ST(s)->mode, IB_KV_OFF, memory_order_relaxed);
@@ -527,6 +590,18 @@ static int subscribe(struct ib_kv *kv, sub_t *s, uint32_t slot)
             zmq_close(s->sock);
         memset(s, 0, sizeof(*s));
         return -1;
+    }
+    /* connection events: an engine that comes back may be a new one (on_reconnected) */
+    char mon[64];
+    snprintf(mon, sizeof(mon), "inproc://ib-kv-monitor-%u-%u", slot, s->epoch);
+    if (zmq_socket_monitor(s->sock, mon, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) == 0 &&
+        (s->monitor = zmq_socket(kv->zctx, ZMQ_PAIR)) != NULL) {
+        int zero2 = 0;
+        zmq_setsockopt(s->monitor, ZMQ_LINGER, &zero2, sizeof(zero2));
+        if (zmq_connect(s->monitor, mon) != 0) {
+            zmq_close(s->monitor);
+            s->monitor = NULL;
+        }
     }
     s->active = 1;
     refresh_route(kv, s);
@@ -622,8 +697,8 @@ static void *kv_main(void *arg)
 {
     struct ib_kv *kv = arg;
     ib_proxy_t *px = kv->px;
-    zmq_pollitem_t items[2 * IB_MAX_REPLICAS];
-    sub_t *owner[2 * IB_MAX_REPLICAS];
+    zmq_pollitem_t items[3 * IB_MAX_REPLICAS];
+    sub_t *owner[3 * IB_MAX_REPLICAS];
     while (!atomic_load_explicit(&kv->stop, memory_order_relaxed)) {
         uint64_t now = ib_now_ns();
         lock_current(kv, now - kv->last_reconcile_ns > (uint64_t)RECONCILE_MS * 1000000ull);
@@ -647,6 +722,10 @@ static void *kv_main(void *arg)
                 items[n] = (zmq_pollitem_t){s->dealer, 0, ZMQ_POLLIN, 0};
                 owner[n++] = s;
             }
+            if (s->monitor != NULL) {
+                items[n] = (zmq_pollitem_t){s->monitor, 0, ZMQ_POLLIN, 0};
+                owner[n++] = s;
+            }
         }
         if (zmq_poll(items, n, 100) <= 0)
             continue;
@@ -654,10 +733,11 @@ static void *kv_main(void *arg)
             if (!(items[i].revents & ZMQ_POLLIN))
                 continue;
             sub_t *s = owner[i];
-            for (int k = 0; k < MAX_PER_TURN; k++) {
+            for (int k = 0; k < MAX_PER_TURN && !atomic_load_explicit(&kv->stop, memory_order_relaxed); k++) {
                 lock_current(kv, 0);
                 /* gone since the poll: unsubscribed, or a replay that ended closed it */
-                if (!s->active || (items[i].socket != s->sock && items[i].socket != s->dealer)) {
+                if (!s->active ||
+                    (items[i].socket != s->sock && items[i].socket != s->dealer && items[i].socket != s->monitor)) {
                     pthread_mutex_unlock(&px->rtab_lock);
                     break;
                 }
@@ -666,6 +746,8 @@ static void *kv_main(void *arg)
                 if (nf >= 0) {
                     if (items[i].socket == s->sock)
                         on_live(kv, s, f, nf);
+                    else if (items[i].socket == s->monitor)
+                        on_monitor(kv, s, f, nf);
                     else
                         on_replay(kv, s, f, nf);
                     close_frames(f, nf, 3);
@@ -692,6 +774,8 @@ int ib_kv_start(ib_proxy_t *px)
     kv->last_epoch = UINT64_MAX;
     ib_kve_decoder_init(&kv->dec);
     kv->zctx = zmq_ctx_new();
+    if (kv->zctx != NULL)
+        zmq_ctx_set(kv->zctx, ZMQ_BLOCKY, 0); /* terminating never waits on a socket's linger */
     if (kv->zctx == NULL || pthread_create(&kv->thread, NULL, kv_main, kv) != 0) {
         if (kv->zctx != NULL)
             zmq_ctx_term(kv->zctx);

@@ -94,7 +94,7 @@ IB_PYTHON="${IB_VENV:-$HOME/.cache/ibrain/venv}/bin/python"
 # Sanitizer builds: report leaks and errors, and fail the process when they happen.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=66}"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$IB_SRC/tests/lsan.supp:print_suppressions=0}"
-export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:exitcode=68}"
+export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:exitcode=68:suppressions=$IB_SRC/tests/tsan.supp}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:exitcode=67}"
 
 ib__cleanup() {
