@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` and CI run it (after tools/setup.sh):
 #   1. release build (RelWithDebInfo, jemalloc): unit + integration tests under ctest
-#   2. ASan+UBSan build: the same tests, with leak checking
+#   2. ASan+UBSan build: the same tests, with leak checking (label release-only runs in the
+#      release build alone, asan-only in this one alone)
 #   3. TSan build: the tests of the proxy's shared lock-free state (label tsan)
 #   4. clang libFuzzer build: every fuzz target replays its corpus and fuzzes a bounded
 #      number of runs
@@ -64,7 +65,7 @@ else
   echo "=== kubernetes: cluster.sh up FAILED; the Kubernetes tests will try on their own"
 fi
 
-run_phase "release" build -DCMAKE_BUILD_TYPE=RelWithDebInfo -- -L "unit|integration"
+run_phase "release" build -DCMAKE_BUILD_TYPE=RelWithDebInfo -- -L "unit|integration" -LE asan-only
 run_phase "asan+ubsan" build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_ADDRESS=ON -- -L "unit|integration" -LE release-only
 run_phase "tsan" build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIB_SANITIZE_THREAD=ON -- -L tsan
 if command -v clang >/dev/null; then
