@@ -391,8 +391,10 @@ struct ib_proxy {
         ib_policy_t policy;
         uint32_t cache_blocks, ttl_ms;
         ib_router_t *router;
+        uint64_t serial;              /* unique per router made: a freed one's address may come back */
     } routers[IB_MAX_WORKLOADS + 1];  /* by workload id ("" for the static workload) */
     uint32_t nrouters;
+    uint64_t router_serials;          /* routers made so far */
     struct {
         char path[256];
         ib_tokenizer_t *t;

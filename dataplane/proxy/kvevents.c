@@ -61,8 +61,10 @@ typedef struct sub {
     int disconnected;                 /* the connection to the engine dropped since it was made */
     uint64_t seq_before;              /* next_seq when a reconnection made us start over; 0 none */
     ib_kvmap_t map;
-    /* the workload it routes in, as of the last table read */
+    /* the workload it routes in, as of the last table read; a snapshot that retires the
+     * router frees it, so it is used only once reconcile() has found it still registered */
     ib_router_t *router;
+    uint64_t router_serial;           /* its serial in the registry (px->routers[].serial) */
     uint32_t block;                   /* tokens per block; 0 without a tokenizer */
     uint32_t capacity;                /* the engine's cache, in blocks (workload setting) */
     /* sequence */
@@ -278,6 +280,16 @@ static void on_cleared(void *arg)
 
 /* The workload <s>'s slot routes in, from the published table (rtab_lock held). A changed
  * router (a new workload, new settings) starts from nothing: its table has no facts. */
+/* The registry's serial of <r> (rtab_lock held), 0 when <r> is not registered: retired,
+ * and freed by the snapshot that retired it. */
+static uint64_t router_serial(const ib_proxy_t *px, const ib_router_t *r)
+{
+    for (uint32_t i = 0; r != NULL && i < px->nrouters; i++)
+        if (px->routers[i].router == r)
+            return px->routers[i].serial;
+    return 0;
+}
+
 static void refresh_route(struct ib_kv *kv, sub_t *s)
 {
     const ib_rtab_t *rt = atomic_load_explicit(&kv->px->rtab, memory_order_acquire);
@@ -289,11 +301,13 @@ static void refresh_route(struct ib_kv *kv, sub_t *s)
                 break;
             }
     ib_router_t *router = w != NULL ? w->router : NULL;
+    uint64_t serial = router_serial(kv->px, router);
     uint32_t block = w != NULL && w->tokenizer != NULL ? w->block : 0;
-    if (router != s->router || block != s->block || s->map.keys == NULL) {
-        if (router != NULL && router == s->router) /* same table, keyed another way now */
+    if (router != s->router || serial != s->router_serial || block != s->block || s->map.keys == NULL) {
+        if (router != NULL && router == s->router && serial == s->router_serial) /* same table, keyed another way */
             ib_affinity_forget_facts(&router->table, s->slot);
         s->router = router;
+        s->router_serial = serial;
         s->block = block;
         s->capacity = router != NULL ? router->table.replicas[0].capacity_blocks : 65536;
         /* whatever the old table held is not in this one: the history must be had again;
@@ -614,6 +628,17 @@ static int subscribe(struct ib_kv *kv, sub_t *s, uint32_t slot)
     return 0;
 }
 
+/* Forgets the routers retired since the last look (rtab_lock held): the snapshot that
+ * retired one freed it, facts and all. */
+static void drop_retired(struct ib_kv *kv)
+{
+    for (uint32_t i = 0; i < IB_MAX_REPLICAS; i++) {
+        sub_t *s = &kv->subs[i];
+        if (s->active && s->router != NULL && router_serial(kv->px, s->router) != s->router_serial)
+            s->router = NULL;
+    }
+}
+
 /* Matches subscriptions to the table (rtab_lock held): new replicas with an endpoint are
  * subscribed, gone or changed ones dropped, and each one's workload re-read. */
 static void reconcile(struct ib_kv *kv)
@@ -621,6 +646,7 @@ static void reconcile(struct ib_kv *kv)
     ib_proxy_t *px = kv->px;
     const ib_rtab_t *rt = atomic_load_explicit(&px->rtab, memory_order_acquire);
     uint32_t nslots = atomic_load(&px->nslots);
+    drop_retired(kv);
     for (uint32_t i = 0; i < IB_MAX_REPLICAS; i++) {
         sub_t *s = &kv->subs[i];
         int named = 0;
@@ -759,6 +785,7 @@ static void *kv_main(void *arg)
         }
     }
     pthread_mutex_lock(&px->rtab_lock);
+    drop_retired(kv);
     for (uint32_t i = 0; i < IB_MAX_REPLICAS; i++)
         unsubscribe(kv, &kv->subs[i]);
     pthread_mutex_unlock(&px->rtab_lock);

@@ -137,6 +137,7 @@ static ib_router_t *router_for(ib_proxy_t *px, const char *id, ib_policy_t polic
     px->routers[i].cache_blocks = cache_blocks;
     px->routers[i].ttl_ms = ttl_ms;
     px->routers[i].router = r;
+    px->routers[i].serial = ++px->router_serials;
     assert(*retired != r);
     assert(r->policy == policy);
     return r;
