@@ -5,7 +5,7 @@
 #   - k ARGS...                    kubectl v1.37 (the one tools/k8s/build.sh built) on it;
 #   - k8s_images TAG NAME...       this build's images (tools/k8s/image/build.sh) under TAG,
 #                                  the named ones imported into the node's containerd;
-#   - wait_until SECS WHAT 'COND'  until the shell condition holds (evaluated each time), or fail.
+#   - wait_until SECS WHAT 'COND'  (tests/lib/proc.sh)
 
 if [ -z "${IB_K8S_ENV:-}" ]; then
   bash "$IB_SRC/tools/k8s/cluster.sh" up "$IB_TMP/k8s" >"$IB_TMP/cluster-up.log" 2>&1 || {
@@ -32,12 +32,6 @@ ib_k8s_cleanup() {
 }
 trap ib_k8s_cleanup EXIT
 k create namespace "$ns" >/dev/null
-
-wait_until() {
-  local secs=$1 what=$2 i
-  for ((i = 0; i < secs * 5; i++)); do eval "$3" && return 0; sleep 0.2; done
-  ib_fail "$what: not within ${secs}s"
-}
 
 k8s_images() {
   local tag=$1 name

@@ -97,6 +97,16 @@ export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$IB_SRC/tests/lsan.supp:print_
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:exitcode=68:suppressions=$IB_SRC/tests/tsan.supp}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:exitcode=67}"
 
+# A process that crashed, or that a sanitizer failed (the exitcodes above), fails the
+# test at its end, whenever it happened and whoever stopped it (ib_stop, the cleanup).
+IB_CRASHED=""
+ib__crash_check() { # NAME STATUS
+  case $2 in
+  66 | 67 | 68) IB_CRASHED+=" $1 (sanitizer, exit $2)" ;;
+  132 | 134 | 135 | 136 | 139) IB_CRASHED+=" $1 (signal $(($2 - 128)))" ;;
+  esac
+}
+
 ib__cleanup() {
   local rc=$?
   local name
@@ -111,7 +121,17 @@ ib__cleanup() {
     done
     kill -KILL -- "-${IB_PID[$name]}" 2>/dev/null || true
   done
+  local st
+  for name in "${!IB_PID[@]}"; do
+    st=0
+    wait "${IB_PID[$name]}" 2>/dev/null || st=$?
+    ib__crash_check "$name" "$st"
+  done
   wait 2>/dev/null || true
+  if [ -n "$IB_CRASHED" ] && { [ "$rc" -eq 0 ] || [ "$rc" -eq 77 ]; }; then
+    echo "FAIL: crashed or failed by a sanitizer:$IB_CRASHED (logs in $IB_TMP)" >&2
+    rc=1
+  fi
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
     echo "--- test failed (exit $rc); work dir $IB_TMP kept" >&2
   elif [ -z "${IB_KEEP:-}" ]; then
@@ -239,7 +259,15 @@ ib_stop() {
   kill -KILL -- "-$pid" 2>/dev/null || true
   wait "$pid" || rc=$?
   unset "IB_PID[$name]"
+  ib__crash_check "$name" "$rc"
   return "$rc"
+}
+
+# wait_until SECS WHAT 'COND': until the shell condition holds (evaluated every 0.2 s), or fail.
+wait_until() {
+  local secs=$1 what=$2 i
+  for ((i = 0; i < secs * 5; i++)); do eval "$3" && return 0; sleep 0.2; done
+  ib_fail "$what: not within ${secs}s"
 }
 
 # ib_expect_eq WHAT GOT WANT
