@@ -19,8 +19,9 @@
 #   IB_STATE_DIR    where logs, the cluster state, the JWT secret and token go (default a new
 #                   temp directory)
 #   IB_TOKENIZER    tokenizer.json shared by ibrain and the replicas, so that prefix blocks
-#                   are 16-token KV blocks (default the Qwen3 tokenizer from tools/setup.sh;
-#                   "none": 64-byte blocks and estimated token counts)
+#                   are 16-token KV blocks and the engines publish their KV-cache events
+#                   (default the Qwen3 tokenizer from tools/setup.sh; "none": 64-byte blocks,
+#                   estimated token counts, no events)
 set -euo pipefail
 build=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,7 +44,8 @@ fi
 tok_flags=()
 if [ "$tokenizer" != none ]; then
   [ -f "$tokenizer" ] || { echo "run-stack: tokenizer $tokenizer not found (tools/setup.sh installs it; IB_TOKENIZER=none runs without)" >&2; exit 1; }
-  tok_flags=(--tokenizer "$tokenizer" --context-length 131072)
+  # with a tokenizer, the engines publish their KV-cache events and ibrain routes on them
+  tok_flags=(--tokenizer "$tokenizer" --context-length 131072 --kv-events on)
 fi
 mkdir -p "$state"
 pids=() names=()
@@ -141,7 +143,7 @@ echo "  ibrain           http://127.0.0.1:$front  (OpenAI API, /metrics, /health
 echo "  ib-orchestrator  http://127.0.0.1:$oport  (REST /v1/workloads, JWT; /metrics)"
 echo "  ib-clusterd      127.0.0.1:$cport  (gRPC; metrics on http://127.0.0.1:$(cat "$state/clusterd-http.port")/metrics)"
 echo "  redis            127.0.0.1:$rport  (leader lease, routing snapshot)"
-[ "$tokenizer" != none ] && echo "  tokenizer        $tokenizer (16-token prefix blocks)"
+[ "$tokenizer" != none ] && echo "  tokenizer        $tokenizer (16-token prefix blocks; the engines' KV-cache events on)"
 "$ibctl" workload get demo | sed 's/^/  /'
 cat <<MSG
 
@@ -160,6 +162,7 @@ Replay a trace slice:
   $bin/perf/ib-load --target 127.0.0.1:$front --model $model \\
     --trace $top/perf/traces/conversation_trace.jsonl --limit 100 --speedup 2 --max-output 32
 Metrics: curl -s http://127.0.0.1:$front/metrics
+  (ibrain_kv_routing_mode: each replica routed on its engine's KV-cache events or not)
 
 Ctrl-C stops everything.
 MSG

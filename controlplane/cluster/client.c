@@ -161,6 +161,7 @@ void ib_spec_to_msg(const ib_workload_spec_t *s, Ibrain__V1__WorkloadSpec *m)
     m->cpu = (char *)s->cpu;
     m->memory = (char *)s->memory;
     m->gpus = s->gpus;
+    m->kv_events = s->kv_events != 0;
 }
 
 void ib_spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *s)
@@ -181,6 +182,7 @@ void ib_spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *s)
     CP(memory);
 #undef CP
     s->gpus = m->gpus;
+    s->kv_events = m->kv_events;
     s->replicas = m->replicas;
     s->block_size = m->block_size;
     s->context_length = m->context_length;

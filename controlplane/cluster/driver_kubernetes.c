@@ -30,6 +30,8 @@
 #define CALL_MS 5000L
 #define ENGINE_PORT 8000
 #define MANAGER_PORT 8081
+#define KV_PORT 5557        /* vLLM's default KV events endpoint port */
+#define KV_REPLAY_PORT 5558
 #define MOCK_IN_IMAGE "/usr/local/bin/ib-mock-engine --listen {host}:{port} --model {model} --id {replica}"
 #define MAX_PODS (IB_MAX_WORKLOADS * 3 * IB_MAX_WORKLOAD_REPLICAS)
 #define MAX_SLICES (IB_MAX_WORKLOADS * 4)
@@ -48,6 +50,7 @@ typedef struct kpod {
     char name[80];
     char workload[64];
     uint64_t generation;
+    int kv_events; /* its template's ibrain.io/kv-events: the engine publishes KV events */
     int running, deleting;
     uint32_t restarts;
     char trouble[200];
@@ -194,6 +197,9 @@ static void pod_update(kube_t *k, const char *o, size_t len, int deleted)
     char gen[32];
     str_at(k, o, len, "/metadata/annotations/ibrain.io~1generation", gen, sizeof(gen));
     p->generation = strtoull(gen, NULL, 10);
+    char kv[8] = "";
+    str_at(k, o, len, "/metadata/annotations/ibrain.io~1kv-events", kv, sizeof(kv));
+    p->kv_events = strcmp(kv, "true") == 0;
     ib_span_t s;
     p->deleting = ib_json_pointer_string(k->inner, o, len, "/metadata/deletionTimestamp", &s) == 0;
     char phase[32];
@@ -543,7 +549,7 @@ static int kube_apply(void *self, const ib_workload_spec_t *w, const uint8_t *re
     char uid[64] = "", hash[40];
     ib_kube_workload_opts_t o = {
         .namespace_ = k->ns, .image = k->cfg.image, .pull_policy = k->cfg.pull_policy, .engine_port = ENGINE_PORT,
-        .manager_port = MANAGER_PORT, .drain_s = k->cfg.pod_drain_s, .grace_s = k->cfg.pod_grace_s,
+        .manager_port = MANAGER_PORT, .kv_port = KV_PORT, .kv_replay_port = KV_REPLAY_PORT, .drain_s = k->cfg.pod_drain_s, .grace_s = k->cfg.pod_grace_s,
         .progress_deadline_s = k->cfg.rollout_deadline_s,
         .spec_b64 = spec.ptr, .mock_engine = MOCK_IN_IMAGE,
     };
@@ -674,6 +680,10 @@ static void replica_of(kube_t *k, const ib_workload_spec_t *w, const kpod_t *p, 
     const ib_kube_endpoint_t *ep = endpoint_of(k, w->id, p->name);
     if (ep != NULL)
         snprintf(r->address, sizeof(r->address), "%s:%d", ep->ip, ENGINE_PORT);
+    if (ep != NULL && p->kv_events) { /* the pod's own generation says whether its engine publishes */
+        snprintf(r->kv_events, sizeof(r->kv_events), "tcp://%s:%d", ep->ip, KV_PORT);
+        snprintf(r->kv_events_replay, sizeof(r->kv_events_replay), "tcp://%s:%d", ep->ip, KV_REPLAY_PORT);
+    }
     snprintf(r->reason, sizeof(r->reason), "%s", p->trouble);
     if (p->deleting || (ep != NULL && ep->terminating)) {
         r->phase = IB_REPLICA_DRAINING;

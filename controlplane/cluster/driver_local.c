@@ -251,10 +251,16 @@ static void local_status(void *self, const char *id, ib_replica_status_t *out)
         copy_span(out->reason, sizeof(out->reason), s);
     if (ib_json_pointer_string(l->json, body, len, "/engine_address", &s) == 0)
         copy_span(out->address, sizeof(out->address), s);
+    if (ib_json_pointer_string(l->json, body, len, "/kv_events", &s) == 0)
+        copy_span(out->kv_events, sizeof(out->kv_events), s);
+    if (ib_json_pointer_string(l->json, body, len, "/kv_events_replay", &s) == 0)
+        copy_span(out->kv_events_replay, sizeof(out->kv_events_replay), s);
     if (ib_json_pointer_int(l->json, body, len, "/restarts", &restarts) == 0)
         out->restarts += (uint32_t)restarts;
-    if (out->phase != IB_REPLICA_READY)
+    if (out->phase != IB_REPLICA_READY) {
         out->address[0] = '\0';
+        out->kv_events[0] = out->kv_events_replay[0] = '\0';
+    }
 }
 
 static void local_tick(void *self)

@@ -68,6 +68,25 @@ int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, 
         snprintf(err, errlen, "engine: unknown engine '%s' (mock, vllm, sglang, custom)", e);
         return -1;
     }
+    /* KV-cache events, as vLLM takes them (SGLang reads the same JSON): the PUB and the
+     * replay ROUTER bind every interface (vLLM binds an endpoint with '*', connects any
+     * other), on the ports the replica's manager substitutes and announces. */
+    if (w->kv_events) {
+        if (w->tokenizer[0] == '\0') {
+            snprintf(err, errlen, "kv_events: needs tokenizer (routers key the engines' blocks by their token ids)");
+            return -1;
+        }
+        if (strcmp(e, "custom") == 0) {
+            if (strstr(w->engine_cmd, "{kv_port}") == NULL) {
+                snprintf(err, errlen, "kv_events: engine_cmd must publish on {kv_port} (and may replay on "
+                         "{kv_replay_port})");
+                return -1;
+            }
+        } else {
+            rc |= add(out, cap, &n, " --kv-events-config {\"enable_kv_cache_events\":true,\"publisher\":\"zmq\","
+                      "\"endpoint\":\"tcp://*:{kv_port}\",\"replay_endpoint\":\"tcp://*:{kv_replay_port}\"}");
+        }
+    }
     if (strcmp(e, "custom") != 0 && w->engine_cmd[0] != '\0') {
         snprintf(err, errlen, "engine_cmd: only with engine \"custom\" (got engine \"%s\")", e);
         return -1;

@@ -110,6 +110,8 @@ void ib_kube_manager_conf(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kub
                   "drain-timeout-ms %u\n",
                   w->id, w->id, w->model, weights, engine, o->engine_port,
                   (o->grace_s > o->drain_s + 2 ? o->grace_s - o->drain_s - 2 : 1) * 1000u);
+    if (w->kv_events)
+        ib_buf_printf(b, "kv-port %u\nkv-replay-port %u\n", o->kv_port, o->kv_replay_port);
 }
 
 void ib_kube_configmap(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_workload_opts_t *o)
@@ -186,6 +188,12 @@ void ib_kube_deployment(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_
         snprintf(lim + strlen(lim), sizeof(lim) - strlen(lim), "%s\"nvidia.com/gpu\":%u", lim[0] ? "," : "", w->gpus);
     if (req[0] || lim[0])
         snprintf(resources, sizeof(resources), "\"resources\":{\"requests\":{%s},\"limits\":{%s}},", req, lim);
+    char kvports[160] = ""; /* the engine's KV events PUB and replay ROUTER, where routers connect */
+    if (w->kv_events)
+        snprintf(kvports, sizeof(kvports),
+                 ",{\"name\":\"kv-events\",\"containerPort\":%u,\"protocol\":\"TCP\"},"
+                 "{\"name\":\"kv-replay\",\"containerPort\":%u,\"protocol\":\"TCP\"}",
+                 o->kv_port, o->kv_replay_port);
     ib_buf_printf(b, "{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\",");
     metadata(b, w, o);
     ib_buf_printf(b, ",\"spec\":{\"replicas\":%u,\"selector\":{\"matchLabels\":", w->replicas);
@@ -198,7 +206,8 @@ void ib_kube_deployment(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_
     labels(b, w, 0);
     ib_buf_printf(b, ",\"annotations\":{\"ibrain.io/config-hash\":");
     ib_json_str(b, config_hash);
-    ib_buf_printf(b, ",\"ibrain.io/generation\":\"%llu\"}}", (unsigned long long)w->generation);
+    ib_buf_printf(b, ",\"ibrain.io/generation\":\"%llu\"%s}}", (unsigned long long)w->generation,
+                  w->kv_events ? ",\"ibrain.io/kv-events\":\"true\"" : "");
     ib_buf_printf(b, ",\"spec\":{\"terminationGracePeriodSeconds\":%u,\"enableServiceLinks\":false,"
                      "\"automountServiceAccountToken\":false,"
                      "\"securityContext\":{\"runAsNonRoot\":true,\"runAsUser\":65532,\"runAsGroup\":65532},"
@@ -212,7 +221,7 @@ void ib_kube_deployment(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_
                   "\"0.0.0.0:%u\",\"--state-dir\",\"/tmp\"],"
                   "\"env\":[{\"name\":\"POD_NAME\",\"valueFrom\":{\"fieldRef\":{\"fieldPath\":\"metadata.name\"}}}],"
                   "\"ports\":[{\"name\":\"engine\",\"containerPort\":%u,\"protocol\":\"TCP\"},"
-                  "{\"name\":\"manager\",\"containerPort\":%u,\"protocol\":\"TCP\"}],"
+                  "{\"name\":\"manager\",\"containerPort\":%u,\"protocol\":\"TCP\"}%s],"
                   /* ready: the manager says its engine serves (and it is not draining) */
                   "\"readinessProbe\":{\"httpGet\":{\"path\":\"/ready\",\"port\":\"manager\"},\"periodSeconds\":1,"
                   "\"timeoutSeconds\":1,\"successThreshold\":1,\"failureThreshold\":1},"
@@ -227,7 +236,7 @@ void ib_kube_deployment(ib_buf_t *b, const ib_workload_spec_t *w, const ib_kube_
                   "\"capabilities\":{\"drop\":[\"ALL\"]}},"
                   "\"volumeMounts\":[{\"name\":\"config\",\"mountPath\":\"/etc/ibrain\",\"readOnly\":true},"
                   "{\"name\":\"tmp\",\"mountPath\":\"/tmp\"},{\"name\":\"weights\",\"readOnly\":true,\"mountPath\":",
-                  o->manager_port, o->engine_port, o->manager_port, o->drain_s, resources);
+                  o->manager_port, o->engine_port, o->manager_port, kvports, o->drain_s, resources);
     ib_json_str(b, v.kind == W_HOST ? v.a : MOUNT);
     ib_buf_printf(b, "}]}],\"volumes\":[{\"name\":\"config\",\"configMap\":{\"name\":\"ib-%s\"}},"
                      "{\"name\":\"tmp\",\"emptyDir\":{\"sizeLimit\":\"256Mi\"}},",

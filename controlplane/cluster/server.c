@@ -270,6 +270,8 @@ static void build_status(cluster_t *c, workload_t *w, status_msg_t *m)
         m->reps[i].restarts = m->raw[i].restarts;
         m->reps[i].retiring = m->raw[i].retiring;
         m->reps[i].draining = m->raw[i].draining;
+        m->reps[i].kv_events = m->raw[i].kv_events;
+        m->reps[i].kv_events_replay = m->raw[i].kv_events_replay;
         m->rptrs[i] = &m->reps[i];
     }
     ib_workload_phase_t phase = IB_WORKLOAD_UNKNOWN;
@@ -351,6 +353,7 @@ static int spec_from_msg(const Ibrain__V1__WorkloadSpec *m, ib_workload_spec_t *
         return -1;
     }
     s->gpus = m->gpus;
+    s->kv_events = m->kv_events;
     ib_chat_template_t tpl;
     if (s->chat_template[0] != '\0' && ib_chat_template_parse(s->chat_template, &tpl) != 0) {
         fail(r, GRPC_STATUS_INVALID_ARGUMENT, "chat_template: unknown template '%s' (chatml, qwen3, llama3, plain)",
@@ -912,6 +915,8 @@ static void list_endpoints(cluster_t *c, const uint8_t *in, size_t len, reply_t 
             eps[n].ready = raw[n].phase == IB_REPLICA_READY;
             eps[n].generation = raw[n].generation;
             eps[n].draining = raw[n].draining;
+            eps[n].kv_events = raw[n].kv_events;
+            eps[n].kv_events_replay = raw[n].kv_events_replay;
             ptrs[n] = &eps[n];
         }
     }

@@ -56,6 +56,7 @@ static void usage(FILE *f)
             "        --version V --template chatml|qwen3|llama3|plain --tokenizer PATH --block-size N\n"
             "        --context-length N --policy affinity|least-load|round-robin|consistent-hash\n"
             "        --cpu Q --memory Q --gpus N   (per replica, kubernetes driver: \"4\", \"16Gi\")\n"
+            "        --kv-events on|off   (the engines publish KV-cache events; routers route on them)\n"
             "\n"
             "environment: IBCTL_SERVER (default " DEFAULT_SERVER "), IBCTL_TOKEN, IBCTL_TOKEN_FILE\n");
 }
@@ -260,12 +261,13 @@ static int spec_flags(int argc, char **argv, int i, char *body, size_t cap, int 
 {
     static const struct {
         const char *flag, *field;
-        int num;
+        int num; /* 0 a string, 1 an integer, 2 on|off */
     } map[] = {{"--model", "model", 0},         {"--weights", "weights", 0},          {"--replicas", "replicas", 1},
                {"--engine", "engine", 0},       {"--engine-args", "engine_args", 0},  {"--engine-cmd", "engine_cmd", 0},
                {"--version", "version", 0},     {"--template", "chat_template", 0},   {"--tokenizer", "tokenizer", 0},
                {"--block-size", "block_size", 1}, {"--context-length", "context_length", 1}, {"--policy", "policy", 0},
-               {"--cpu", "cpu", 0},             {"--memory", "memory", 0},            {"--gpus", "gpus", 1}};
+               {"--cpu", "cpu", 0},             {"--memory", "memory", 0},            {"--gpus", "gpus", 1},
+               {"--kv-events", "kv_events", 2}};
     size_t n = 0;
     ib_buf_t esc = {0};
     n += (size_t)snprintf(body + n, cap - n, "{");
@@ -289,7 +291,16 @@ static int spec_flags(int argc, char **argv, int i, char *body, size_t cap, int 
             return -1;
         }
         const char *v = argv[++i];
-        if (map[k].num) {
+        if (map[k].num == 2) {
+            int on = strcmp(v, "on") == 0 || strcmp(v, "true") == 0;
+            if (!on && strcmp(v, "off") != 0 && strcmp(v, "false") != 0) {
+                fprintf(stderr, "ibctl: %s wants on or off, got '%s'\n", map[k].flag, v);
+                ib_buf_free(&esc);
+                return -1;
+            }
+            n += (size_t)snprintf(body + n, cap - n, "%s\"%s\":%s", n > 1 ? "," : "", map[k].field,
+                                  on ? "true" : "false");
+        } else if (map[k].num) {
             char *end;
             long long x = strtoll(v, &end, 10);
             if (*v == '\0' || *end != '\0') {

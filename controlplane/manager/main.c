@@ -20,10 +20,13 @@ static void usage(FILE *f)
                "  --config FILE             options from a file first, one \"name value\" a line (\"engine-port 8000\");\n"
                "                            '#' starts a comment; options given after it override it (the\n"
                "                            kubernetes driver's ConfigMap holds this file)\n"
-               "  --engine-cmd 'CMD ARGS'   the engine; {port} {model} {weights} {replica} {host} are substituted\n"
+               "  --engine-cmd 'CMD ARGS'   the engine; {port} {model} {weights} {replica} {host} {kv_port}\n"
+               "                            {kv_replay_port} are substituted\n"
                "  --engine-host ADDR        {host}: where the engine listens (default 127.0.0.1; 0.0.0.0 in a pod)\n"
                "                            (default: ib-mock-engine beside this binary, serving {model} on {port})\n"
                "  --engine-port N           the engine's port (default a free loopback port)\n"
+               "  --kv-port N               {kv_port}: the engine's KV events PUB port (default a free port)\n"
+               "  --kv-replay-port N        {kv_replay_port}: its replay ROUTER port (default a free port)\n"
                "  --state-dir DIR           where the engine's log goes (default .)\n"
                "  --ready-timeout-ms N      engine start to healthy, else restart (default 60000)\n"
                "  --drain-timeout-ms N      on SIGTERM, the engine's time to finish before SIGKILL (default 10000)\n");
@@ -115,7 +118,8 @@ int main(int argc, char **argv)
         {"replica", 1, 0, 'r'},    {"model", 1, 0, 'm'},            {"weights", 1, 0, 'W'},
         {"engine-cmd", 1, 0, 'e'}, {"engine-port", 1, 0, 'P'},      {"state-dir", 1, 0, 's'},
         {"ready-timeout-ms", 1, 0, 'R'}, {"drain-timeout-ms", 1, 0, 'D'}, {"help", 0, 0, 'h'},
-        {"engine-host", 1, 0, 'H'}, {"config", 1, 0, 'c'}, {0, 0, 0, 0}};
+        {"engine-host", 1, 0, 'H'}, {"config", 1, 0, 'c'}, {"kv-port", 1, 0, 'k'},
+        {"kv-replay-port", 1, 0, 'K'}, {0, 0, 0, 0}};
     char **args = argv;
     conf_argv_t conf = {0};
     if (argc >= 3 && strcmp(argv[1], "--config") == 0) { /* the file's options come first */
@@ -140,6 +144,8 @@ int main(int argc, char **argv)
         case 'W': cfg.weights = optarg; break;
         case 'e': cfg.engine_cmd = optarg; break;
         case 'P': cfg.engine_port = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'k': cfg.kv_port = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'K': cfg.kv_replay_port = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 's': cfg.state_dir = optarg; break;
         case 'R': cfg.ready_timeout_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'D': cfg.drain_timeout_ms = (uint32_t)strtoul(optarg, NULL, 10); break;

@@ -58,6 +58,7 @@ typedef struct mgr {
     ib_weights_info_t weights;
     int weights_ok;
     uint16_t engine_port;
+    uint16_t kv_port, kv_replay_port; /* the engine's KV events ports, 0 when its command has none */
     pid_t engine_pid;
     uint64_t restarts;
     uint64_t phase_since_ms;
@@ -101,24 +102,28 @@ static uint16_t free_port(void)
 /* Splits the engine command on spaces and substitutes the placeholders. */
 static int build_argv(const mgr_t *m, char *buf, size_t cap, char **argv, int max)
 {
-    char port[8];
+    char port[8], kv[8], replay[8];
     snprintf(port, sizeof(port), "%u", m->engine_port);
-    const char *from[] = {"{port}", "{model}", "{weights}", "{replica}", "{host}"};
+    snprintf(kv, sizeof(kv), "%u", m->kv_port);
+    snprintf(replay, sizeof(replay), "%u", m->kv_replay_port);
+    const char *from[] = {"{port}", "{model}", "{weights}", "{replica}", "{host}", "{kv_port}", "{kv_replay_port}"};
     const char *to[] = {port, m->cfg.model ? m->cfg.model : "", m->cfg.weights ? m->cfg.weights : "",
-                        m->cfg.replica ? m->cfg.replica : "", m->cfg.engine_host ? m->cfg.engine_host : "127.0.0.1"};
+                        m->cfg.replica ? m->cfg.replica : "", m->cfg.engine_host ? m->cfg.engine_host : "127.0.0.1",
+                        kv, replay};
+    enum { NP = sizeof(from) / sizeof(from[0]) };
     size_t o = 0;
     for (const char *p = m->cfg.engine_cmd; *p;) {
         int k;
-        for (k = 0; k < 5; k++)
+        for (k = 0; k < NP; k++)
             if (strncmp(p, from[k], strlen(from[k])) == 0)
                 break;
-        const char *piece = k < 5 ? to[k] : p;
-        size_t n = k < 5 ? strlen(to[k]) : 1;
+        const char *piece = k < NP ? to[k] : p;
+        size_t n = k < NP ? strlen(to[k]) : 1;
         if (o + n + 1 >= cap)
             return -1;
         memcpy(buf + o, piece, n);
         o += n;
-        p += k < 5 ? strlen(from[k]) : 1;
+        p += k < NP ? strlen(from[k]) : 1;
     }
     buf[o] = '\0';
     int argc = 0;
@@ -133,10 +138,27 @@ static int build_argv(const mgr_t *m, char *buf, size_t cap, char **argv, int ma
 
 static int start_engine(mgr_t *m)
 {
-    m->engine_port = m->cfg.engine_port ? (uint16_t)m->cfg.engine_port : free_port();
+    /* every start takes fresh free ports (a port of the last engine may still be held), and
+     * /status announces them: routers follow */
+    uint16_t port = m->cfg.engine_port ? (uint16_t)m->cfg.engine_port : free_port();
+    uint16_t kv = 0, replay = 0;
+    if (strstr(m->cfg.engine_cmd, "{kv_port}") != NULL)
+        kv = m->cfg.kv_port ? (uint16_t)m->cfg.kv_port : free_port();
+    if (strstr(m->cfg.engine_cmd, "{kv_replay_port}") != NULL)
+        replay = m->cfg.kv_replay_port ? (uint16_t)m->cfg.kv_replay_port : free_port();
+    pthread_mutex_lock(&m->lock);
+    m->engine_port = port;
+    m->kv_port = kv;
+    m->kv_replay_port = replay;
+    pthread_mutex_unlock(&m->lock);
     char buf[4096];
     char *argv[64];
-    if (m->engine_port == 0 || build_argv(m, buf, sizeof(buf), argv, 64) <= 0) {
+    if (port == 0 || (kv == 0 && strstr(m->cfg.engine_cmd, "{kv_port}") != NULL) ||
+        (replay == 0 && strstr(m->cfg.engine_cmd, "{kv_replay_port}") != NULL)) {
+        set_phase(m, IB_MGR_FAILED, "no free port for the engine");
+        return -1;
+    }
+    if (build_argv(m, buf, sizeof(buf), argv, 64) <= 0) {
         set_phase(m, IB_MGR_FAILED, "the engine command is empty or too long");
         return -1;
     }
@@ -230,6 +252,14 @@ static void render_status(mgr_t *m, ib_buf_t *b)
         snprintf(addr, sizeof(addr), "127.0.0.1:%u", m->engine_port);
     ib_buf_append(b, ",\"engine_address\":", 18);
     ib_json_str(b, addr);
+    /* the engine's KV events endpoints, where a router on this host connects */
+    char ev[48] = "", rp[48] = "";
+    if (m->engine_pid > 0 && m->kv_port)
+        snprintf(ev, sizeof(ev), "tcp://127.0.0.1:%u", m->kv_port);
+    if (m->engine_pid > 0 && m->kv_replay_port)
+        snprintf(rp, sizeof(rp), "tcp://127.0.0.1:%u", m->kv_replay_port);
+    ib_json_member_str(b, "kv_events", ev, 1);
+    ib_json_member_str(b, "kv_events_replay", rp, 1);
     n = snprintf(head, sizeof(head), ",\"engine_pid\":%d,\"manager_pid\":%d,\"restarts\":%llu,\"weights\":",
                  (int)m->engine_pid, (int)getpid(), (unsigned long long)m->restarts);
     ib_buf_append(b, head, (size_t)n);

@@ -69,6 +69,8 @@ static int build_snapshot(const orch_t *o, const Ibrain__V1__WorkloadList *l, ib
             snprintf(x->address, sizeof(x->address), "%s", r->address);
             x->draining = r->draining;
             x->generation = r->generation;
+            snprintf(x->kv_events, sizeof(x->kv_events), "%s", r->kv_events);
+            snprintf(x->kv_events_replay, sizeof(x->kv_events_replay), "%s", r->kv_events_replay);
         }
     }
     return 0;

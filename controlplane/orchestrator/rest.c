@@ -145,6 +145,7 @@ static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
     ib_json_member_str(b, "cpu", sp->cpu, 1);
     ib_json_member_str(b, "memory", sp->memory, 1);
     ib_json_member_u64(b, "gpus", sp->gpus, 1);
+    jbool(b, "kv_events", sp->kv_events);
     ib_json_member_str(b, "engine_cmd", sp->engine_cmd, 1);
     ib_json_member_str(b, "version", sp->version, 1);
     ib_json_member_str(b, "chat_template", sp->chat_template, 1);
@@ -169,6 +170,8 @@ static void render_workload(ib_buf_t *b, const Ibrain__V1__WorkloadStatus *st)
         ib_json_member_u64(b, "restarts", r->restarts, 1);
         jbool(b, "retiring", r->retiring);
         jbool(b, "draining", r->draining);
+        ib_json_member_str(b, "kv_events", r->kv_events, 1);
+        ib_json_member_str(b, "kv_events_replay", r->kv_events_replay, 1);
         ib_json_member_str(b, "reason", r->reason, 1);
         ib_buf_append(b, "}", 1);
     }

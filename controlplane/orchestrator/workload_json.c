@@ -8,12 +8,13 @@ typedef struct field_def {
     const char *name;
     uint32_t bit;
     size_t off;   /* offset of the string or uint32 in ib_workload_spec_t */
-    size_t cap;   /* string capacity; 0: an integer */
+    size_t cap;   /* string capacity; 0: an integer (a boolean when min > max) */
     int64_t min, max;
 } field_def_t;
 
 #define STR(n, bit, f) {n, bit, offsetof(ib_workload_spec_t, f), sizeof(((ib_workload_spec_t *)0)->f), 0, 0}
 #define INT(n, bit, f, lo, hi) {n, bit, offsetof(ib_workload_spec_t, f), 0, lo, hi}
+#define BOOL(n, bit, f) {n, bit, offsetof(ib_workload_spec_t, f), 0, 1, 0}
 
 static const field_def_t fields[] = {
     STR("id", IB_WF_ID, id),
@@ -32,6 +33,7 @@ static const field_def_t fields[] = {
     STR("cpu", IB_WF_CPU, cpu),
     STR("memory", IB_WF_MEMORY, memory),
     INT("gpus", IB_WF_GPUS, gpus, 0, 64),
+    BOOL("kv_events", IB_WF_KV_EVENTS, kv_events),
 };
 
 typedef struct walk {
@@ -73,6 +75,11 @@ static int on_field(void *ctx, const ib_json_field_t *f)
             return bad(w, d->name, "must not contain NUL characters", 0, 0);
         memcpy(base + d->off, f->str.ptr, f->str.len);
         base[d->off + f->str.len] = '\0';
+    } else if (d->min > d->max) {
+        if (f->type != IB_JSON_BOOL)
+            return bad(w, d->name, "must be true or false", 0, 0);
+        uint32_t v = f->num != 0;
+        memcpy(base + d->off, &v, sizeof(v));
     } else {
         if (f->type != IB_JSON_NUMBER || !f->int_ok)
             return bad(w, d->name, "must be an integer", 0, 0);

@@ -55,6 +55,7 @@ typedef struct ib_workload_spec {
     char cpu[16];           /* per replica, a Kubernetes quantity ("4", "500m"), "" = none asked */
     char memory[16];        /* per replica ("16Gi"), "" = none asked */
     uint32_t gpus;          /* per replica (nvidia.com/gpu) */
+    uint32_t kv_events;     /* 1: the engines publish KV-cache events, the replicas announce them */
 } ib_workload_spec_t;
 
 typedef struct ib_replica_status {
@@ -66,6 +67,8 @@ typedef struct ib_replica_status {
     uint32_t restarts;   /* manager restarts by the driver + engine restarts by the manager */
     int retiring;        /* set by the cluster server: an older generation on its way out */
     int draining;        /* retiring and announced as draining */
+    char kv_events[96];  /* the engine's KV events endpoint once ready ("tcp://IPV4:PORT"), "" = none */
+    char kv_events_replay[96];
 } ib_replica_status_t;
 
 /** What a workload driver sees of one workload: its replicas (current generation first)
@@ -166,17 +169,19 @@ typedef struct ib_cluster_config {
 
 /* ---- functions ---- */
 
-/**
- * The engine command line a replica of <w> runs ({port} {model} {weights} {replica} left
- * for the manager): the named engine's command with the workload's settings, then
- * engine_args. <mock> is the mock engine's command (with the placeholders). 0, or -1 with <err> = "field: reason".
- */
 /** 1 when <s>[0..n) is a workload id (IB_WORKLOAD_ID_RULE), else 0. */
 int ib_workload_id_valid(const char *s, size_t n);
 /** 1 when <s> is a Kubernetes quantity as a workload's cpu or memory takes it: digits, an
  * optional fraction, an optional suffix (m k M G T P E Ki Mi Gi Ti Pi Ei); else 0. */
 int ib_quantity_valid(const char *s);
 
+/**
+ * The engine command line a replica of <w> runs ({port} {model} {weights} {replica} {host},
+ * and with kv_events {kv_port} {kv_replay_port}, left for the manager): the named engine's
+ * command with the workload's settings (kv_events: vLLM's --kv-events-config), then
+ * engine_args. <mock> is the mock engine's command (with the placeholders). 0, or -1 with
+ * <err> = "field: reason".
+ */
 int ib_engine_command(const ib_workload_spec_t *w, const char *mock, char *out, size_t cap, char *err, size_t errlen);
 
 /** Every driver, ending with a row whose name is NULL. The first one is the default. */

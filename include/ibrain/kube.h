@@ -90,6 +90,8 @@ typedef struct ib_kube_workload_opts {
     const char *pull_policy;   /* IfNotPresent (default), Never, Always */
     uint32_t engine_port;      /* container port of the engine (8000) */
     uint32_t manager_port;     /* container port of the manager's status server (8081) */
+    uint32_t kv_port;          /* container port of the engine's KV events PUB (5557), with kv_events */
+    uint32_t kv_replay_port;   /* and of its replay ROUTER (5558) */
     uint32_t drain_s;          /* preStop sleep: routers see the pod terminating first */
     uint32_t grace_s;          /* terminationGracePeriodSeconds */
     uint32_t progress_deadline_s; /* a rollout not progressing this long is failed (0: 600) */

@@ -5,7 +5,9 @@
  *             of its contents (a directory: every regular file, in name order) are recorded.
  *             A failure is reported with its reason and nothing is started.
  *   execute   the engine command is started (its own process group, log in the state
- *             directory) with {port}, {model}, {weights} and {replica} substituted;
+ *             directory) with {port}, {model}, {weights}, {replica}, {host} and the KV
+ *             events ports {kv_port} and {kv_replay_port} substituted (/status announces
+ *             those as kv_events and kv_events_replay);
  *   ready     once the engine answers GET /health with 200;
  *   running   health is checked every 500 ms; an engine that exits or fails 3 checks in a
  *             row is restarted with back-off (0.5 s doubling to 10 s);
@@ -52,10 +54,13 @@ typedef struct ib_manager_config {
     const char *replica;
     const char *model;
     const char *weights;         /* path (file or directory) */
-    const char *engine_cmd;      /* argv, split on spaces; {port} {model} {weights} {replica} {host} */
+    const char *engine_cmd;      /* argv, split on spaces; {port} {model} {weights} {replica} {host}
+                                  * {kv_port} {kv_replay_port} */
     const char *engine_host;     /* {host}: the address the engine listens on (NULL: 127.0.0.1) */
     const char *state_dir;       /* engine log; default the current directory */
     uint32_t engine_port;        /* 0: a free loopback port */
+    uint32_t kv_port;            /* {kv_port}, the engine's KV events PUB (0: a free port) */
+    uint32_t kv_replay_port;     /* {kv_replay_port}, its replay ROUTER (0: a free port) */
     uint32_t ready_timeout_ms;   /* engine start to healthy, else restart (default 60000) */
     uint32_t drain_timeout_ms;   /* SIGTERM to SIGKILL of the engine (default 10000) */
 } ib_manager_config_t;

@@ -62,6 +62,7 @@ enum {
     IB_WF_CPU = 1u << 13,
     IB_WF_MEMORY = 1u << 14,
     IB_WF_GPUS = 1u << 15,
+    IB_WF_KV_EVENTS = 1u << 16,
 };
 
 typedef struct ib_field_error {

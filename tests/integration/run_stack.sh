@@ -34,6 +34,9 @@ for a in $addrs "127.0.0.1:$front"; do
   ib_expect_eq "request to $a" "$code" 200
 done
 grep -q "curl -s http://127.0.0.1:$front/v1/chat/completions" "$IB_TMP/stack.log" || ib_fail "no ready-to-paste request printed"
+# The demo's engines publish their KV-cache events; ibrain routes both replicas on them.
+wait_until 20 "both demo replicas routed on their KV events" \
+  'test "$(ib_metric_sum "http://127.0.0.1:$front/metrics" "^ibrain_kv_routing_mode[{].*mode=\"precise\".* 1$")" = 2'
 # The stack routes on tokens: ibrain counted the prompt tokens the replica reported.
 ib_expect_eq "tokens counted by ibrain" "$(ib_metric "http://127.0.0.1:$front/metrics" ibrain_prompt_tokens_total)" \
   "$(ib_json "$IB_TMP/r.json" 'd["usage"]["prompt_tokens"]')"

@@ -28,7 +28,7 @@ static ib_workload_spec_t spec(const char *weights)
 
 static const ib_kube_workload_opts_t opts = {
     .namespace_ = "llm", .image = "ibrain.local/ib-manager:t", .engine_port = 8000, .manager_port = 8081,
-    .drain_s = 3, .grace_s = 30, .spec_b64 = "CgRjaGF0", .owner_uid = "uid-1",
+    .kv_port = 5557, .kv_replay_port = 5558, .drain_s = 3, .grace_s = 30, .spec_b64 = "CgRjaGF0", .owner_uid = "uid-1",
     .mock_engine = "/usr/local/bin/ib-mock-engine --listen {host}:{port} --model {model} --id {replica}",
 };
 
@@ -142,6 +142,62 @@ static void test_service_and_configmap(void **state)
     assert_non_null(strstr(text, "\nengine-host 0.0.0.0\n"));
     assert_non_null(strstr(text, "\nengine-cmd /usr/local/bin/ib-mock-engine --listen {host}:{port} --model {model}"));
     assert_non_null(strstr(text, "\ndrain-timeout-ms 25000\n")); /* grace 30 - preStop 3 - 2 */
+    ib_buf_free(&b);
+}
+
+/* kv_events: the engine's command publishes on the manager's ports, the pod declares them,
+ * its template says so (the driver reads the annotation back per pod), and nothing of it
+ * appears without kv_events. */
+static void test_kv_events(void **state)
+{
+    (void)state;
+    ib_workload_spec_t w = spec("/m");
+    ib_buf_t b = {0};
+    char cmd[1024], err[200];
+    ib_kube_deployment(&b, &w, &opts, "h");
+    ib_span_t none;
+    assert_int_equal(ib_json_pointer_raw(json, b.ptr, b.len, "/spec/template/metadata/annotations/ibrain.io~1kv-events",
+                                         &none), 1);
+    assert_int_equal(ib_json_pointer_raw(json, b.ptr, b.len, "/spec/template/spec/containers/0/ports/2", &none), 1);
+    b.len = 0;
+    ib_kube_manager_conf(&b, &w, &opts);
+    ib_buf_append(&b, "", 1);
+    assert_null(strstr(b.ptr, "kv-port"));
+    assert_null(strstr(b.ptr, "kv-events-config"));
+
+    w.kv_events = 1; /* without a tokenizer: refused */
+    assert_int_equal(ib_engine_command(&w, opts.mock_engine, cmd, sizeof(cmd), err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "kv_events: needs tokenizer"));
+    snprintf(w.tokenizer, sizeof(w.tokenizer), "/m/tokenizer.json");
+    assert_int_equal(ib_engine_command(&w, opts.mock_engine, cmd, sizeof(cmd), err, sizeof(err)), 0);
+    assert_non_null(strstr(cmd, " --kv-events-config {\"enable_kv_cache_events\":true,\"publisher\":\"zmq\","
+                                "\"endpoint\":\"tcp://*:{kv_port}\",\"replay_endpoint\":\"tcp://*:{kv_replay_port}\"}"));
+    assert_null(strpbrk(strstr(cmd, "--kv-events-config ") + 19, " \t")); /* one word: the manager splits at spaces */
+    snprintf(w.engine, sizeof(w.engine), "vllm");
+    assert_int_equal(ib_engine_command(&w, opts.mock_engine, cmd, sizeof(cmd), err, sizeof(err)), 0);
+    assert_non_null(strstr(cmd, "vllm serve {weights} "));
+    assert_non_null(strstr(cmd, " --kv-events-config {"));
+    snprintf(w.engine, sizeof(w.engine), "custom");
+    snprintf(w.engine_cmd, sizeof(w.engine_cmd), "/opt/engine --port {port}");
+    assert_int_equal(ib_engine_command(&w, opts.mock_engine, cmd, sizeof(cmd), err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "{kv_port}"));
+    snprintf(w.engine_cmd, sizeof(w.engine_cmd), "/opt/engine --port {port} --events tcp://*:{kv_port}");
+    assert_int_equal(ib_engine_command(&w, opts.mock_engine, cmd, sizeof(cmd), err, sizeof(err)), 0);
+    assert_null(strstr(cmd, "--kv-events-config")); /* a custom command says it its own way */
+    w.engine[0] = w.engine_cmd[0] = '\0';
+
+    b.len = 0;
+    ib_kube_deployment(&b, &w, &opts, "h");
+    expect_str(&b, "/spec/template/metadata/annotations/ibrain.io~1kv-events", "true");
+    expect_str(&b, "/spec/template/spec/containers/0/ports/2/name", "kv-events");
+    expect_int(&b, "/spec/template/spec/containers/0/ports/2/containerPort", 5557);
+    expect_str(&b, "/spec/template/spec/containers/0/ports/3/name", "kv-replay");
+    expect_int(&b, "/spec/template/spec/containers/0/ports/3/containerPort", 5558);
+    b.len = 0;
+    ib_kube_manager_conf(&b, &w, &opts);
+    ib_buf_append(&b, "", 1);
+    assert_non_null(strstr(b.ptr, "\nkv-port 5557\nkv-replay-port 5558\n"));
+    assert_non_null(strstr(b.ptr, "tcp://*:{kv_port}"));
     ib_buf_free(&b);
 }
 
@@ -287,7 +343,7 @@ int main(void)
     json = ib_json_parser_new(1 << 20);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deployment),  cmocka_unit_test(test_volumes),     cmocka_unit_test(test_service_and_configmap),
-        cmocka_unit_test(test_slice),       cmocka_unit_test(test_kubeconfig),  cmocka_unit_test(test_grpc_codes),
+        cmocka_unit_test(test_kv_events),   cmocka_unit_test(test_slice),       cmocka_unit_test(test_kubeconfig),  cmocka_unit_test(test_grpc_codes),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     ib_json_parser_free(json);

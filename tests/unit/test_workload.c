@@ -72,6 +72,14 @@ static void test_patch_over_existing(void **state)
     assert_int_equal(s.replicas, 3);
     assert_string_equal(s.model, "m");
     assert_string_equal(s.version, "esc\xc3\xa9\n");
+    s.kv_events = 1; /* a boolean: set, cleared, left alone when absent */
+    assert_int_equal(read_spec("{\"kv_events\":false}", &s, &present, &e), 0);
+    assert_int_equal(present, IB_WF_KV_EVENTS);
+    assert_int_equal(s.kv_events, 0);
+    assert_int_equal(read_spec("{\"kv_events\":true}", &s, &present, &e), 0);
+    assert_int_equal(s.kv_events, 1);
+    assert_int_equal(read_spec("{\"replicas\":2}", &s, &present, &e), 0);
+    assert_int_equal(s.kv_events, 1);
 }
 
 static void expect_error(const char *body, const char *field, const char *msg_part)
@@ -102,6 +110,9 @@ static void test_errors_name_the_field(void **state)
     expect_error("{\"replica\":2}", "replica", "unknown field");
     expect_error("{\"model\":\"a\",\"model\":\"b\"}", "model", "twice");
     expect_error("{\"block_size\":70000}", "block_size", "0..65536");
+    expect_error("{\"kv_events\":1}", "kv_events", "true or false");
+    expect_error("{\"kv_events\":\"true\"}", "kv_events", "true or false");
+    expect_error("{\"kv_events\":null}", "kv_events", "true or false");
     expect_error("{\"model\":\"a\\u0000b\"}", "model", "NUL");
     char big[600];
     memset(big, 'x', sizeof(big));
