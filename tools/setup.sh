@@ -27,7 +27,7 @@ build_debs=(
 build_only=0
 [ "${1:-}" = --build-deps-only ] && build_only=1
 debs=(
-  "${build_debs[@]}" clang libclang-rt-14-dev lld
+  "${build_debs[@]}" clang libclang-rt-14-dev lld ccache
   redis-server redis-sentinel redis-tools
   python3 python3-venv python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
   containerd runc containernetworking-plugins iptables busybox-static

@@ -257,10 +257,12 @@ static void local_status(void *self, const char *id, ib_replica_status_t *out)
         copy_span(out->kv_events_replay, sizeof(out->kv_events_replay), s);
     if (ib_json_pointer_int(l->json, body, len, "/restarts", &restarts) == 0)
         out->restarts += (uint32_t)restarts;
-    if (out->phase != IB_REPLICA_READY) {
+    if (out->phase != IB_REPLICA_READY)
         out->address[0] = '\0';
+    /* announced for a workload with events only (a custom command may use the placeholders
+     * without), and a replay only beside its events endpoint */
+    if (out->phase != IB_REPLICA_READY || !c->spec.kv_events || out->kv_events[0] == '\0')
         out->kv_events[0] = out->kv_events_replay[0] = '\0';
-    }
 }
 
 static void local_tick(void *self)

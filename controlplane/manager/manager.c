@@ -85,18 +85,28 @@ static void set_phase(mgr_t *m, ib_mgr_phase_t p, const char *reason)
 
 /* ---- the engine process ---- */
 
-static uint16_t free_port(void)
+/* Fills each out[i] that is 0 with a free port, all different: the probe sockets stay
+ * bound until every port is chosen. Free on every interface, where the KV events
+ * sockets bind. 0, or -1 when the system gave none. */
+static int free_ports(uint16_t *out, int n)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    uint16_t port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
+    int fds[3] = {-1, -1, -1}, rc = 0;
+    for (int i = 0; i < n && i < 3; i++) {
+        if (out[i] != 0)
+            continue;
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+        socklen_t len = sizeof(sa);
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fds[i] < 0 || bind(fds[i], (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+            getsockname(fds[i], (struct sockaddr *)&sa, &len) != 0)
+            rc = -1;
+        else
+            out[i] = ntohs(sa.sin_port);
+    }
+    for (int i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    return rc;
 }
 
 /* Splits the engine command on spaces and substitutes the placeholders. */
@@ -140,21 +150,20 @@ static int start_engine(mgr_t *m)
 {
     /* every start takes fresh free ports (a port of the last engine may still be held), and
      * /status announces them: routers follow */
-    uint16_t port = m->cfg.engine_port ? (uint16_t)m->cfg.engine_port : free_port();
-    uint16_t kv = 0, replay = 0;
-    if (strstr(m->cfg.engine_cmd, "{kv_port}") != NULL)
-        kv = m->cfg.kv_port ? (uint16_t)m->cfg.kv_port : free_port();
-    if (strstr(m->cfg.engine_cmd, "{kv_replay_port}") != NULL)
-        replay = m->cfg.kv_replay_port ? (uint16_t)m->cfg.kv_replay_port : free_port();
+    int want_kv = strstr(m->cfg.engine_cmd, "{kv_port}") != NULL;
+    int want_replay = strstr(m->cfg.engine_cmd, "{kv_replay_port}") != NULL;
+    /* a port not wanted is marked taken (1) for free_ports, then 0 again */
+    uint16_t ports[3] = {(uint16_t)m->cfg.engine_port, want_kv ? (uint16_t)m->cfg.kv_port : 1,
+                         want_replay ? (uint16_t)m->cfg.kv_replay_port : 1};
+    int ok = free_ports(ports, 3) == 0;
     pthread_mutex_lock(&m->lock);
-    m->engine_port = port;
-    m->kv_port = kv;
-    m->kv_replay_port = replay;
+    m->engine_port = ports[0];
+    m->kv_port = want_kv ? ports[1] : 0;
+    m->kv_replay_port = want_replay ? ports[2] : 0;
     pthread_mutex_unlock(&m->lock);
     char buf[4096];
     char *argv[64];
-    if (port == 0 || (kv == 0 && strstr(m->cfg.engine_cmd, "{kv_port}") != NULL) ||
-        (replay == 0 && strstr(m->cfg.engine_cmd, "{kv_replay_port}") != NULL)) {
+    if (!ok) {
         set_phase(m, IB_MGR_FAILED, "no free port for the engine");
         return -1;
     }

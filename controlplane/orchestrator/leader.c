@@ -69,8 +69,9 @@ static int build_snapshot(const orch_t *o, const Ibrain__V1__WorkloadList *l, ib
             snprintf(x->address, sizeof(x->address), "%s", r->address);
             x->draining = r->draining;
             x->generation = r->generation;
+            /* a replay endpoint alone would make the snapshot invalid (ib_snapshot_check) */
             snprintf(x->kv_events, sizeof(x->kv_events), "%s", r->kv_events);
-            snprintf(x->kv_events_replay, sizeof(x->kv_events_replay), "%s", r->kv_events_replay);
+            snprintf(x->kv_events_replay, sizeof(x->kv_events_replay), "%s", r->kv_events[0] ? r->kv_events_replay : "");
         }
     }
     return 0;

@@ -25,6 +25,12 @@ int ib_engine_load_fresh(const ib_proxy_t *px, const ib_replica_t *r, uint64_t n
     return at != 0 && period != 0 && now_ns - at < 3 * period;
 }
 
+/* A request count from an engine's page, within 0..2^20. */
+static int64_t clamp_count(double v)
+{
+    return v > 0 ? (v < (double)(1 << 20) ? (int64_t)llround(v) : (int64_t)1 << 20) : 0;
+}
+
 static void read_one(ib_proxy_t *px, const ib_replica_target_t *t, ib_buf_t *body)
 {
     ib_replica_t *r = &px->replicas[t->slot];
@@ -36,8 +42,9 @@ static void read_one(ib_proxy_t *px, const ib_replica_target_t *t, ib_buf_t *bod
     pthread_mutex_lock(&px->rtab_lock);
     if (atomic_load(&r->epoch) == t->epoch) {
         if (ok) {
-            atomic_store_explicit(&r->engine_running, (int64_t)llround(l.running), memory_order_relaxed);
-            atomic_store_explicit(&r->engine_waiting, (int64_t)llround(l.waiting), memory_order_relaxed);
+            /* bounded: the router multiplies them by a request's blocks */
+            atomic_store_explicit(&r->engine_running, clamp_count(l.running), memory_order_relaxed);
+            atomic_store_explicit(&r->engine_waiting, clamp_count(l.waiting), memory_order_relaxed);
             atomic_store_explicit(&r->engine_kv_permille, (uint32_t)lround(fmin(l.kv_usage, 1.0) * 1000),
                                   memory_order_relaxed);
             atomic_store_explicit(&r->engine_scraped_ns, ib_now_ns(), memory_order_release);

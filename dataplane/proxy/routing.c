@@ -74,8 +74,9 @@ static int refuse(ib_routing_error_t *err, int status, const char *type, const c
     return -2;
 }
 
-/* What the router sees of workload <wl>'s replicas: load, in-flight, usable. */
-static void replica_view(ib_worker_t *w, const ib_workload_rt_t *wl, int64_t *load, int64_t *inflight,
+/* What the router sees of workload <wl>'s replicas for a request of <nblocks> blocks: load,
+ * in-flight, usable. */
+static void replica_view(ib_worker_t *w, const ib_workload_rt_t *wl, size_t nblocks, int64_t *load, int64_t *inflight,
                          uint8_t *usable)
 {
     ib_proxy_t *px = w->px;
@@ -90,10 +91,15 @@ static void replica_view(ib_worker_t *w, const ib_workload_rt_t *wl, int64_t *lo
         load[r] = ib_replica_pending(rep, px->nworkers) + atomic_load_explicit(&rep->remote_pending, memory_order_relaxed);
         inflight[r] = ib_replica_inflight(rep, px->nworkers) +
                       atomic_load_explicit(&rep->remote_inflight, memory_order_relaxed);
-        /* the engine's own count includes traffic no ibrain sent (engine_load.c) */
+        /* the engine's own counts include traffic no ibrain sent (engine_load.c): its
+         * requests in flight, and the queued requests that are not ibrain's (at least
+         * those beyond every request ibrain has there) as prefill work, each taken at
+         * this one's size (the engines publish no queued tokens) */
         if (ib_engine_load_fresh(px, rep, now)) {
-            int64_t e = atomic_load_explicit(&rep->engine_running, memory_order_relaxed) +
-                        atomic_load_explicit(&rep->engine_waiting, memory_order_relaxed);
+            int64_t waiting = atomic_load_explicit(&rep->engine_waiting, memory_order_relaxed);
+            int64_t e = atomic_load_explicit(&rep->engine_running, memory_order_relaxed) + waiting;
+            if (waiting > inflight[r])
+                load[r] += (waiting - inflight[r]) * (int64_t)nblocks;
             if (e > inflight[r])
                 inflight[r] = e;
         }
@@ -106,7 +112,7 @@ static int pick(ib_worker_t *w, ib_client_t *c, const ib_rtab_t *rt, const ib_wo
 {
     int64_t load[IB_MAX_REPLICAS], inflight[IB_MAX_REPLICAS];
     uint8_t usable[IB_MAX_REPLICAS];
-    replica_view(w, wl, load, inflight, usable);
+    replica_view(w, wl, nblocks, load, inflight, usable);
     c->cand[0] = wl->ready[0];
     c->cand[1] = wl->ready[1];
     c->route_policy = wl->router->policy;
