@@ -31,6 +31,8 @@
 #        COST_RATE=400 COST_REQUESTS=4000 LAT_REQUESTS=2000 COST_ROUTERS="$ROUTERS ibrain-no-poll"
 #        HA_ROUTERS="ibrain-shared ibrain-alone smg smg-mesh vllm-router" (with KV_EVENTS=1 also
 #        ibrain-alone-precise: two instances, no Redis, each on the engines' events) HA_WORKLOAD=trace|chat
+#        ibrain-alone-blind: ibrain-alone without the engines' own load (--engine-metrics-ms 0)
+#        MAX_SEQS=1024: the engines' concurrent sequences (more wait in their queue)
 #        OUT=dir to keep reports
 #        IBRAIN_BASE=path/to/another/ibrain (router name ibrain-base: an A/B in the same rounds)
 #        SMG_TUNED="--cache-threshold 0.5" (the best TTFT of a sweep on the trace, docs/performance.md)
@@ -97,7 +99,7 @@ start_engine() {
   mapfile -t extra < <(engine_kv_flags "$i")
   rm -f "$tmp/e$i.port"
   PYTHONHASHSEED=0 taskset -c 1 "$engine_bin" --listen "127.0.0.1:$port" --port-file "$tmp/e$i.port" --id "e$i" \
-    --model demo --cache-blocks "$cache" --max-seqs 1024 --max-model-len 262144 "${extra[@]}" "$@" \
+    --model demo --cache-blocks "$cache" --max-seqs "${MAX_SEQS:-1024}" --max-model-len 262144 "${extra[@]}" "$@" \
     >>"$tmp/e$i.log" 2>&1 &
 }
 
@@ -377,6 +379,8 @@ if [[ $sections == *" ha "* ]]; then
           for i in 1 2; do start_router ibrain "$i" --redis "127.0.0.1:$redis_port" --instance-id "ib-$i"; ports+=("$rport"); done
           ;;
         ibrain-alone) for i in 1 2; do start_router ibrain "$i"; ports+=("$rport"); done ;;
+        ibrain-alone-blind) # as ibrain-alone, without reading the engines' own load
+          for i in 1 2; do start_router ibrain "$i" --engine-metrics-ms 0; ports+=("$rport"); done ;;
         ibrain-alone-precise) # no Redis: each learns the other's traffic from the engines' events
           for i in 1 2; do start_router ibrain-precise "$i"; ports+=("$rport"); done ;;
         smg | vllm-router) for i in 1 2; do start_router "$name" "$i"; ports+=("$rport"); done ;;
