@@ -80,6 +80,7 @@ typedef struct sub {
     int precise;                      /* what the table was last told */
     int block_mismatch;               /* its engine's blocks are not the workload's: until the workload changes */
     uint32_t reason;
+    int has_facts;                    /* facts written to its table since the last clearing */
     ib_buf_t keys;                    /* scratch: one event's keys */
 } sub_t;
 
@@ -157,11 +158,14 @@ static void set_mode(struct ib_kv *kv, sub_t *s, int precise, uint32_t reason)
     atomic_store_explicit(&ST(s)->reason, s->reason, memory_order_relaxed);
 }
 
-/* Forgets every fact and engine hash of <s>'s replica. */
+/* Forgets every fact and engine hash of <s>'s replica. Clearing scans the whole table:
+ * only when facts were written since the last time, so that a publisher whose batches
+ * keep resetting the state (garbage, sequences all over) costs no scan each. */
 static void forget(struct ib_kv *kv, sub_t *s)
 {
-    if (s->router != NULL)
+    if (s->router != NULL && s->has_facts)
         ib_affinity_forget_facts(&s->router->table, s->slot);
+    s->has_facts = 0;
     ib_kvmap_clear(&s->map);
     atomic_store_explicit(&ST(s)->facts, 0, memory_order_relaxed);
 }
@@ -240,8 +244,10 @@ static void on_stored(void *arg, const ib_kve_stored_t *ev)
             return;
         }
     }
-    if (s->router != NULL)
+    if (s->router != NULL) {
         ib_affinity_fact_stored(&s->router->table, keys, ev->nhashes, s->slot);
+        s->has_facts = 1;
+    }
     inc(&ST(s)->stored_events, 1);
     inc(&ST(s)->blocks_stored, ev->nhashes);
     atomic_store_explicit(&ST(s)->facts, s->map.used, memory_order_relaxed);
@@ -304,8 +310,9 @@ static void refresh_route(struct ib_kv *kv, sub_t *s)
     uint64_t serial = router_serial(kv->px, router);
     uint32_t block = w != NULL && w->tokenizer != NULL ? w->block : 0;
     if (router != s->router || serial != s->router_serial || block != s->block || s->map.keys == NULL) {
-        if (router != NULL && router == s->router && serial == s->router_serial) /* same table, keyed another way */
+        if (router != NULL && router == s->router && serial == s->router_serial && s->has_facts) /* keyed anew */
             ib_affinity_forget_facts(&router->table, s->slot);
+        s->has_facts = 0; /* a new table holds none of ours */
         s->router = router;
         s->router_serial = serial;
         s->block = block;

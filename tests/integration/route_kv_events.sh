@@ -78,7 +78,8 @@ for ((i = 0; i < 300; i++)); do
     metrics | grep -q '^ibrain_kv_engine_restarts_total{replica="e2"} [1-9]' && break
   sleep 0.05
 done
-metrics | grep -q '^ibrain_kv_engine_restarts_total{replica="e2"} [1-9]' || ib_fail "ibrain did not see e2 restart"
+metrics | grep -q '^ibrain_kv_engine_restarts_total{replica="e2"} [1-9]' ||
+  ib_fail "ibrain did not see e2 restart (the engine published $pub batches): $(metrics | grep '^ibrain_kv_.*replica="e2"' | grep -v '_bucket\|} 0$' | tr '\n' ' ')"
 after=$("${agree[@]}" believes "$ibp" e2 "$IB_TMP/e2.keys")
 echo "blocks of e2 before its restart that ibrain believes it holds: $before before, $after after"
 [ "$before" -gt 0 ] && [ "$after" -eq 0 ] || ib_fail "ibrain still believes e2 holds $after of the blocks it lost"
