@@ -88,10 +88,10 @@ static void set_phase(mgr_t *m, ib_mgr_phase_t p, const char *reason)
 /* Fills each out[i] that is 0 with a free port, all different: the probe sockets stay
  * bound until every port is chosen. Free on every interface, where the KV events
  * sockets bind. 0, or -1 when the system gave none. */
-static int free_ports(uint16_t *out, int n)
+static int free_ports(uint16_t out[3])
 {
     int fds[3] = {-1, -1, -1}, rc = 0;
-    for (int i = 0; i < n && i < 3; i++) {
+    for (int i = 0; i < 3; i++) {
         if (out[i] != 0)
             continue;
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
@@ -155,7 +155,7 @@ static int start_engine(mgr_t *m)
     /* a port not wanted is marked taken (1) for free_ports, then 0 again */
     uint16_t ports[3] = {(uint16_t)m->cfg.engine_port, want_kv ? (uint16_t)m->cfg.kv_port : 1,
                          want_replay ? (uint16_t)m->cfg.kv_replay_port : 1};
-    int ok = free_ports(ports, 3) == 0;
+    int ok = free_ports(ports) == 0;
     pthread_mutex_lock(&m->lock);
     m->engine_port = ports[0];
     m->kv_port = want_kv ? ports[1] : 0;

@@ -284,8 +284,6 @@ static void on_cleared(void *arg)
     baseline(a->kv, a->s);
 }
 
-/* The workload <s>'s slot routes in, from the published table (rtab_lock held). A changed
- * router (a new workload, new settings) starts from nothing: its table has no facts. */
 /* The registry's serial of <r> (rtab_lock held), 0 when <r> is not registered: retired,
  * and freed by the snapshot that retired it. */
 static uint64_t router_serial(const ib_proxy_t *px, const ib_router_t *r)
@@ -296,6 +294,8 @@ static uint64_t router_serial(const ib_proxy_t *px, const ib_router_t *r)
     return 0;
 }
 
+/* The workload <s>'s slot routes in, from the published table (rtab_lock held). A changed
+ * router (a new workload, new settings) starts from nothing: its table has no facts. */
 static void refresh_route(struct ib_kv *kv, sub_t *s)
 {
     const ib_rtab_t *rt = atomic_load_explicit(&kv->px->rtab, memory_order_acquire);
