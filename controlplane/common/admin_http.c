@@ -14,6 +14,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "ibrain/clock.h"
 #include "ibrain/http1.h"
 #include "ibrain/json_write.h"
 #include "ibrain/net.h"
@@ -34,24 +35,11 @@ static void error_body(ib_buf_t *b, const char *msg)
     ib_buf_append(b, s, (size_t)n);
 }
 
-static void serve_one(ib_admin_t *a, int fd)
+int ib_admin_answer(ib_admin_fn fn, void *arg, const char *in, size_t len, ib_buf_t *out)
 {
-    struct timeval tv = {2, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    char in[8192];
-    size_t len = 0;
     ib_http_req_t req;
-    ib_http_limits_t lim = {sizeof(in), 0};
-    int rc = 0; /* > 0: a complete head; 0: more bytes needed; < 0: refused */
-    while (len < sizeof(in)) {
-        ssize_t n = read(fd, in + len, sizeof(in) - len);
-        if (n <= 0)
-            return;
-        len += (size_t)n;
-        rc = ib_http_parse_request(in, len, &lim, &req);
-        if (rc != 0)
-            break;
-    }
+    ib_http_limits_t lim = {IB_ADMIN_MAX_HEAD, 0};
+    int rc = ib_http_parse_request(in, len, &lim, &req);
     ib_buf_t body = {0};
     int status;
     const char *ctype = "application/json";
@@ -66,7 +54,7 @@ static void serve_one(ib_admin_t *a, int fd)
         size_t pl = req.path.len < sizeof(path) - 1 ? req.path.len : sizeof(path) - 1;
         memcpy(path, req.path.ptr, pl);
         path[pl] = '\0';
-        status = a->fn(a->arg, path, &body, &ctype);
+        status = fn(arg, path, &body, &ctype);
         if (status == 404 && body.len == 0)
             error_body(&body, "no such route");
     }
@@ -74,9 +62,46 @@ static void serve_one(ib_admin_t *a, int fd)
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n", status,
                      ib_http_reason(status), ctype, body.len);
-    if (write(fd, head, (size_t)n) == n && body.len > 0 && write(fd, body.ptr, body.len) < 0)
-        perror("status server: write");
+    ib_buf_reset(out);
+    ib_buf_append(out, head, (size_t)n);
+    ib_buf_append(out, body.ptr, body.len);
     ib_buf_free(&body);
+    return status;
+}
+
+/* One connection, one request. The server has one thread: a client that trickles its head
+ * (or never sends one) must not hold it, so the whole head must come within
+ * IB_ADMIN_DEADLINE_MS of the accept, and the answer must leave within as long. */
+static void serve_one(ib_admin_t *a, int fd)
+{
+    uint64_t deadline = ib_now_ns() + IB_ADMIN_DEADLINE_MS * 1000000ull;
+    char in[IB_ADMIN_MAX_HEAD];
+    size_t len = 0;
+    ib_http_req_t req;
+    ib_http_limits_t lim = {sizeof(in), 0};
+    while (len < sizeof(in)) {
+        uint64_t now = ib_now_ns();
+        struct pollfd p = {fd, POLLIN, 0};
+        if (now >= deadline || poll(&p, 1, (int)((deadline - now) / 1000000u) + 1) <= 0)
+            break; /* too slow: answered 400 below (or the send fails) */
+        ssize_t n = read(fd, in + len, sizeof(in) - len);
+        if (n <= 0)
+            return;
+        len += (size_t)n;
+        if (ib_http_parse_request(in, len, &lim, &req) != 0)
+            break;
+    }
+    ib_buf_t out = {0};
+    ib_admin_answer(a->fn, a->arg, in, len, &out);
+    struct timeval tv = {IB_ADMIN_DEADLINE_MS / 1000, (IB_ADMIN_DEADLINE_MS % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    for (size_t off = 0; off < out.len;) {
+        ssize_t n = send(fd, out.ptr + off, out.len - off, MSG_NOSIGNAL);
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    ib_buf_free(&out);
 }
 
 static void *admin_main(void *arg)

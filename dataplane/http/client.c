@@ -25,7 +25,7 @@ int ib_http_response_parse(char *buf, size_t len, int *status, size_t *body_off,
     int minor, code;
     const char *msg;
     int hl = phr_parse_response(buf, len, &minor, &code, &msg, &msglen, hdrs, &nh, 0);
-    if (hl <= 0)
+    if (hl <= 0 || code < 100) /* picohttpparser takes any three digits: "020" is no status */
         return -1;
     int chunked = 0;
     long long clen = -1;

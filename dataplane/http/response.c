@@ -80,8 +80,8 @@ int ib_http_parse_response(const char *buf, size_t len, size_t max_head, ib_http
             return -1;
         assert(n > 0 && off + (size_t)n <= len);
         off += (size_t)n;
-        if (out->status == 101)
-            return -1; /* a protocol switch ibrain never asked for */
+        if (out->status == 101 || out->status < 100)
+            return -1; /* a protocol switch ibrain never asked for; no status ("020") */
         if (out->status < 200)
             continue; /* interim (100 Continue, 103 Early Hints): dropped */
         out->reason = (ib_span_t){msg, msglen};

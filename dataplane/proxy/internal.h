@@ -211,6 +211,7 @@ typedef struct ib_wb_ring {
 #define IB_WB_RING_WORDS (1u << 16)
 #define IB_WB_MAX_BLOCKS 4096u
 #define IB_WB_STREAM "ib:affinity"
+#define IB_WB_MAX_REMOTE_LOAD (1ll << 30) /* another instance's in-flight or pending figure, clamped */
 IB_STATIC_ASSERT(IB_MAX_REPLICAS <= 256 && IB_MAX_WORKLOADS <= 256, "a record header holds slot and workload in 8 bits each");
 IB_STATIC_ASSERT(IB_WB_MAX_BLOCKS <= 0xffff, "a record header holds n in 16 bits");
 

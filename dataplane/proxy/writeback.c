@@ -202,6 +202,10 @@ static int slot_by_name(const ib_proxy_t *px, const ib_workload_rt_t *wl, const 
     return -1;
 }
 
+/* Another instance's figure, as the router may add it to its own: a negative or huge one
+ * (a bug, or a foreign writer on the stream) would skew every pick, or overflow the sums. */
+static int64_t clamp_load(int64_t v) { return v < 0 ? 0 : v > IB_WB_MAX_REMOTE_LOAD ? IB_WB_MAX_REMOTE_LOAD : v; }
+
 /* Remembers the per-replica figures of the instance that sent <m>, by slot. */
 static void take_loads(ib_proxy_t *px, const Ibrain__V1__SyncBatch *m)
 {
@@ -224,8 +228,8 @@ static void take_loads(ib_proxy_t *px, const Ibrain__V1__SyncBatch *m)
         for (uint32_t slot = 0; slot < nslots; slot++)
             if (atomic_load(&px->replicas[slot].in_use) && m->loads[i]->replica != NULL &&
                 strcmp(px->replicas[slot].name, m->loads[i]->replica) == 0) {
-                r->inflight[slot] = m->loads[i]->in_flight;
-                r->pending[slot] = m->loads[i]->pending_blocks;
+                r->inflight[slot] = clamp_load(m->loads[i]->in_flight);
+                r->pending[slot] = clamp_load(m->loads[i]->pending_blocks);
             }
 }
 

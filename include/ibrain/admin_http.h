@@ -26,11 +26,18 @@ typedef int (*ib_admin_fn)(void *arg, const char *path, ib_buf_t *body, const ch
 typedef struct ib_admin ib_admin_t;
 
 #define IB_PROM_CTYPE "text/plain; version=0.0.4"
+#define IB_ADMIN_MAX_HEAD 8192        /* a request head, at most */
+#define IB_ADMIN_DEADLINE_MS 2000u    /* for the whole head after the accept, and for the answer */
 
 /* ---- functions ---- */
 
 /** Listens on <listen> (IPV4:PORT, port 0: free), serves in a thread. NULL on error (<err>). */
 ib_admin_t *ib_admin_start(const char *listen, ib_admin_fn fn, void *arg, char *err, size_t errlen);
+
+/** The answer to the request head <in>[0..len) (400 when it is incomplete or malformed,
+ * 405 for another method than GET, else what <fn> says), a whole HTTP/1.1 response with
+ * Connection: close, into <out>. Returns its status. */
+int ib_admin_answer(ib_admin_fn fn, void *arg, const char *in, size_t len, ib_buf_t *out);
 
 /** The port it listens on. */
 uint16_t ib_admin_port(const ib_admin_t *a);

@@ -51,6 +51,20 @@ ib_expect_eq "POST /status" "$(curl -s -o /dev/null -w '%{http_code}' -X POST "h
 ib_expect_eq "GET /nope" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(ib_port m1)/nope")" 404
 printf 'garbage\r\n\r\n' | timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$(ib_port m1); cat >&3; cat <&3" >"$IB_TMP/garbage.txt" || true
 grep -q "400" "$IB_TMP/garbage.txt" || ib_fail "garbage got: $(cat "$IB_TMP/garbage.txt")"
+# A client that trickles its head (a byte every 0.3 s, for 8 s) holds the one-thread status
+# server for at most 2 s: /status, which the local driver reads, answers meanwhile.
+mport=$(ib_port m1)
+(exec 3<>"/dev/tcp/127.0.0.1/$mport"; for ((i = 0; i < 26; i++)); do printf 'G' >&3 2>/dev/null || break; sleep 0.3; done) &
+trickler=$!
+sleep 0.2
+t0=$(date +%s%N)
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 6 "http://127.0.0.1:$mport/status" || true)
+ms=$((($(date +%s%N) - t0) / 1000000))
+kill "$trickler" 2>/dev/null || true
+wait "$trickler" 2>/dev/null || true
+ib_expect_eq "/status beside a trickling client (${ms} ms)" "$code" 200
+((ms < 4000)) || ib_fail "/status waited ${ms} ms behind a trickling client"
+echo "status server: /status answered in ${ms} ms beside a client trickling its head"
 
 # 4. drain: a stream in flight finishes, the engine stops, the manager exits 0
 addr=$(status m1 >/dev/null; field m1 '["engine_address"]')

@@ -93,6 +93,8 @@ static void test_parse_refusals(void **state)
     char body[256];
     assert_int_equal(parse("", &st, body, sizeof(body)), -1);
     assert_int_equal(parse("garbage\r\n\r\n", &st, body, sizeof(body)), -1);
+    /* three digits that are no status (found by fuzz_http_client) */
+    assert_int_equal(parse("HTTP/1.1 020 OK\r\nContent-Length: 0\r\n\r\n", &st, body, sizeof(body)), -1);
     assert_int_equal(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", &st, body, sizeof(body)), -1); /* head cut */
     assert_int_equal(parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort", &st, body, sizeof(body)), -1);
     assert_int_equal(parse("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", &st, body, sizeof(body)), -1);

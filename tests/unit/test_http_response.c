@@ -148,6 +148,7 @@ static void test_refused(void **state)
         "HTTP/1.1 200 OK\r\n folded\r\n\r\n",
         "HTTX/1.1 200 OK\r\n\r\n",
         "HTTP/1.1 20 OK\r\n\r\n",
+        "HTTP/1.1 020 OK\r\nContent-Length: 0\r\n\r\n",                /* no status: not an interim head */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         int n = parse(bad[i], &r);
