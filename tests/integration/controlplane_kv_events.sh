@@ -82,7 +82,7 @@ for r in kv-g1-r0 kv-g1-r1; do
   echo "$r: engine $addr, KV events $ev, replay $rp"
 done
 precise() { # REPLICA: ibrain routes it on its engine's events
-  metrics | grep -q "^ibrain_kv_routing_mode{replica=\"$1\",mode=\"precise\",reason=\"none\"} 1$"
+  grep -q "^ibrain_kv_routing_mode{replica=\"$1\",mode=\"precise\",reason=\"none\"} 1$" <<<"$(metrics)"
 }
 wait_until 20 "both replicas routed precisely" 'precise kv-g1-r0 && precise kv-g1-r1'
 engine_port() { snap_kv "$1" | awk '{split($1, a, ":"); print a[2]}'; }
@@ -116,7 +116,7 @@ for i in 1 2 3; do
 done
 wait_until 10 "facts about kv2" '[ "$(ib_metric "http://127.0.0.1:$ibp/metrics" "ibrain_kv_facts{replica=\"$kv2\"}")" -gt 0 ]'
 "$IBCTL" workload delete kv2 >/dev/null || ib_fail "delete kv2"
-wait_until 20 "kv2's subscription gone" '! metrics | grep -q "^ibrain_kv_routing_mode{replica=\"$kv2\""'
+wait_until 20 "kv2's subscription gone" '! grep -q "^ibrain_kv_routing_mode{replica=\"$kv2\"" <<<"$(metrics)"'
 kill -0 "${IB_PID[ib]}" || ib_fail "ibrain died when kv2 was deleted"
 "${agree[@]}" load "$ibp" 20 4 4 >"$IB_TMP/load4.txt" || ib_fail "load after kv2 went: $(cat "$IB_TMP/load4.txt")"
 echo "kv2 deleted while subscribed, with facts: its subscription and table gone, ibrain serving kv: $(cat "$IB_TMP/load4.txt")"
@@ -134,6 +134,6 @@ for r in kv-g$gen-r0 kv-g$gen-r1; do
   read -r addr ev rp <<<"$(snap_kv $r)"
   [ -z "$ev$rp" ] || ib_fail "$r announces KV events after they were turned off: $(snap_kv $r)"
 done
-wait_until 20 "no subscription left" '! metrics | grep -q "^ibrain_kv_routing_mode{"'
+wait_until 20 "no subscription left" '! grep -q "^ibrain_kv_routing_mode{" <<<"$(metrics)"'
 "${agree[@]}" load "$ibp" 40 4 3 >"$IB_TMP/load3.txt" || ib_fail "load without events: $(cat "$IB_TMP/load3.txt")"
 echo "kv_events off: generation $gen announces no endpoint, ibrain holds no subscription, 40 of 40 requests answered: $(cat "$IB_TMP/load3.txt")"

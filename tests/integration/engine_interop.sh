@@ -22,7 +22,7 @@ curl -s "$base/metrics" >"$IB_TMP/metrics.txt"
 # promtool's lint objects to the colon of every vllm: name (it does on vLLM's own page); any
 # other complaint, or a page it cannot parse, fails.
 promtool check metrics <"$IB_TMP/metrics.txt" >"$IB_TMP/promtool.log" 2>&1 || true
-if grep -v "^vllm:[a-z0-9_]* metric names should not contain ':'\$" "$IB_TMP/promtool.log" | grep -q .; then
+if [ -n "$(grep -v "^vllm:[a-z0-9_]* metric names should not contain ':'\$" "$IB_TMP/promtool.log")" ]; then
   ib_fail "promtool: $(cat "$IB_TMP/promtool.log")"
 fi
 grep -q '^vllm:generation_tokens_total{engine="0",model_name="qwen3-demo"} [1-9]' "$IB_TMP/metrics.txt" ||

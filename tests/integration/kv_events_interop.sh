@@ -55,7 +55,7 @@ print(seqs)
 PY
 )
 ib_expect_eq "restarted engine's batches" "$first" "[0]"
-curl -s "http://127.0.0.1:$(ib_port e1)/debug/kv_blocks" | grep -q '"blocks":\[{' || ib_fail "debug page lists no blocks"
+grep -q '"blocks":\[{' <<<"$(curl -s "http://127.0.0.1:$(ib_port e1)/debug/kv_blocks")" || ib_fail "debug page lists no blocks"
 
 # Refused at start, with the reason: events without a tokenizer, unknown keys, bad values.
 for bad in "--kv-events-config {\"enable_kv_cache_events\":true,\"publisher\":\"zmq\",\"endpoint\":\"ipc://$IB_TMP/x\"}" \
@@ -113,7 +113,7 @@ for ((i = 0; i < 4; i++)); do
   ib_expect_eq "vllm-router kv_aware, prompt cached on k2" "$(chat_to "$rp" "$pa")" k2
   ib_expect_eq "vllm-router kv_aware, prompt cached on k1" "$(chat_to "$rp" "$pb")" k1
 done
-curl -s "http://127.0.0.1:$mp/metrics" | grep -q 'vllm_router_prefix_routing_decisions_total{.*outcome="prefix_cost".*} [1-9]' ||
+grep -q 'vllm_router_prefix_routing_decisions_total{.*outcome="prefix_cost".*} [1-9]' <<<"$(curl -s "http://127.0.0.1:$mp/metrics")" ||
   ib_fail "vllm-router made no prefix-cost decision: $(curl -s "http://127.0.0.1:$mp/metrics" | grep prefix_routing)"
 echo "vllm-router kv_aware routed on the mock's events: $(curl -s "http://127.0.0.1:$mp/metrics" | grep -c 'prefix_routing_decisions_total')"
 ib_stop vr || true

@@ -75,10 +75,10 @@ curl -sf -o /dev/null "http://127.0.0.1:$port2/v1/chat/completions" -H 'Content-
 for ((i = 0; i < 300; i++)); do
   pub=$(curl -s "http://127.0.0.1:$port2/debug/kv_blocks" | "$IB_PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["published_batches"])')
   [ "$(ib_metric "http://127.0.0.1:$ibp/metrics" 'ibrain_kv_event_next_sequence{replica="e2"}')" = "$pub" ] &&
-    metrics | grep -q '^ibrain_kv_engine_restarts_total{replica="e2"} [1-9]' && break
+    grep -q '^ibrain_kv_engine_restarts_total{replica="e2"} [1-9]' <<<"$(metrics)" && break
   sleep 0.05
 done
-metrics | grep -q '^ibrain_kv_engine_restarts_total{replica="e2"} [1-9]' ||
+grep -q '^ibrain_kv_engine_restarts_total{replica="e2"} [1-9]' <<<"$(metrics)" ||
   ib_fail "ibrain did not see e2 restart (the engine published $pub batches): $(metrics | grep '^ibrain_kv_.*replica="e2"' | grep -v '_bucket\|} 0$' | tr '\n' ' ')"
 after=$("${agree[@]}" believes "$ibp" e2 "$IB_TMP/e2.keys")
 echo "blocks of e2 before its restart that ibrain believes it holds: $before before, $after after"

@@ -20,7 +20,7 @@ front=$(cat "$state/ibrain.port")
 sid=${IB_PID[stack]}
 session() { ps -s "$sid" -o pid=,args= 2>/dev/null || true; }
 for name in redis-server ib-clusterd ib-orchestrator dataplane/ibrain; do
-  session | grep -q "$name" || ib_fail "$name not running: $(session)"
+  grep -q "$name" <<<"$(session)" || ib_fail "$name not running: $(session)"
 done
 ib_expect_eq "managers running" "$(session | grep -cE '^ *[0-9]+ [^ ]*ib-manager ')" 2
 ib_expect_eq "engines running" "$(session | grep -cE '^ *[0-9]+ [^ ]*ib-mock-engine ')" 2
