@@ -30,7 +30,7 @@ debs=(
   "${build_debs[@]}" clang libclang-rt-14-dev lld ccache
   redis-server redis-sentinel redis-tools
   python3 python3-venv python3-grpcio python3-grpc-tools python3-protobuf python3-jinja2
-  containerd runc containernetworking-plugins iptables busybox-static
+  containerd runc containernetworking-plugins iptables nftables libnetfilter-queue-dev busybox-static
   prometheus curl procps iproute2 util-linux
   nginx-light haproxy wrk linux-perf
 )

@@ -46,6 +46,10 @@ typedef struct ib_load_options {
     double timeout_s;          /* per request */
     int progress;              /* progress line on stderr every second */
     int log_errors;            /* a line on stderr for every failed request: when, what, on which connection */
+    const char *requests_log;  /* a line per finished request (see ib-load --help), or NULL */
+    int failover;              /* a request whose connection to a target could not be made, or whose
+                                * request could not be written on a kept-alive one, goes to the next
+                                * target (a client-side balancer's retry); that target is skipped for 1 s */
 } ib_load_options_t;
 
 typedef struct ib_load_engine_count {
@@ -70,6 +74,7 @@ typedef struct ib_load_result {
     uint64_t err_io;           /* connect / reset / EOF before the end */
     uint64_t err_timeout;
     uint64_t err_protocol;     /* malformed HTTP or stream, or an error event in the stream */
+    uint64_t failovers;        /* --failover: requests sent again to another target */
     uint64_t status_4xx, status_5xx;
     uint64_t output_tokens, prompt_tokens, cached_tokens;
     double duration_s;

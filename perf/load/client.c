@@ -85,6 +85,7 @@ struct conn {
     uint32_t uses;          /* requests sent on it, this one included */
     const char *io_where;   /* --log-errors: where an io error happened, and errno */
     int io_errno;
+    size_t rx_bytes;        /* response bytes read for the request on it */
 };
 
 struct run {
@@ -103,6 +104,9 @@ struct run {
     uint64_t inflight, finished, start_ns;
     uint64_t waiting_for_conn;   /* due but no connection allowed yet */
     ib_buf_t sys, text, tmp;
+    FILE *reqlog;                /* --requests-log */
+    uint64_t down_until_ns[IB_LOAD_MAX_TARGETS]; /* --failover: a target skipped until then */
+    uint32_t next_target;
 };
 
 /* ---- pending heap on due_ns ---- */
@@ -263,6 +267,9 @@ static void conn_reset_response(struct conn *c)
     c->usage_completion = c->usage_prompt = c->usage_cached = -1;
     c->engine[0] = '\0';
     c->stream_error_code[0] = '\0';
+    c->rx_bytes = 0;
+    c->io_where = NULL;
+    c->io_errno = 0;
 }
 
 static struct conn *conn_new(struct run *run, uint32_t target)
@@ -370,6 +377,27 @@ static void finish(struct run *run, struct conn *c, enum outcome how)
 {
     ib_load_result_t *r = run->r;
     uint64_t now = ib_now_ns();
+    /* --failover: the target never had the request (no connection, or the kept-alive one
+     * was gone before the request could be written): a client-side balancer sends it to
+     * the next target and skips this one for a second. */
+    if (run->o->failover && how == ERR_IO && run->o->ntargets > 1 && c->rx_bytes == 0 && c->io_where != NULL &&
+        (strcmp(c->io_where, "connect") == 0 || (strcmp(c->io_where, "write") == 0 && c->out_off == 0 && c->uses > 1))) {
+        run->down_until_ns[c->target] = now + 1000000000ull;
+        run->inflight--;
+        r->sent--;
+        r->failovers++;
+        heap_push(run, (struct pending){now, c->item, c->turn});
+        conn_forget(run, c);
+        return;
+    }
+    if (run->reqlog != NULL) {
+        static const char *const names[] = {"ok", "status", "io", "timeout", "protocol"};
+        fprintf(run->reqlog, "%.3f\t%u\t%s\t%d\t%zu\t%.1f\t%.1f\t%s\t%s\t%s\n", (double)(c->t_send - run->start_ns) / 1e9,
+                c->target, names[how], c->status, c->rx_bytes,
+                c->t_first ? (double)(c->t_first - c->t_send) / 1e6 : -1.0, (double)(now - c->t_send) / 1e6,
+                c->stream_error ? (c->stream_error_code[0] ? c->stream_error_code : "error") : "-",
+                how == ERR_IO ? (c->io_where ? c->io_where : "?") : "-", c->engine[0] ? c->engine : "-");
+    }
     if (how != OK && run->o->log_errors) {
         static const char *const kinds[] = {"ok", "status", "io", "timeout", "protocol"};
         fprintf(stderr, "ib-load: error at %.3f s: %s", (double)(now - run->start_ns) / 1e9, kinds[how]);
@@ -617,6 +645,7 @@ static void on_readable(struct run *run, struct conn *c)
                 ib_buf_reset(&c->in);
                 continue;
             }
+            c->rx_bytes += (size_t)n;
             int rc = advance(run, c, now);
             if (rc < 0) {
                 finish(run, c, ERR_PROTOCOL);
@@ -699,8 +728,12 @@ static struct conn *get_conn(struct run *run, uint32_t target)
 
 static int send_one(struct run *run, struct pending p, uint64_t now)
 {
-    /* Several targets (router replicas behind a client-side balancer): requests take them in turn. */
-    struct conn *c = get_conn(run, (uint32_t)(run->r->sent % run->o->ntargets));
+    /* Several targets (router replicas behind a client-side balancer): requests take them in
+     * turn, skipping those --failover found down in the last second (all down: in turn). */
+    uint32_t target = run->next_target++ % run->o->ntargets;
+    for (uint32_t k = 0; k < run->o->ntargets && run->down_until_ns[target] > now; k++)
+        target = run->next_target++ % run->o->ntargets;
+    struct conn *c = get_conn(run, target);
     if (c == NULL)
         return -1;
     conn_reset_response(c);
@@ -768,6 +801,14 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
         fprintf(stderr, "ib-load: out of resources\n");
         return -1;
     }
+    if (o->requests_log != NULL) {
+        run.reqlog = fopen(o->requests_log, "w");
+        if (run.reqlog == NULL) {
+            fprintf(stderr, "ib-load: --requests-log %s: %s\n", o->requests_log, strerror(errno));
+            return -1;
+        }
+        fprintf(run.reqlog, "sent_s\ttarget\toutcome\tstatus\tbytes\tfirst_ms\tend_ms\tstream_error\tio_where\tengine\n");
+    }
     run.start_ns = ib_now_ns();
     for (size_t i = 0; i < w->nitems; i++) {
         uint64_t due = o->concurrency ? 0 : run.start_ns + (uint64_t)((double)w->items[i].at_us * 1000.0 / o->speedup);
@@ -834,6 +875,8 @@ int ib_load_run(const ib_load_workload_t *w, const ib_load_options_t *o, ib_load
     ib_buf_free(&run.tmp);
     ib_json_parser_free(run.json);
     close(run.ep);
+    if (run.reqlog != NULL)
+        fclose(run.reqlog);
     for (uint32_t i = 1; i < r->nerror_kinds; i++) /* most frequent first */
         for (uint32_t j = i; j > 0 && r->error_kinds[j].count > r->error_kinds[j - 1].count; j--) {
             ib_load_error_kind_t t = r->error_kinds[j];

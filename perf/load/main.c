@@ -53,7 +53,15 @@ static void usage(FILE *f)
             "  --json FILE                write the summary as JSON\n"
             "  --progress | --quiet       progress line on stderr (default: when stderr is a terminal)\n"
             "  --log-errors               a line on stderr per failed request: its time, kind, where it failed\n"
-            "                             (connect, write, read) and the connection's earlier requests\n");
+            "                             (connect, write, read) and the connection's earlier requests\n"
+            "  --requests-log FILE        a tab-separated line per request: sent_s target outcome (ok status io\n"
+            "                             timeout protocol) status bytes (response bytes read) first_ms (first\n"
+            "                             token, -1 for none) end_ms stream_error (an SSE error event's code)\n"
+            "                             io_where (connect write read) engine\n"
+            "  --failover                 several targets: a request whose target refused the connection (or\n"
+            "                             whose kept-alive connection could not take it) goes to the next\n"
+            "                             target, which a client-side balancer would do; the refusing target\n"
+            "                             is skipped for a second\n");
 }
 
 /* ---- engine metrics ---- */
@@ -170,7 +178,7 @@ int main(int argc, char **argv)
     o.progress = isatty(2);
     enum { O_TARGET = 1, O_TRACE, O_SP, O_MT, O_SYS, O_Q, O_HIST, O_OUT, O_TURNS, O_THINK, O_RATE, O_SEED, O_BPT,
            O_TBT, O_SPREAD, O_SPEED, O_CONC, O_LIMIT, O_MAXOUT, O_MAXIN, O_API, O_NOSTREAM, O_NOEOS, O_SESS, O_MODEL,
-           O_MAXCONN, O_TIMEOUT, O_METRICS, O_JSON, O_PROGRESS, O_QUIET, O_HELP, O_LOGERR };
+           O_MAXCONN, O_TIMEOUT, O_METRICS, O_JSON, O_PROGRESS, O_QUIET, O_HELP, O_LOGERR, O_REQLOG, O_FAILOVER };
     static const struct option opts[] = {
         {"target", 1, 0, O_TARGET},       {"trace", 1, 0, O_TRACE},
         {"shared-prefix", 1, 0, O_SP},    {"multi-turn", 1, 0, O_MT},
@@ -188,6 +196,7 @@ int main(int argc, char **argv)
         {"metrics", 1, 0, O_METRICS},     {"json", 1, 0, O_JSON},
         {"progress", 0, 0, O_PROGRESS},   {"quiet", 0, 0, O_QUIET},
         {"max-input", 1, 0, O_MAXIN},     {"help", 0, 0, O_HELP},           {"log-errors", 0, 0, O_LOGERR},
+        {"requests-log", 1, 0, O_REQLOG}, {"failover", 0, 0, O_FAILOVER},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -223,6 +232,8 @@ int main(int argc, char **argv)
         case O_PROGRESS: o.progress = 1; continue;
         case O_QUIET: o.progress = 0; continue;
         case O_LOGERR: o.log_errors = 1; continue;
+        case O_REQLOG: o.requests_log = optarg; continue;
+        case O_FAILOVER: o.failover = 1; continue;
         case O_HELP: usage(stdout); return 0;
         case O_RATE: case O_SPEED: case O_TIMEOUT: {
             double d = strtod(optarg, &end);
@@ -339,6 +350,8 @@ int main(int argc, char **argv)
            (unsigned long long)r.sent, (unsigned long long)r.ok, (unsigned long long)errors,
            (unsigned long long)r.err_status, (unsigned long long)r.status_4xx, (unsigned long long)r.status_5xx,
            (unsigned long long)r.err_io, (unsigned long long)r.err_timeout, (unsigned long long)r.err_protocol);
+    if (o.failover)
+        printf("  failovers     %llu (sent again to another target)\n", (unsigned long long)r.failovers);
     if (r.nerror_kinds > 0) {
         printf("  error kinds  ");
         for (uint32_t i = 0; i < r.nerror_kinds; i++) {
@@ -375,6 +388,7 @@ int main(int argc, char **argv)
         fprintf(f, "{\n  \"source\": \"%s\",\n  \"target\": \"%s:%u\",\n", src, o.host, o.ports[0]);
         fprintf(f, "  \"sent\": %llu,\n  \"ok\": %llu,\n  \"errors\": %llu,\n", (unsigned long long)r.sent,
                 (unsigned long long)r.ok, (unsigned long long)errors);
+        fprintf(f, "  \"failovers\": %llu,\n", (unsigned long long)r.failovers);
         fprintf(f,
                 "  \"errors_by_kind\": {\"status\": %llu, \"status_4xx\": %llu, \"status_5xx\": %llu, \"io\": %llu, "
                 "\"timeout\": %llu, \"protocol\": %llu},\n",

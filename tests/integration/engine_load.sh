@@ -39,7 +39,7 @@ second_rate=$(ib_json "$IB_TMP/second.json" 'd["cache_hit_rate"]')
 
 # e2 served nothing: its counters are still zero.
 m2=$(curl -s http://127.0.0.1:$p2/metrics)
-echo "$m2" | grep -q '^vllm:prefix_cache_queries_total{engine="0",model_name="mock"} 0$' || ib_fail "e2 saw queries: $m2"
+grep -q '^vllm:prefix_cache_queries_total{engine="0",model_name="mock"} 0$' <<<"$m2" || ib_fail "e2 saw queries: $m2"
 
 # Two targets (router instances behind a client-side balancer): the requests alternate,
 # 20 each, and the report still sums both engines' cache counters. Bad --target lists are
@@ -48,6 +48,21 @@ echo "$m2" | grep -q '^vllm:prefix_cache_queries_total{engine="0",model_name="mo
   --question-tokens 16 --output-tokens 2 --concurrency 4 --metrics 127.0.0.1:$p1 --metrics 127.0.0.1:$p2 \
   --json "$IB_TMP/two.json" --quiet >"$IB_TMP/two.txt" 2>&1 || ib_fail "ib-load, two targets: $(cat "$IB_TMP/two.txt")"
 ib_expect_eq "two targets: per engine" "$(ib_json "$IB_TMP/two.json" 'sorted(d["engines"].items())')" "[('e1', 20), ('e2', 20)]"
+# --failover: the second target refuses connections (nothing listens there); its requests
+# go to the first, none fails, and the per-request log has a line for each, all on target 0.
+dead=$(ib_free_port)
+"$IB_LOAD_BIN" --target 127.0.0.1:$p1 --target 127.0.0.1:$dead --failover --shared-prefix 2,20 --system-tokens 64 \
+  --question-tokens 16 --output-tokens 2 --concurrency 4 --requests-log "$IB_TMP/reqs.tsv" \
+  --json "$IB_TMP/fo.json" --quiet >"$IB_TMP/fo.txt" 2>&1 || ib_fail "ib-load --failover: $(cat "$IB_TMP/fo.txt")"
+ib_expect_eq "failover: ok/errors" "$(ib_json "$IB_TMP/fo.json" 'd["ok"]')/$(ib_json "$IB_TMP/fo.json" 'd["errors"]')" "40/0"
+[ "$(ib_json "$IB_TMP/fo.json" 'd["failovers"]')" -ge 1 ] || ib_fail "failover: none counted: $(cat "$IB_TMP/fo.txt")"
+ib_expect_eq "requests log: lines on target 0, ok" "$(awk -F'\t' 'NR > 1 && $2 == 0 && $3 == "ok"' "$IB_TMP/reqs.tsv" | wc -l)" 40
+ib_expect_eq "requests log: lines" "$(wc -l <"$IB_TMP/reqs.tsv")" 41
+rc=0
+"$IB_LOAD_BIN" --target 127.0.0.1:$p1 --target 127.0.0.1:$dead --shared-prefix 2,20 --system-tokens 64 \
+  --question-tokens 16 --output-tokens 2 --concurrency 4 --json "$IB_TMP/nofo.json" --quiet >/dev/null 2>&1 || rc=$?
+ib_expect_eq "no failover: exit code, ok" "$rc/$(ib_json "$IB_TMP/nofo.json" 'd["ok"]')" "3/20"
+echo "failover: 40 of 40 ok with one target refusing ($(ib_json "$IB_TMP/fo.json" 'd["failovers"]') sent again); 20 of 40 without --failover"
 rc=0
 "$IB_LOAD_BIN" --target 127.0.0.1:$p1 --target 127.0.0.2:$p2 --shared-prefix 1,1 >"$IB_TMP/bad.txt" 2>&1 || rc=$?
 ib_expect_eq "targets on two hosts: exit code" "$rc" 2
