@@ -36,7 +36,11 @@ static void usage(FILE *f)
             "  --eject-after N             consecutive failures that eject a replica (default 3)\n"
             "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n"
             "  --max-conns-per-worker N    client connections per worker; at the cap the longest-idle keep-alive\n"
-            "                              connection makes room, else the new one is refused (default 16384)\n"
+            "                              connection makes room, else the new one is told 503 (default 16384)\n"
+            "  --max-buffer-mb N           what client connections may hold in buffers (bodies, upstream copies,\n"
+            "                              unsent answers), all workers together: above it new proxied requests get\n"
+            "                              503 with Retry-After and relays keep 64 KiB a client (default: half the\n"
+            "                              cgroup's memory limit; none without one; 0: none)\n"
             "  --abort-on-client-close     a client's EOF abandons its proxied request, sparing the replica the rest\n"
             "                              of its generation (default: answer it, as a half-close asks)\n"
             "  --admin-listen HOST:PORT    a listener for /health, /ready, /metrics and /v1/models only, not counted\n"
@@ -80,7 +84,7 @@ static void usage(FILE *f)
 enum {
     O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT, O_EA,
     O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK, O_CTX,
-    O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_ADMIN, O_ADMINPORT, O_ABORTCLOSE, O_HELP,
+    O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_MAXBUF, O_ADMIN, O_ADMINPORT, O_ABORTCLOSE, O_HELP,
     O_DIDLE, O_ST, O_KVEV, O_EMETRICS
 };
 
@@ -95,7 +99,7 @@ static const struct option opts[] = {
     {"min-match-pct", 1, 0, O_MINMATCH},  {"tokenizer", 1, 0, O_TOKENIZER},    {"block-tokens", 1, 0, O_BTOK},
     {"context-length", 1, 0, O_CTX},      {"redis", 1, 0, O_REDIS},            {"redis-sentinel", 1, 0, O_SENTINEL},
     {"redis-master", 1, 0, O_MASTER},     {"redis-reread-ms", 1, 0, O_REREAD}, {"instance-id", 1, 0, O_INSTANCE},
-    {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"max-conns-per-worker", 1, 0, O_MAXCONNS},
+    {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"max-conns-per-worker", 1, 0, O_MAXCONNS}, {"max-buffer-mb", 1, 0, O_MAXBUF},
     {"admin-listen", 1, 0, O_ADMIN},      {"admin-port-file", 1, 0, O_ADMINPORT}, {"help", 0, 0, O_HELP},
     {"abort-on-client-close", 0, 0, O_ABORTCLOSE}, {"drain-idle-ms", 1, 0, O_DIDLE}, {"send-timeout-ms", 1, 0, O_ST},
     {"kv-events", 1, 0, O_KVEV},          {"engine-metrics-ms", 1, 0, O_EMETRICS},
@@ -170,6 +174,7 @@ static void number_option(ib_proxy_config_t *cfg, int c, unsigned long long v)
     case O_PROBE: cfg->probe_ms = (uint32_t)v; break;
     case O_EMETRICS: cfg->engine_metrics_ms = (uint32_t)v; break;
     case O_MAXCONNS: cfg->max_conns_per_worker = (uint32_t)(v ? v : 1); break;
+    case O_MAXBUF: cfg->max_buffer_bytes = v == 0 ? UINT64_MAX : (uint64_t)v << 20; break;
     case O_BLOCK: cfg->block_bytes = (uint32_t)v; break;
     case O_BTOK: cfg->block_tokens = (uint32_t)v; break;
     case O_CTX: cfg->context_length = (uint32_t)v; break;

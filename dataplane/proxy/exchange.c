@@ -61,17 +61,28 @@ static void detach_upstream(ib_worker_t *w, ib_client_t *c, int reusable)
         ib_upstream_close(w, u);
 }
 
+/* Emptied for the next exchange; a buffer grown past 64 KiB (a large body, a long head) is
+ * freed, so that an idle keep-alive connection holds little (the buffer budget). */
+static void reset_buf(ib_buf_t *b)
+{
+    if (b->cap > 65536)
+        ib_buf_free(b);
+    else
+        ib_buf_reset(b);
+}
+
 void ib_exchange_reset(ib_client_t *c)
 {
     assert(c->up == NULL && !c->inflight_counted && c->pending_blocks == 0);
-    ib_buf_reset(&c->method_path);
-    ib_buf_reset(&c->fwd_headers);
-    ib_buf_reset(&c->body);
-    ib_buf_reset(&c->upreq);
-    ib_buf_reset(&c->resp_head);
+    reset_buf(&c->method_path);
+    reset_buf(&c->fwd_headers);
+    reset_buf(&c->body);
+    reset_buf(&c->upreq);
+    reset_buf(&c->resp_head);
     c->request_id[0] = '\0';
     c->replica = -1;
     c->attempts = 0;
+    c->tried[0] = c->tried[1] = 0;
     c->head_sent = c->status = c->sse = c->client_chunked = c->said_close = 0;
     memset(&c->resp_body, 0, sizeof(c->resp_body));
     c->up_keepalive = 1;
@@ -127,7 +138,10 @@ void ib_exchange_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_error k
     release_inflight(w, c);
     detach_upstream(w, c, 0);
     if (!c->head_sent && c->resp_head.len == 0 && !timeout) {
-        if (c->attempts < 2 || stale_reuse) {
+        /* Nothing reached the client: the next replica not tried yet (a stale pooled
+         * connection costs no attempt), up to IB_MAX_ATTEMPTS replicas in all, so that two
+         * bad replicas among several (a partition and a hang at once) fail nobody. */
+        if (c->attempts < IB_MAX_ATTEMPTS || stale_reuse) {
             ib_counter_add(&w->m.retries, 1);
             ib_exchange_dispatch(w, c, -1);
             return;
@@ -191,6 +205,7 @@ static void count_on(ib_worker_t *w, ib_client_t *c, int replica)
     assert(!c->inflight_counted && c->pending_blocks == 0);
     c->replica = replica;
     c->attempts++;
+    ib_mask_set(c->tried, (uint32_t)replica);
     inflight_add(w, replica, 1);
     c->inflight_counted = 1;
     int64_t work = c->route_blocks;
@@ -204,7 +219,7 @@ void ib_exchange_dispatch(ib_worker_t *w, ib_client_t *c, int replica)
 {
     assert(c->up == NULL);
     if (replica < 0)
-        replica = ib_proxy_pick(w->px, w, c->cand, c->attempts > 0 ? c->replica : -1);
+        replica = ib_proxy_pick(w->px, w, c->cand, c->attempts > 0 ? c->tried : NULL);
     if (replica < 0) {
         ib_respond_error(w, c, 503, "no model replica is available", "server_error", NULL, "no_replica",
                          "Retry-After: 1");
@@ -364,7 +379,7 @@ static void on_data(ib_worker_t *w, ib_upstream_t *u, char *p, size_t n)
         return;
     }
     ib_client_flush(w, c);
-    if (ib_out_pending(c) > IB_OUT_HIGH_WATER)
+    if (ib_out_pending(c) > ib_out_high_water(w))
         c->upstream_blocked = 1;
     else
         ib_upstream_arm_recv(w, u);

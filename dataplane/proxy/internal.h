@@ -60,6 +60,8 @@ typedef struct ib_worker_metrics {
     ib_counter_t prompt_tokens;   /* prompt tokens counted by the tokenizer */
     ib_counter_t context_exceeded; /* requests refused: prompt + max_tokens over the context */
     ib_counter_t busy_poll_ns;    /* time spent polling an empty ring (--busy-poll-us) */
+    ib_counter_t buf_bytes;       /* gauge: w->buf_bytes, published by the owner */
+    ib_counter_t shed;            /* requests refused with 503: the worker was over its buffer budget */
 } ib_worker_metrics_t;
 
 extern const double ib_metrics_buckets_s[IB_NBUCKETS];
@@ -242,6 +244,7 @@ enum ib_op {
 #define IB_OUT_HIGH_WATER (1u << 20)     /* stop reading the upstream above this much unsent */
 #define IB_IN_MAX_PIPELINED (1u << 20)
 #define IB_RESP_MAX_HEAD 65536u          /* a replica's response head, interim heads included */
+#define IB_MAX_ATTEMPTS 3                /* replicas a request is sent to before the first byte, at most */
 
 /* A client connection's state: reading a head, reading a body, waiting on a replica
  * (request sent, response being relayed), or closed (freed when its last op returns). */
@@ -301,6 +304,7 @@ typedef struct ib_client {
     int replica, attempts, inflight_counted;
     ib_upstream_t *up;
     int upstream_blocked;         /* upstream receive paused for back-pressure */
+    size_t mem;                   /* its buffers' capacity, as last counted in its worker's buf_bytes */
     int debug;                    /* X-IB-Debug: 1 -> X-IB-Route in the response */
     uint64_t session_key;         /* hash of X-Session-Id, 0 when none */
     ib_route_reason_t route_reason;
@@ -308,6 +312,7 @@ typedef struct ib_client {
     int routed;                   /* the router chose the replica (vs. least-load) */
     ib_policy_t route_policy;
     uint64_t cand[2];             /* slots a retry may go to: the workload's ready replicas */
+    uint64_t tried[2];            /* slots this request was sent to: a retry goes elsewhere */
     int64_t pending_blocks;       /* prefill work counted on c->replica until the first byte */
     /* response */
     ib_buf_t resp_head;           /* upstream head being accumulated */
@@ -361,6 +366,8 @@ typedef struct ib_worker {
     uint32_t nclients;
     uint32_t nadmin;                  /* of which came through the admin listener */
     uint32_t nupstreams;              /* upstream connections not yet freed */
+    uint64_t buf_bytes;               /* what its clients' buffers hold (ib_client_account) */
+    uint64_t buf_budget;              /* its share of --max-buffer-mb (UINT64_MAX: none) */
     struct ib_upstream **idle;        /* per replica: idle keep-alive upstream connections */
     ib_buf_t scratch;
     ib_json_parser_t *json;           /* request bodies, parsed once */
@@ -454,6 +461,19 @@ static inline uint64_t ib_deadline(uint32_t ms) { return ib_now_ns() + (uint64_t
 /** Closes a client connection: its exchange is abandoned (counted), its socket shut down;
  * it is freed when its last operation completes. */
 void ib_client_close(ib_worker_t *w, ib_client_t *c);
+
+/* ---- the buffer budget (worker.c): what client connections hold, per worker ---- */
+
+/** Counts <c>'s buffers again in w->buf_bytes, after they may have grown or been freed. */
+void ib_client_account(ib_worker_t *w, ib_client_t *c);
+/** The worker holds more than its share of --max-buffer-mb: new proxied requests get 503. */
+static inline int ib_over_budget(const ib_worker_t *w) { return w->buf_bytes > w->buf_budget; }
+/** How much a client's unsent output may reach before its replica's relay pauses: 1 MiB,
+ * 64 KiB while the worker is over its budget. */
+static inline size_t ib_out_high_water(const ib_worker_t *w)
+{
+    return ib_over_budget(w) ? IB_OUT_HIGH_WATER / 16 : IB_OUT_HIGH_WATER;
+}
 
 /* ---- what a worker writes to clients (respond.c) ---- */
 
@@ -579,9 +599,10 @@ void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, char *data);
 
 /* ---- routing helpers (proxy.c) ---- */
 
-/** Picks the replica for a request: healthy, least in-flight, ties rotating; <avoid> (or
- * -1) is skipped when another healthy replica exists. -1 when none is usable. */
-int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoid);
+/** Picks the replica for a request: healthy, least in-flight, ties at random; the slots in
+ * <avoid> (NULL: none) are skipped when another healthy replica exists. -1 when none is
+ * usable. */
+int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, const uint64_t *avoid);
 /** Active health: starts the prober thread (none with probe_ms 0); stops and joins it. */
 int ib_probe_start(ib_proxy_t *px);
 void ib_probe_stop(ib_proxy_t *px);

@@ -198,6 +198,19 @@ static int render_counters(const ib_proxy_t *px, ib_buf_t *b)
                        "# TYPE ibrain_connections_open gauge\nibrain_connections_open %lld\n",
                        (long long)(SUM(conns_open) - SUM(conns_open_dec)));
     rc = rc || ib_buf_try_printf(b,
+                       "# HELP ibrain_buffer_bytes What client connections' buffers hold (bodies, upstream requests, "
+                       "unsent answers).\n"
+                       "# TYPE ibrain_buffer_bytes gauge\nibrain_buffer_bytes %llu\n"
+                       "# HELP ibrain_buffer_budget_bytes --max-buffer-mb (default: half the cgroup's memory limit); "
+                       "-1 when unbounded.\n"
+                       "# TYPE ibrain_buffer_budget_bytes gauge\nibrain_buffer_budget_bytes %lld\n"
+                       "# HELP ibrain_requests_shed_total Requests refused with 503: their worker was over its buffer "
+                       "budget.\n"
+                       "# TYPE ibrain_requests_shed_total counter\nibrain_requests_shed_total %llu\n",
+                       (unsigned long long)SUM(buf_bytes),
+                       px->cfg.max_buffer_bytes == UINT64_MAX ? -1ll : (long long)px->cfg.max_buffer_bytes,
+                       (unsigned long long)SUM(shed));
+    rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_busy_poll_seconds_total Time workers spent polling an empty ring before sleeping "
                        "(--busy-poll-us).\n"
                        "# TYPE ibrain_busy_poll_seconds_total counter\nibrain_busy_poll_seconds_total %.6f\n",

@@ -17,6 +17,50 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The memory limit of this process's cgroup (v1 memory.limit_in_bytes, v2 memory.max), or
+ * 0 when there is none: a container's limit, which the kernel enforces by killing. */
+static uint64_t cgroup_memory_limit(void)
+{
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (f == NULL)
+        return 0;
+    char line[512], path[600];
+    uint64_t limit = 0;
+    while (limit == 0 && fgets(line, sizeof(line), f) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (c2 == NULL)
+            continue;
+        const char *file[2];
+        if (strncmp(c1 + 1, "memory:", 7) == 0 || strstr(c1 + 1, ",memory:") != NULL) {
+            file[0] = "/sys/fs/cgroup/memory%s/memory.limit_in_bytes";
+            file[1] = NULL;
+        } else if (c2 == c1 + 1 && strncmp(line, "0:", 2) == 0) {
+            file[0] = "/sys/fs/cgroup%s/memory.max";
+            file[1] = "/sys/fs/cgroup/unified%s/memory.max";
+        } else {
+            continue;
+        }
+        for (int i = 0; i < 2 && file[i] != NULL && limit == 0; i++) {
+            snprintf(path, sizeof(path), file[i], strcmp(c2 + 1, "/") == 0 ? "" : c2 + 1);
+            FILE *m = fopen(path, "r");
+            unsigned long long v;
+            if (m != NULL && fscanf(m, "%llu", &v) == 1 && v < (1ull << 60)) /* "max" or v1's huge "none" */
+                limit = v;
+            if (m != NULL)
+                fclose(m);
+        }
+    }
+    fclose(f);
+    return limit;
+}
+
+uint64_t ib_default_buffer_budget(void)
+{
+    uint64_t limit = cgroup_memory_limit();
+    return limit ? limit / 2 : UINT64_MAX;
+}
+
 void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
@@ -38,6 +82,7 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
     cfg->probe_ms = 1000;
     cfg->engine_metrics_ms = 500;
     cfg->max_conns_per_worker = 16384;
+    cfg->max_buffer_bytes = ib_default_buffer_budget();
     cfg->policy = "affinity";
     cfg->chat_template = "chatml";
     cfg->block_bytes = 64;        /* the mock engine's default: 16-token blocks x 4 bytes */
@@ -86,7 +131,7 @@ void ib_replica_failed(ib_proxy_t *px, ib_replica_t *r, uint64_t now_ns)
     atomic_store_explicit(&r->consecutive_failures, 0, memory_order_relaxed);
 }
 
-int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoid)
+int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, const uint64_t *avoid)
 {
     uint64_t now = ib_now_ns();
     int fallback = -1;
@@ -98,8 +143,8 @@ int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoi
     for (uint32_t i = 0; i < n; i++) {
         ib_replica_t *r = &px->replicas[i];
         usable[i] = ib_mask_has(cand, i) && ib_replica_healthy(r, now);
-        if (usable[i] && (int)i == avoid) {
-            fallback = (int)i;
+        if (usable[i] && avoid != NULL && ib_mask_has(avoid, i)) {
+            fallback = (int)i; /* tried already: only when nothing else is usable */
             usable[i] = 0;
         }
         load[i] = usable[i] ? ib_replica_inflight(r, px->nworkers) : 0;
@@ -108,7 +153,7 @@ int ib_proxy_pick(ib_proxy_t *px, ib_worker_t *w, const uint64_t *cand, int avoi
      * neighbour). */
     w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
     int best = ib_route_least(load, usable, n, w->rng);
-    if (best < 0 && fallback < 0 && avoid < 0) {
+    if (best < 0 && fallback < 0 && avoid == NULL) {
         /* Every candidate is ejected or unresponsive: try the one whose ejection ends
          * first (ties, such as replicas all unresponsive and none ejected, spread at
          * random) rather than failing every request until then. */

@@ -194,6 +194,16 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
     take_head(w, c, &req);
     int expect = req.expect_continue;
     consume_in(c, (size_t)n);
+    /* Over the buffer budget, a request for a replica (its body, its upstream copy, its
+     * answer) is refused before its body is read; /health and /metrics still answer. */
+    if (ib_over_budget(w) && c->route < IB_ROUTE_MODELS) {
+        ib_counter_add(&w->m.shed, 1);
+        c->keepalive = 0;
+        c->in.len = 0;
+        ib_respond_error(w, c, 503, "ibrain is over its memory budget; retry shortly", "server_error", NULL,
+                         "memory_limit", "Retry-After: 1");
+        return -1;
+    }
     c->state = IB_C_BODY;
     /* The body must be read before routing; a 100 Continue asks for it. */
     if (expect && c->body_need != 0 && c->in.len == 0) {
@@ -210,7 +220,7 @@ void ib_request_input(ib_worker_t *w, ib_client_t *c)
         if (c->state == IB_C_HEAD) {
             /* Answers the client does not read pile up: further pipelined requests wait
              * (on_client_send resumes them), and c->in fills to its cap. */
-            if (ib_out_pending(c) > IB_OUT_HIGH_WATER)
+            if (ib_out_pending(c) > ib_out_high_water(w))
                 return;
             if (c->in.len == 0 || read_head(w, c) <= 0)
                 return;

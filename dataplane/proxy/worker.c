@@ -63,10 +63,19 @@ void ib_client_close(ib_worker_t *w, ib_client_t *c)
     shutdown(c->fd, SHUT_RDWR); /* ends the multishot receive */
 }
 
+void ib_client_account(ib_worker_t *w, ib_client_t *c)
+{
+    size_t m = c->in.cap + c->out[0].cap + c->out[1].cap + c->method_path.cap + c->fwd_headers.cap + c->body.cap +
+               c->upreq.cap + c->resp_head.cap;
+    w->buf_bytes += m - c->mem; /* modulo 2^64: a smaller m subtracts */
+    c->mem = m;
+}
+
 static void free_client(ib_worker_t *w, ib_client_t *c)
 {
     assert(c->closing && c->ops == 0 && c->up == NULL);
     assert(w->nclients > 0);
+    w->buf_bytes -= c->mem;
     close(c->fd);
     if (c->prev)
         c->prev->next = c->next;
@@ -117,6 +126,22 @@ static void accept_failed(ib_worker_t *w, int err)
 static int evict_idle(ib_worker_t *w);
 static void add_client(ib_worker_t *w, int fd, int admin);
 
+/* At the cap with every connection busy: the new one is told so and closed, without
+ * becoming a client (no state, no ring operation). A fresh socket's send buffer is empty,
+ * so the answer leaves at once; the client's request, if it sent one, is not read. */
+#define REFUSED_BODY                                                                                                   \
+    "{\"error\":{\"message\":\"ibrain is at its connection limit; retry shortly\",\"type\":\"server_error\","       \
+    "\"code\":\"connection_limit\"}}\n"
+static void refuse_connection(int fd)
+{
+    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                               "Retry-After: 1\r\nConnection: close\r\nContent-Length: 121\r\n\r\n" REFUSED_BODY;
+    _Static_assert(sizeof(REFUSED_BODY) - 1 == 121, "Content-Length matches the body");
+    ssize_t n = send(fd, resp, sizeof(resp) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    (void)n; /* a client already gone gets nothing */
+    close(fd);
+}
+
 static void arm_accept_admin(ib_worker_t *w)
 {
     struct io_uring_sqe *sqe = ib_get_sqe(w);
@@ -147,7 +172,7 @@ static void on_accept(ib_worker_t *w, struct io_uring_cqe *cqe)
     }
     if (w->nclients - w->nadmin >= w->px->cfg.max_conns_per_worker && !evict_idle(w)) {
         ib_counter_add(&w->m.conns_refused, 1);
-        close(fd);
+        refuse_connection(fd);
         return;
     }
     add_client(w, fd, 0);
@@ -241,6 +266,8 @@ static void on_client_recv(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
         recycle_buffer(w, bid);
         if (!c->closing && c->state != IB_C_UPSTREAM)
             ib_request_input(w, c);
+        if (c->in.len == 0 && c->in.cap > 65536) /* a large body or a pipelined burst, consumed */
+            ib_buf_free(&c->in);
         if (!more && !c->closing)
             arm_client_recv(w, c);
         return;
@@ -289,16 +316,19 @@ static void on_client_send(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
         return;
     }
     c->sending = 0;
-    ib_buf_reset(b);
+    if (b->cap > (256u << 10)) /* a burst's buffer is not kept for the rest of the connection */
+        ib_buf_free(b);
+    else
+        ib_buf_reset(b);
     if (c->closing)
         return;
     ib_client_flush(w, c);
-    if (c->upstream_blocked && c->up != NULL && ib_out_pending(c) <= IB_OUT_HIGH_WATER / 2) {
+    if (c->upstream_blocked && c->up != NULL && ib_out_pending(c) <= ib_out_high_water(w) / 2) {
         c->upstream_blocked = 0;
         ib_upstream_arm_recv(w, c->up);
     }
     /* Pipelined requests parked while the answers piled up (ib_request_input). */
-    if (!c->closing && c->state == IB_C_HEAD && c->in.len > 0 && ib_out_pending(c) <= IB_OUT_HIGH_WATER / 2)
+    if (!c->closing && c->state == IB_C_HEAD && c->in.len > 0 && ib_out_pending(c) <= ib_out_high_water(w) / 2)
         ib_request_input(w, c);
 }
 
@@ -432,13 +462,29 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
     switch (op) {
     case IB_OP_ACCEPT: on_accept(w, cqe); break;
     case IB_OP_ACCEPT_ADMIN: on_accept_admin(w, cqe); break;
-    case IB_OP_CRECV: on_client_recv(w, obj, cqe); op_done_client(w, obj, cqe); break;
-    case IB_OP_CSEND: on_client_send(w, obj, cqe); op_done_client(w, obj, cqe); break;
+    case IB_OP_CRECV:
+        on_client_recv(w, obj, cqe);
+        ib_client_account(w, obj);
+        op_done_client(w, obj, cqe);
+        break;
+    case IB_OP_CSEND:
+        on_client_send(w, obj, cqe);
+        ib_client_account(w, obj);
+        op_done_client(w, obj, cqe);
+        break;
     case IB_OP_UCONN: ib_exchange_on_connect(w, obj, cqe->res); op_done_upstream(w, obj, cqe); break;
     case IB_OP_USEND: ib_exchange_on_send(w, obj, cqe->res); op_done_upstream(w, obj, cqe); break;
-    case IB_OP_URECV: on_upstream_recv(w, obj, cqe); op_done_upstream(w, obj, cqe); break;
+    case IB_OP_URECV: {
+        ib_client_t *c = ((ib_upstream_t *)obj)->client; /* freed only by its own completions */
+        on_upstream_recv(w, obj, cqe);
+        if (c != NULL)
+            ib_client_account(w, c);
+        op_done_upstream(w, obj, cqe);
+        break;
+    }
     case IB_OP_TICK:
         check_timeouts(w, ib_now_ns());
+        atomic_store_explicit(&w->m.buf_bytes.v, w->buf_bytes, memory_order_relaxed); /* a gauge */
         if (w->draining && w->drain_idle_close_ns != 0 && ib_now_ns() >= w->drain_idle_close_ns)
             drain_idle(w);
         if (w->accept_paused && !w->draining && ib_now_ns() >= w->accept_resume_ns) {
@@ -480,6 +526,7 @@ int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id)
     w->idle = calloc(IB_MAX_REPLICAS, sizeof(*w->idle));
     w->json = ib_json_parser_new(px->cfg.max_body_bytes);
     w->rng = 0x9e3779b97f4a7c15ull * (id + 1);
+    w->buf_budget = px->cfg.max_buffer_bytes == UINT64_MAX ? UINT64_MAX : px->cfg.max_buffer_bytes / px->cfg.workers;
     if (w->wake_fd < 0 || w->idle == NULL || w->json == NULL)
         return -1;
     int use_redis = (px->cfg.redis != NULL && px->cfg.redis[0] != '\0') || px->cfg.nredis_sentinels > 0;

@@ -96,6 +96,9 @@ typedef struct ib_proxy_config {
     uint32_t probe_ms;              /* GET /health of every replica this often, with this timeout (0: off) */
     uint32_t engine_metrics_ms;     /* GET /metrics of every replica this often: its engine's own load (0: off) */
     uint32_t max_conns_per_worker;  /* at the cap, the longest-idle keep-alive connection makes room */
+    uint64_t max_buffer_bytes;      /* what client connections may hold in buffers, all workers together:
+                                     * above it new proxied requests get 503 and relays slow down
+                                     * (UINT64_MAX: no bound; default half the cgroup's memory limit) */
     const char *admin_listen;       /* "HOST:PORT" of the admin listener (/health /ready /metrics /v1/models,
                                      * not counted against the cap), or NULL */
     const char *admin_port_file;
@@ -135,6 +138,10 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg);
 
 /** Validates <cfg>, binds the listeners. NULL with a message on stderr on failure. */
 ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg);
+/** The default of max_buffer_bytes: half the memory limit of this process's cgroup (the
+ * rest for the affinity tables, tokenizers and the provided receive buffers), or
+ * UINT64_MAX without one. */
+uint64_t ib_default_buffer_budget(void);
 
 /** Runs the workers until SIGTERM/SIGINT, then drains. Returns the exit code. */
 int ib_proxy_run(ib_proxy_t *px);

@@ -13,7 +13,11 @@
 #     exchange abandoned (counted), and ibrain goes on serving;
 #   - out of file descriptors: accept errors back off instead of spinning, existing
 #     connections keep being served, the condition is counted, and once clients leave
-#     ibrain accepts again and stops cleanly on SIGTERM.
+#     ibrain accepts again and stops cleanly on SIGTERM;
+#   - over the buffer budget (--max-buffer-mb): clients that read nothing of their streams
+#     pin ibrain's buffers; a new chat request gets 503 with Retry-After (counted), /health
+#     answers, the pinned relays hold 64 KiB each instead of 1 MiB, and once the clients
+#     leave the buffers are given back and chats are served again.
 source "$IB_SRC/tests/lib/proc.sh"
 
 ib_engine e1 --itl-ms 1 --prefill-us-per-token 0 --overhead-ms 0
@@ -214,7 +218,7 @@ ib_spawn cap "$IB_IBRAIN_BIN" --listen 127.0.0.1:0 --port-file @PORTFILE --worke
   --admin-listen 127.0.0.1:0 --admin-port-file "$IB_TMP/cap-admin.port" --model mock --replica e1=127.0.0.1:$(ib_port e1)
 ib_wait_port cap
 /usr/bin/python3 - "$(ib_port cap)" "$(cat "$IB_TMP/cap-admin.port")" <<'PY' || ib_fail "connection cap"
-import socket, sys, time
+import json, socket, sys, time
 port, admin = int(sys.argv[1]), int(sys.argv[2])
 def get(p, path, s=None):
     own = s is None
@@ -259,12 +263,20 @@ busy.append(socket.create_connection(("127.0.0.1", port), timeout=5))
 busy[-1].sendall(b"GET /health HTTP/1.1\r\n")
 time.sleep(0.2)
 s = socket.create_connection(("127.0.0.1", port), timeout=5)
+got = b""
 try:
     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    refused = s.recv(4096) == b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        got += b
 except ConnectionResetError:
-    refused = True
-assert refused, "a connection over the cap was served"
+    pass
+head, _, body = got.partition(b"\r\n\r\n")
+assert head.startswith(b"HTTP/1.1 503 "), "a connection over the cap got %r" % got
+assert b"\r\nRetry-After: 1\r\n" in head and b"\r\nConnection: close" in head, head
+assert json.loads(body)["error"]["code"] == "connection_limit", body
 # ...and the admin listener still answers, with the refusal counted.
 code, body = get(admin, "/metrics")
 assert code == b"200", code
@@ -273,7 +285,7 @@ assert int(line.split()[1]) >= 1, line
 evicted = [l for l in body.decode().splitlines() if l.startswith("ibrain_connections_evicted_total ")][0]
 assert int(evicted.split()[1]) == 1, evicted
 assert get(admin, "/v1/chat/completions")[0] == b"404"
-print("connection cap: oldest idle evicted, %s, admin listener answers" % line)
+print("connection cap: oldest idle evicted, a refused one told 503 with Retry-After, %s, admin listener answers" % line)
 PY
 ib_stop cap || ib_fail "cap: stop"
 
@@ -326,4 +338,71 @@ print("fd exhaustion: %.0f%% of a core while out of descriptors; %s" % (used * 1
 PY
 grep -c "cannot accept" "$IB_TMP/fd.log" | grep -qx 1 || ib_fail "the condition was not logged once: $(grep -c "cannot accept" "$IB_TMP/fd.log")"
 ib_stop fd || ib_fail "ibrain out of descriptors did not stop on SIGTERM"
+
+# 6. The buffer budget: 1 MiB for the one worker, an engine that streams as fast as it can
+# (the kernel's socket buffers fill at once, then ibrain's).
+ib_engine fast --itl-ms 0 --itl-us-per-seq 0 --prefill-us-per-token 0 --overhead-ms 0
+ib_ibrain mem --workers 1 --model mock --max-buffer-mb 1 --replica fast=127.0.0.1:$(ib_port fast)
+/usr/bin/python3 - "$(ib_port mem)" <<'PY' || ib_fail "buffer budget"
+import json, socket, sys, time
+port = int(sys.argv[1])
+def request(body, s=None):
+    s = s or socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return s
+def get(path):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    out = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            return out
+        out += b
+def metric(name):
+    return int(float([l for l in get("/metrics").decode().splitlines() if l.startswith(name + " ")][0].split()[1]))
+long = json.dumps({"model": "mock", "stream": True, "max_tokens": 100000, "ignore_eos": True,
+                   "messages": [{"role": "user", "content": "pin"}]}).encode()
+short = json.dumps({"model": "mock", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).encode()
+assert get("/metrics").startswith(b"HTTP/1.1 200")
+assert metric("ibrain_buffer_budget_bytes") == 1 << 20
+# Two clients that read nothing: their answers pile up in ibrain past the budget.
+pinned = []
+for i in range(2):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    pinned.append(request(long, s))
+deadline = time.monotonic() + 10
+while metric("ibrain_buffer_bytes") <= 1 << 20:
+    assert time.monotonic() < deadline, "the pinned streams never filled the budget"
+    time.sleep(0.1)
+s = request(short)
+got = b""
+while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+    b = s.recv(65536)
+    if not b:
+        break
+    got += b
+head, _, body = got.partition(b"\r\n\r\n")
+assert head.startswith(b"HTTP/1.1 503 "), got
+assert b"\r\nRetry-After: 1\r\n" in head + b"\r\n", head
+assert json.loads(body)["error"]["code"] == "memory_limit", body
+assert get("/health").startswith(b"HTTP/1.1 200")
+assert metric("ibrain_requests_shed_total") == 1
+held = metric("ibrain_buffer_bytes")
+assert held < 3 << 20, "two pinned relays hold %d bytes" % held  # 1 MiB high water each without the budget
+for p in pinned:
+    p.close()
+deadline = time.monotonic() + 10
+while metric("ibrain_buffer_bytes") > 256 << 10:
+    assert time.monotonic() < deadline, "buffers not given back: %d" % metric("ibrain_buffer_bytes")
+    time.sleep(0.1)
+s = request(short)
+assert s.recv(65536).startswith(b"HTTP/1.1 200")
+print("buffer budget: a chat over it told 503 with Retry-After; two pinned relays held %d KiB; "
+      "given back when they left, then served" % (held >> 10))
+PY
+ib_stop mem || ib_fail "ibrain with a buffer budget exited with $?"
 echo "proxy_edges: ok"

@@ -28,6 +28,19 @@ retries=$(ib_metric "$base/metrics" ibrain_retries_total)
 [ "$retries" -ge 2 ] || ib_fail "expected retries, got $retries"
 ib_expect_eq "connect errors" "$(ib_metric "$base/metrics" 'ibrain_upstream_errors_total{replica="dead",kind="connect"}')" "$retries"
 
+# 1b. Two replicas of four down and never ejected (--eject-after 1000): a request is sent to
+#     up to three replicas, never twice to the same, so every one still succeeds (with one
+#     retry, one that went from one dead replica to the other failed with a 502).
+dead2=$(ib_free_port)
+ib_ibrain ib4 --workers 1 --model mock --policy round-robin --probe-ms 0 --eject-after 1000 \
+  --replica e1=127.0.0.1:$(ib_port e1) --replica dead=127.0.0.1:$dead --replica dead2=127.0.0.1:$dead2 \
+  --replica e2=127.0.0.1:$(ib_port e2)
+"$IB_LOAD_BIN" --target 127.0.0.1:$(ib_port ib4) --shared-prefix 2,50 --system-tokens 32 --question-tokens 8 \
+  --output-tokens 2 --concurrency 4 --json "$IB_TMP/d2.json" --quiet >/dev/null || ib_fail "requests failed with two replicas down"
+ib_expect_eq "ok with two of four replicas down" "$(ib_json "$IB_TMP/d2.json" 'd["ok"]')" 100
+echo "two of four replicas down: 100 of 100 ok, $(ib_metric "http://127.0.0.1:$(ib_port ib4)/metrics" ibrain_retries_total) retries"
+ib_stop ib4 || ib_fail "ib4 exited with $?"
+
 # 2. Replica killed mid-stream: a second ibrain in front of the slow engine only.
 ib_ibrain ib2 --workers 1 --model mock --replica slow=127.0.0.1:$(ib_port slow)
 curl -s -N --max-time 20 "http://127.0.0.1:$(ib_port ib2)/v1/chat/completions" -H 'Content-Type: application/json' \

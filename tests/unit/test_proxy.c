@@ -168,7 +168,7 @@ static void test_pick_spreads_evenly(void **state)
         ib_mask_set(cand, i);
     uint32_t count[3] = {0};
     for (int i = 0; i < 3000; i++) {
-        int r = ib_proxy_pick(px, &px->workers[0], cand, -1);
+        int r = ib_proxy_pick(px, &px->workers[0], cand, NULL);
         assert_true(r == 0 || r == 2);
         count[r]++;
     }

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Clients for the resource-bound runs of perf/bounds.sh (standard library only).
+
+  bounds.py idle PORT N READY_FILE
+      Opens N keep-alive connections to 127.0.0.1:PORT, from source addresses 127.0.0.2,
+      127.0.0.3, ... (about 28,000 ephemeral ports each), each sending GET /health and
+      reading its answer, then keeps them all open and idle. Prints how many were served
+      and what the others got, writes READY_FILE, and holds them until SIGTERM.
+
+  bounds.py pin PORT N HOLD_S
+      N clients that each ask for a long stream (100,000 tokens) and read nothing for
+      HOLD_S seconds, pinning ibrain's buffers; then reads each one's status line and
+      closes. Prints how many streams were started and how many were told 503.
+
+  bounds.py loris PORT N SECONDS
+      N connections that each send one byte of a request head every second, for SECONDS;
+      a connection the server closes (its 408) is opened again. Prints how many 408s came
+      back and how many connections were made.
+"""
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+
+def source(i):
+    return "127.0.0.%d" % (2 + i // 25000)
+
+
+def connect_many(port, n, sel=None):
+    socks = []
+    for i in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((source(i), 0))
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    return socks
+
+
+def idle(port, n, ready_file):
+    port, n = int(port), int(n)
+    socks = connect_many(port, n)
+    sel = selectors.DefaultSelector()
+    req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    state = {}
+    for s in socks:
+        sel.register(s, selectors.EVENT_WRITE)
+        state[s] = b""
+    outcome = {}
+    pending = len(socks)
+    deadline = time.monotonic() + 120
+    while pending and time.monotonic() < deadline:
+        for key, ev in sel.select(timeout=1):
+            s = key.fileobj
+            try:
+                if ev & selectors.EVENT_WRITE:
+                    s.send(req)
+                    sel.modify(s, selectors.EVENT_READ)
+                    continue
+                b = s.recv(4096)
+            except OSError as e:
+                b, err = None, e.errno
+            if b:
+                state[s] += b
+                if b"\r\n\r\n" not in state[s]:
+                    continue
+                kind = state[s].split(b" ", 2)[1].decode()
+            else:
+                kind = "closed" if b == b"" else "error %s" % os.strerror(err)
+            outcome[kind] = outcome.get(kind, 0) + 1
+            sel.unregister(s)
+            pending -= 1
+    served = outcome.get("200", 0)
+    print("idle: %d connections, %d served and kept open; %s" % (n, served, ", ".join(
+        "%s x%d" % kv for kv in sorted(outcome.items()) if kv[0] != "200") or "no other outcome"), flush=True)
+    with open(ready_file, "w") as f:
+        f.write("%d\n" % served)
+    signal.sigwait([signal.SIGTERM, signal.SIGINT])
+
+
+def loris(port, n, seconds):
+    port, n, seconds = int(port), int(n), float(seconds)
+    socks = connect_many(port, n)
+    made, closed_408, closed = n, 0, 0
+    head = b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 100000
+    pos = {s: 0 for s in socks}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        for i, s in enumerate(list(pos)):
+            try:
+                s.send(head[pos[s]:pos[s] + 1])
+                pos[s] += 1
+                continue
+            except (BlockingIOError, InterruptedError):
+                continue  # still connecting, or the buffer is full: next second
+            except OSError:
+                pass
+            try:
+                got = s.recv(4096)
+            except OSError:
+                got = b""
+            closed_408 += got.startswith(b"HTTP/1.1 408")
+            closed += 1
+            del pos[s]
+            s.close()
+            t = connect_many(port, 1)[0]
+            pos[t] = 0
+            made += 1
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+    print("loris: %d connections trickling for %.0f s: %d made, %d closed by the server (%d with a 408)" % (
+        n, seconds, made, closed, closed_408), flush=True)
+
+
+def pin(port, n, hold):
+    port, n, hold = int(port), int(n), float(hold)
+    body = (b'{"model":"mock","stream":true,"max_tokens":100000,"ignore_eos":true,'
+            b'"messages":[{"role":"user","content":"pin"}]}')
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    socks = []
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # what is not read stays in ibrain
+        s.sendall(req)
+        socks.append(s)
+        time.sleep(0.005)
+    time.sleep(hold)
+    seen = {}
+    for s in socks:
+        try:
+            status = s.recv(64).split(b" ", 2)[1].decode()
+        except Exception:
+            status = "closed"
+        seen[status] = seen.get(status, 0) + 1
+        s.close()
+    print("pin: %d clients asking for 100,000-token streams, reading nothing for %.0f s: %s" % (
+        n, hold, ", ".join("%s x%d" % kv for kv in sorted(seen.items()))), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "idle":
+        idle(*sys.argv[2:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "pin":
+        pin(*sys.argv[2:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "loris":
+        loris(*sys.argv[2:])
+    else:
+        sys.exit(__doc__)
