@@ -39,8 +39,9 @@ static void usage(FILE *f)
             "                              connection makes room, else the new one is told 503 (default 16384)\n"
             "  --max-buffer-mb N           what client connections may hold in buffers (bodies, upstream copies,\n"
             "                              unsent answers), all workers together: above it new proxied requests get\n"
-            "                              503 with Retry-After and relays keep 64 KiB a client (default: half the\n"
-            "                              cgroup's memory limit; none without one; 0: none)\n"
+            "                              503 with Retry-After and relays keep 64 KiB a client (default: half of\n"
+            "                              what the cgroup's memory limit leaves after the receive buffers and the\n"
+            "                              affinity table; none without a limit; 0: none)\n"
             "  --abort-on-client-close     a client's EOF abandons its proxied request, sparing the replica the rest\n"
             "                              of its generation (default: answer it, as a half-close asks)\n"
             "  --admin-listen HOST:PORT    a listener for /health, /ready, /metrics and /v1/models only, not counted\n"
@@ -174,7 +175,7 @@ static void number_option(ib_proxy_config_t *cfg, int c, unsigned long long v)
     case O_PROBE: cfg->probe_ms = (uint32_t)v; break;
     case O_EMETRICS: cfg->engine_metrics_ms = (uint32_t)v; break;
     case O_MAXCONNS: cfg->max_conns_per_worker = (uint32_t)(v ? v : 1); break;
-    case O_MAXBUF: cfg->max_buffer_bytes = v == 0 ? UINT64_MAX : (uint64_t)v << 20; break;
+    case O_MAXBUF: cfg->max_buffer_bytes = v == 0 ? UINT64_MAX : (uint64_t)v << 20; break; /* 0: none */
     case O_BLOCK: cfg->block_bytes = (uint32_t)v; break;
     case O_BTOK: cfg->block_tokens = (uint32_t)v; break;
     case O_CTX: cfg->context_length = (uint32_t)v; break;
@@ -185,6 +186,11 @@ static void number_option(ib_proxy_config_t *cfg, int c, unsigned long long v)
     case O_MINMATCH: cfg->min_match_pct = (uint32_t)(v <= 100 ? v : 100); break;
     }
 }
+
+/* jemalloc (linked in release builds) reads this at its start: memory freed by a client's
+ * buffers goes back to the system within about a second instead of ten, so that a burst of
+ * large bodies leaves no resident memory behind it (a cgroup's limit counts it). */
+const char *malloc_conf = "dirty_decay_ms:1000,muzzy_decay_ms:0";
 
 int main(int argc, char **argv)
 {

@@ -8,9 +8,9 @@
       and what the others got, writes READY_FILE, and holds them until SIGTERM.
 
   bounds.py pin PORT N HOLD_S
-      N clients that each ask for a long stream (100,000 tokens) and read nothing for
-      HOLD_S seconds, pinning ibrain's buffers; then reads each one's status line and
-      closes. Prints how many streams were started and how many were told 503.
+      N clients that each send an 8 MB request body but its last byte and wait, for HOLD_S
+      seconds: what ibrain buffers for them grows with N. Then reads what each was told
+      (a 503, or nothing yet) and closes.
 
   bounds.py loris PORT N SECONDS
       N connections that each send one byte of a request head every second, for SECONDS;
@@ -120,29 +120,54 @@ def loris(port, n, seconds):
 
 
 def pin(port, n, hold):
+    """N clients that each send an 8 MB request body but its last byte, then wait: what
+    ibrain holds for them is theirs to bound."""
     port, n, hold = int(port), int(n), float(hold)
-    body = (b'{"model":"mock","stream":true,"max_tokens":100000,"ignore_eos":true,'
-            b'"messages":[{"role":"user","content":"pin"}]}')
-    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-           b"Content-Length: %d\r\n\r\n" % len(body)) + body
-    socks = []
+    size = 8000000
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % size)
+    body = b"x" * (size - 1)
+    socks, sent = [], {}
     for i in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # what is not read stays in ibrain
-        s.sendall(req)
+        s.setblocking(False)
         socks.append(s)
-        time.sleep(0.005)
-    time.sleep(hold)
+        sent[s] = 0
+    data = head + body
+    end = time.monotonic() + hold
+    active = set(socks)
+    while active and time.monotonic() < end:
+        progress = False
+        for s in list(active):
+            try:
+                k = s.send(memoryview(data)[sent[s]:sent[s] + 262144])
+                sent[s] += k
+                progress = progress or k > 0
+                if sent[s] == len(data):
+                    active.discard(s)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                active.discard(s)  # closed by the server (its 503)
+        if not progress:
+            time.sleep(0.05)
+    time.sleep(max(0.0, end - time.monotonic()))
     seen = {}
+    held = sum(sent.values())
     for s in socks:
+        s.setblocking(True)
+        s.settimeout(2)
         try:
-            status = s.recv(64).split(b" ", 2)[1].decode()
-        except Exception:
-            status = "closed"
+            got = s.recv(64)
+            status = got.split(b" ", 2)[1].decode() if got else "no answer yet"
+        except socket.timeout:
+            status = "no answer yet"
+        except OSError:
+            status = "reset"
         seen[status] = seen.get(status, 0) + 1
         s.close()
-    print("pin: %d clients asking for 100,000-token streams, reading nothing for %.0f s: %s" % (
-        n, hold, ", ".join("%s x%d" % kv for kv in sorted(seen.items()))), flush=True)
+    print("pin: %d clients sending 8 MB bodies (all but the last byte), %.0f MB sent in %.0f s: %s" % (
+        n, held / 1e6, hold, ", ".join("%s x%d" % kv for kv in sorted(seen.items()))), flush=True)
 
 
 if __name__ == "__main__":

@@ -523,7 +523,7 @@ void ib_respond_error(ib_worker_t *w, ib_client_t *c, int status, const char *ms
  * complete request. */
 void ib_request_input(ib_worker_t *w, ib_client_t *c);
 /** Refuses the request in progress with <status> (400, 408, 413, 417, 431, 500, 501,
- * 505; anything else is a 400) and closes after the answer. */
+ * 503 over the buffer budget, 505; anything else is a 400) and closes after the answer. */
 void ib_request_refuse(ib_worker_t *w, ib_client_t *c, int status);
 /** The route a request path names. */
 enum ib_route ib_route_of(ib_span_t path);

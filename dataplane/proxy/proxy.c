@@ -55,10 +55,16 @@ static uint64_t cgroup_memory_limit(void)
     return limit;
 }
 
-uint64_t ib_default_buffer_budget(void)
+uint64_t ib_default_buffer_budget(uint32_t workers, uint32_t affinity_sets_log2)
 {
     uint64_t limit = cgroup_memory_limit();
-    return limit ? limit / 2 : UINT64_MAX;
+    if (limit == 0)
+        return UINT64_MAX;
+    /* What ibrain holds whatever its clients do: the provided receive buffers (16 MiB a
+     * worker), an affinity table (64 bytes a set) and about 16 MiB of the rest. */
+    uint64_t fixed = (uint64_t)workers * (16u << 20) + (64ull << affinity_sets_log2) + (16u << 20);
+    uint64_t half = limit > fixed ? (limit - fixed) / 2 : 0;
+    return half > limit / 8 ? half : limit / 8;
 }
 
 void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
@@ -82,7 +88,7 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg)
     cfg->probe_ms = 1000;
     cfg->engine_metrics_ms = 500;
     cfg->max_conns_per_worker = 16384;
-    cfg->max_buffer_bytes = ib_default_buffer_budget();
+    cfg->max_buffer_bytes = 0; /* from the cgroup, at ib_proxy_create */
     cfg->policy = "affinity";
     cfg->chat_template = "chatml";
     cfg->block_bytes = 64;        /* the mock engine's default: 16-token blocks x 4 bytes */
@@ -252,6 +258,8 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
     if (px == NULL)
         return NULL;
     px->cfg = *cfg;
+    if (px->cfg.max_buffer_bytes == 0)
+        px->cfg.max_buffer_bytes = ib_default_buffer_budget(cfg->workers, cfg->affinity_sets_log2);
     px->started_unix = (uint64_t)time(NULL);
     if (cfg->workers == 0 || cfg->workers > IB_MAX_WORKERS) {
         fprintf(stderr, "ibrain: --workers must be 1..%d\n", IB_MAX_WORKERS);

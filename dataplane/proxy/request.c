@@ -82,9 +82,15 @@ static void consume_in(ib_client_t *c, size_t n)
 }
 
 /* Reads body bytes from c->in. 1 complete, 0 more needed, -STATUS refused: -400 broken
- * chunked framing, -413 a chunked body over the limit, -500 out of memory. */
+ * chunked framing, -413 a chunked body over the limit, -500 out of memory, -503 the
+ * worker went over its buffer budget while the body came (many large bodies at once). */
 static int read_body(ib_worker_t *w, ib_client_t *c)
 {
+    if (ib_over_budget(w) && c->in.len > 0 && c->route < IB_ROUTE_MODELS) {
+        ib_client_account(w, c); /* what it holds now counts (its own growth may be why) */
+        if (ib_over_budget(w))
+            return -503;
+    }
     if (c->body_need >= 0) {
         size_t take = c->in.len < (size_t)c->body_need ? c->in.len : (size_t)c->body_need;
         if (ib_buf_try_append(&c->body, c->in.ptr, take) != 0)
@@ -122,11 +128,15 @@ void ib_request_refuse(ib_worker_t *w, ib_client_t *c, int status)
     case 501: msg = "unsupported transfer coding"; break;
     case 505: msg = "HTTP version not supported"; break;
     case 500: msg = "out of memory"; break;
+    case 503: msg = "ibrain is over its memory budget; retry shortly"; break;
     default: msg = "malformed HTTP request"; status = 400; break;
     }
     c->keepalive = 0;
     c->in.len = 0;
-    ib_respond_error(w, c, status, msg, status >= 500 ? "server_error" : "invalid_request_error", NULL, NULL, NULL);
+    if (status == 503)
+        ib_counter_add(&w->m.shed, 1);
+    ib_respond_error(w, c, status, msg, status >= 500 ? "server_error" : "invalid_request_error", NULL,
+                     status == 503 ? "memory_limit" : NULL, status == 503 ? "Retry-After: 1" : NULL);
 }
 
 /* What the head says of the exchange: route, framing, request id, forwarded headers. */
@@ -196,13 +206,15 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
     consume_in(c, (size_t)n);
     /* Over the buffer budget, a request for a replica (its body, its upstream copy, its
      * answer) is refused before its body is read; /health and /metrics still answer. */
-    if (ib_over_budget(w) && c->route < IB_ROUTE_MODELS) {
-        ib_counter_add(&w->m.shed, 1);
-        c->keepalive = 0;
-        c->in.len = 0;
-        ib_respond_error(w, c, 503, "ibrain is over its memory budget; retry shortly", "server_error", NULL,
-                         "memory_limit", "Retry-After: 1");
-        return -1;
+    if (c->route < IB_ROUTE_MODELS && w->buf_budget != UINT64_MAX) {
+        /* A body of known length is room taken now: counted whole before its first byte,
+         * so that many large bodies arriving at once cannot pass the budget together. */
+        if (w->buf_bytes + (c->body_need > 0 ? (uint64_t)c->body_need : 0) > w->buf_budget ||
+            (c->body_need > 0 && ib_buf_try_reserve(&c->body, (size_t)c->body_need) != 0)) {
+            ib_request_refuse(w, c, 503);
+            return -1;
+        }
+        ib_client_account(w, c);
     }
     c->state = IB_C_BODY;
     /* The body must be read before routing; a 100 Continue asks for it. */

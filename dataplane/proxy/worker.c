@@ -255,7 +255,8 @@ static void on_client_recv(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
         c->recv_armed = 0;
     if (cqe->res > 0) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        if (!c->closing) {
+        /* Refused (closing after its answer): what else it sends is dropped, not kept. */
+        if (!c->closing && !c->close_after_send) {
             if (c->in.len + (size_t)cqe->res > IB_IN_MAX_PIPELINED + w->px->cfg.max_head_bytes ||
                 ib_buf_try_append(&c->in, w->buf_base + (size_t)bid * w->buf_size, (size_t)cqe->res) != 0) {
                 recycle_buffer(w, bid);

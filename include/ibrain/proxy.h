@@ -98,7 +98,7 @@ typedef struct ib_proxy_config {
     uint32_t max_conns_per_worker;  /* at the cap, the longest-idle keep-alive connection makes room */
     uint64_t max_buffer_bytes;      /* what client connections may hold in buffers, all workers together:
                                      * above it new proxied requests get 503 and relays slow down
-                                     * (UINT64_MAX: no bound; default half the cgroup's memory limit) */
+                                     * (UINT64_MAX: no bound; 0, the default: ib_default_buffer_budget) */
     const char *admin_listen;       /* "HOST:PORT" of the admin listener (/health /ready /metrics /v1/models,
                                      * not counted against the cap), or NULL */
     const char *admin_port_file;
@@ -138,10 +138,11 @@ void ib_proxy_config_defaults(ib_proxy_config_t *cfg);
 
 /** Validates <cfg>, binds the listeners. NULL with a message on stderr on failure. */
 ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg);
-/** The default of max_buffer_bytes: half the memory limit of this process's cgroup (the
- * rest for the affinity tables, tokenizers and the provided receive buffers), or
- * UINT64_MAX without one. */
-uint64_t ib_default_buffer_budget(void);
+/** The default of max_buffer_bytes: half of what the memory limit of this process's cgroup
+ * leaves once the receive buffers of <workers>, one affinity table of 2^<sets_log2> sets
+ * and 16 MiB are set aside (an eighth of the limit at least), or UINT64_MAX without a
+ * limit. */
+uint64_t ib_default_buffer_budget(uint32_t workers, uint32_t affinity_sets_log2);
 
 /** Runs the workers until SIGTERM/SIGINT, then drains. Returns the exit code. */
 int ib_proxy_run(ib_proxy_t *px);
