@@ -29,9 +29,9 @@ def source(i):
     return "127.0.0.%d" % (2 + i // 25000)
 
 
-def connect_many(port, n, sel=None):
+def connect_many(port, n, first=0):
     socks = []
-    for i in range(n):
+    for i in range(first, first + n):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((source(i), 0))
@@ -46,19 +46,15 @@ def connect_many(port, n, sel=None):
 
 def idle(port, n, ready_file):
     port, n = int(port), int(n)
-    socks = connect_many(port, n)
-    sel = selectors.DefaultSelector()
     req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-    state = {}
-    for s in socks:
-        sel.register(s, selectors.EVENT_WRITE)
-        state[s] = b""
-    outcome = {}
-    pending = len(socks)
-    deadline = time.monotonic() + 120
-    while pending and time.monotonic() < deadline:
-        for key, ev in sel.select(timeout=1):
+    sel = selectors.DefaultSelector()
+    state, outcome, pending = {}, {}, 0
+
+    def settle(timeout):
+        nonlocal pending
+        for key, ev in sel.select(timeout=timeout):
             s = key.fileobj
+            err = 0
             try:
                 if ev & selectors.EVENT_WRITE:
                     s.send(req)
@@ -77,6 +73,22 @@ def idle(port, n, ready_file):
             outcome[kind] = outcome.get(kind, 0) + 1
             sel.unregister(s)
             pending -= 1
+
+    # In batches of 500, each sent its request as soon as it is connected: binding source
+    # ports gets slower as they fill, and a connection that waited past the server's
+    # header timeout would be closed (rightly) before its request.
+    socks = []
+    for first in range(0, n, 500):
+        batch = connect_many(port, min(500, n - first), first)
+        for s in batch:
+            sel.register(s, selectors.EVENT_WRITE)
+            state[s] = b""
+        socks += batch
+        pending += len(batch)
+        settle(0)
+    deadline = time.monotonic() + 120
+    while pending and time.monotonic() < deadline:
+        settle(1)
     served = outcome.get("200", 0)
     print("idle: %d connections, %d served and kept open; %s" % (n, served, ", ".join(
         "%s x%d" % kv for kv in sorted(outcome.items()) if kv[0] != "200") or "no other outcome"), flush=True)
@@ -111,7 +123,7 @@ def loris(port, n, seconds):
             closed += 1
             del pos[s]
             s.close()
-            t = connect_many(port, 1)[0]
+            t = connect_many(port, 1, made)[0]
             pos[t] = 0
             made += 1
         time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))

@@ -37,7 +37,6 @@ N_STREAMS=$(((NOFILE - 1000) / 2 < 10000 ? (NOFILE - 1000) / 2 : 10000)) # a cli
 PY=/usr/bin/python3
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }
-sock_mem_kb() { awk '$1 == "TCP:" {for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) * 4}' /proc/net/sockstat; }
 latency() { # NAME PORT: 200 short streaming chats at 20/s; prints "p50 p99 ok/sent" of TTFT in ms
   "$IB_LOAD_BIN" --target "127.0.0.1:$2" --model mock --shared-prefix 4,50 --system-tokens 200 --question-tokens 20 \
     --output-tokens 4 --rate 20 --json "$IB_TMP/$1.json" --quiet >/dev/null 2>&1 || true
@@ -51,17 +50,16 @@ section_conns() {
   echo "== conns: $N_IDLE idle keep-alive connections (descriptors: $NOFILE a process)"
   local cap=$((N_IDLE / 2))
   ib_ibrain ib --workers 2 --model mock "${engines[@]}" --max-conns-per-worker "$cap" --idle-timeout-ms 600000
-  local port pid r0 f0 s0 r1 f1 s1
+  local port pid r0 f0 r1 f1
   port=$(ib_port ib) pid=${IB_PID[ib]}
   echo "alone: $(latency alone "$port")"
-  r0=$(rss_kb "$pid") f0=$(fds "$pid") s0=$(sock_mem_kb)
+  r0=$(rss_kb "$pid") f0=$(fds "$pid")
   rm -f "$IB_TMP/idle.ready"
   ib_spawn idle "$PY" "$SRC/perf/bounds.py" idle "$port" "$N_IDLE" "$IB_TMP/idle.ready"
   wait_until 150 "$N_IDLE connections served" '[ -s "$IB_TMP/idle.ready" ]'
   cat "$IB_TMP/idle.log"
-  r1=$(rss_kb "$pid") f1=$(fds "$pid") s1=$(sock_mem_kb)
-  echo "ibrain: RSS $((r0 / 1024)) -> $((r1 / 1024)) MiB ($(((r1 - r0) * 1024 / N_IDLE)) bytes a connection), descriptors $f0 -> $f1;" \
-    "kernel TCP buffers $((s0 / 1024)) -> $((s1 / 1024)) MiB"
+  r1=$(rss_kb "$pid") f1=$(fds "$pid")
+  echo "ibrain: RSS $((r0 / 1024)) -> $((r1 / 1024)) MiB ($(((r1 - r0) * 1024 / N_IDLE)) bytes a connection), descriptors $f0 -> $f1"
   echo "beside them: $(latency beside "$port")"
   # 500 more than the cap: the longest idle make room, nobody is refused (the cap is under
   # the descriptor limit by 1,000)

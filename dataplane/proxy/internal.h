@@ -245,6 +245,8 @@ enum ib_op {
 #define IB_IN_MAX_PIPELINED (1u << 20)
 #define IB_RESP_MAX_HEAD 65536u          /* a replica's response head, interim heads included */
 #define IB_MAX_ATTEMPTS 3                /* replicas a request is sent to before the first byte, at most */
+#define IB_MAX_OVER_CAP 1024u            /* connections per worker held past the cap to be told 503 */
+#define IB_OVER_CAP_TIMEOUT_MS 1000u     /* how long such a connection has to send its request */
 
 /* A client connection's state: reading a head, reading a body, waiting on a replica
  * (request sent, response being relayed), or closed (freed when its last op returns). */
@@ -277,6 +279,8 @@ typedef struct ib_client {
     int recv_armed;
     int keepalive;
     int admin;                    /* came through the admin listener: local routes only */
+    int over_cap;                 /* accepted past the cap: its request is read and told 503 */
+    uint32_t answered;            /* exchanges it has had: only a kept-alive connection is idle */
     int minor;
     int is_get;
     int close_after_send;
@@ -365,6 +369,7 @@ typedef struct ib_worker {
     uint64_t wait_avg_ns;             /* recent waits for a completion (ib_busy_poll_note) */
     uint32_t nclients;
     uint32_t nadmin;                  /* of which came through the admin listener */
+    uint32_t nover_cap;               /* of which were accepted past the cap, to be told 503 */
     uint32_t nupstreams;              /* upstream connections not yet freed */
     uint64_t buf_bytes;               /* what its clients' buffers hold (ib_client_account) */
     uint64_t buf_budget;              /* its share of --max-buffer-mb (UINT64_MAX: none) */

@@ -54,7 +54,11 @@ _Static_assert(sizeof(((ib_client_t *)0)->request_id) >= 31, "make_request_id wr
 static void request_ready(ib_worker_t *w, ib_client_t *c)
 {
     c->deadline_ns = 0;
-    if (c->admin && c->route < IB_ROUTE_MODELS) {
+    if (c->over_cap) { /* accepted past the connection cap to be told so: read, answered, closed */
+        c->keepalive = 0;
+        ib_respond_error(w, c, 503, "ibrain is at its connection limit; retry shortly", "server_error", NULL,
+                         "connection_limit", "Retry-After: 1");
+    } else if (c->admin && c->route < IB_ROUTE_MODELS) {
         ib_respond_error(w, c, 404, "the admin listener serves /health, /ready, /metrics, /debug/affinity and "
                          "/v1/models only",
                          "invalid_request_error", NULL, NULL, NULL);
@@ -188,7 +192,7 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
          * it (a slow-loris client must not push it out line by line). */
         if (!c->head_started) {
             c->head_started = 1;
-            c->deadline_ns = ib_deadline(w->px->cfg.header_timeout_ms);
+            c->deadline_ns = ib_deadline(c->over_cap ? IB_OVER_CAP_TIMEOUT_MS : w->px->cfg.header_timeout_ms);
         }
         return 0;
     }
@@ -206,6 +210,13 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
     consume_in(c, (size_t)n);
     /* Over the buffer budget, a request for a replica (its body, its upstream copy, its
      * answer) is refused before its body is read; /health and /metrics still answer. */
+    if (c->over_cap && c->body_need > 65536) { /* not worth reading to be refused */
+        c->keepalive = 0;
+        c->in.len = 0;
+        ib_respond_error(w, c, 503, "ibrain is at its connection limit; retry shortly", "server_error", NULL,
+                         "connection_limit", "Retry-After: 1");
+        return -1;
+    }
     if (c->route < IB_ROUTE_MODELS && w->buf_budget != UINT64_MAX) {
         /* A body of known length is room taken now: counted whole before its first byte,
          * so that many large bodies arriving at once cannot pass the budget together. */

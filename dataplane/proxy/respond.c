@@ -13,6 +13,7 @@
 
 void ib_count_request(ib_worker_t *w, ib_client_t *c, int status)
 {
+    c->answered++;
     ib_counter_add(&w->m.requests[c->route][ib_metrics_status_index(status)], 1);
     ib_metrics_observe(w->m.duration_bucket, &w->m.duration_sum_us, &w->m.duration_count, ib_now_ns() - c->t_start);
 }

@@ -87,6 +87,7 @@ static void free_client(ib_worker_t *w, ib_client_t *c)
         w->clients_tail = c->prev;
     w->nclients--;
     w->nadmin -= c->admin != 0;
+    w->nover_cap -= c->over_cap != 0;
     ib_counter_add(&w->m.conns_open_dec, 1);
     ib_buf_free(&c->in);
     ib_buf_free(&c->out[0]);
@@ -124,7 +125,7 @@ static void accept_failed(ib_worker_t *w, int err)
 }
 
 static int evict_idle(ib_worker_t *w);
-static void add_client(ib_worker_t *w, int fd, int admin);
+static ib_client_t *add_client(ib_worker_t *w, int fd, int admin);
 
 /* At the cap with every connection busy: the new one is told so and closed, without
  * becoming a client (no state, no ring operation). A fresh socket's send buffer is empty,
@@ -170,9 +171,20 @@ static void on_accept(ib_worker_t *w, struct io_uring_cqe *cqe)
         close(fd);
         return;
     }
-    if (w->nclients - w->nadmin >= w->px->cfg.max_conns_per_worker && !evict_idle(w)) {
+    if (w->nclients - w->nadmin - w->nover_cap >= w->px->cfg.max_conns_per_worker && !evict_idle(w)) {
         ib_counter_add(&w->m.conns_refused, 1);
-        refuse_connection(fd);
+        /* Told why: its request is read (a second at most) and answered 503, so that the
+         * client sees the answer instead of a reset; past IB_MAX_OVER_CAP such, at once. */
+        if (w->nover_cap >= IB_MAX_OVER_CAP) {
+            refuse_connection(fd);
+            return;
+        }
+        ib_client_t *c = add_client(w, fd, 0);
+        if (c != NULL) {
+            c->over_cap = 1;
+            w->nover_cap++;
+            c->deadline_ns = ib_deadline(IB_OVER_CAP_TIMEOUT_MS);
+        }
         return;
     }
     add_client(w, fd, 0);
@@ -204,12 +216,14 @@ static void on_accept_admin(ib_worker_t *w, struct io_uring_cqe *cqe)
     add_client(w, cqe->res, 1);
 }
 
-/* At the cap: closes the idle keep-alive connection that has waited longest (no request in
- * progress, nothing to send) to make room. 0 when every connection is busy. */
+/* At the cap: closes the idle keep-alive connection that has waited longest (answered
+ * before, no request in progress, nothing to send) to make room. A connection whose first
+ * request has not come yet is not idle: in a burst of new connections at the cap, each
+ * would otherwise close the one accepted before it. 0 when every connection is busy. */
 static int evict_idle(ib_worker_t *w)
 {
     for (ib_client_t *c = w->clients_tail; c != NULL; c = c->prev)
-        if (!c->closing && !c->admin && c->state == IB_C_HEAD && c->in.len == 0 && !c->sending &&
+        if (!c->closing && !c->admin && c->answered > 0 && c->state == IB_C_HEAD && c->in.len == 0 && !c->sending &&
             c->out[c->out_cur].len == 0) {
             ib_counter_add(&w->m.conns_evicted, 1);
             ib_client_close(w, c);
@@ -218,12 +232,12 @@ static int evict_idle(ib_worker_t *w)
     return 0;
 }
 
-static void add_client(ib_worker_t *w, int fd, int admin)
+static ib_client_t *add_client(ib_worker_t *w, int fd, int admin)
 {
     ib_client_t *c = aligned_alloc(16, sizeof(*c));
     if (c == NULL) {
         close(fd);
-        return;
+        return NULL;
     }
     memset(c, 0, sizeof(*c));
     c->fd = fd;
@@ -246,6 +260,7 @@ static void add_client(ib_worker_t *w, int fd, int admin)
     ib_counter_add(&w->m.conns_open, 1);
     c->deadline_ns = ib_deadline(w->px->cfg.header_timeout_ms);
     arm_client_recv(w, c);
+    return c;
 }
 
 static void on_client_recv(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *cqe)

@@ -275,7 +275,7 @@ except ConnectionResetError:
     pass
 head, _, body = got.partition(b"\r\n\r\n")
 assert head.startswith(b"HTTP/1.1 503 "), "a connection over the cap got %r" % got
-assert b"\r\nRetry-After: 1\r\n" in head and b"\r\nConnection: close" in head, head
+assert b"\r\nRetry-After: 1\r\n" in head + b"\r\n" and b"\r\nConnection: close\r\n" in head + b"\r\n", head
 assert json.loads(body)["error"]["code"] == "connection_limit", body
 # ...and the admin listener still answers, with the refusal counted.
 code, body = get(admin, "/metrics")
@@ -288,6 +288,16 @@ assert get(admin, "/v1/chat/completions")[0] == b"404"
 print("connection cap: oldest idle evicted, a refused one told 503 with Retry-After, %s, admin listener answers" % line)
 PY
 ib_stop cap || ib_fail "cap: stop"
+# A burst of new connections at the cap (5 streams, cap 2): the two first are served, the
+# other three are read and told 503 connection_limit. (New connections whose requests had
+# not come yet counted as idle, so each one accepted evicted the one before it: three
+# requests ended in EOF with nothing.)
+ib_ibrain burst --workers 1 --model mock --max-conns-per-worker 2 --replica e1=127.0.0.1:$(ib_port e1)
+"$IB_LOAD_BIN" --target 127.0.0.1:$(ib_port burst) --shared-prefix 1,5 --system-tokens 10 --question-tokens 5 \
+  --output-tokens 50 --concurrency 5 --json "$IB_TMP/burst.json" --quiet >/dev/null 2>&1 || true
+ib_expect_eq "burst at the cap: ok, and the rest told why" \
+  "$(ib_json "$IB_TMP/burst.json" 'd["ok"], d["error_kinds"]')" "(2, {'503 connection_limit': 3})"
+ib_stop burst || ib_fail "burst: stop"
 
 # 5. Out of file descriptors: an ibrain allowed 64 descriptors, 100 idle clients.
 ib_spawn fd prlimit --nofile=64:64 "$IB_IBRAIN_BIN" --listen 127.0.0.1:0 --port-file @PORTFILE --workers 1 \
