@@ -11,6 +11,7 @@
 #include "fuzz.h"
 
 #include "../../dataplane/proxy/internal.h"
+#include "../lib/proxy_config.h"
 
 static ib_proxy_t *proxy(void)
 {
@@ -18,17 +19,7 @@ static ib_proxy_t *proxy(void)
     if (px != NULL)
         return px;
     ib_proxy_config_t cfg;
-    ib_proxy_config_defaults(&cfg);
-    cfg.listen = "127.0.0.1:0";
-    cfg.workers = 1;
-    cfg.replica_specs[0] = "r0=127.0.0.1:9";
-    cfg.replica_specs[1] = "r1=127.0.0.1:9";
-    cfg.replica_specs[2] = "r2=127.0.0.1:9";
-    cfg.nreplicas = 3;
-    cfg.models[0] = "demo";
-    cfg.nmodels = 1;
-    cfg.policy = "affinity";
-    cfg.instance_id = "fuzz-self";
+    ib_test_proxy_config(&cfg, "affinity", "fuzz-self");
     px = ib_proxy_create(&cfg);
     CHECK(px != NULL);
     return px;

