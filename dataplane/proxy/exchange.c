@@ -71,6 +71,14 @@ static void reset_buf(ib_buf_t *b)
         ib_buf_reset(b);
 }
 
+void ib_exchange_trim(ib_client_t *c)
+{
+    ib_buf_t *bufs[] = {&c->body, &c->upreq, &c->resp_head};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        if (bufs[i]->cap > 65536)
+            ib_buf_free(bufs[i]);
+}
+
 void ib_exchange_reset(ib_client_t *c)
 {
     assert(c->up == NULL && !c->inflight_counted && c->pending_blocks == 0);
@@ -141,6 +149,10 @@ void ib_exchange_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_error k
         /* Nothing reached the client: the next replica not tried yet (a stale pooled
          * connection costs no attempt), up to IB_MAX_ATTEMPTS replicas in all, so that two
          * bad replicas among several (a partition and a hang at once) fail nobody. */
+        if (stale_reuse) { /* not the replica's doing: it may be tried again, and it cost no attempt */
+            c->attempts--;
+            c->tried[c->replica >> 6] &= ~(1ull << (c->replica & 63));
+        }
         if (c->attempts < IB_MAX_ATTEMPTS || stale_reuse) {
             ib_counter_add(&w->m.retries, 1);
             ib_exchange_dispatch(w, c, -1);
@@ -178,8 +190,8 @@ static int build_upstream_request(ib_worker_t *w, ib_client_t *c)
     const ib_replica_t *r = &w->px->replicas[c->replica];
     ib_buf_t *b = &c->upreq;
     ib_buf_reset(b);
-    if (ib_buf_try_reserve(b, c->method_path.len + c->fwd_headers.len + c->body.len + 512 + sizeof(r->hostport) +
-                                  sizeof(r->name) + sizeof(c->request_id)) != 0)
+    if (ib_buf_try_reserve_exact(b, c->method_path.len + c->fwd_headers.len + c->body.len + 512 + sizeof(r->hostport) +
+                                        sizeof(r->name) + sizeof(c->request_id)) != 0)
         return -1; /* the appends below then fit: none of them allocates */
     ib_buf_append(b, c->method_path.ptr, c->method_path.len);
     IB_APPEND_LIT(b, " HTTP/1.1\r\nHost: ");

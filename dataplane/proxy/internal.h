@@ -237,7 +237,7 @@ void ib_writeback_tick(void *px, ib_sync_t *s);
 
 enum ib_op {
     IB_OP_ACCEPT = 1, IB_OP_CRECV, IB_OP_CSEND, IB_OP_UCONN, IB_OP_USEND, IB_OP_URECV, IB_OP_TICK, IB_OP_WAKE,
-    IB_OP_ACCEPT_ADMIN
+    IB_OP_ACCEPT_ADMIN, IB_OP_CNOP
 };
 #define IB_OP_MASK 15u
 #define IB_BGID 1                        /* the provided-buffer group of receives */
@@ -593,6 +593,9 @@ void ib_upstream_close_idle(ib_worker_t *w, uint64_t now, int all);
 void ib_exchange_dispatch(ib_worker_t *w, ib_client_t *c, int replica);
 /** Forgets the previous exchange of a keep-alive connection. */
 void ib_exchange_reset(ib_client_t *c);
+/** The exchange was answered by ibrain itself (an error, a local route): its large buffers
+ * (a body, its upstream copy) are given back now rather than at the next request. */
+void ib_exchange_trim(ib_client_t *c);
 /** The client left: its in-flight accounting is released and its upstream closed. */
 void ib_exchange_abandon(ib_worker_t *w, ib_client_t *c);
 /** The replica failed (or timed out): retry before the first byte, else end cleanly. */

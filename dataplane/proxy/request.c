@@ -90,7 +90,9 @@ static void consume_in(ib_client_t *c, size_t n)
  * worker went over its buffer budget while the body came (many large bodies at once). */
 static int read_body(ib_worker_t *w, ib_client_t *c)
 {
-    if (ib_over_budget(w) && c->in.len > 0 && c->route < IB_ROUTE_MODELS) {
+    /* A body of unknown length (chunked) is counted as it comes; one of known length was
+     * counted whole at its head. */
+    if (c->body_need < 0 && ib_over_budget(w) && c->in.len > 0 && c->route < IB_ROUTE_MODELS) {
         ib_client_account(w, c); /* what it holds now counts (its own growth may be why) */
         if (ib_over_budget(w))
             return -503;
@@ -210,18 +212,21 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
     consume_in(c, (size_t)n);
     /* Over the buffer budget, a request for a replica (its body, its upstream copy, its
      * answer) is refused before its body is read; /health and /metrics still answer. */
-    if (c->over_cap && c->body_need > 65536) { /* not worth reading to be refused */
+    if (c->over_cap && (c->body_need < 0 || c->body_need > 65536)) { /* not worth reading to be refused */
         c->keepalive = 0;
         c->in.len = 0;
         ib_respond_error(w, c, 503, "ibrain is at its connection limit; retry shortly", "server_error", NULL,
                          "connection_limit", "Retry-After: 1");
         return -1;
     }
-    if (c->route < IB_ROUTE_MODELS && w->buf_budget != UINT64_MAX) {
-        /* A body of known length is room taken now: counted whole before its first byte,
-         * so that many large bodies arriving at once cannot pass the budget together. */
-        if (w->buf_bytes + (c->body_need > 0 ? (uint64_t)c->body_need : 0) > w->buf_budget ||
-            (c->body_need > 0 && ib_buf_try_reserve(&c->body, (size_t)c->body_need) != 0)) {
+    if (c->route < IB_ROUTE_MODELS && !c->over_cap && w->buf_budget != UINT64_MAX) {
+        /* A body of known length is room taken now: reserved exactly and counted before its
+         * first byte, with its upstream copy to come, so that many large bodies arriving at
+         * once cannot pass the budget together. */
+        uint64_t body = c->body_need > 0 ? (uint64_t)c->body_need : 0;
+        ib_client_account(w, c); /* the last exchange's buffers were just given back */
+        if (w->buf_bytes + 2 * body > w->buf_budget ||
+            (body > 0 && ib_buf_try_reserve_exact(&c->body, (size_t)body) != 0)) {
             ib_request_refuse(w, c, 503);
             return -1;
         }
@@ -233,7 +238,7 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
         ib_out_append(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         ib_client_flush(w, c);
     }
-    c->deadline_ns = ib_deadline(w->px->cfg.header_timeout_ms);
+    c->deadline_ns = ib_deadline(c->over_cap ? IB_OVER_CAP_TIMEOUT_MS : w->px->cfg.header_timeout_ms);
     return 1;
 }
 

@@ -45,7 +45,9 @@ void ib_client_flush(ib_worker_t *w, ib_client_t *c)
     if (c->sending || c->closing)
         return;
     if (c->out[c->out_cur].len == 0) {
-        if (c->close_after_send)
+        /* Closed once its answer is all out: not while a replica still streams it (a
+         * half-closed client's stream was cut after its first chunk). */
+        if (c->close_after_send && c->state != IB_C_UPSTREAM)
             ib_client_close(w, c);
         return;
     }
@@ -89,6 +91,8 @@ void ib_respond(ib_worker_t *w, ib_client_t *c, int status, const char *ctype, c
     }
     c->state = IB_C_HEAD;
     c->deadline_ns = ib_deadline(w->px->cfg.idle_timeout_ms);
+    if (c->up == NULL)
+        ib_exchange_trim(c);
     ib_client_flush(w, c);
 }
 

@@ -29,7 +29,7 @@
 #define TICK_MS 100
 
 _Static_assert(_Alignof(ib_client_t) >= 16 && _Alignof(ib_upstream_t) >= 16, "user_data packs the op in 4 bits");
-_Static_assert(IB_OP_ACCEPT_ADMIN <= IB_OP_MASK, "ops fit the mask");
+_Static_assert(IB_OP_CNOP <= IB_OP_MASK, "ops fit the mask");
 
 static void recycle_buffer(ib_worker_t *w, unsigned bid)
 {
@@ -61,6 +61,14 @@ void ib_client_close(ib_worker_t *w, ib_client_t *c)
     }
     assert(c->up == NULL && !c->inflight_counted);
     shutdown(c->fd, SHUT_RDWR); /* ends the multishot receive */
+    if (c->ops == 0) {
+        /* Nothing in flight would bring it to free_client (its receive ended with a
+         * half-close, and nothing was left to send): a no-op's completion does. */
+        struct io_uring_sqe *sqe = ib_get_sqe(w);
+        io_uring_prep_nop(sqe);
+        ib_set_data(sqe, c, IB_OP_CNOP);
+        c->ops++;
+    }
 }
 
 void ib_client_account(ib_worker_t *w, ib_client_t *c)
@@ -488,6 +496,7 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
         ib_client_account(w, obj);
         op_done_client(w, obj, cqe);
         break;
+    case IB_OP_CNOP: op_done_client(w, obj, cqe); break;
     case IB_OP_UCONN: ib_exchange_on_connect(w, obj, cqe->res); op_done_upstream(w, obj, cqe); break;
     case IB_OP_USEND: ib_exchange_on_send(w, obj, cqe->res); op_done_upstream(w, obj, cqe); break;
     case IB_OP_URECV: {

@@ -29,6 +29,20 @@ int ib_buf_try_reserve(ib_buf_t *b, size_t extra)
     return 0;
 }
 
+int ib_buf_try_reserve_exact(ib_buf_t *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    if (extra > ((size_t)-1 >> 2) - b->len)
+        return -1;
+    char *p = realloc(b->ptr, b->len + extra);
+    if (p == NULL)
+        return -1;
+    b->ptr = p;
+    b->cap = b->len + extra;
+    return 0;
+}
+
 void ib_buf_reserve(ib_buf_t *b, size_t extra)
 {
     if (ib_buf_try_reserve(b, extra) != 0)

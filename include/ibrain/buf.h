@@ -43,6 +43,9 @@ void ib_buf_printf(ib_buf_t *b, const char *fmt, ...) __attribute__((format(prin
 
 /** ib_buf_reserve, returning -1 when out of memory (the buffer unchanged), else 0. */
 int ib_buf_try_reserve(ib_buf_t *b, size_t extra) IB_WUR;
+/** Room for exactly <extra> more bytes (no doubling: for a size known in advance, such as a
+ * body's Content-Length). 0, or -1 when out of memory. */
+int ib_buf_try_reserve_exact(ib_buf_t *b, size_t extra) IB_WUR;
 
 /** ib_buf_append, returning -1 when out of memory (the buffer unchanged), else 0. */
 static inline int ib_buf_try_append(ib_buf_t *b, const void *p, size_t n) IB_WUR;

@@ -92,8 +92,18 @@ assert r.startswith(b"HTTP/1.1 200") and b"chat.completion" in r, r[:300]
 # A stray CRLF after the request, then the half-close: still answered, no 400 counted.
 r = ask(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n\r\n")
 assert r.startswith(b"HTTP/1.1 200"), r[:200]
+# An HTTP/1.0 stream, half-closed: its body ends with the connection, and once the last
+# byte is sent nothing is in flight on it; it is freed all the same (it was not: it stayed
+# open in ibrain's count, its descriptor with it).
+body = b'{"model":"mock","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":20}'
+r = ask(b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body))
+assert r.startswith(b"HTTP/1.1 200") and r.rstrip().endswith(b"data: [DONE]"), r[-300:]
 print("half-close: answered")
 PY
+# Every connection of this section is gone; the scrape's own is the one left open.
+wait_until 5 "half-closed connections freed" \
+  '[ "$(ib_metric "http://127.0.0.1:$port/metrics" ibrain_connections_open)" = 1 ]'
 ib_expect_eq "no 400 for a stray CRLF" "$(ib_metric "http://127.0.0.1:$port/metrics" 'ibrain_requests_total{route="none",status="400"}')" ""
 
 # A client that pipelines requests and never reads its answers: the answers stop piling
