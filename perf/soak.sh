@@ -2,8 +2,9 @@
 # The soak (issue 18, part 3): the conversation trace at its own pace (3.4 requests/s, an
 # hour) through two ibrain instances sharing what they route through Redis, to four mock
 # engines. Every minute: each ibrain's RSS, descriptors and buffered bytes, Redis's memory
-# and the affinity table's occupancy (entries believed, from /debug/affinity). At the end,
-# the slope of each over the run after a 10-minute warm-up, per hour and against its mean.
+# and the write-back stream's length, and the affinity table's occupancy (entries believed,
+# from /debug/affinity). At the end, the slope of each after a 10-minute warm-up and over
+# the last third of the run (perf/soak_slopes.py).
 #
 #   perf/soak.sh [BUILD_DIR] [--minutes N]   (default 60; the trace is sped up to fit)
 set -euo pipefail
@@ -42,7 +43,7 @@ speedup=$(/usr/bin/python3 -c "print(round(59.0 / $MINUTES, 3))")
   --timeout-s 60 --json "$IB_TMP/load.json" --quiet >"$IB_TMP/load.txt" 2>&1 &
 loader=$!
 samples="$IB_TMP/samples.tsv"
-printf 'minute\ti1_rss_kb\ti2_rss_kb\ti1_fds\ti2_fds\ti1_buf\ti2_buf\tredis_bytes\tbelieved\n' >"$samples"
+printf 'minute\ti1_rss_kb\ti2_rss_kb\ti1_fds\ti2_fds\ti1_buf\ti2_buf\tredis_bytes\tstream_len\tbelieved\n' >"$samples"
 occupancy() {
   curl -s "http://127.0.0.1:$(ib_port i1)/debug/affinity" |
     /usr/bin/python3 -c 'import json,sys; print(sum(len(r["believed"]) for r in json.load(sys.stdin)["replicas"]))'
@@ -50,12 +51,13 @@ occupancy() {
 m=0
 while kill -0 "$loader" 2>/dev/null; do
   p1=${IB_PID[i1]} p2=${IB_PID[i2]}
-  printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" \
+  printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" \
     "$(awk '/^VmRSS/ {print $2}' "/proc/$p1/status")" "$(awk '/^VmRSS/ {print $2}' "/proc/$p2/status")" \
     "$(ls "/proc/$p1/fd" | wc -l)" "$(ls "/proc/$p2/fd" | wc -l)" \
     "$(ib_metric "http://127.0.0.1:$(ib_port i1)/metrics" ibrain_buffer_bytes)" \
     "$(ib_metric "http://127.0.0.1:$(ib_port i2)/metrics" ibrain_buffer_bytes)" \
     "$(redis-cli -p "$rport" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" {print $2}')" \
+    "$(redis-cli -p "$rport" xlen ib:affinity)" \
     "$(occupancy)" >>"$samples"
   tail -n 1 "$samples"
   m=$((m + 1))
@@ -63,22 +65,6 @@ while kill -0 "$loader" 2>/dev/null; do
 done
 wait "$loader" || true
 cat "$IB_TMP/load.txt"
-/usr/bin/python3 - "$samples" "$MINUTES" <<'PY'
-import sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-head, data = rows[0], [[float(x) for x in r] for r in rows[1:] if len(r) == len(rows[0])]
-warm = min(10, len(data) // 3)
-data = data[warm:]
-print("slopes over minutes %d-%d (least squares), per hour and against the mean:" % (data[0][0], data[-1][0]))
-for j, name in enumerate(head[1:], 1):
-    xs = [r[0] for r in data]
-    ys = [r[j] for r in data]
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
-    print("  %-12s mean %12.0f  first %12.0f  last %12.0f  slope %+10.1f/h  (%+.2f%% of the mean per hour)" % (
-        name, my, ys[0], ys[-1], slope * 60, 100 * slope * 60 / my if my else 0.0))
-PY
+/usr/bin/python3 "$SRC/perf/soak_slopes.py" "$samples"
 echo "samples: $samples"
 IB_KEEP=1
