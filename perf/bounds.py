@@ -8,7 +8,7 @@
       and what the others got, writes READY_FILE, and holds them until SIGTERM.
 
   bounds.py pin PORT N HOLD_S
-      N clients that each send an 8 MB request body but its last byte and wait, for HOLD_S
+      N clients that each send a 4 MB request body but its last byte and wait, for HOLD_S
       seconds: what ibrain buffers for them grows with N. Then reads what each was told
       (a 503, or nothing yet) and closes.
 
@@ -135,7 +135,7 @@ def pin(port, n, hold):
     """N clients that each send an 8 MB request body but its last byte, then wait: what
     ibrain holds for them is theirs to bound."""
     port, n, hold = int(port), int(n), float(hold)
-    size = 8000000
+    size = 4000000
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % size)
     body = b"x" * (size - 1)
@@ -178,7 +178,7 @@ def pin(port, n, hold):
             status = "reset"
         seen[status] = seen.get(status, 0) + 1
         s.close()
-    print("pin: %d clients sending 8 MB bodies (all but the last byte), %.0f MB sent in %.0f s: %s" % (
+    print("pin: %d clients sending 4 MB bodies (all but the last byte), %.0f MB sent in %.0f s: %s" % (
         n, held / 1e6, hold, ", ".join("%s x%d" % kv for kv in sorted(seen.items()))), flush=True)
 
 

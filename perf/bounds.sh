@@ -12,7 +12,7 @@
 #          503 with Retry-After.
 # loris    10,000 connections trickling a request head a byte a second for 30 s, beside a
 #          normal client at 20 requests/s: its latency against the same client alone.
-# cgroup   ibrain in a memory cgroup (v1) of 96 MiB, 40 clients each sending an 8 MB body but
+# cgroup   ibrain in a memory cgroup (v1) of 96 MiB, 40 clients each sending a 4 MB body but
 #          its last byte: with its default budget (half the limit) it answers 503 once over
 #          it, is not killed, and serves normally after; without a budget it is killed.
 set -euo pipefail
@@ -115,7 +115,7 @@ section_loris() {
   wait "${IB_PID[loris]}" || true
   unset "IB_PID[loris]"
   cat "$IB_TMP/loris.log"
-  echo "ibrain counted $(ib_metric_sum "http://127.0.0.1:$port/metrics" '^ibrain_requests_total.*code="408"') 408s"
+  echo "ibrain counted $(ib_metric_sum "http://127.0.0.1:$port/metrics" '^ibrain_requests_total.*status="408"') 408s"
   ib_stop ib || ib_fail "ibrain exited with $?"
 }
 
