@@ -51,13 +51,26 @@ static void make_request_id(char *out, uint32_t worker, uint64_t seq)
 _Static_assert(sizeof(((ib_client_t *)0)->request_id) >= 31, "make_request_id writes up to 31 bytes");
 
 /* The request (head and body) is complete. */
+/* A connection accepted past the cap, to be told so: answered, then closed. */
+static void refuse_over_cap(ib_worker_t *w, ib_client_t *c)
+{
+    c->keepalive = 0;
+    c->in.len = 0;
+    ib_respond_error(w, c, 503, "ibrain is at its connection limit; retry shortly", "server_error", NULL,
+                     "connection_limit", "Retry-After: 1");
+}
+
+/* How long a request head (and body) has: a second for a connection past the cap. */
+static uint32_t request_timeout_ms(const ib_worker_t *w, const ib_client_t *c)
+{
+    return c->over_cap ? IB_OVER_CAP_TIMEOUT_MS : w->px->cfg.header_timeout_ms;
+}
+
 static void request_ready(ib_worker_t *w, ib_client_t *c)
 {
     c->deadline_ns = 0;
-    if (c->over_cap) { /* accepted past the connection cap to be told so: read, answered, closed */
-        c->keepalive = 0;
-        ib_respond_error(w, c, 503, "ibrain is at its connection limit; retry shortly", "server_error", NULL,
-                         "connection_limit", "Retry-After: 1");
+    if (c->over_cap) {
+        refuse_over_cap(w, c);
     } else if (c->admin && c->route < IB_ROUTE_MODELS) {
         ib_respond_error(w, c, 404, "the admin listener serves /health, /ready, /metrics, /debug/affinity and "
                          "/v1/models only",
@@ -194,7 +207,7 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
          * it (a slow-loris client must not push it out line by line). */
         if (!c->head_started) {
             c->head_started = 1;
-            c->deadline_ns = ib_deadline(c->over_cap ? IB_OVER_CAP_TIMEOUT_MS : w->px->cfg.header_timeout_ms);
+            c->deadline_ns = ib_deadline(request_timeout_ms(w, c));
         }
         return 0;
     }
@@ -210,15 +223,12 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
     take_head(w, c, &req);
     int expect = req.expect_continue;
     consume_in(c, (size_t)n);
-    /* Over the buffer budget, a request for a replica (its body, its upstream copy, its
-     * answer) is refused before its body is read; /health and /metrics still answer. */
     if (c->over_cap && (c->body_need < 0 || c->body_need > 65536)) { /* not worth reading to be refused */
-        c->keepalive = 0;
-        c->in.len = 0;
-        ib_respond_error(w, c, 503, "ibrain is at its connection limit; retry shortly", "server_error", NULL,
-                         "connection_limit", "Retry-After: 1");
+        refuse_over_cap(w, c);
         return -1;
     }
+    /* Over the buffer budget, a request for a replica (its body, its upstream copy, its
+     * answer) is refused before its body is read; /health and /metrics still answer. */
     if (c->route < IB_ROUTE_MODELS && !c->over_cap && w->buf_budget != UINT64_MAX) {
         /* A body of known length is room taken now: reserved exactly and counted before its
          * first byte, with its upstream copy to come, so that many large bodies arriving at
@@ -238,7 +248,7 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
         ib_out_append(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         ib_client_flush(w, c);
     }
-    c->deadline_ns = ib_deadline(c->over_cap ? IB_OVER_CAP_TIMEOUT_MS : w->px->cfg.header_timeout_ms);
+    c->deadline_ns = ib_deadline(request_timeout_ms(w, c));
     return 1;
 }
 
