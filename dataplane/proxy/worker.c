@@ -135,9 +135,10 @@ static void accept_failed(ib_worker_t *w, int err)
 static int evict_idle(ib_worker_t *w);
 static ib_client_t *add_client(ib_worker_t *w, int fd, int admin);
 
-/* At the cap with every connection busy: the new one is told so and closed, without
- * becoming a client (no state, no ring operation). A fresh socket's send buffer is empty,
- * so the answer leaves at once; the client's request, if it sent one, is not read. */
+/* Past IB_MAX_OVER_CAP connections already waiting to be told 503: the new one is told at
+ * once and closed, without becoming a client (no state, no ring operation). A fresh
+ * socket's send buffer is empty, so the answer leaves at once; the client's request is not
+ * read, and may turn the answer into a reset. */
 #define REFUSED_BODY                                                                                                   \
     "{\"error\":{\"message\":\"ibrain is at its connection limit; retry shortly\",\"type\":\"server_error\","       \
     "\"code\":\"connection_limit\"}}\n"
