@@ -61,32 +61,23 @@ static void detach_upstream(ib_worker_t *w, ib_client_t *c, int reusable)
         ib_upstream_close(w, u);
 }
 
-/* Emptied for the next exchange; a buffer grown past 64 KiB (a large body, a long head) is
- * freed, so that an idle keep-alive connection holds little (the buffer budget). */
-static void reset_buf(ib_buf_t *b)
-{
-    if (b->cap > 65536)
-        ib_buf_free(b);
-    else
-        ib_buf_reset(b);
-}
+/* An exchange's buffers are emptied for the next one; those grown past 64 KiB (a large
+ * body, a long head) are freed, so that an idle keep-alive connection holds little. */
+#define IB_EXCHANGE_KEEP 65536u
 
 void ib_exchange_trim(ib_client_t *c)
 {
-    ib_buf_t *bufs[] = {&c->body, &c->upreq, &c->resp_head};
-    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
-        if (bufs[i]->cap > 65536)
-            ib_buf_free(bufs[i]);
+    ib_buf_shrink(&c->body, IB_EXCHANGE_KEEP);
+    ib_buf_shrink(&c->upreq, IB_EXCHANGE_KEEP);
+    ib_buf_shrink(&c->resp_head, IB_EXCHANGE_KEEP);
 }
 
 void ib_exchange_reset(ib_client_t *c)
 {
     assert(c->up == NULL && !c->inflight_counted && c->pending_blocks == 0);
-    reset_buf(&c->method_path);
-    reset_buf(&c->fwd_headers);
-    reset_buf(&c->body);
-    reset_buf(&c->upreq);
-    reset_buf(&c->resp_head);
+    ib_buf_shrink(&c->method_path, IB_EXCHANGE_KEEP);
+    ib_buf_shrink(&c->fwd_headers, IB_EXCHANGE_KEEP);
+    ib_exchange_trim(c);
     c->request_id[0] = '\0';
     c->replica = -1;
     c->attempts = 0;
@@ -151,7 +142,7 @@ void ib_exchange_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_error k
          * bad replicas among several (a partition and a hang at once) fail nobody. */
         if (stale_reuse) { /* not the replica's doing: it may be tried again, and it cost no attempt */
             c->attempts--;
-            c->tried[c->replica >> 6] &= ~(1ull << (c->replica & 63));
+            ib_mask_clear(c->tried, (uint32_t)c->replica);
         }
         if (c->attempts < IB_MAX_ATTEMPTS || stale_reuse) {
             ib_counter_add(&w->m.retries, 1);

@@ -184,6 +184,7 @@ typedef struct ib_rtab {
 IB_STATIC_ASSERT(IB_REPLICA_MASK_WORDS == 2, "dataplane/proxy/worker.c: cand[] is two words");
 static inline int ib_mask_has(const uint64_t *m, uint32_t slot) { return (int)((m[slot >> 6] >> (slot & 63)) & 1); }
 static inline void ib_mask_set(uint64_t *m, uint32_t slot) { m[slot >> 6] |= 1ull << (slot & 63); }
+static inline void ib_mask_clear(uint64_t *m, uint32_t slot) { m[slot >> 6] &= ~(1ull << (slot & 63)); }
 
 /** Builds the static table from the flags, or applies a snapshot (sync thread). */
 int ib_rtab_init_static(ib_proxy_t *px);

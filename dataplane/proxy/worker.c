@@ -291,8 +291,8 @@ static void on_client_recv(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
         recycle_buffer(w, bid);
         if (!c->closing && c->state != IB_C_UPSTREAM)
             ib_request_input(w, c);
-        if (c->in.len == 0 && c->in.cap > 65536) /* a large body or a pipelined burst, consumed */
-            ib_buf_free(&c->in);
+        if (c->in.len == 0) /* a large body or a pipelined burst, consumed */
+            ib_buf_shrink(&c->in, 65536);
         if (!more && !c->closing)
             arm_client_recv(w, c);
         return;
@@ -341,10 +341,7 @@ static void on_client_send(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
         return;
     }
     c->sending = 0;
-    if (b->cap > (256u << 10)) /* a burst's buffer is not kept for the rest of the connection */
-        ib_buf_free(b);
-    else
-        ib_buf_reset(b);
+    ib_buf_shrink(b, 256u << 10);
     if (c->closing)
         return;
     ib_client_flush(w, c);

@@ -61,6 +61,15 @@ void ib_buf_free(ib_buf_t *b);
 
 /** Empties the buffer, keeping its memory. */
 static inline void ib_buf_reset(ib_buf_t *b) { b->len = 0; }
+/** Empties <b>, and gives its memory back when it grew past <keep> bytes (a burst's
+ * buffer is not kept for the rest of a long-lived connection). */
+static inline void ib_buf_shrink(ib_buf_t *b, size_t keep)
+{
+    if (b->cap > keep)
+        ib_buf_free(b);
+    else
+        ib_buf_reset(b);
+}
 
 static inline void ib_buf_append(ib_buf_t *b, const void *p, size_t n)
 {
