@@ -17,8 +17,13 @@
 #   cluster.sh import DIR TAR...
 #                         OCI image archives (tools/k8s/image/build.sh) into the node's containerd.
 #
-# One cluster at a time on a machine: the kubelet's cgroups (kubepods) and containerd's shim
-# directory are machine-wide. The pod network is ${IB_K8S_POD_CIDR:-10.233.0.0/24} on bridge
+# One cluster at a time on a machine: the bridge, kube-proxy's iptables chains, the pods'
+# network namespaces and the kubelet's cgroups (kubepods) are machine-wide. `up` takes a
+# lock first (tools/k8s/lock.py, an abstract unix socket held by a process of the cluster's
+# own, so a killed run never leaves it held) and waits up to IB_K8S_LOCK_WAIT seconds (1800)
+# while another cluster holds it; what a run killed before `down` left behind is removed
+# by the next `up`. `down` touches the machine-wide state only for the cluster that holds
+# the lock. The pod network is ${IB_K8S_POD_CIDR:-10.233.0.0/24} on bridge
 # ibk8s0; its first address is the node's IP, where the API server listens (pods reach it
 # there, through the kubernetes Service). Nothing leaves this machine: the bridge has no
 # uplink, Service IPs (10.96.0.0/16) exist only in this machine's iptables, and kube-proxy
@@ -33,6 +38,7 @@ KBIN=$CACHE/bin/kubernetes-$K8S_VERSION
 EBIN=$CACHE/bin/etcd-$ETCD_VERSION
 NODE=ibrain-node
 BRIDGE=ibk8s0
+LOCK=ibrain-k8s-cluster
 POD_PREFIX=${IB_K8S_POD_PREFIX:-10.233.0}
 NODE_IP=$POD_PREFIX.1
 
@@ -74,10 +80,16 @@ up() {
     command -v "$b" >/dev/null || die "$b missing (run tools/setup.sh)"
   done
   [[ $(id -u) -eq 0 ]] || die "needs root (containers, bridge, cgroups)"
-  ! ip link show "$BRIDGE" >/dev/null 2>&1 || die "bridge $BRIDGE exists: another cluster runs (cluster.sh down DIR)"
   local t0; t0=$(now_ms)
   mkdir -p "$D"/{logs,pids,etcd,kubelet,pod-logs,cni/net.d,cni/ipam,containerd}
   D=$(cd "$D" && pwd)
+  take_lock
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    local left; left=$(cat "/sys/class/net/$BRIDGE/ifalias" 2>/dev/null || true)
+    echo "cluster.sh: bridge $BRIDGE is left by a cluster whose run ended before its down (${left:-?}); removing what it left" >&2
+    [[ $left == /* ]] && unmount_under "$left"
+    machine_cleanup
+  fi
   trap 'echo "cluster.sh: up failed; taking down what started" >&2; down >/dev/null 2>&1' ERR
 
   local etcd_port etcd_peer api_port kubelet_port healthz_port kcm_port sched_port
@@ -92,6 +104,7 @@ up() {
   # --- the pod network: a bridge of our own, the node's address on it ----------------
   ip link add "$BRIDGE" type bridge
   ip addr add "$NODE_IP/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" alias "$D" # whose it is, for the up after a run killed before its down
   ip link set "$BRIDGE" up
   cat > "$D/cni/net.d/10-ibrain.conflist" <<EOF
 {"cniVersion": "0.4.0", "name": "ibrain-pods",
@@ -261,6 +274,47 @@ EOF
   echo "cluster.sh: up in $(( $(now_ms) - t0 )) ms; source $D/env" >&2
 }
 
+# take_lock: this machine's cluster lock (tools/k8s/lock.py), held by a process of this
+# cluster's own (pids/lock) until down; waits while another cluster holds it
+take_lock() {
+  local wait=${IB_K8S_LOCK_WAIT:-1800} fifo=$D/lock.fifo line='' lf
+  rm -f "$fifo" && mkfifo "$fifo"
+  setsid /usr/bin/python3 "$HERE/lock.py" "$LOCK" "$wait" "$D" >"$fifo" 2>>"$D/logs/lock.log" </dev/null &
+  echo $! > "$D/pids/lock"
+  exec {lf}<"$fifo"
+  while read -r -u "$lf" line; do
+    case $line in
+      waiting*) echo "cluster.sh: another cluster runs on this machine (${line#waiting }); waiting up to ${wait}s for its down" >&2 ;;
+      *) break ;;
+    esac
+  done
+  exec {lf}<&-
+  rm -f "$fifo"
+  if [[ $line != held ]]; then
+    rm -f "$D/pids/lock"
+    die "another cluster held this machine for ${wait}s (IB_K8S_LOCK_WAIT); not started"
+  fi
+}
+
+# unmount_under DIR: the mounts a cluster made under its DIR, deepest first
+unmount_under() {
+  { grep -o " $1/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
+
+# owns_lock: this DIR's cluster holds the machine's lock
+owns_lock() { [[ -s $D/pids/lock ]] && alive "$(cat "$D/pids/lock")"; }
+
+# machine_cleanup: the machine-wide state of a cluster (only under the lock): kube-proxy's
+# iptables chains, the pods' network namespaces, the bridge, the pods' (empty) cgroups
+machine_cleanup() {
+  [[ -x $KBIN/kube-proxy ]] && "$KBIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  for ctl in /sys/fs/cgroup/*/kubepods; do
+    [[ -d $ctl ]] && find "$ctl" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+}
+
 # import TAR...: OCI archives into containerd's k8s.io namespace, where the kubelet finds them
 import_images() {
   local tar
@@ -301,21 +355,18 @@ down() {
     done
   fi
   stop kube-proxy
-  [[ -x $KBIN/kube-proxy ]] && "$KBIN/kube-proxy" --cleanup >/dev/null 2>&1 || true # its iptables chains
   # the control plane's state is thrown away with DIR: no graceful shutdown to wait for
   # (the scheduler and the API server take 5-6 s each to stop on SIGTERM)
   stop kube-scheduler KILL; stop kube-controller-manager KILL; stop kube-apiserver KILL; stop etcd KILL
   stop containerd
   # shims are daemons of their own (containerd-shim-runc-v2 -address OUR SOCKET)
   pkill -KILL -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null || true
-  # network namespaces and mounts left under DIR (pod sandboxes, kubelet volumes, rootfs)
-  { grep -o " $D/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
-  ip link del "$BRIDGE" 2>/dev/null || true
-  # the pods' cgroups (empty now) under every v1 controller
-  for ctl in /sys/fs/cgroup/*/kubepods; do
-    [[ -d $ctl ]] && find "$ctl" -depth -type d -exec rmdir {} + 2>/dev/null || true
-  done
+  # mounts left under DIR (pod sandboxes, kubelet volumes, rootfs)
+  unmount_under "$D"
+  # the machine-wide part, only when it is this cluster's: a DIR whose up never got the
+  # lock must not take down the network of the cluster that has it
+  if owns_lock; then machine_cleanup; fi
+  stop lock
   echo "cluster.sh: down; logs in $D/logs" >&2
 }
 
