@@ -99,6 +99,22 @@ ib_span_t span(std::string_view sv) { return ib_span_t{sv.data(), sv.size()}; }
 // reported: formatting it for every message cost more than parsing the message.
 #define WHERE(suffix) (snprintf(where, sizeof(where), "messages[%zu]%s", index, (suffix)), where)
 
+// A string value with no escape in it, as it lies in the document (no copy: a long
+// message is not unescaped into the parser's buffer byte by byte); false for one with a
+// backslash, which get_string() unescapes. Nothing is consumed: the object walk skips it.
+// The document's UTF-8 was validated whole by stage 1.
+bool raw_string(ondemand::value &v, std::string_view *out)
+{
+    std::string_view raw = v.raw_json_token(); // "...", then the spaces up to the next token
+    size_t end = raw.size();
+    while (end > 0 && raw[end - 1] != '"')
+        end--;
+    if (end < 2 || raw[0] != '"' || memchr(raw.data() + 1, '\\', end - 2) != nullptr)
+        return false;
+    *out = raw.substr(1, end - 2);
+    return true;
+}
+
 int parse_content(ib_json_parser *p, ondemand::value v, size_t index, ib_chat_message_t *m, ib_json_error_t *err)
 {
     char where[64];
@@ -111,8 +127,10 @@ int parse_content(ib_json_parser *p, ondemand::value v, size_t index, ib_chat_me
         return 0;
     if (t == ondemand::json_type::string) {
         std::string_view sv;
-        if (auto e = v.get_string().get(sv))
-            return json_fail(err, e, WHERE(".content"));
+        if (!raw_string(v, &sv)) {
+            if (auto e = v.get_string().get(sv))
+                return json_fail(err, e, WHERE(".content"));
+        }
         p->parts.push_back(span(sv));
         m->nparts = 1;
         return 0;

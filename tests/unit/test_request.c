@@ -63,6 +63,28 @@ static void test_chat_valid(void **state)
     assert_true(span_is(r.session_id, "s9"));
 }
 
+/* A string content with no escape is taken as it lies in the body (no copy); one with an
+ * escape is unescaped. */
+static void test_content_in_place(void **state)
+{
+    (void)state;
+    ib_oai_request_t r;
+    ib_json_error_t e;
+    const char *body = "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"plain text \\u00e9?\" },"
+                       "{\"role\":\"user\",\"content\":\"no escape, caf\xc3\xa9\"\n}]}";
+    static char buf[256 + IB_JSON_PADDING]; /* padded: parsed where it lies, not copied */
+    size_t len = strlen(body);
+    memcpy(buf, body, len + 1);
+    body = buf;
+    memset(&e, 0, sizeof(e));
+    assert_int_equal(ib_oai_parse(P, IB_API_CHAT, buf, len, len + IB_JSON_PADDING, &r, &e), 0);
+    ib_span_t a = r.parts[r.messages[0].first_part], b = r.parts[r.messages[1].first_part];
+    assert_true(span_is(a, "plain text \xc3\xa9?"));
+    assert_true(span_is(b, "no escape, caf\xc3\xa9"));
+    assert_true(b.ptr > body && b.ptr + b.len < body + strlen(body)); /* in place */
+    assert_true(a.ptr < body || a.ptr >= body + strlen(body));        /* unescaped elsewhere */
+}
+
 static void test_completion_valid(void **state)
 {
     (void)state;
@@ -119,6 +141,10 @@ static void test_invalid_bodies(void **state)
          "messages[0].content"},
         {IB_API_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[\"x\"]}]}", "messages[0].content"},
         {IB_API_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\\x\"}]}", "messages[0].content"},
+        /* a raw control character in a string (JSON wants it escaped), where the content
+         * is taken as it lies (no escape in it) and where it is unescaped */
+        {IB_API_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\ty\"}]}", NULL},
+        {IB_API_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\\n\x01\"}]}", NULL},
         {IB_API_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":1}", "stream"},
         {IB_API_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":-2}", "max_tokens"},
         {IB_API_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":1.5}", "max_tokens"},
@@ -299,7 +325,7 @@ static void test_error_json(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_chat_valid),       cmocka_unit_test(test_completion_valid),
+        cmocka_unit_test(test_chat_valid), cmocka_unit_test(test_content_in_place),       cmocka_unit_test(test_completion_valid),
         cmocka_unit_test(test_huge_string),      cmocka_unit_test(test_invalid_bodies),
         cmocka_unit_test(test_padding_respected), cmocka_unit_test(test_json_pointer),
         cmocka_unit_test(test_llama3_template),  cmocka_unit_test(test_chatml_template),
