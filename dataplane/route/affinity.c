@@ -68,6 +68,47 @@ void ib_affinity_destroy(ib_affinity_t *t)
     memset(t, 0, sizeof(*t));
 }
 
+/* What a slot's life depends on besides its stamp: its replica's clock, TTL floor, mode
+ * and capacity, read once (relaxed) for a walk over many of the replica's slots. */
+typedef struct rview {
+    uint32_t now, floor, capacity;
+    int precise;
+} rview_t;
+
+static rview_t view_of(const ib_affinity_t *t, uint32_t rep)
+{
+    assert(rep < t->nreplicas);
+    const ib_aff_replica_t *r = &t->replicas[rep];
+    assert(r->capacity_blocks > 0);
+    assert(r->capacity_blocks < (1u << 31));
+    return (rview_t){
+        .now = atomic_load_explicit((_Atomic uint32_t *)&r->counter, memory_order_relaxed),
+        .floor = atomic_load_explicit((_Atomic uint32_t *)&r->ttl_floor, memory_order_relaxed),
+        .capacity = r->capacity_blocks,
+        .precise = atomic_load_explicit((_Atomic uint32_t *)&r->precise, memory_order_relaxed) != 0,
+    };
+}
+
+/* Remaining life in blocks of an entry stamped <stamp> of the replica seen as <v>: > 0
+ * while believed. */
+static int64_t life_at(const rview_t *v, uint32_t stamp)
+{
+    /* A fact (stamp 0) is what the engine said: believed until it says otherwise. A
+     * replica routed on its engine's events believes nothing else; any other also
+     * believes its model's entries. */
+    if (stamp == IB_AFF_FACT)
+        return (int64_t)1 << 40;
+    /* Unsigned differences: counters wrap. */
+    if ((int32_t)(stamp - v->floor) <= 0)
+        return -1; /* stamped at or before the TTL floor (stamps start at 1) */
+    uint32_t age = v->now - stamp;
+    if (age >= (1u << 31))
+        return v->capacity; /* stamped by a concurrent insert ahead of our read */
+    if (v->precise) /* only what was routed just now, whose BlockStored may still be on its way */
+        return age < v->capacity / IB_AFF_PENDING_DIV ? (int64_t)(v->capacity / IB_AFF_PENDING_DIV - age) : -1;
+    return (int64_t)v->capacity - (int64_t)age; /* never more than the capacity */
+}
+
 /* Remaining life of a slot word in blocks: > 0 while believed. */
 static int64_t life(const ib_affinity_t *t, uint64_t w)
 {
@@ -77,32 +118,12 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
     uint32_t rep = SLOT_REP(w);
     if (rep >= t->nreplicas)
         return -1;
-    const ib_aff_replica_t *r = &t->replicas[rep];
-    uint32_t stamp = SLOT_STAMP(w);
-    /* A fact (stamp 0) is what the engine said: believed until it says otherwise. A
-     * replica routed on its engine's events believes nothing else; any other also
-     * believes its model's entries. */
-    if (stamp == IB_AFF_FACT)
-        return (int64_t)1 << 40;
-    int precise = atomic_load_explicit((_Atomic uint32_t *)&r->precise, memory_order_relaxed) != 0;
-    uint32_t now = atomic_load_explicit((_Atomic uint32_t *)&r->counter, memory_order_relaxed);
-    uint32_t floor = atomic_load_explicit((_Atomic uint32_t *)&r->ttl_floor, memory_order_relaxed);
-    /* Unsigned differences: counters wrap. */
-    if ((int32_t)(stamp - floor) <= 0)
-        return -1; /* stamped at or before the TTL floor (stamps start at 1) */
-    uint32_t age = now - stamp;
-    assert(r->capacity_blocks > 0);
-    assert(r->capacity_blocks < (1u << 31));
-    if (age >= (1u << 31))
-        return r->capacity_blocks; /* stamped by a concurrent insert ahead of our read */
-    if (precise) /* only what was routed just now, whose BlockStored may still be on its way */
-        return age < r->capacity_blocks / IB_AFF_PENDING_DIV ? (int64_t)(r->capacity_blocks / IB_AFF_PENDING_DIV - age)
-                                                            : -1;
-    return (int64_t)r->capacity_blocks - (int64_t)age; /* never more than the capacity */
+    rview_t v = view_of(t, rep);
+    return life_at(&v, SLOT_STAMP(w));
 }
 
-/* 1 when replica <rep> holds a believed entry for <h>. */
-static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep)
+/* 1 when the replica seen as <v> (<rep>) holds a believed entry for <h>. */
+static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep, const rview_t *v)
 {
     uint32_t tag = tag_of(h);
     const _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
@@ -110,7 +131,7 @@ static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep)
         uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
         assert_slot_state(t, w);
         if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == rep)
-            return life(t, w) > 0;
+            return life_at(v, SLOT_STAMP(w)) > 0;
     }
     return 0;
 }
@@ -135,6 +156,13 @@ static void put(ib_affinity_t *t, uint64_t h, uint32_t replica, uint32_t stamp)
         if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == replica) {
             if (SLOT_STAMP(w) == IB_AFF_FACT && stamp != IB_AFF_FACT)
                 return; /* the engine's word stands over the model's */
+            /* Fresh enough: left as it is. Its life is short of a rewrite's by less than
+             * 1/IB_AFF_REFRESH_DIV of the capacity, and a prefix every request shares (a
+             * system prompt) is not written, a locked CAS each, by every request on every
+             * worker. Not under a TTL: the stamp also dates the entry for its floor. */
+            if (t->ttl_ms == 0 && stamp != IB_AFF_FACT &&
+                stamp - SLOT_STAMP(w) < t->replicas[replica].capacity_blocks / IB_AFF_REFRESH_DIV)
+                return;
             victim = k, victim_word = w; /* refresh our own entry */
             break;
         }
@@ -160,8 +188,9 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
      * it already holds are refreshed without evicting anything. At least by 1, so that
      * every insert's stamps are newer than any TTL checkpoint taken before it. */
     uint32_t adv = 0;
+    rview_t v = view_of(t, replica);
     for (size_t i = 0; i < n; i++)
-        adv += !held(t, h[i], replica);
+        adv += !held(t, h[i], replica, &v);
     if (adv == 0)
         adv = 1;
     assert(adv <= n);

@@ -19,7 +19,9 @@
  * ttl_floor_r is advanced by ib_affinity_tick() from checkpoints of the counter over time.
  *
  * Writers race benignly: a slot is replaced with one CAS, and a lost race loses one
- * insertion; every read returns a whole word some writer wrote.
+ * insertion; every read returns a whole word some writer wrote. Without a TTL, an entry
+ * younger than capacity / IB_AFF_REFRESH_DIV blocks is not rewritten by a refresh (a
+ * shared prefix is not written by every request).
  *
  * Invariants, asserted in debug and sanitizer builds (affinity.c): a slot is empty (0) or
  * an entry with its tag's lowest bit set and a replica below nreplicas, where it is
@@ -47,6 +49,7 @@ extern "C" {
 #define IB_AFF_GAP 8 /* blocks a match may skip: entries lost to full sets */
 #define IB_AFF_FACT 0u /* the stamp of a fact: an entry its engine's events put there */
 #define IB_AFF_PENDING_DIV 8u /* a precise replica believes routing entries younger than capacity / this */
+#define IB_AFF_REFRESH_DIV 256u /* no TTL: an entry younger than capacity / this is not rewritten by a refresh */
 IB_STATIC_ASSERT(IB_AFF_MAX_REPLICAS <= 256, "a slot word holds the replica in 8 bits");
 
 typedef struct ib_aff_replica {

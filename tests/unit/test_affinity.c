@@ -196,6 +196,54 @@ static void test_hits_do_not_age_others(void **state)
     ib_affinity_destroy(&t);
 }
 
+/* The word of an entry for <h>, replica <rep>, or 0. */
+static uint64_t word_of(const ib_affinity_t *t, uint64_t h, uint32_t rep)
+{
+    uint32_t tag = (uint32_t)(h >> 40) | 1u;
+    for (int k = 0; k < IB_AFF_WAYS; k++) {
+        uint64_t w = atomic_load(&t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS + (size_t)k]);
+        if (w != 0 && (uint32_t)(w >> 40) == tag && ((w >> 32) & 0xff) == rep)
+            return w;
+    }
+    return 0;
+}
+
+/* Without a TTL, a refresh leaves an entry younger than capacity / IB_AFF_REFRESH_DIV as
+ * it is (a shared prefix is not rewritten by every request) and rewrites an older one;
+ * under a TTL every refresh rewrites (the stamp dates the entry for the TTL floor). */
+static void test_fresh_entries_not_rewritten(void **state)
+{
+    (void)state;
+    for (int ttl = 0; ttl <= 1; ttl++) {
+        ib_affinity_t t;
+        uint32_t cap = 64 * IB_AFF_REFRESH_DIV; /* entries younger than 64 blocks are fresh */
+        assert_int_equal(ib_affinity_init(&t, 12, 1, cap, ttl ? 60000 : 0), 0);
+        uint64_t a[4], b[40], c[40];
+        chain(70, a, 4);
+        chain(71, b, 40);
+        chain(72, c, 40);
+        ib_affinity_insert(&t, a, 4, 0);
+        uint64_t before = word_of(&t, a[0], 0);
+        assert_int_not_equal(before, 0);
+        ib_affinity_insert(&t, b, 40, 0); /* a is 40 blocks old: fresh */
+        ib_affinity_insert(&t, a, 4, 0);
+        if (ttl)
+            assert_int_not_equal(word_of(&t, a[0], 0), before);
+        else
+            assert_int_equal(word_of(&t, a[0], 0), before);
+        uint32_t m[1];
+        ib_affinity_match(&t, a, 4, m);
+        assert_int_equal(m[0], 4);
+        ib_affinity_insert(&t, c, 40, 0); /* now more than 64 blocks old: rewritten */
+        before = word_of(&t, a[0], 0);
+        ib_affinity_insert(&t, a, 4, 0);
+        assert_int_not_equal(word_of(&t, a[0], 0), before);
+        ib_affinity_match(&t, a, 4, m);
+        assert_int_equal(m[0], 4);
+        ib_affinity_destroy(&t);
+    }
+}
+
 /* A block the table lost (a full set) does not end the match: the walk skips up to
  * IB_AFF_GAP blocks a replica is not known to hold. */
 static void test_match_skips_lost_entries(void **state)
@@ -334,7 +382,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
         cmocka_unit_test(test_facts_and_precise_mode), cmocka_unit_test(test_precise_pending_window),
-        cmocka_unit_test(test_hits_do_not_age_others),
+        cmocka_unit_test(test_hits_do_not_age_others), cmocka_unit_test(test_fresh_entries_not_rewritten),
         cmocka_unit_test(test_match_skips_lost_entries),
         cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
         cmocka_unit_test(test_concurrent_insert_and_match),
