@@ -76,7 +76,19 @@ static const char *span_rfind(ib_span_t s, const char *lit)
     return NULL;
 }
 
-static const char *span_find(ib_span_t s, const char *lit) { return memmem(s.ptr, s.len, lit, strlen(lit)); }
+static const char *span_find(ib_span_t s, const char *lit)
+{
+    size_t n = strlen(lit);
+    assert(n > 0);
+    for (const char *p = s.ptr, *end = s.ptr + s.len; (size_t)(end - p) >= n; p++) {
+        p = memchr(p, lit[0], (size_t)(end - p) - n + 1); /* candidates by their first byte, as span_rfind */
+        if (p == NULL)
+            return NULL;
+        if (memcmp(p, lit, n) == 0)
+            return p;
+    }
+    return NULL;
+}
 
 /* Python's str.isspace(), which Jinja's trim filter (str.strip) uses in the engines. */
 static int is_py_space(uint32_t cp)

@@ -268,6 +268,13 @@ static void test_chatml_template(void **state)
            "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"A\"}]}",
            "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nA<|im_end|>\n"
            "<|im_start|>assistant\n");
+    /* Several </think>: the content is what follows the last, the reasoning what precedes
+     * the first, after its last <think>; decoys that share a first byte ('<') do not match. */
+    render(IB_TEMPLATE_CHATML,
+           "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\","
+           "\"content\":\"x<thin<think>\\nR1\\n</think>mid</thinK></think>\\n\\nEND<\"}]}",
+           "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\nR1\n</think>\n\nEND<<|im_end|>\n"
+           "<|im_start|>assistant\n");
 }
 
 static void test_template_names(void **state)
