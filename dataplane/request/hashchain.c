@@ -4,9 +4,16 @@
 
 #include <assert.h>
 #include <xxh_x86dispatch.h>
+/* And XXH3 inlined (its functions prefixed XXH_INLINE_): a block of up to 240 bytes (64
+ * bytes of text, 16 tokens) takes XXH3's scalar short-input path, where the dispatcher's
+ * indirect call cost more than the hash. Same function, same values. */
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 uint64_t ib_hashchain_next(uint64_t prev, const void *block, size_t len)
 {
+    if (len <= XXH3_MIDSIZE_MAX)
+        return XXH_INLINE_XXH3_64bits_withSeed(block, len, prev);
     return XXH3_64bits_withSeed(block, len, prev);
 }
 
