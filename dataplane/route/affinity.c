@@ -122,7 +122,10 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
     return life_at(&v, SLOT_STAMP(w));
 }
 
-/* 1 when the replica seen as <v> (<rep>) holds a believed entry for <h>. */
+/* Whether the replica seen as <v> (<rep>) holds a believed entry for <h>: HELD_NOT, HELD,
+ * or HELD_FRESH: without a TTL, one younger than capacity / IB_AFF_REFRESH_DIV blocks,
+ * or a fact, which a refresh leaves as it is (see ib_affinity_insert). */
+enum { HELD_NOT, HELD, HELD_FRESH };
 static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep, const rview_t *v)
 {
     uint32_t tag = tag_of(h);
@@ -130,10 +133,16 @@ static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep, const rview_t 
     for (int k = 0; k < IB_AFF_WAYS; k++) {
         uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
         assert_slot_state(t, w);
-        if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == rep)
-            return life_at(v, SLOT_STAMP(w)) > 0;
+        if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == rep) {
+            uint32_t stamp = SLOT_STAMP(w);
+            if (life_at(v, stamp) <= 0)
+                return HELD_NOT;
+            if (stamp == IB_AFF_FACT || (t->ttl_ms == 0 && v->now - stamp < v->capacity / IB_AFF_REFRESH_DIV))
+                return HELD_FRESH;
+            return HELD;
+        }
     }
-    return 0;
+    return HELD_NOT;
 }
 
 /* Writes (or refreshes) <replica>'s entry for <h> with <stamp>, replacing its own entry
@@ -156,13 +165,6 @@ static void put(ib_affinity_t *t, uint64_t h, uint32_t replica, uint32_t stamp)
         if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == replica) {
             if (SLOT_STAMP(w) == IB_AFF_FACT && stamp != IB_AFF_FACT)
                 return; /* the engine's word stands over the model's */
-            /* Fresh enough: left as it is. Its life is short of a rewrite's by less than
-             * 1/IB_AFF_REFRESH_DIV of the capacity, and a prefix every request shares (a
-             * system prompt) is not written, a locked CAS each, by every request on every
-             * worker. Not under a TTL: the stamp also dates the entry for its floor. */
-            if (t->ttl_ms == 0 && stamp != IB_AFF_FACT &&
-                stamp - SLOT_STAMP(w) < t->replicas[replica].capacity_blocks / IB_AFF_REFRESH_DIV)
-                return;
             victim = k, victim_word = w; /* refresh our own entry */
             break;
         }
@@ -187,10 +189,24 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
     /* The clock advances by the blocks the replica must newly cache: as in its LRU, blocks
      * it already holds are refreshed without evicting anything. At least by 1, so that
      * every insert's stamps are newer than any TTL checkpoint taken before it. */
+    /* Held entries that are fresh are left as they are: a rewrite would lengthen their
+     * life by less than 1/IB_AFF_REFRESH_DIV of the capacity, and a prefix every request
+     * shares (a system prompt) is then not written, a locked CAS per block, by every
+     * request on every worker. Not under a TTL, where the stamp also dates the entry for
+     * the floor. The first FRESH_BITS blocks remember it here; later ones ask again. */
+    enum { FRESH_BITS = 4096 };
+    uint64_t fresh[FRESH_BITS / 64];
     uint32_t adv = 0;
     rview_t v = view_of(t, replica);
-    for (size_t i = 0; i < n; i++)
-        adv += !held(t, h[i], replica, &v);
+    for (size_t i = 0; i < n; i++) {
+        int st = held(t, h[i], replica, &v);
+        adv += st == HELD_NOT;
+        if (i < FRESH_BITS) {
+            if (i % 64 == 0)
+                fresh[i / 64] = 0;
+            fresh[i / 64] |= (uint64_t)(st == HELD_FRESH) << (i % 64);
+        }
+    }
     if (adv == 0)
         adv = 1;
     assert(adv <= n);
@@ -204,8 +220,11 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
          * stamps stay in (base, base + adv] */
         uint32_t stamp = base + adv - (i < adv - 1 ? (uint32_t)i : adv - 1);
         assert(stamp - base - 1u < adv); /* in (base, base + adv], counters wrapping */
-        if (stamp != IB_AFF_FACT) /* a wrapped counter's 0 is the facts' stamp: skip that block */
-            put(t, h[i], replica, stamp);
+        if (stamp == IB_AFF_FACT) /* a wrapped counter's 0 is the facts' stamp: skip that block */
+            continue;
+        if (i < FRESH_BITS ? (fresh[i / 64] >> (i % 64)) & 1 : held(t, h[i], replica, &v) == HELD_FRESH)
+            continue;
+        put(t, h[i], replica, stamp);
     }
 }
 
@@ -299,6 +318,9 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
         alive[q] = atomic_load_explicit((_Atomic uint64_t *)&t->used[q], memory_order_relaxed);
     for (uint32_t r = 0; r < nr; r++)
         matched[r] = 0;
+    /* each replica's clock, read once when the walk first meets one of its entries */
+    rview_t views[IB_AFF_MAX_REPLICAS];
+    uint64_t viewed[IB_REPLICA_MASK_WORDS] = {0};
     for (size_t i = 0; i < n; i++) {
         uint32_t tag = tag_of(h[i]);
         const _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
@@ -309,7 +331,13 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
             if (w == 0 || SLOT_TAG(w) != tag)
                 continue;
             uint32_t rep = SLOT_REP(w);
-            if (rep < nr && life(t, w) > 0)
+            if (rep >= nr)
+                continue;
+            if (!(viewed[rep >> 6] & (1ull << (rep & 63)))) {
+                views[rep] = view_of(t, rep);
+                viewed[rep >> 6] |= 1ull << (rep & 63);
+            }
+            if (life_at(&views[rep], SLOT_STAMP(w)) > 0)
                 here[rep >> 6] |= 1ull << (rep & 63);
         }
         uint64_t any = 0;
