@@ -53,7 +53,11 @@ run_phase() {
 # One real Kubernetes for every test that needs one (tests/integration/k8s_*.sh read
 # IB_K8S_ENV), up for the whole run and taken down at the end, however the run ends.
 k8s_dir=$(mktemp -d "${TMPDIR:-/tmp}/ib-k8s.XXXXXX")
-k8s_down() { bash tools/k8s/cluster.sh down "$k8s_dir" >/dev/null 2>&1 || true; }
+# Down, and its state (images, containers, etcd: about 400 MB) removed; the logs stay.
+k8s_down() {
+  bash tools/k8s/cluster.sh down "$k8s_dir" >/dev/null 2>&1 || true
+  rm -rf "${k8s_dir:?}"/{containerd,kubelet,etcd} 2>/dev/null || true
+}
 trap k8s_down EXIT
 echo "=== kubernetes: bringing up a single-node cluster ($k8s_dir)"
 k8s_t0=$(date +%s%N)

@@ -308,6 +308,19 @@ owns_lock() { [[ -s $D/pids/lock ]] && alive "$(cat "$D/pids/lock")"; }
 # iptables chains, the pods' network namespaces, the bridge, the pods' (empty) cgroups
 machine_cleanup() {
   [[ -x $KBIN/kube-proxy ]] && "$KBIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  # and the kubelet's own chains (KUBE-FIREWALL in INPUT and OUTPUT, the canaries), which
+  # kube-proxy leaves: every packet on this machine, loopback too, went through them
+  local t rule chain
+  for t in filter nat mangle; do
+    iptables -t "$t" -S 2>/dev/null | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' |
+      while read -r rule; do eval "iptables -t $t ${rule/-A /-D }" 2>/dev/null || true; done
+    for chain in $(iptables -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+      iptables -t "$t" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $(iptables -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+      iptables -t "$t" -X "$chain" 2>/dev/null || true
+    done
+  done
   for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
   ip link del "$BRIDGE" 2>/dev/null || true
   for ctl in /sys/fs/cgroup/*/kubepods; do
