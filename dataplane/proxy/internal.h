@@ -328,18 +328,54 @@ typedef struct ib_client {
 
 /* ---- worker ---- */
 
-/* Adaptive busy polling: a worker polls its empty ring only while its recent waits for a
- * completion averaged under one poll window, i.e. while polling mostly finds work (a
- * closed request/response rhythm: one connection, or a busy worker); a rhythm with long
- * gaps (a fixed moderate rate: each request's wait for the next one is long; streams
- * whose chunks come every few ms) puts it to sleep at once, as --busy-poll-us 0 would.
- * The average moves by 1/8 of each wait, a wait counted as at most 8 windows so that one
- * long idle spell does not stop polling for long once short waits come back (16 waits). */
-static inline int ib_busy_poll_wanted(uint64_t avg_ns, uint64_t window_ns) { return avg_ns < window_ns; }
-static inline void ib_busy_poll_note(uint64_t *avg_ns, uint64_t wait_ns, uint64_t window_ns)
+/* Adaptive busy polling (wait_completions in worker.c). A worker polls its empty ring
+ * only while polling pays:
+ *  - its recent waits for a completion averaged under one poll window (a closed
+ *    request/response rhythm: one connection, or a busy worker). A rhythm with long gaps
+ *    (a fixed moderate rate; streams whose chunks come every few ms) puts it to sleep at
+ *    once, as --busy-poll-us 0 would. The average moves by 1/8 of each wait, a wait
+ *    counted as at most 8 windows so that one long idle spell does not stop polling for
+ *    long once short waits come back (16 waits);
+ *  - its last poll found work: a poll that ran out its window empty is followed by 1, then
+ *    2, 4 ... up to IB_POLL_MAX_BACKOFF waits slept through without polling (Poisson
+ *    arrivals at a moderate rate leave many gaps longer than the window: each costs a
+ *    whole window of CPU and then the sleep anyway); a poll that finds work ends it;
+ *  - the completions it last handled were not all streamed response chunks: a stream's
+ *    next chunk comes when its engine's decode step ends (about a millisecond), and polling
+ *    for it would burn the window before every sleep.
+ */
+#define IB_POLL_MAX_BACKOFF 64u
+typedef struct ib_poll {
+    uint64_t avg_ns;  /* recent waits for a completion */
+    uint32_t skip;    /* waits still to sleep through without polling */
+    uint32_t backoff; /* the skip after the next empty poll: 0, 1, 2, 4 ... */
+    int streaming;    /* the last batch of completions was only streamed chunks */
+} ib_poll_t;
+
+static inline int ib_poll_wanted(ib_poll_t *p, uint64_t window_ns)
+{
+    if (p->streaming)
+        return 0;
+    if (p->skip > 0) {
+        p->skip--;
+        return 0;
+    }
+    return p->avg_ns < window_ns;
+}
+static inline void ib_poll_note(ib_poll_t *p, uint64_t wait_ns, uint64_t window_ns)
 {
     uint64_t w = wait_ns < 8 * window_ns ? wait_ns : 8 * window_ns;
-    *avg_ns = *avg_ns - *avg_ns / 8 + w / 8;
+    p->avg_ns = p->avg_ns - p->avg_ns / 8 + w / 8;
+}
+/* The result of a poll: it found work (1) or ran out its window (0). */
+static inline void ib_poll_result(ib_poll_t *p, int found)
+{
+    if (found) {
+        p->backoff = 0;
+        return;
+    }
+    p->backoff = p->backoff == 0 ? 1 : p->backoff < IB_POLL_MAX_BACKOFF ? 2 * p->backoff : IB_POLL_MAX_BACKOFF;
+    p->skip = p->backoff;
 }
 
 struct ib_client;
@@ -367,7 +403,7 @@ typedef struct ib_worker {
     struct ib_client *clients;        /* every open client connection (for timeouts), newest first */
     struct ib_client *clients_tail;   /* the oldest */
     int admin_fd;                     /* worker 0: the admin listener (-1: none) */
-    uint64_t wait_avg_ns;             /* recent waits for a completion (ib_busy_poll_note) */
+    ib_poll_t poll;                   /* adaptive busy polling's state */
     uint32_t nclients;
     uint32_t nadmin;                  /* of which came through the admin listener */
     uint32_t nover_cap;               /* of which were accepted past the cap, to be told 503 */

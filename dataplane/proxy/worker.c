@@ -628,9 +628,8 @@ void ib_worker_destroy(ib_worker_t *w)
  * VM, through the hypervisor, which costs tens of microseconds per request at light
  * load; a polling one sees the next request as soon as its data is queued. The window
  * starts at the last completion, so an idle worker sleeps, and sched_yield() hands the
- * core to whatever else is runnable there (a co-located engine). It polls only while its
- * recent waits were shorter than the window (ib_busy_poll_wanted): where completions come
- * in a slower rhythm, polling would burn the whole window before every sleep. */
+ * core to whatever else is runnable there (a co-located engine). It polls only while
+ * polling pays (ib_poll_t in internal.h). */
 static void wait_completions(ib_worker_t *w)
 {
     uint64_t poll_ns = (uint64_t)w->px->cfg.busy_poll_us * 1000u;
@@ -640,11 +639,11 @@ static void wait_completions(ib_worker_t *w)
     }
     io_uring_submit(&w->ring);
     if (io_uring_cq_ready(&w->ring) > 0) {
-        ib_busy_poll_note(&w->wait_avg_ns, 0, poll_ns);
+        ib_poll_note(&w->poll, 0, poll_ns);
         return;
     }
     uint64_t start = ib_now_ns(), now = start;
-    if (ib_busy_poll_wanted(w->wait_avg_ns, poll_ns)) {
+    if (ib_poll_wanted(&w->poll, poll_ns)) {
         for (;;) {
             io_uring_get_events(&w->ring);
             if (io_uring_cq_ready(&w->ring) > 0)
@@ -655,13 +654,37 @@ static void wait_completions(ib_worker_t *w)
             sched_yield();
         }
         ib_counter_add(&w->m.busy_poll_ns, now - start);
-        if (io_uring_cq_ready(&w->ring) > 0) {
-            ib_busy_poll_note(&w->wait_avg_ns, now - start, poll_ns);
+        int found = io_uring_cq_ready(&w->ring) > 0;
+        ib_poll_result(&w->poll, found);
+        if (found) {
+            ib_poll_note(&w->poll, now - start, poll_ns);
             return;
         }
     }
     io_uring_submit_and_wait(&w->ring, 1);
-    ib_busy_poll_note(&w->wait_avg_ns, ib_now_ns() - start, poll_ns);
+    ib_poll_note(&w->poll, ib_now_ns() - start, poll_ns);
+}
+
+/* What a completion says of the next wait (ib_poll_t.streaming): 1 a streamed response's
+ * chunk, received or sent on; 0 anything else; -1 neither (the tick, the wake-up). Read
+ * before the completion is handled (which may free its connection). */
+static int stream_step(const struct io_uring_cqe *cqe)
+{
+    uint64_t data = io_uring_cqe_get_data64(cqe);
+    void *obj = (void *)(uintptr_t)(data & ~(uint64_t)IB_OP_MASK);
+    switch ((unsigned)(data & IB_OP_MASK)) {
+    case IB_OP_URECV: {
+        const ib_client_t *c = ((const ib_upstream_t *)obj)->client;
+        return c != NULL && c->head_sent && cqe->res > 0;
+    }
+    case IB_OP_CSEND: {
+        const ib_client_t *c = obj;
+        return c->state == IB_C_UPSTREAM && c->head_sent;
+    }
+    case IB_OP_TICK:
+    case IB_OP_WAKE: return -1;
+    default: return 0;
+    }
 }
 
 void *ib_worker_main(void *arg)
@@ -686,12 +709,18 @@ void *ib_worker_main(void *arg)
         wait_completions(w);
         struct io_uring_cqe *cqe;
         unsigned head, count = 0;
+        int streams = 0, others = 0;
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
+            int k = stream_step(cqe);
+            streams += k == 1;
+            others += k == 0;
             handle_cqe(w, cqe);
             count++;
         }
         io_uring_cq_advance(&w->ring, count);
+        if (streams + others > 0)
+            w->poll.streaming = others == 0;
     }
     /* Past the deadline: close what is left; the process is about to exit. */
     for (ib_client_t *c = w->clients; c != NULL; c = c->next)

@@ -271,34 +271,63 @@ static void test_busy_poll_adapts(void **state)
 {
     (void)state;
     const uint64_t win = 50000; /* 50 us */
-    uint64_t avg = 0;
-    assert_true(ib_busy_poll_wanted(avg, win)); /* a fresh worker polls */
+    ib_poll_t p = {0};
+    assert_true(ib_poll_wanted(&p, win)); /* a fresh worker polls */
     /* one connection, closed loop: waits of 10 to 70 us -> keeps polling */
     for (int i = 0; i < 100; i++)
-        ib_busy_poll_note(&avg, 10000 + (uint64_t)(i % 3) * 30000, win);
-    assert_true(ib_busy_poll_wanted(avg, win));
+        ib_poll_note(&p, 10000 + (uint64_t)(i % 3) * 30000, win);
+    assert_true(ib_poll_wanted(&p, win));
     /* a fixed rate of 400/s: the upstream's answer in 40 us, two sends done in 5 us, the
      * next request 2.5 ms later -> sleeps */
     for (int i = 0; i < 100; i++) {
-        ib_busy_poll_note(&avg, 40000, win);
-        ib_busy_poll_note(&avg, 5000, win);
-        ib_busy_poll_note(&avg, 5000, win);
-        ib_busy_poll_note(&avg, 2500000, win);
+        ib_poll_note(&p, 40000, win);
+        ib_poll_note(&p, 5000, win);
+        ib_poll_note(&p, 5000, win);
+        ib_poll_note(&p, 2500000, win);
     }
-    assert_false(ib_busy_poll_wanted(avg, win));
-    assert_true(avg <= 8 * win); /* a wait counts as at most eight windows */
+    assert_false(ib_poll_wanted(&p, win));
+    assert_true(p.avg_ns <= 8 * win); /* a wait counts as at most eight windows */
     /* streams whose chunks come 1 ms apart -> sleeps */
     for (int i = 0; i < 100; i++)
-        ib_busy_poll_note(&avg, 1000000, win);
-    assert_false(ib_busy_poll_wanted(avg, win));
+        ib_poll_note(&p, 1000000, win);
+    assert_false(ib_poll_wanted(&p, win));
     /* saturation (completions always ready) brings polling back within a few dozen waits */
     int n = 0;
-    while (!ib_busy_poll_wanted(avg, win) && n < 100) {
-        ib_busy_poll_note(&avg, 0, win);
+    while (!ib_poll_wanted(&p, win) && n < 100) {
+        ib_poll_note(&p, 0, win);
         n++;
     }
-    assert_true(ib_busy_poll_wanted(avg, win));
+    assert_true(ib_poll_wanted(&p, win));
     assert_in_range(n, 1, 24);
+}
+
+/* Empty polls back off (1, 2, 4 ... IB_POLL_MAX_BACKOFF waits slept through); a poll that
+ * finds work ends the back-off; a batch of only streamed chunks sleeps the next wait. */
+static void test_busy_poll_backs_off(void **state)
+{
+    (void)state;
+    const uint64_t win = 50000;
+    ib_poll_t p = {0};
+    uint32_t expect = 1;
+    for (int round = 0; round < 10; round++) {
+        assert_true(ib_poll_wanted(&p, win)); /* polls ... */
+        ib_poll_result(&p, 0);                /* ... and finds nothing */
+        for (uint32_t k = 0; k < expect; k++)
+            assert_false(ib_poll_wanted(&p, win));
+        expect = expect < IB_POLL_MAX_BACKOFF ? 2 * expect : IB_POLL_MAX_BACKOFF;
+    }
+    assert_int_equal(p.backoff, IB_POLL_MAX_BACKOFF);
+    assert_true(ib_poll_wanted(&p, win));
+    ib_poll_result(&p, 1); /* found work: no more back-off */
+    assert_int_equal(p.backoff, 0);
+    assert_true(ib_poll_wanted(&p, win));
+    ib_poll_result(&p, 0);
+    assert_false(ib_poll_wanted(&p, win)); /* one wait slept through, then polls again */
+    assert_true(ib_poll_wanted(&p, win));
+    p.streaming = 1;
+    assert_false(ib_poll_wanted(&p, win));
+    p.streaming = 0;
+    assert_true(ib_poll_wanted(&p, win));
 }
 
 static void test_writeback_round_trip(void **state)
@@ -342,7 +371,7 @@ int main(void)
         cmocka_unit_test(test_routing_unusable),      cmocka_unit_test(test_routing_context_length),
         cmocka_unit_test(test_local_endpoints),       cmocka_unit_test(test_route_of),
         cmocka_unit_test(test_writeback_push),        cmocka_unit_test(test_writeback_round_trip),
-        cmocka_unit_test(test_pick_spreads_evenly),   cmocka_unit_test(test_busy_poll_adapts),
+        cmocka_unit_test(test_pick_spreads_evenly),   cmocka_unit_test(test_busy_poll_adapts), cmocka_unit_test(test_busy_poll_backs_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
