@@ -544,12 +544,23 @@ int ib_tokenize(ib_tok_state_t *s, const char *text, size_t len, unsigned flags,
         return segment(s, text, len, out);
     size_t start = 0;
     for (size_t i = 0; i < len;) {
+        if (t->added_lead >= 0) { /* skip to the next byte an added token can start with */
+            const char *next = memchr(text + i, t->added_lead, len - i);
+            if (next == NULL)
+                break;
+            i = (size_t)(next - text);
+        }
         unsigned char b = (unsigned char)text[i];
         uint32_t lo = t->added_first[b], hi = t->added_first[b + 1];
         const ib_added_token_t *hit = NULL;
+        /* the text's next 8 bytes against each candidate's first 8 (one compare instead
+         * of a memcmp call per candidate: a '<' meets some 20 of them), then the rest */
+        uint64_t next8 = 0;
+        memcpy(&next8, text + i, len - i < 8 ? len - i : 8);
         for (uint32_t k = lo; k < hi; k++) {
             const ib_added_token_t *a = &t->added[k];
-            if (a->len <= len - i && memcmp(text + i, t->arena + a->off, a->len) == 0) {
+            if (a->len <= len - i && (next8 & a->head_mask) == a->head &&
+                (a->len <= 8 || memcmp(text + i + 8, t->arena + a->off + 8, a->len - 8) == 0)) {
                 hit = a;
                 break;
             }

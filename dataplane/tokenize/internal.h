@@ -16,6 +16,7 @@ typedef struct ib_added_token {
     uint32_t len;
     uint32_t id;
     uint8_t special;
+    uint64_t head, head_mask; /* its first 8 bytes (fewer: masked), as memcpy loads them */
 } ib_added_token_t;
 
 typedef struct ib_merge_slot {
@@ -50,6 +51,7 @@ struct ib_tokenizer {
     ib_added_token_t *added;
     uint32_t nadded;
     uint32_t added_first[257]; /* added[added_first[b] .. added_first[b+1]) start with b */
+    int added_lead;            /* the first byte every added token starts with ('<' in both families), or -1 */
 
     pcre2_code *re;
     int nfc;

@@ -279,7 +279,8 @@ static int on_added(void *ctx, ib_span_t content, int64_t id, int special, int l
     if (a == NULL)
         return -1;
     t->added = a;
-    t->added[t->nadded++] = (ib_added_token_t){(uint32_t)off, (uint32_t)content.len, (uint32_t)id, (uint8_t)special};
+    t->added[t->nadded++] = (ib_added_token_t){.off = (uint32_t)off, .len = (uint32_t)content.len, .id = (uint32_t)id,
+                                                   .special = (uint8_t)special}; /* head: index_added */
     return 0;
 }
 
@@ -312,6 +313,23 @@ static void index_added(ib_tokenizer_t *t)
         while (i < t->nadded && (unsigned char)t->arena[t->added[i].off] < b)
             i++;
         t->added_first[b] = i;
+    }
+    for (uint32_t k = 0; k < t->nadded; k++) {
+        ib_added_token_t *a = &t->added[k];
+        unsigned char head[8] = {0}, mask[8] = {0};
+        size_t n = a->len < 8 ? a->len : 8;
+        memcpy(head, t->arena + a->off, n);
+        memset(mask, 0xff, n);
+        memcpy(&a->head, head, 8);
+        memcpy(&a->head_mask, mask, 8);
+    }
+    t->added_lead = -1;
+    for (uint32_t b = 0; b < 256; b++) {
+        if (t->added_first[b] == t->added_first[b + 1])
+            continue;
+        if (t->added_first[b] != 0 || t->added_first[b + 1] != t->nadded)
+            break; /* tokens start with more than one byte */
+        t->added_lead = (int)b;
     }
 }
 

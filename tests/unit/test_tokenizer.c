@@ -11,6 +11,7 @@
 #include <cmocka.h>
 #include <utf8proc.h>
 
+#include "ibrain/net.h"
 #include "ibrain/prompt.h"
 #include "ibrain/tokenizer.h"
 
@@ -264,6 +265,61 @@ static void test_prompt_blocks(void **state)
     ib_prompt_free(&bytes);
 }
 
+/* Added tokens that start with different bytes (Qwen3's all start with '<', where the
+ * scan jumps from '<' to '<'; here "[X]" and "Zeta-special-token" join them), a token of
+ * exactly 8 bytes and longer ones: each found where it is, and the text between them
+ * tokenized as without them. */
+static void test_added_tokens_first_bytes(void **state)
+{
+    (void)state;
+    size_t len = 0;
+    char *json = ib_read_file(NPM "tokenizer-qwen3/models/tokenizer.json", &len);
+    assert_non_null(json);
+    const char *anchor = "\"added_tokens\": [";
+    char *at = strstr(json, anchor);
+    assert_non_null(at);
+    const char *extra = "{\"id\": 151700, \"content\": \"[X]\", \"single_word\": false, \"lstrip\": false, "
+                        "\"rstrip\": false, \"normalized\": false, \"special\": true},"
+                        "{\"id\": 151701, \"content\": \"Zeta-special-token\", \"single_word\": false, "
+                        "\"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true},";
+    size_t head = (size_t)(at - json) + strlen(anchor);
+    char *patched = malloc(len + strlen(extra) + 1);
+    assert_non_null(patched);
+    memcpy(patched, json, head);
+    memcpy(patched + head, extra, strlen(extra));
+    memcpy(patched + head + strlen(extra), json + head, len - head + 1);
+    char err[256];
+    ib_tokenizer_t *t = ib_tokenizer_load_mem(patched, strlen(patched), err, sizeof(err));
+    if (t == NULL)
+        fail_msg("%s", err);
+    ib_tok_state_t *st = ib_tok_state_new(t);
+    ib_tok_ids_t ids = {0}, plain = {0};
+    const char *text = "a[X]b</think>Zeta-special-tokenc<|im_end|>[X";
+    assert_int_equal(ib_tokenize(st, text, strlen(text), 0, &ids), 0);
+    /* 151700 [X], 151668 </think> (8 bytes), 151701, 151645 <|im_end|> */
+    uint32_t want[] = {151700, 151668, 151701, 151645};
+    size_t k = 0;
+    for (size_t i = 0; i < ids.len; i++)
+        if (ids.ids[i] >= 151643)
+            assert_int_equal(ids.ids[i], want[k++]);
+    assert_int_equal(k, 4);
+    /* the pieces between them as plain text: "a", "b", "c", "[X" */
+    size_t n_plain = 0;
+    const char *pieces[] = {"a", "b", "c", "[X"};
+    for (size_t i = 0; i < 4; i++) {
+        ib_tok_ids_reset(&plain);
+        assert_int_equal(ib_tokenize(st, pieces[i], strlen(pieces[i]), 0, &plain), 0);
+        n_plain += plain.len;
+    }
+    assert_int_equal(ids.len, n_plain + 4);
+    ib_tok_ids_free(&ids);
+    ib_tok_ids_free(&plain);
+    ib_tok_state_free(st);
+    ib_tokenizer_free(t);
+    free(patched);
+    free(json);
+}
+
 static void test_bad_files(void **state)
 {
     (void)state;
@@ -294,7 +350,7 @@ int main(void)
         cmocka_unit_test(test_special_tokens), cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_long_pretokens), cmocka_unit_test(test_nfc_fast_path),
         cmocka_unit_test(test_prompt_blocks),  cmocka_unit_test(test_bad_files),
-        cmocka_unit_test(test_segment_cache),
+        cmocka_unit_test(test_segment_cache),  cmocka_unit_test(test_added_tokens_first_bytes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
