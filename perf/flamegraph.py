@@ -107,6 +107,40 @@ def main():
     print("top frames by inclusive time:")
     for name, n in incl.most_common(a.top):
         print("  %6.2f%%  %s" % (100.0 * n / total, name))
+    cats = collections.Counter()
+    for st, n in counts.items():
+        cats[category(st[1:])] += n
+    print("where the samples go (each sample in the first category its stack matches):")
+    for name, _ in CATEGORIES:
+        print("  %6.2f%%  %s" % (100.0 * cats[name] / total, name))
+
+
+def _has(*names):
+    return lambda frames: any(f in names for f in frames)
+
+
+ROUTING = ("ib_oai_parse", "ib_prompt_build", "ib_chat_render", "ib_router_pick", "ib_router_commit",
+           "ib_affinity_match", "ib_affinity_insert", "ib_tokenize", "ib_hashchain")
+# Kernel and user-space work by what it is for, checked in this order (a send inside a
+# busy-poll loop's io_uring_get_events counts as a send).
+CATEGORIES = [
+    ("sends (TCP transmit, and the loopback delivery to the peer it runs)", _has("io_send", "tcp_sendmsg")),
+    ("receives (TCP copy-out, and the ACKs it sends)", _has("io_recv", "tcp_recvmsg")),
+    ("accepts, connects, closes", _has("io_accept", "io_connect", "__x64_sys_close", "io_shutdown", "tcp_close")),
+    ("busy polling (sched_yield between polls)", _has("do_sched_yield", "__x64_sys_sched_yield", "sched_yield")),
+    ("sleeping and waking (io_uring waits, the scheduler)", _has("io_cqring_wait", "schedule", "__schedule")),
+    ("io_uring itself (submission, completions, timers)", _has("__do_sys_io_uring_enter", "io_submit_sqes")),
+    ("routing: parse, render, tokenize, hash, pick", _has(*ROUTING)),
+    ("other kernel (interrupts, page faults, timers)", lambda fr: any(f.startswith(("asm_", "irq", "__sysvec")) for f in fr)),
+    ("ibrain's own user space (HTTP, relay, loop, clocks)", lambda fr: True),
+]
+
+
+def category(frames):
+    for name, match in CATEGORIES:
+        if match(frames):
+            return name
+    return CATEGORIES[-1][0]
 
 
 if __name__ == "__main__":
