@@ -81,16 +81,24 @@ up() {
   done
   [[ $(id -u) -eq 0 ]] || die "needs root (containers, bridge, cgroups)"
   local t0; t0=$(now_ms)
+  [[ ! -d $D/etcd ]] || die "$D held a cluster before (its etcd and pods would come back): give a new DIR"
   mkdir -p "$D"/{logs,pids,etcd,kubelet,pod-logs,cni/net.d,cni/ipam,containerd}
   D=$(cd "$D" && pwd)
   take_lock
   if ip link show "$BRIDGE" >/dev/null 2>&1; then
     local left; left=$(cat "/sys/class/net/$BRIDGE/ifalias" 2>/dev/null || true)
+    # a cluster whose API server still runs is no leftover (one started without the lock)
+    if [[ $left == /* && -s $left/pids/kube-apiserver ]] && alive "$(cat "$left/pids/kube-apiserver")"; then
+      stop lock
+      die "bridge $BRIDGE belongs to a running cluster ($left) that holds no lock: cluster.sh down $left"
+    fi
     echo "cluster.sh: bridge $BRIDGE is left by a cluster whose run ended before its down (${left:-?}); removing what it left" >&2
-    [[ $left == /* ]] && unmount_under "$left"
+    if [[ $left == /* ]]; then unmount_under "$left"; fi
     machine_cleanup
   fi
-  trap 'echo "cluster.sh: up failed; taking down what started" >&2; down >/dev/null 2>&1' ERR
+  # however up ends from here on short of its end (a failed command, a die), what started
+  # is taken down, the lock last
+  trap 'rc=$?; trap - EXIT; if ((rc != 0)); then echo "cluster.sh: up failed; taking down what started" >&2; down >/dev/null 2>&1; fi; exit $rc' EXIT
 
   local etcd_port etcd_peer api_port kubelet_port healthz_port kcm_port sched_port
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
@@ -271,6 +279,7 @@ IB_K8S_ETCD=http://127.0.0.1:$etcd_port
 IB_K8S_DIR=$D
 IB_KUBECTL=$KUBECTL
 EOF
+  trap - EXIT
   echo "cluster.sh: up in $(( $(now_ms) - t0 )) ms; source $D/env" >&2
 }
 
@@ -302,11 +311,19 @@ unmount_under() {
 }
 
 # owns_lock: this DIR's cluster holds the machine's lock
-owns_lock() { [[ -s $D/pids/lock ]] && alive "$(cat "$D/pids/lock")"; }
+# (its holder is alive and answers the lock's socket with this DIR: a pid file left by a
+# killed run whose pid now names another process does not count)
+owns_lock() {
+  [[ -s $D/pids/lock ]] && alive "$(cat "$D/pids/lock")" || return 1
+  [[ $(/usr/bin/python3 -c 'import socket, sys
+c = socket.socket(socket.AF_UNIX); c.settimeout(2); c.connect("\0" + sys.argv[1])
+print(c.recv(4096).decode().strip())' "$LOCK" 2>/dev/null) == "$D" ]]
+}
 
 # machine_cleanup: the machine-wide state of a cluster (only under the lock): kube-proxy's
 # iptables chains, the pods' network namespaces, the bridge, the pods' (empty) cgroups
-machine_cleanup() {
+machine_cleanup() ( # a subshell: best effort, a step that finds nothing to remove must not end it
+  set +e +o pipefail
   [[ -x $KBIN/kube-proxy ]] && "$KBIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   # and the kubelet's own chains (KUBE-FIREWALL in INPUT and OUTPUT, the canaries), which
   # kube-proxy leaves: every packet on this machine, loopback too, went through them
@@ -326,7 +343,7 @@ machine_cleanup() {
   for ctl in /sys/fs/cgroup/*/kubepods; do
     [[ -d $ctl ]] && find "$ctl" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
-}
+)
 
 # import TAR...: OCI archives into containerd's k8s.io namespace, where the kubelet finds them
 import_images() {
@@ -378,8 +395,12 @@ down() {
   unmount_under "$D"
   # the machine-wide part, only when it is this cluster's: a DIR whose up never got the
   # lock must not take down the network of the cluster that has it
-  if owns_lock; then machine_cleanup; fi
-  stop lock
+  if owns_lock; then
+    machine_cleanup
+    stop lock
+  else
+    rm -f "$D/pids/lock" # not ours (never got, or a stale pid file): nothing of the machine's to touch
+  fi
   echo "cluster.sh: down; logs in $D/logs" >&2
 }
 
