@@ -14,7 +14,8 @@ uint64_t ib_hashchain_next(uint64_t prev, const void *block, size_t len)
 {
     if (len <= XXH3_MIDSIZE_MAX)
         return XXH_INLINE_XXH3_64bits_withSeed(block, len, prev);
-    return XXH3_64bits_withSeed(block, len, prev);
+    /* named: the second include above took back the dispatch header's #define */
+    return XXH3_64bits_withSeed_dispatch(block, len, prev);
 }
 
 size_t ib_hashchain(const void *buf, size_t len, size_t block_bytes, uint64_t *out, size_t max_out)
