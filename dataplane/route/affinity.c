@@ -72,7 +72,7 @@ void ib_affinity_destroy(ib_affinity_t *t)
  * and capacity, read once (relaxed) for a walk over many of the replica's slots. */
 typedef struct rview {
     uint32_t now, floor, capacity;
-    int precise;
+    int precise, ttl; /* ttl: the table has a TTL, whose floor applies */
 } rview_t;
 
 static rview_t view_of(const ib_affinity_t *t, uint32_t rep)
@@ -86,6 +86,7 @@ static rview_t view_of(const ib_affinity_t *t, uint32_t rep)
         .floor = atomic_load_explicit((_Atomic uint32_t *)&r->ttl_floor, memory_order_relaxed),
         .capacity = r->capacity_blocks,
         .precise = atomic_load_explicit((_Atomic uint32_t *)&r->precise, memory_order_relaxed) != 0,
+        .ttl = t->ttl_ms != 0,
     };
 }
 
@@ -98,8 +99,9 @@ static int64_t life_at(const rview_t *v, uint32_t stamp)
      * believes its model's entries. */
     if (stamp == IB_AFF_FACT)
         return (int64_t)1 << 40;
-    /* Unsigned differences: counters wrap. */
-    if ((int32_t)(stamp - v->floor) <= 0)
+    /* Unsigned differences: counters wrap. Without a TTL there is no floor: a floor of 0
+     * would read every stamp from 2^31 on as behind it. */
+    if (v->ttl && (int32_t)(stamp - v->floor) <= 0)
         return -1; /* stamped at or before the TTL floor (stamps start at 1) */
     uint32_t age = v->now - stamp;
     if (age >= (1u << 31))

@@ -244,6 +244,26 @@ static void test_fresh_entries_not_rewritten(void **state)
     }
 }
 
+/* Without a TTL a replica's clock may pass 2^31 and wrap: its entries stay believed
+ * (a floor of 0 read every stamp from 2^31 on as expired). */
+static void test_clock_past_2_31(void **state)
+{
+    (void)state;
+    uint32_t starts[] = {0x7ffffffeu, 0x80000010u, 0xfffffffdu};
+    for (size_t s = 0; s < 3; s++) {
+        ib_affinity_t t;
+        assert_int_equal(ib_affinity_init(&t, 10, 1, 64, 0), 0);
+        atomic_store(&t.replicas[0].counter, starts[s]);
+        uint64_t a[4];
+        chain(80 + s, a, 4);
+        ib_affinity_insert(&t, a, 4, 0);
+        uint32_t m[1];
+        ib_affinity_match(&t, a, 4, m);
+        assert_int_equal(m[0], 4);
+        ib_affinity_destroy(&t);
+    }
+}
+
 /* A block the table lost (a full set) does not end the match: the walk skips up to
  * IB_AFF_GAP blocks a replica is not known to hold. */
 static void test_match_skips_lost_entries(void **state)
@@ -382,7 +402,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
         cmocka_unit_test(test_facts_and_precise_mode), cmocka_unit_test(test_precise_pending_window),
-        cmocka_unit_test(test_hits_do_not_age_others), cmocka_unit_test(test_fresh_entries_not_rewritten),
+        cmocka_unit_test(test_hits_do_not_age_others), cmocka_unit_test(test_fresh_entries_not_rewritten), cmocka_unit_test(test_clock_past_2_31),
         cmocka_unit_test(test_match_skips_lost_entries),
         cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
         cmocka_unit_test(test_concurrent_insert_and_match),
