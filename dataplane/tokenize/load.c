@@ -267,6 +267,10 @@ static int on_added(void *ctx, ib_span_t content, int64_t id, int special, int l
                  (long long)id);
         return -1;
     }
+    if (content.len == 0) { /* it would match everywhere, and the scan would not move */
+        snprintf(l->err, sizeof(l->err), "added token %lld: empty content", (long long)id);
+        return -1;
+    }
     if (id < 0 || content.len > 256 || grow_ids(t, (uint32_t)id) != 0)
         return -1;
     long off = arena_put(t, content.ptr, content.len);

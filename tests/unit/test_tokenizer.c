@@ -341,6 +341,13 @@ static void test_bad_files(void **state)
         assert_null(ib_tokenizer_load_mem(cases[i], strlen(cases[i]), err, sizeof(err)));
         assert_true(err[0] != '\0');
     }
+    /* an empty added token would match everywhere (and the scan would not move on) */
+    const char *empty = "{\"added_tokens\":[{\"id\":0,\"content\":\"\",\"single_word\":false,\"lstrip\":false,"
+                        "\"rstrip\":false,\"normalized\":false,\"special\":true}],"
+                        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}";
+    err[0] = '\0';
+    assert_null(ib_tokenizer_load_mem(empty, strlen(empty), err, sizeof(err)));
+    assert_true(err[0] != '\0');
 }
 
 int main(void)
