@@ -315,9 +315,7 @@ unmount_under() {
 # killed run whose pid now names another process does not count)
 owns_lock() {
   [[ -s $D/pids/lock ]] && alive "$(cat "$D/pids/lock")" || return 1
-  [[ $(/usr/bin/python3 -c 'import socket, sys
-c = socket.socket(socket.AF_UNIX); c.settimeout(2); c.connect("\0" + sys.argv[1])
-print(c.recv(4096).decode().strip())' "$LOCK" 2>/dev/null) == "$D" ]]
+  [[ $(/usr/bin/python3 "$HERE/lock.py" --owner "$LOCK" 2>/dev/null) == "$D" ]]
 }
 
 # machine_cleanup: the machine-wide state of a cluster (only under the lock): kube-proxy's

@@ -2,6 +2,7 @@
 """The one-cluster-per-machine lock of tools/k8s/cluster.sh.
 
     lock.py NAME WAIT_SECONDS OWNER
+    lock.py --owner NAME          prints the holder's OWNER ("?" when none answers)
 
 Binds the abstract unix socket NAME (one per network namespace, which is where the
 cluster's bridge, iptables chains and pod namespaces live, and released by the kernel
@@ -26,6 +27,9 @@ def owner_of(name):
 
 
 def main():
+    if sys.argv[1] == "--owner":
+        print(owner_of(sys.argv[2]))
+        return 0
     name, wait, owner = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     end = time.monotonic() + wait
