@@ -139,7 +139,7 @@ static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep, const rview_t 
             uint32_t stamp = SLOT_STAMP(w);
             if (life_at(v, stamp) <= 0)
                 return HELD_NOT;
-            if (stamp == IB_AFF_FACT || (t->ttl_ms == 0 && v->now - stamp < v->capacity / IB_AFF_REFRESH_DIV))
+            if (stamp == IB_AFF_FACT || (!v->ttl && v->now - stamp < v->capacity / IB_AFF_REFRESH_DIV))
                 return HELD_FRESH;
             return HELD;
         }
