@@ -476,12 +476,17 @@ static void op_done_upstream(ib_worker_t *w, ib_upstream_t *u, struct io_uring_c
         ib_upstream_free(w, u);
 }
 
+/* A completion's operation and object, from its user_data (pointer | op, ib_set_data). */
+static unsigned cqe_op(const struct io_uring_cqe *cqe) { return (unsigned)(io_uring_cqe_get_data64(cqe) & IB_OP_MASK); }
+static void *cqe_obj(const struct io_uring_cqe *cqe)
+{
+    return (void *)(uintptr_t)(io_uring_cqe_get_data64(cqe) & ~(uint64_t)IB_OP_MASK);
+}
+
 static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
 {
-    uint64_t data = io_uring_cqe_get_data64(cqe);
-    unsigned op = (unsigned)(data & IB_OP_MASK);
-    void *obj = (void *)(uintptr_t)(data & ~(uint64_t)IB_OP_MASK);
-    switch (op) {
+    void *obj = cqe_obj(cqe);
+    switch (cqe_op(cqe)) {
     case IB_OP_ACCEPT: on_accept(w, cqe); break;
     case IB_OP_ACCEPT_ADMIN: on_accept_admin(w, cqe); break;
     case IB_OP_CRECV:
@@ -670,9 +675,8 @@ static void wait_completions(ib_worker_t *w)
  * before the completion is handled (which may free its connection). */
 static int stream_step(const struct io_uring_cqe *cqe)
 {
-    uint64_t data = io_uring_cqe_get_data64(cqe);
-    void *obj = (void *)(uintptr_t)(data & ~(uint64_t)IB_OP_MASK);
-    switch ((unsigned)(data & IB_OP_MASK)) {
+    void *obj = cqe_obj(cqe);
+    switch (cqe_op(cqe)) {
     case IB_OP_URECV: {
         const ib_client_t *c = ((const ib_upstream_t *)obj)->client;
         return c != NULL && c->head_sent && cqe->res > 0;
