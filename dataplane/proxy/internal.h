@@ -343,10 +343,19 @@ typedef struct ib_client {
  *  - the completions it last handled were not all streamed response chunks: a stream's
  *    next chunk comes when its engine's decode step ends (about a millisecond), and polling
  *    for it would burn the window before every sleep.
+ * And a poll lasts only about as long as the waits polling has been catching (the way
+ * glibc's adaptive mutexes spin): twice their recent average plus IB_POLL_MARGIN_NS, at
+ * most --busy-poll-us. One connection's closed loop (waits of 8 to 30 us here) keeps a
+ * window that catches them; a fixed rate whose requests come in bursts (polls that find
+ * work at once, then a gap of a millisecond) pays a few microseconds at each burst's end
+ * instead of a whole window. A poll that runs out its window moves the average toward the
+ * window, so that waits which grew longer (a slower replica) are caught again.
  */
+#define IB_POLL_MARGIN_NS 5000u
 #define IB_POLL_MAX_BACKOFF 64u
 typedef struct ib_poll {
     uint64_t avg_ns;  /* recent waits for a completion */
+    uint64_t spin_ns; /* recent polls' durations (the window: twice this + the margin) */
     uint32_t skip;    /* waits still to sleep through without polling */
     uint32_t backoff; /* the skip after the next empty poll: 0, 1, 2, 4 ... */
     int streaming;    /* the last batch of completions was only streamed chunks */
@@ -367,9 +376,16 @@ static inline void ib_poll_note(ib_poll_t *p, uint64_t wait_ns, uint64_t window_
     uint64_t w = wait_ns < 8 * window_ns ? wait_ns : 8 * window_ns;
     p->avg_ns = p->avg_ns - p->avg_ns / 8 + w / 8;
 }
-/* The result of a poll: it found work (1) or ran out its window (0). */
-static inline void ib_poll_result(ib_poll_t *p, int found)
+/* How long the next poll may last: at most max_ns (--busy-poll-us). */
+static inline uint64_t ib_poll_window(const ib_poll_t *p, uint64_t max_ns)
 {
+    uint64_t w = 2 * p->spin_ns + IB_POLL_MARGIN_NS;
+    return w < max_ns ? w : max_ns;
+}
+/* The result of a poll that lasted polled_ns: it found work (1) or ran out its window (0). */
+static inline void ib_poll_result(ib_poll_t *p, int found, uint64_t polled_ns)
+{
+    p->spin_ns = p->spin_ns - p->spin_ns / 8 + polled_ns / 8;
     if (found) {
         p->backoff = 0;
         return;

@@ -554,6 +554,7 @@ int ib_worker_init(ib_worker_t *w, ib_proxy_t *px, uint32_t id)
     w->idle = calloc(IB_MAX_REPLICAS, sizeof(*w->idle));
     w->json = ib_json_parser_new(px->cfg.max_body_bytes);
     w->rng = 0x9e3779b97f4a7c15ull * (id + 1);
+    w->poll.spin_ns = (uint64_t)px->cfg.busy_poll_us * 1000u / 2; /* a fresh worker polls its whole window */
     w->buf_budget = px->cfg.max_buffer_bytes == UINT64_MAX ? UINT64_MAX : px->cfg.max_buffer_bytes / px->cfg.workers;
     if (w->wake_fd < 0 || w->idle == NULL || w->json == NULL)
         return -1;
@@ -649,18 +650,19 @@ static void wait_completions(ib_worker_t *w)
     }
     uint64_t start = ib_now_ns(), now = start;
     if (ib_poll_wanted(&w->poll, poll_ns)) {
+        uint64_t window = ib_poll_window(&w->poll, poll_ns);
         for (;;) {
             io_uring_get_events(&w->ring);
             if (io_uring_cq_ready(&w->ring) > 0)
                 break;
             now = ib_now_ns();
-            if (now - start >= poll_ns)
+            if (now - start >= window)
                 break;
             sched_yield();
         }
         ib_counter_add(&w->m.busy_poll_ns, now - start);
         int found = io_uring_cq_ready(&w->ring) > 0;
-        ib_poll_result(&w->poll, found);
+        ib_poll_result(&w->poll, found, now - start);
         if (found) {
             ib_poll_note(&w->poll, now - start, poll_ns);
             return;

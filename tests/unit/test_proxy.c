@@ -311,23 +311,53 @@ static void test_busy_poll_backs_off(void **state)
     uint32_t expect = 1;
     for (int round = 0; round < 10; round++) {
         assert_true(ib_poll_wanted(&p, win)); /* polls ... */
-        ib_poll_result(&p, 0);                /* ... and finds nothing */
+        ib_poll_result(&p, 0, win);           /* ... and finds nothing */
         for (uint32_t k = 0; k < expect; k++)
             assert_false(ib_poll_wanted(&p, win));
         expect = expect < IB_POLL_MAX_BACKOFF ? 2 * expect : IB_POLL_MAX_BACKOFF;
     }
     assert_int_equal(p.backoff, IB_POLL_MAX_BACKOFF);
     assert_true(ib_poll_wanted(&p, win));
-    ib_poll_result(&p, 1); /* found work: no more back-off */
+    ib_poll_result(&p, 1, 1000); /* found work: no more back-off */
     assert_int_equal(p.backoff, 0);
     assert_true(ib_poll_wanted(&p, win));
-    ib_poll_result(&p, 0);
+    ib_poll_result(&p, 0, win);
     assert_false(ib_poll_wanted(&p, win)); /* one wait slept through, then polls again */
     assert_true(ib_poll_wanted(&p, win));
     p.streaming = 1;
     assert_false(ib_poll_wanted(&p, win));
     p.streaming = 0;
     assert_true(ib_poll_wanted(&p, win));
+}
+
+/* A poll lasts about as long as the waits polling has been catching: twice their recent
+ * average plus a margin, at most the window. */
+static void test_busy_poll_window(void **state)
+{
+    (void)state;
+    const uint64_t win = 50000;
+    ib_poll_t p = {.spin_ns = win / 2}; /* a fresh worker (ib_worker_init) */
+    assert_int_equal(ib_poll_window(&p, win), win);
+    /* one connection's closed loop: waits of 8 to 15 us caught -> a window that catches them */
+    for (int i = 0; i < 200; i++)
+        ib_poll_result(&p, 1, 8000 + (uint64_t)(i % 8) * 1000);
+    uint64_t one = ib_poll_window(&p, win);
+    assert_in_range(one, 15000 + IB_POLL_MARGIN_NS, win - 1); /* the longest, 15 us, with room */
+    /* bursts: work found at once, then a poll that runs out its window at each burst's end */
+    for (int burst = 0; burst < 50; burst++) {
+        for (int i = 0; i < 25; i++)
+            ib_poll_result(&p, 1, 200);
+        ib_poll_result(&p, 0, ib_poll_window(&p, win));
+    }
+    assert_in_range(ib_poll_window(&p, win), IB_POLL_MARGIN_NS, IB_POLL_MARGIN_NS + 4000);
+    /* waits that grew past the window (a slower replica): polls that run out it widen it */
+    int n = 0;
+    while (ib_poll_window(&p, win) < win && n < 100) {
+        ib_poll_result(&p, 0, ib_poll_window(&p, win));
+        n++;
+    }
+    assert_int_equal(ib_poll_window(&p, win), win);
+    assert_in_range(n, 5, 40);
 }
 
 static void test_writeback_round_trip(void **state)
@@ -372,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_local_endpoints),       cmocka_unit_test(test_route_of),
         cmocka_unit_test(test_writeback_push),        cmocka_unit_test(test_writeback_round_trip),
         cmocka_unit_test(test_pick_spreads_evenly),   cmocka_unit_test(test_busy_poll_adapts), cmocka_unit_test(test_busy_poll_backs_off),
+        cmocka_unit_test(test_busy_poll_window),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
