@@ -257,8 +257,7 @@ void ib_exchange_dispatch(ib_worker_t *w, ib_client_t *c, int replica)
     u->state = IB_U_BUSY;
     u->deadline_ns = now + (uint64_t)w->px->cfg.upstream_timeout_ms * 1000000ull;
     ib_upstream_send(w, u);
-    if (!u->recv_armed)
-        ib_upstream_arm_recv(w, u);
+    ib_upstream_arm_recv(w, u); /* a pooled connection's is armed already */
 }
 
 /* ---- the response ---- */
@@ -364,10 +363,8 @@ static void on_data(ib_worker_t *w, ib_upstream_t *u, char *p, size_t n)
             ib_exchange_failed(w, c, IB_UPERR_IO, 0);
             return;
         }
-        if (rc == 0) {
-            ib_upstream_arm_recv(w, u);
-            return;
-        }
+        if (rc == 0)
+            return; /* the rest of the head follows on the same receive */
         done = relay_body(c, c->resp_head.ptr, c->resp_head.len);
         ib_buf_reset(&c->resp_head);
     } else {
@@ -382,10 +379,10 @@ static void on_data(ib_worker_t *w, ib_upstream_t *u, char *p, size_t n)
         return;
     }
     ib_client_flush(w, c);
-    if (ib_out_pending(c) > ib_out_high_water(w))
+    if (ib_out_pending(c) > ib_out_high_water(w)) {
         c->upstream_blocked = 1;
-    else
-        ib_upstream_arm_recv(w, u);
+        ib_upstream_pause_recv(w, u);
+    }
 }
 
 /* ---- completions ---- */
@@ -424,18 +421,23 @@ void ib_exchange_on_send(ib_worker_t *w, ib_upstream_t *u, int res)
         ib_upstream_send(w, u);
 }
 
-void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, char *data)
+/* A receive's completion; <more>: its multishot receive goes on. Its last completion
+ * (data, out of buffers, cancelled) re-arms it unless the client is behind. */
+void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, int more, char *data)
 {
-    u->recv_armed = 0;
+    if (!more)
+        u->recv_armed = u->recv_cancelling = 0;
     if (res > 0) {
         if (u->client != NULL && !u->closing)
             on_data(w, u, data, (size_t)res);
         else
             ib_upstream_close(w, u); /* bytes on an idle connection: not HTTP we can use */
+        if (!more && !u->closing && u->state != IB_U_CONNECTING && (u->client == NULL || !u->client->upstream_blocked))
+            ib_upstream_arm_recv(w, u);
         return;
     }
-    if (res == -ENOBUFS) {
-        if (!u->closing)
+    if (res == -ENOBUFS || res == -ECANCELED) {
+        if (!u->closing && (u->client == NULL || !u->client->upstream_blocked))
             ib_upstream_arm_recv(w, u);
         return;
     }

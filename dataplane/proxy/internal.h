@@ -238,7 +238,7 @@ void ib_writeback_tick(void *px, ib_sync_t *s);
 
 enum ib_op {
     IB_OP_ACCEPT = 1, IB_OP_CRECV, IB_OP_CSEND, IB_OP_UCONN, IB_OP_USEND, IB_OP_URECV, IB_OP_TICK, IB_OP_WAKE,
-    IB_OP_ACCEPT_ADMIN, IB_OP_CNOP
+    IB_OP_ACCEPT_ADMIN, IB_OP_CNOP, IB_OP_UCANCEL
 };
 #define IB_OP_MASK 15u
 #define IB_BGID 1                        /* the provided-buffer group of receives */
@@ -263,7 +263,8 @@ typedef struct ib_upstream {
     enum ib_ustate state;
     int closing;
     int reused;                   /* taken from the pool (not freshly connected) */
-    int recv_armed;
+    int recv_armed;               /* its multishot receive runs (until a completion without MORE) */
+    int recv_cancelling;          /* ... and is being cancelled (back-pressure, ib_upstream_pause_recv) */
     struct ib_client *client;     /* the exchange it carries (IB_U_BUSY, IB_U_CONNECTING) */
     size_t send_off;
     uint64_t deadline_ns;
@@ -631,8 +632,10 @@ ib_upstream_t *ib_upstream_connect(ib_worker_t *w, int replica);
 void ib_upstream_pool_put(ib_worker_t *w, ib_upstream_t *u);
 /** Sends the rest of its client's upstream request. */
 void ib_upstream_send(ib_worker_t *w, ib_upstream_t *u);
-/** Arms one receive (single-shot: the back-pressure from a slow client). */
+/** Arms its multishot receive, when not armed already. */
 void ib_upstream_arm_recv(ib_worker_t *w, ib_upstream_t *u);
+/** Stops its receive (a client behind by more than the high water mark): cancels it. */
+void ib_upstream_pause_recv(ib_worker_t *w, ib_upstream_t *u);
 /** Closes it: freed now when nothing is in flight, else when its last op returns. */
 void ib_upstream_close(ib_worker_t *w, ib_upstream_t *u);
 void ib_upstream_free(ib_worker_t *w, ib_upstream_t *u);
@@ -656,7 +659,7 @@ void ib_exchange_failed(ib_worker_t *w, ib_client_t *c, enum ib_upstream_error k
 /** Completions of an upstream connection's operations. */
 void ib_exchange_on_connect(ib_worker_t *w, ib_upstream_t *u, int res);
 void ib_exchange_on_send(ib_worker_t *w, ib_upstream_t *u, int res);
-void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, char *data);
+void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, int more, char *data);
 
 /* ---- routing helpers (proxy.c) ---- */
 

@@ -11,21 +11,39 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Upstream receives are single-shot: re-armed only while the client keeps up, which is
- * the back-pressure from a slow client to the replica. POLL_FIRST: the receive is
- * mostly armed right after the request was sent, when no answer can be there yet, so
- * the kernel waits for readiness instead of trying a receive that would fail first. */
+/* Upstream receives are multishot: armed once and kept through the connection's life,
+ * its exchanges and its idle spells in the pool (where a replica closing it is noticed
+ * at once), so that a streamed response's chunks and a kept-alive connection's answers
+ * cost no re-arming each (a receive to prepare, submit and poll-arm per chunk, before).
+ * The back-pressure from a slow client to the replica: the receive is cancelled while
+ * the client is more than the high water mark behind, and armed again once it has
+ * caught up (worker.c, on_client_send). POLL_FIRST: it is mostly armed right after the
+ * request was sent, when no answer can be there yet, so the kernel waits for readiness
+ * instead of trying a receive that would fail first. */
 void ib_upstream_arm_recv(ib_worker_t *w, ib_upstream_t *u)
 {
-    assert(!u->recv_armed && !u->closing);
+    assert(!u->closing);
+    if (u->recv_armed)
+        return; /* running, or being cancelled: its last completion re-arms it (exchange.c) */
     struct io_uring_sqe *sqe = ib_get_sqe(w);
-    io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
+    io_uring_prep_recv_multishot(sqe, u->fd, NULL, 0, 0);
     sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = IB_BGID;
     ib_set_data(sqe, u, IB_OP_URECV);
     u->ops++;
     u->recv_armed = 1;
+}
+
+void ib_upstream_pause_recv(ib_worker_t *w, ib_upstream_t *u)
+{
+    if (!u->recv_armed || u->recv_cancelling || u->closing)
+        return;
+    struct io_uring_sqe *sqe = ib_get_sqe(w);
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)u | IB_OP_URECV, 0);
+    ib_set_data(sqe, u, IB_OP_UCANCEL);
+    u->ops++;
+    u->recv_cancelling = 1;
 }
 
 void ib_upstream_send(ib_worker_t *w, ib_upstream_t *u)
@@ -93,8 +111,7 @@ void ib_upstream_pool_put(ib_worker_t *w, ib_upstream_t *u)
     w->idle[u->replica] = u;
     /* A receive stays armed while idle, so that a replica closing the connection is
      * noticed now rather than by the next request. */
-    if (!u->recv_armed)
-        ib_upstream_arm_recv(w, u);
+    ib_upstream_arm_recv(w, u);
 }
 
 void ib_upstream_close(ib_worker_t *w, ib_upstream_t *u)

@@ -29,7 +29,7 @@
 #define TICK_MS 100
 
 _Static_assert(_Alignof(ib_client_t) >= 16 && _Alignof(ib_upstream_t) >= 16, "user_data packs the op in 4 bits");
-_Static_assert(IB_OP_CNOP <= IB_OP_MASK, "ops fit the mask");
+_Static_assert(IB_OP_UCANCEL <= IB_OP_MASK, "ops fit the mask");
 
 static void recycle_buffer(ib_worker_t *w, unsigned bid)
 {
@@ -347,7 +347,7 @@ static void on_client_send(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
     ib_client_flush(w, c);
     if (c->upstream_blocked && c->up != NULL && ib_out_pending(c) <= ib_out_high_water(w) / 2) {
         c->upstream_blocked = 0;
-        ib_upstream_arm_recv(w, c->up);
+        ib_upstream_arm_recv(w, c->up); /* still being cancelled: its last completion re-arms it */
     }
     /* Pipelined requests parked while the answers piled up (ib_request_input). */
     if (!c->closing && c->state == IB_C_HEAD && c->in.len > 0 && ib_out_pending(c) <= ib_out_high_water(w) / 2)
@@ -357,14 +357,15 @@ static void on_client_send(ib_worker_t *w, ib_client_t *c, struct io_uring_cqe *
 /* The data of a receive is in a provided buffer, recycled once the exchange took it. */
 static void on_upstream_recv(ib_worker_t *w, ib_upstream_t *u, struct io_uring_cqe *cqe)
 {
+    int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
     if (cqe->res > 0) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
         assert(bid < w->nbufs && (uint32_t)cqe->res <= w->buf_size);
-        ib_exchange_on_recv(w, u, cqe->res, w->buf_base + (size_t)bid * w->buf_size);
+        ib_exchange_on_recv(w, u, cqe->res, more, w->buf_base + (size_t)bid * w->buf_size);
         recycle_buffer(w, bid);
         return;
     }
-    ib_exchange_on_recv(w, u, cqe->res, NULL);
+    ib_exchange_on_recv(w, u, cqe->res, more, NULL);
 }
 
 static void check_timeouts(ib_worker_t *w, uint64_t now)
@@ -502,6 +503,7 @@ static void handle_cqe(ib_worker_t *w, struct io_uring_cqe *cqe)
     case IB_OP_CNOP: op_done_client(w, obj, cqe); break;
     case IB_OP_UCONN: ib_exchange_on_connect(w, obj, cqe->res); op_done_upstream(w, obj, cqe); break;
     case IB_OP_USEND: ib_exchange_on_send(w, obj, cqe->res); op_done_upstream(w, obj, cqe); break;
+    case IB_OP_UCANCEL: op_done_upstream(w, obj, cqe); break; /* the receive's own completion tells */
     case IB_OP_URECV: {
         ib_client_t *c = ((ib_upstream_t *)obj)->client; /* freed only by its own completions */
         on_upstream_recv(w, obj, cqe);
@@ -688,7 +690,8 @@ static int stream_step(const struct io_uring_cqe *cqe)
         return c->state == IB_C_UPSTREAM && c->head_sent;
     }
     case IB_OP_TICK:
-    case IB_OP_WAKE: return -1;
+    case IB_OP_WAKE:
+    case IB_OP_UCANCEL: return -1;
     default: return 0;
     }
 }
