@@ -5,6 +5,11 @@
  * bytes, the floor any router that looks at the prompt pays. Prints ns per request, medians
  * of REPEAT batches. The prompt goes through ib_prompt_build, as in ibrain.
  *
+ * A last row routes 8 KB bodies of COLD_CONVERSATIONS different conversations (their
+ * system prompts differ, so every block does), in random order, over a table that holds
+ * them all: the table's sets (8 MiB) are then mostly out of the caches, as in a server
+ * with many conversations, where the warm rows above find them in L1.
+ *
  * usage: ib-bench-route [--tokenizer tokenizer.json] [--text FILE] [REPEAT]
  *   --tokenizer   blocks of 16 tokens (else 64-byte blocks, as ibrain without a tokenizer)
  *   --text        message contents are taken from FILE (else synthetic letters and spaces)
@@ -26,6 +31,42 @@
 #include <xxh_x86dispatch.h>
 
 #define NREP 8
+#define COLD_CONVERSATIONS 2048
+
+/* What one request costs the router: parse, render [+ tokenize], hash, pick, commit. The
+ * chosen replica, or -1 when the body does not parse. */
+typedef struct bench {
+    ib_json_parser_t *json;
+    ib_tok_state_t *st;
+    ib_prompt_t prompt;
+    ib_router_t rt;
+} bench_t;
+
+static int route_once(bench_t *b, const char *body, size_t len, uint64_t random)
+{
+    static const int64_t load[NREP] = {3, 1, 4, 1, 5, 9, 2, 6};
+    static const uint8_t usable[NREP] = {1, 1, 1, 1, 1, 1, 1, 1};
+    ib_oai_request_t req;
+    ib_json_error_t err;
+    if (ib_oai_parse(b->json, IB_API_CHAT, body, len, len + IB_JSON_PADDING, &req, &err) != 0)
+        return -1;
+    if (ib_prompt_build(&b->prompt, IB_TEMPLATE_CHATML, &req, b->st, b->st != NULL ? 16 : 64, 4) != 0)
+        return -1;
+    ib_aff_walk_t walk;
+    walk.h = NULL;
+    ib_route_input_t in = {.hashes = b->prompt.hashes, .nblocks = b->prompt.nblocks, .load = load, .usable = usable,
+                           .nreplicas = NREP, .random = random, .walk = &walk};
+    ib_route_decision_t d;
+    ib_router_pick(&b->rt, &in, &d);
+    ib_router_commit(&b->rt, &in, d.replica);
+    return d.replica;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: ib-bench-route [--tokenizer tokenizer.json] [--text FILE] [--cold] [REPEAT]\n");
+    exit(2);
+}
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -75,8 +116,8 @@ int main(int argc, char **argv)
             text_path = argv[++i];
         else if (strcmp(argv[i], "--cold") == 0)
             cold = 1;
-        else
-            repeat = atoi(argv[i]);
+        else if ((repeat = atoi(argv[i])) <= 0)
+            usage();
     }
     ib_tokenizer_t *tok = NULL;
     ib_tok_state_t *st = NULL;
@@ -96,14 +137,10 @@ int main(int argc, char **argv)
         perror(text_path);
         return 1;
     }
-    ib_json_parser_t *json = ib_json_parser_new(1 << 20);
-    ib_router_t rt;
-    if (json == NULL || ib_router_init(&rt, IB_POLICY_AFFINITY, NREP, 17, 65536, 0) != 0)
+    bench_t b = {.json = ib_json_parser_new(1 << 20), .st = st};
+    if (b.json == NULL || ib_router_init(&b.rt, IB_POLICY_AFFINITY, NREP, 17, 65536, 0) != 0)
         return 1;
     static char body[40000 + IB_JSON_PADDING], copy[40000];
-    ib_prompt_t prompt = {0};
-    int64_t load[NREP] = {3, 1, 4, 1, 5, 9, 2, 6};
-    uint8_t usable[NREP] = {1, 1, 1, 1, 1, 1, 1, 1};
     printf("# blocks: %s%s; text: %s\n", tok != NULL ? "16 tokens (tokenizer on)" : "64 bytes (tokenizer off)",
            tok != NULL ? (cold ? ", segment cache off" : ", segment cache on") : "",
            text_path != NULL ? text_path : "synthetic");
@@ -119,18 +156,10 @@ int main(int argc, char **argv)
         for (int r = 0; r < repeat && r < 31; r++) {
             uint64_t t0 = ib_now_ns();
             for (int i = 0; i < iters; i++) {
-                ib_oai_request_t req;
-                ib_json_error_t err;
-                if (ib_oai_parse(json, IB_API_CHAT, body, len, len + IB_JSON_PADDING, &req, &err) != 0)
+                int rep = route_once(&b, body, len, (uint64_t)i);
+                if (rep < 0)
                     return 2;
-                if (ib_prompt_build(&prompt, IB_TEMPLATE_CHATML, &req, st, st != NULL ? 16 : 64, 4) != 0)
-                    return 2;
-                ib_route_input_t in = {.hashes = prompt.hashes, .nblocks = prompt.nblocks, .load = load, .usable = usable,
-                                       .nreplicas = NREP, .random = (uint64_t)i};
-                ib_route_decision_t d;
-                ib_router_pick(&rt, &in, &d);
-                ib_router_commit(&rt, &in, d.replica);
-                sink += (uint64_t)d.replica;
+                sink += (uint64_t)rep;
             }
             uint64_t t1 = ib_now_ns();
             for (int i = 0; i < iters; i++) {
@@ -154,11 +183,42 @@ int main(int argc, char **argv)
                (unsigned long long)xxh_ns[m / 2], (double)route_ns[m / 2] / (double)(xxh_ns[m / 2] ? xxh_ns[m / 2] : 1));
         (void)sink;
     }
-    ib_prompt_free(&prompt);
+    /* The cold row: the 8 KB body, its system prompt numbered per conversation. */
+    size_t len = make_body(body, sizeof(body) - IB_JSON_PADDING, 8192, text, text_len);
+    memset(body + len, 0, IB_JSON_PADDING);
+    char *sys = strstr(body, "You are a helpful assistant.");
+    if (sys == NULL)
+        return 2;
+    for (int k = 0; k < COLD_CONVERSATIONS; k++) { /* each conversation's first turn */
+        char id[32];
+        snprintf(id, sizeof(id), "Conversation %05d assistant", k); /* as long as what it replaces */
+        memcpy(sys, id, 28);
+        if (route_once(&b, body, len, (uint64_t)k) < 0)
+            return 2;
+    }
+    uint64_t cold_ns[31], x = 88172645463325252ull;
+    int cold_iters = 20000;
+    for (int r = 0; r < repeat && r < 31; r++) {
+        uint64_t t0 = ib_now_ns();
+        for (int i = 0; i < cold_iters; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            char id[32];
+            snprintf(id, sizeof(id), "Conversation %05d assistant", (int)(x % COLD_CONVERSATIONS));
+            memcpy(sys, id, 28);
+            if (route_once(&b, body, len, x) < 0)
+                return 2;
+        }
+        cold_ns[r] = (ib_now_ns() - t0) / (uint64_t)cold_iters;
+    }
+    int m = repeat < 31 ? repeat : 31;
+    qsort(cold_ns, (size_t)m, sizeof(uint64_t), cmp_u64);
+    printf("%-8s %10zu %14llu   (%d conversations, random order: the table out of the caches)\n", "8 KB cold", len,
+           (unsigned long long)cold_ns[m / 2], COLD_CONVERSATIONS);
+    ib_prompt_free(&b.prompt);
     ib_tok_state_free(st);
     ib_tokenizer_free(tok);
     free(text);
-    ib_router_destroy(&rt);
-    ib_json_parser_free(json);
+    ib_router_destroy(&b.rt);
+    ib_json_parser_free(b.json);
     return 0;
 }

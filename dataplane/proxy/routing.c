@@ -117,8 +117,11 @@ static int pick(ib_worker_t *w, ib_client_t *c, const ib_rtab_t *rt, const ib_wo
     c->cand[1] = wl->ready[1];
     c->route_policy = wl->router->policy;
     w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
+    ib_aff_walk_t walk; /* the affinity policy's, from pick to commit (not zeroed: 2 KiB) */
+    walk.h = NULL;
     ib_route_input_t in = {.hashes = w->prompt.hashes, .nblocks = nblocks, .session_key = c->session_key, .load = load,
-                           .inflight = inflight, .usable = usable, .nreplicas = wl->max_slot, .random = w->rng};
+                           .inflight = inflight, .usable = usable, .nreplicas = wl->max_slot, .random = w->rng,
+                           .walk = &walk};
     ib_route_decision_t d;
     ib_router_pick(wl->router, &in, &d);
     if (d.replica < 0)

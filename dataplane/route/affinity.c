@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define SLOT(tag, rep, stamp) (((uint64_t)(tag) << 40) | ((uint64_t)(rep) << 32) | (uint64_t)(stamp))
 #define SLOT_TAG(w) ((uint32_t)((w) >> 40))
@@ -35,7 +36,13 @@ int ib_affinity_init(ib_affinity_t *t, uint32_t sets_log2, uint32_t nreplicas, u
         capacity_blocks >= (1u << 31))
         return -1;
     size_t nslots = ((size_t)1 << sets_log2) * IB_AFF_WAYS;
-    t->slots = aligned_alloc(64, nslots * sizeof(*t->slots));
+    /* Megabytes of sets, each walk touching one per block anywhere in them: on huge pages
+     * (where the system allows them), so that a walk does not also miss the TLB on every
+     * block. 2 MiB-aligned when at least that large. */
+    size_t bytes = nslots * sizeof(*t->slots), huge = (size_t)2 << 20;
+    t->slots = bytes >= huge ? aligned_alloc(huge, (bytes + huge - 1) / huge * huge) : aligned_alloc(64, bytes);
+    if (t->slots != NULL && bytes >= huge)
+        madvise(t->slots, bytes, MADV_HUGEPAGE); /* advice: without THP, small pages */
     t->replicas = aligned_alloc(64, nreplicas * sizeof(*t->replicas));
     if (t->slots == NULL || t->replicas == NULL) {
         ib_affinity_destroy(t);
@@ -128,6 +135,14 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
  * or HELD_FRESH: without a TTL, one younger than capacity / IB_AFF_REFRESH_DIV blocks,
  * or a fact, which a refresh leaves as it is (see ib_affinity_insert). */
 enum { HELD_NOT, HELD, HELD_FRESH };
+static int held_state(const rview_t *v, uint32_t stamp)
+{
+    if (life_at(v, stamp) <= 0)
+        return HELD_NOT;
+    if (stamp == IB_AFF_FACT || (!v->ttl && v->now - stamp < v->capacity / IB_AFF_REFRESH_DIV))
+        return HELD_FRESH;
+    return HELD;
+}
 static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep, const rview_t *v)
 {
     uint32_t tag = tag_of(h);
@@ -135,14 +150,8 @@ static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep, const rview_t 
     for (int k = 0; k < IB_AFF_WAYS; k++) {
         uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
         assert_slot_state(t, w);
-        if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == rep) {
-            uint32_t stamp = SLOT_STAMP(w);
-            if (life_at(v, stamp) <= 0)
-                return HELD_NOT;
-            if (stamp == IB_AFF_FACT || (!v->ttl && v->now - stamp < v->capacity / IB_AFF_REFRESH_DIV))
-                return HELD_FRESH;
-            return HELD;
-        }
+        if (w != 0 && SLOT_TAG(w) == tag && SLOT_REP(w) == rep)
+            return held_state(v, SLOT_STAMP(w));
     }
     return HELD_NOT;
 }
@@ -182,6 +191,11 @@ static void put(ib_affinity_t *t, uint64_t h, uint32_t replica, uint32_t stamp)
                                             memory_order_relaxed);
 }
 
+/* Stamps h[0..n) as <replica>'s, the clock advanced by <adv>, skipping the blocks
+ * <fresh> (a bitmap over the first <nfresh>) or held() says are fresh. */
+static void stamp_blocks(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica, uint32_t adv,
+                         const uint64_t *fresh, size_t nfresh, const rview_t *v);
+
 void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica)
 {
     assert(t->slots != NULL);
@@ -209,6 +223,24 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
             fresh[i / 64] |= (uint64_t)(st == HELD_FRESH) << (i % 64);
         }
     }
+    stamp_blocks(t, h, n, replica, adv, fresh, n < FRESH_BITS ? n : FRESH_BITS, &v);
+}
+
+void ib_affinity_insert_walked(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica,
+                               const ib_aff_walk_t *walk)
+{
+    if (walk == NULL || walk->h != h || walk->n != n || n == 0 || replica >= t->nreplicas) {
+        ib_affinity_insert(t, h, n, replica);
+        return;
+    }
+    assert(walk->held[replica] <= n && walk->fresh[replica] <= walk->held[replica]);
+    rview_t v = view_of(t, replica);
+    stamp_blocks(t, h, n, replica, (uint32_t)(n - walk->held[replica]), NULL, walk->fresh[replica], &v);
+}
+
+static void stamp_blocks(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica, uint32_t adv,
+                         const uint64_t *fresh, size_t nfresh, const rview_t *v)
+{
     if (adv == 0)
         adv = 1;
     assert(adv <= n);
@@ -224,7 +256,9 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
         assert(stamp - base - 1u < adv); /* in (base, base + adv], counters wrapping */
         if (stamp == IB_AFF_FACT) /* a wrapped counter's 0 is the facts' stamp: skip that block */
             continue;
-        if (i < FRESH_BITS ? (fresh[i / 64] >> (i % 64)) & 1 : held(t, h[i], replica, &v) == HELD_FRESH)
+        /* without a bitmap, the first nfresh blocks (a walk's leading fresh run) */
+        if (i < nfresh ? fresh == NULL || (fresh[i / 64] >> (i % 64)) & 1
+                       : fresh != NULL && held(t, h[i], replica, v) == HELD_FRESH)
             continue;
         put(t, h[i], replica, stamp);
     }
@@ -306,6 +340,12 @@ int ib_affinity_each(const ib_affinity_t *t, uint32_t replica, int facts_only,
 
 void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched)
 {
+    ib_affinity_match_walk(t, h, n, matched, NULL);
+}
+
+void ib_affinity_match_walk(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched,
+                            ib_aff_walk_t *walk)
+{
     assert(t->slots != NULL);
     assert(h != NULL || n == 0);
     assert(matched != NULL);
@@ -320,13 +360,30 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
         alive[q] = atomic_load_explicit((_Atomic uint64_t *)&t->used[q], memory_order_relaxed);
     for (uint32_t r = 0; r < nr; r++)
         matched[r] = 0;
+    /* what the insert after it needs: per replica, the blocks held and the leading fresh run */
+    uint64_t run[IB_REPLICA_MASK_WORDS]; /* replicas whose blocks so far were all held fresh */
+    if (walk != NULL) {
+        walk->h = h;
+        walk->n = n;
+        for (uint32_t r = 0; r < nr; r++)
+            walk->held[r] = walk->fresh[r] = 0;
+        for (int q = 0; q < IB_REPLICA_MASK_WORDS; q++)
+            run[q] = ~0ull;
+    }
     /* each replica's clock, read once when the walk first meets one of its entries */
     rview_t views[IB_AFF_MAX_REPLICAS];
     uint64_t viewed[IB_REPLICA_MASK_WORDS] = {0};
+    /* The sets are scattered over the table (megabytes): each block's is fetched
+     * IB_AFF_PREFETCH blocks ahead, so that the walk does not wait on one miss at a time. */
+    enum { IB_AFF_PREFETCH = 8 };
+    for (size_t i = 0; i < n && i < IB_AFF_PREFETCH; i++)
+        __builtin_prefetch(&t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS]);
     for (size_t i = 0; i < n; i++) {
+        if (i + IB_AFF_PREFETCH < n)
+            __builtin_prefetch(&t->slots[(size_t)(h[i + IB_AFF_PREFETCH] & t->set_mask) * IB_AFF_WAYS]);
         uint32_t tag = tag_of(h[i]);
         const _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
-        uint64_t here[IB_REPLICA_MASK_WORDS] = {0};
+        uint64_t here[IB_REPLICA_MASK_WORDS] = {0}, fresh[IB_REPLICA_MASK_WORDS] = {0};
         for (int k = 0; k < IB_AFF_WAYS; k++) {
             uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
             assert_slot_state(t, w);
@@ -339,11 +396,19 @@ void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint
                 views[rep] = view_of(t, rep);
                 viewed[rep >> 6] |= 1ull << (rep & 63);
             }
-            if (life_at(&views[rep], SLOT_STAMP(w)) > 0)
-                here[rep >> 6] |= 1ull << (rep & 63);
+            int st = held_state(&views[rep], SLOT_STAMP(w));
+            here[rep >> 6] |= (uint64_t)(st != HELD_NOT) << (rep & 63);
+            fresh[rep >> 6] |= (uint64_t)(st == HELD_FRESH) << (rep & 63);
         }
         uint64_t any = 0;
         for (int q = 0; q < IB_REPLICA_MASK_WORDS; q++) {
+            if (walk != NULL) {
+                for (uint64_t m = here[q] & alive[q]; m != 0; m &= m - 1)
+                    walk->held[q * 64 + (uint32_t)__builtin_ctzll(m)]++;
+                run[q] &= fresh[q];
+                for (uint64_t m = run[q]; m != 0; m &= m - 1)
+                    walk->fresh[q * 64 + (uint32_t)__builtin_ctzll(m)] = (uint32_t)(i + 1);
+            }
             for (uint64_t m = here[q] & alive[q]; m != 0; m &= m - 1)
                 matched[q * 64 + (uint32_t)__builtin_ctzll(m)] = (uint32_t)(i + 1);
             for (uint64_t m = alive[q] & ~here[q]; m != 0; m &= m - 1) {

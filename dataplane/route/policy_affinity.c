@@ -28,7 +28,7 @@ static uint32_t churn(const ib_router_t *rt, uint32_t r)
 static void affinity_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_decision_t *out)
 {
     uint32_t matched[IB_AFF_MAX_REPLICAS];
-    ib_affinity_match(&rt->table, in->hashes, in->nblocks, matched);
+    ib_affinity_match_walk(&rt->table, in->hashes, in->nblocks, matched, in->walk);
     uint32_t n = in->nreplicas;
     /* A match earns credit when it covers min_match of the prompt, or when another replica
      * also holds a shorter part of it (that part is a shared prefix such as a system
@@ -115,7 +115,7 @@ static void affinity_pick(ib_router_t *rt, const ib_route_input_t *in, ib_route_
 static void affinity_commit(ib_router_t *rt, const ib_route_input_t *in, int replica)
 {
     assert(replica >= 0);
-    ib_affinity_insert(&rt->table, in->hashes, in->nblocks, (uint32_t)replica);
+    ib_affinity_insert_walked(&rt->table, in->hashes, in->nblocks, (uint32_t)replica, in->walk);
     if (in->session_key != 0)
         ib_affinity_insert(&rt->table, &in->session_key, 1, (uint32_t)replica);
 }

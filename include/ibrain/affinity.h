@@ -77,8 +77,25 @@ int ib_affinity_init(ib_affinity_t *t, uint32_t sets_log2, uint32_t nreplicas, u
                      uint64_t ttl_ms);
 void ib_affinity_destroy(ib_affinity_t *t);
 
+/**
+ * What a match saw, kept for the insert that follows it (a policy's pick, then its
+ * commit), so that the insert does not walk the prompt's sets again. Valid for the same
+ * h and n only; the table may have moved since, which costs at most a refresh skipped or
+ * made in vain.
+ */
+typedef struct ib_aff_walk {
+    const uint64_t *h;                   /* the prompt it walked (NULL: nothing recorded) */
+    size_t n;
+    uint32_t held[IB_AFF_MAX_REPLICAS];  /* per replica: blocks it holds, of those the walk met */
+    uint32_t fresh[IB_AFF_MAX_REPLICAS]; /* per replica: its leading blocks held fresh (see insert) */
+} ib_aff_walk_t;
+
 /** Records that <replica> now holds the prefix h[0..n). Lock-free. */
 void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica);
+/** The same, from what ib_affinity_match recorded of h[0..n) in <walk> (NULL, or another
+ * prompt's: as ib_affinity_insert). Blocks past those the walk met count as not held. */
+void ib_affinity_insert_walked(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t replica,
+                               const ib_aff_walk_t *walk);
 
 /**
  * For every replica r: matched[r] = how many leading blocks of h[0..n) the table believes
@@ -87,6 +104,9 @@ void ib_affinity_insert(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t 
  * Lock-free; O((matched + IB_AFF_GAP) x ways).
  */
 void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched);
+/** The same, recording in <walk> what ib_affinity_insert_walked needs (<walk> NULL: none). */
+void ib_affinity_match_walk(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched,
+                            ib_aff_walk_t *walk);
 
 /** Advances the TTL floors at <now_ms>; call periodically from one thread only. */
 void ib_affinity_tick(ib_affinity_t *t, uint64_t now_ms);

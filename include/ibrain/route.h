@@ -69,6 +69,7 @@ typedef struct ib_route_input {
     const uint8_t *usable;        /* per replica: 1 when it may be chosen */
     uint32_t nreplicas;
     uint64_t random;              /* a random 64-bit value, for power of two choices */
+    ib_aff_walk_t *walk;          /* the caller's scratch: what pick saw, for commit (NULL: none) */
 } ib_route_input_t;
 
 typedef struct ib_route_decision {

@@ -244,6 +244,61 @@ static void test_fresh_entries_not_rewritten(void **state)
     }
 }
 
+/* An insert from what the match before it recorded (a policy's pick, then its commit)
+ * leaves the table as a plain insert does: conversations that grow turn by turn, routed
+ * to one of four replicas, sometimes moved; the same matches and the same clocks. */
+static void test_insert_walked_as_insert(void **state)
+{
+    (void)state;
+    for (int ttl = 0; ttl <= 1; ttl++) {
+        ib_affinity_t a, b;
+        uint32_t cap = 40 * IB_AFF_REFRESH_DIV; /* entries younger than 40 blocks are fresh */
+        assert_int_equal(ib_affinity_init(&a, 12, 4, cap, ttl ? 60000 : 0), 0);
+        assert_int_equal(ib_affinity_init(&b, 12, 4, cap, ttl ? 60000 : 0), 0);
+        static uint64_t h[16][96];
+        for (int c = 0; c < 16; c++)
+            chain(300 + (uint64_t)c, h[c], 96);
+        ib_aff_walk_t walk;
+        uint64_t x = 12345;
+        int fresh_skipped = 0;
+        for (int step = 0; step < 400; step++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            int c = (int)(x >> 33) % 16;
+            size_t n = 8 + (size_t)(step / 16 + c) % 88; /* the conversation's length so far */
+            uint32_t rep = (uint32_t)((x >> 50) % 16 == 0 ? (x >> 20) % 4 : (uint64_t)c % 4); /* mostly its own */
+            uint32_t ma[4], mb[4];
+            ib_affinity_match(&a, h[c], n, ma);
+            ib_affinity_match_walk(&b, h[c], n, mb, &walk);
+            assert_memory_equal(ma, mb, sizeof(ma));
+            assert_true(walk.h == h[c] && walk.n == n);
+            assert_true(walk.fresh[rep] <= walk.held[rep] && walk.held[rep] <= n);
+            fresh_skipped += walk.fresh[rep] > 0;
+            ib_affinity_insert(&a, h[c], n, rep);
+            ib_affinity_insert_walked(&b, h[c], n, rep, &walk);
+            for (uint32_t r = 0; r < 4; r++)
+                assert_int_equal(atomic_load(&a.replicas[r].counter), atomic_load(&b.replicas[r].counter));
+        }
+        for (int c = 0; c < 16; c++) {
+            uint32_t ma[4], mb[4];
+            ib_affinity_match(&a, h[c], 96, ma);
+            ib_affinity_match(&b, h[c], 96, mb);
+            assert_memory_equal(ma, mb, sizeof(ma));
+        }
+        if (!ttl)
+            assert_true(fresh_skipped > 50); /* the walk's fresh runs were used */
+        /* a walk of another prompt is not used: a plain insert */
+        uint32_t m[4];
+        ib_affinity_match_walk(&b, h[0], 20, m, &walk);
+        uint32_t before = atomic_load(&b.replicas[3].counter);
+        ib_affinity_insert_walked(&b, h[1], 20, 3, &walk);
+        ib_affinity_match(&b, h[1], 20, m);
+        assert_int_equal(m[3], 20);
+        assert_true(atomic_load(&b.replicas[3].counter) != before);
+        ib_affinity_destroy(&a);
+        ib_affinity_destroy(&b);
+    }
+}
+
 /* Without a TTL a replica's clock may pass 2^31 and wrap: its entries stay believed
  * (a floor of 0 read every stamp from 2^31 on as expired). */
 static void test_clock_past_2_31(void **state)
@@ -402,7 +457,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
         cmocka_unit_test(test_facts_and_precise_mode), cmocka_unit_test(test_precise_pending_window),
-        cmocka_unit_test(test_hits_do_not_age_others), cmocka_unit_test(test_fresh_entries_not_rewritten), cmocka_unit_test(test_clock_past_2_31),
+        cmocka_unit_test(test_hits_do_not_age_others), cmocka_unit_test(test_fresh_entries_not_rewritten), cmocka_unit_test(test_insert_walked_as_insert), cmocka_unit_test(test_clock_past_2_31),
         cmocka_unit_test(test_match_skips_lost_entries),
         cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
         cmocka_unit_test(test_concurrent_insert_and_match),
