@@ -33,6 +33,8 @@ static void usage(FILE *f)
             "  --busy-poll-us N            a worker with nothing to do polls its ring this long before it sleeps,\n"
             "                              yielding the core between polls: lower latency at light load, for CPU\n"
             "                              (default 50; 0: sleep at once)\n"
+            "  --upstream-recv MODE        auto | multishot | single: how replies are received from replicas; auto is\n"
+            "                              multishot from Linux 6.8, single-shot before (default auto)\n"
             "  --eject-after N             consecutive failures that eject a replica (default 3)\n"
             "  --eject-ms N                first ejection time, doubling per ejection up to 32x (default 2000)\n"
             "  --max-conns-per-worker N    client connections per worker; at the cap the longest-idle keep-alive\n"
@@ -86,7 +88,7 @@ enum {
     O_LISTEN = 1, O_PORTFILE, O_WORKERS, O_REPLICA, O_MODEL, O_HEAD, O_BODY, O_HT, O_IT, O_UT, O_CT, O_DT, O_EA,
     O_EM, O_PROBE, O_POLICY, O_TEMPLATE, O_BLOCK, O_CBLOCKS, O_TTL, O_SETS, O_MINMATCH, O_TOKENIZER, O_BTOK, O_CTX,
     O_BUSY, O_REDIS, O_SENTINEL, O_MASTER, O_REREAD, O_INSTANCE, O_NOWB, O_MAXCONNS, O_MAXBUF, O_ADMIN, O_ADMINPORT, O_ABORTCLOSE, O_HELP,
-    O_DIDLE, O_ST, O_KVEV, O_EMETRICS
+    O_DIDLE, O_ST, O_KVEV, O_EMETRICS, O_UPRECV
 };
 
 static const struct option opts[] = {
@@ -103,7 +105,7 @@ static const struct option opts[] = {
     {"no-writeback", 0, 0, O_NOWB},       {"busy-poll-us", 1, 0, O_BUSY},      {"max-conns-per-worker", 1, 0, O_MAXCONNS}, {"max-buffer-mb", 1, 0, O_MAXBUF},
     {"admin-listen", 1, 0, O_ADMIN},      {"admin-port-file", 1, 0, O_ADMINPORT}, {"help", 0, 0, O_HELP},
     {"abort-on-client-close", 0, 0, O_ABORTCLOSE}, {"drain-idle-ms", 1, 0, O_DIDLE}, {"send-timeout-ms", 1, 0, O_ST},
-    {"kv-events", 1, 0, O_KVEV},          {"engine-metrics-ms", 1, 0, O_EMETRICS},
+    {"kv-events", 1, 0, O_KVEV},          {"engine-metrics-ms", 1, 0, O_EMETRICS}, {"upstream-recv", 1, 0, O_UPRECV},
     {0, 0, 0, 0}};
 
 /* An option that takes a string or a list entry: 1 when taken, 0 when <c> is not one,
@@ -121,6 +123,7 @@ static int text_option(ib_proxy_config_t *cfg, int c, const char *arg)
     case O_MASTER: cfg->redis_master = arg; return 1;
     case O_ADMIN: cfg->admin_listen = arg; return 1;
     case O_ADMINPORT: cfg->admin_port_file = arg; return 1;
+    case O_UPRECV: cfg->upstream_recv = arg; return 1;
     case O_NOWB: cfg->no_writeback = 1; return 1;
     case O_ABORTCLOSE: cfg->abort_on_client_close = 1; return 1;
     case O_SENTINEL:

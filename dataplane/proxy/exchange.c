@@ -379,8 +379,9 @@ static void on_data(ib_worker_t *w, ib_upstream_t *u, char *p, size_t n)
         return;
     }
     ib_client_flush(w, c);
-    if (ib_out_pending(c) > ib_out_high_water(w)) {
+    if (ib_out_pending(c) > ib_out_high_water(w) && !c->upstream_blocked) {
         c->upstream_blocked = 1;
+        ib_counter_add(&w->m.upstream_pauses, 1);
         ib_upstream_pause_recv(w, u);
     }
 }

@@ -62,6 +62,7 @@ typedef struct ib_worker_metrics {
     ib_counter_t busy_poll_ns;    /* time spent polling an empty ring (--busy-poll-us) */
     ib_counter_t buf_bytes;       /* gauge: w->buf_bytes, published by the owner */
     ib_counter_t shed;            /* requests refused with 503: the worker was over its buffer budget */
+    ib_counter_t upstream_pauses; /* relays that stopped reading their replica: the client was behind */
 } ib_worker_metrics_t;
 
 extern const double ib_metrics_buckets_s[IB_NBUCKETS];
@@ -481,6 +482,7 @@ struct ib_proxy {
     } wb_remote[8];
     _Atomic uint64_t wb_sent, wb_applied, wb_batches_in, wb_dropped;
     _Atomic int stopping;
+    int upstream_multishot;           /* upstream receives are multishot (--upstream-recv, upstream.c) */
     /* active health (probe.c) */
     ib_replica_reader_t prober;
     /* the engines' own load (engine_load.c) */
@@ -632,7 +634,10 @@ ib_upstream_t *ib_upstream_connect(ib_worker_t *w, int replica);
 void ib_upstream_pool_put(ib_worker_t *w, ib_upstream_t *u);
 /** Sends the rest of its client's upstream request. */
 void ib_upstream_send(ib_worker_t *w, ib_upstream_t *u);
-/** Arms its multishot receive, when not armed already. */
+/** --upstream-recv: auto (NULL or "auto": multishot from Linux 6.8), multishot or single;
+ * *multishot set; -1 for anything else. */
+int ib_upstream_recv_mode(const char *mode, int *multishot);
+/** Arms its receive (multishot, or single-shot: --upstream-recv), when not armed already. */
 void ib_upstream_arm_recv(ib_worker_t *w, ib_upstream_t *u);
 /** Stops its receive (a client behind by more than the high water mark): cancels it. */
 void ib_upstream_pause_recv(ib_worker_t *w, ib_upstream_t *u);

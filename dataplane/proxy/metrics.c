@@ -175,8 +175,12 @@ static int render_counters(const ib_proxy_t *px, ib_buf_t *b)
                        "for --send-timeout-ms.\n"
                        "# TYPE ibrain_client_send_timeouts_total counter\nibrain_client_send_timeouts_total %llu\n"
                        "# HELP ibrain_client_aborts_total Requests whose client left before the response ended.\n"
-                       "# TYPE ibrain_client_aborts_total counter\nibrain_client_aborts_total %llu\n",
-                       (unsigned long long)SUM(send_timeouts), (unsigned long long)SUM(client_aborts));
+                       "# TYPE ibrain_client_aborts_total counter\nibrain_client_aborts_total %llu\n"
+                       "# HELP ibrain_upstream_pauses_total Times a relay stopped reading its replica because its client "
+                       "was more than the high-water mark behind (1 MiB; 64 KiB over the buffer budget).\n"
+                       "# TYPE ibrain_upstream_pauses_total counter\nibrain_upstream_pauses_total %llu\n",
+                       (unsigned long long)SUM(send_timeouts), (unsigned long long)SUM(client_aborts),
+                       (unsigned long long)SUM(upstream_pauses));
     rc = rc || ib_buf_try_printf(b,
                        "# HELP ibrain_connections_accepted_total Client connections accepted.\n"
                        "# TYPE ibrain_connections_accepted_total counter\nibrain_connections_accepted_total %llu\n",

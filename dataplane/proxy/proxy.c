@@ -274,6 +274,10 @@ ib_proxy_t *ib_proxy_create(const ib_proxy_config_t *cfg)
         fprintf(stderr, "ibrain: bad routing settings (block sizes and cache blocks > 0, affinity sets <= 2^26)\n");
         goto Error;
     }
+    if (ib_upstream_recv_mode(cfg->upstream_recv, &px->upstream_multishot) != 0) {
+        fprintf(stderr, "ibrain: --upstream-recv is auto, multishot or single, got '%s'\n", cfg->upstream_recv);
+        goto Error;
+    }
     pthread_mutex_init(&px->rtab_lock, NULL);
     px->rtab_lock_ready = 1;
     px->replicas = aligned_alloc(64, sizeof(ib_replica_t) * IB_MAX_REPLICAS);

@@ -8,7 +8,9 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 /* Upstream receives are multishot: armed once and kept through the connection's life,
@@ -20,13 +22,37 @@
  * caught up (worker.c, on_client_send). POLL_FIRST: it is mostly armed right after the
  * request was sent, when no answer can be there yet, so the kernel waits for readiness
  * instead of trying a receive that would fail first. */
+/* Before Linux 6.8 a multishot receive took in all the socket had in one go (no cap on its
+ * retries, "io_uring/net: limit inline multishot retries"): a paused relay could then hold
+ * the replica's whole socket buffer, megabytes, past the high-water mark. There, and with
+ * --upstream-recv single, receives are single-shot: each completion is the last, and the
+ * same code re-arms it unless the client is behind. */
+int ib_upstream_recv_mode(const char *mode, int *multishot)
+{
+    if (mode == NULL || strcmp(mode, "auto") == 0) {
+        struct utsname u;
+        unsigned major = 0, minor = 0;
+        *multishot = uname(&u) == 0 && sscanf(u.release, "%u.%u", &major, &minor) == 2 &&
+                     (major > 6 || (major == 6 && minor >= 8));
+        return 0;
+    }
+    if (strcmp(mode, "multishot") == 0 || strcmp(mode, "single") == 0) {
+        *multishot = mode[0] == 'm';
+        return 0;
+    }
+    return -1;
+}
+
 void ib_upstream_arm_recv(ib_worker_t *w, ib_upstream_t *u)
 {
     assert(!u->closing);
     if (u->recv_armed)
         return; /* running, or being cancelled: its last completion re-arms it (exchange.c) */
     struct io_uring_sqe *sqe = ib_get_sqe(w);
-    io_uring_prep_recv_multishot(sqe, u->fd, NULL, 0, 0);
+    if (w->px->upstream_multishot)
+        io_uring_prep_recv_multishot(sqe, u->fd, NULL, 0, 0);
+    else
+        io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
     sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = IB_BGID;

@@ -387,6 +387,13 @@ static void check_timeouts(ib_worker_t *w, uint64_t now)
             ib_client_close(w, c);
             continue;
         }
+        if (c->state == IB_C_UPSTREAM && c->up != NULL && c->upstream_blocked) {
+            /* Paused for a client that is behind: the replica's silence is ours, not a
+             * hang or a timeout of its own (the client's send timeout governs). */
+            c->up->last_rx_ns = now;
+            c->up->deadline_ns = now + (uint64_t)w->px->cfg.upstream_timeout_ms * 1000000ull;
+            continue;
+        }
         if (c->state == IB_C_UPSTREAM && c->up != NULL) {
             /* A replica that hangs (its health probes unanswered) holds this exchange, and
              * has sent nothing for it for as long: retried elsewhere before the first
@@ -662,8 +669,10 @@ static void wait_completions(ib_worker_t *w)
                 break;
             sched_yield();
         }
-        ib_counter_add(&w->m.busy_poll_ns, now - start);
         int found = io_uring_cq_ready(&w->ring) > 0;
+        if (found)
+            now = ib_now_ns(); /* the poll's whole length, the last yield included */
+        ib_counter_add(&w->m.busy_poll_ns, now - start);
         ib_poll_result(&w->poll, found, now - start);
         if (found) {
             ib_poll_note(&w->poll, now - start, poll_ns);

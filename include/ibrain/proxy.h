@@ -105,6 +105,7 @@ typedef struct ib_proxy_config {
     int abort_on_client_close;      /* EOF from a client abandons its proxied request (default: answer it) */
     uint32_t busy_poll_us;          /* a worker with nothing to do polls its ring this long before sleeping
                                      * (0: sleeps at once); see docs/operations.md, Latency */
+    const char *upstream_recv;      /* auto (NULL) | multishot | single: upstream receives (docs/operations.md) */
     /* routing (the workload in standalone mode) */
     const char *policy;             /* affinity | least-load | round-robin | consistent-hash */
     const char *chat_template;      /* chatml (qwen3) | llama3 | plain: as the engines render */

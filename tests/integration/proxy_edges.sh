@@ -172,8 +172,11 @@ ib_stop st
 # cancelled each time (ibrain's buffers stay bounded through a pause of a second) and
 # armed again when the client has caught up; the stream arrives whole, in order, and the
 # kept-alive connections (the client's, the upstream's) serve the next request.
-ib_ibrain slow --workers 1 --model mock --replica fast=127.0.0.1:$(ib_port fast)
-/usr/bin/python3 - "$(ib_port slow)" <<'PY' || ib_fail "a client that reads slowly"
+# Both ways of receiving from the replica: multishot (this kernel's auto) and single-shot
+# (kernels before 6.8).
+for mode in auto single; do
+ib_ibrain slow --workers 1 --model mock --upstream-recv $mode --replica fast=127.0.0.1:$(ib_port fast)
+/usr/bin/python3 - "$(ib_port slow)" "$mode" <<'PY' || ib_fail "a client that reads slowly ($mode)"
 import json, socket, sys, time
 port = int(sys.argv[1])
 def metric(name):
@@ -192,37 +195,49 @@ def ask(n):
                        "messages": [{"role": "user", "content": "slow reader"}]}).encode()
     s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-got, peak, reads = b"", 0, 0
-ask(60000)
-while not got.endswith(b"0\r\n\r\n"):
-    d = s.recv(65536)
-    assert d, "closed after %d bytes" % len(got)
-    got += d
-    reads += 1
+def stream(pause):
+    """Reads a 60,000-token stream, calling pause(reads) after every recv; returns its
+    tokens (the SSE events with content, in order) and its length."""
+    ask(60000)
+    got, reads = b"", 0
+    while not got.endswith(b"0\r\n\r\n"):
+        d = s.recv(65536)
+        assert d, "closed after %d bytes" % len(got)
+        got += d
+        reads += 1
+        pause(reads)
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    # chunked transfer encoding undone, then the SSE events counted in order
+    body, p = b"", 0
+    while True:
+        eol = rest.index(b"\r\n", p)
+        size = int(rest[p:eol], 16)
+        if size == 0:
+            break
+        body += rest[eol + 2:eol + 2 + size]
+        p = eol + 2 + size + 2
+    events = [e for e in body.split(b"\n\n") if e.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]", events[-1]
+    tokens = sum(len(json.loads(e[6:])["choices"][0]["delta"].get("content") or "") > 0 for e in events[:-1])
+    assert tokens == 60000, "%d tokens of 60000" % tokens
+    return len(got), reads
+peak = 0
+def long_pauses(reads):
+    global peak
     if reads % 16 == 0:  # a pause: the stream runs ahead of this reader
         time.sleep(1.0 if reads == 64 else 0.05)
         peak = max(peak, metric("ibrain_buffer_bytes"))
-head, _, rest = got.partition(b"\r\n\r\n")
-assert head.startswith(b"HTTP/1.1 200"), head[:200]
-# chunked transfer encoding undone, then the SSE events counted in order
-body, p = b"", 0
-while True:
-    eol = rest.index(b"\r\n", p)
-    size = int(rest[p:eol], 16)
-    if size == 0:
-        break
-    body += rest[eol + 2:eol + 2 + size]
-    p = eol + 2 + size + 2
-events = [e for e in body.split(b"\n\n") if e.startswith(b"data: ")]
-assert events[-1] == b"data: [DONE]", events[-1]
-tokens = sum(len(json.loads(e[6:])["choices"][0]["delta"].get("content") or "") > 0 for e in events[:-1])
-assert tokens == 60000, "%d tokens of 60000" % tokens
-total = len(got)
+total, reads = stream(long_pauses)
 # more than the kernel's socket buffers (up to 4 MiB each way) and the high-water mark hold
 assert total > 10 << 20, total
 # paused past 1 MiB unsent, plus what the cancelled receive had taken in (up to 32 x 16 KiB):
 # buffers of up to 2 + 1 MiB; without the pause, all that the engine had made (> 6 MiB)
 assert (1 << 19) < peak < 4 << 20, "ibrain held %d bytes for one slow reader" % peak
+pauses = metric("ibrain_upstream_pauses_total")
+# then pauses of a millisecond: the client catches up while a cancel is still on its way
+stream(lambda reads: reads % 4 == 0 and time.sleep(0.001))
+assert metric("ibrain_upstream_pauses_total") > pauses
 ask(3)  # the same connection, and a pooled upstream connection
 got = b""
 while not got.endswith(b"0\r\n\r\n"):
@@ -230,11 +245,14 @@ while not got.endswith(b"0\r\n\r\n"):
     assert d, got
     got += d
 assert got.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in got, got[:300]
-print("slow reader: %d tokens in %d MB through %d reads, ibrain held at most %d KiB; the next request served"
-      % (tokens, total >> 20, reads, peak >> 10))
+print("slow reader (%s receives): 60000 tokens in %d MB through %d reads, ibrain held at most %d KiB; %d pauses; "
+      "the next request served" % (sys.argv[2], total >> 20, reads, peak >> 10, metric("ibrain_upstream_pauses_total")))
 PY
-ib_expect_eq "the slow reader's upstream kept alive" "$(ib_metric "http://127.0.0.1:$(ib_port slow)/metrics" ibrain_upstream_connections_opened_total)" 1
+ib_expect_eq "the slow reader's upstream kept alive ($mode)" "$(ib_metric "http://127.0.0.1:$(ib_port slow)/metrics" ibrain_upstream_connections_opened_total)" 1
+pauses=$(ib_metric "http://127.0.0.1:$(ib_port slow)/metrics" ibrain_upstream_pauses_total)
+[ "${pauses:-0}" -gt 0 ] || ib_fail "the slow reader's relay never paused ($mode): ${pauses:-none}"
 ib_stop slow
+done
 ib_stop fast
 
 #    sends half of 8 requests to it; it takes 3 s to answer, and is stopped 0.3 s in.
