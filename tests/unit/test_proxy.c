@@ -350,7 +350,9 @@ static void test_busy_poll_window(void **state)
         ib_poll_result(&p, 0, ib_poll_window(&p, win));
     }
     assert_in_range(ib_poll_window(&p, win), IB_POLL_MARGIN_NS, IB_POLL_MARGIN_NS + 4000);
-    /* waits that grew past the window (a slower replica): polls that run out it widen it */
+    /* waits that grew past the window (a slower replica): polls that run out it widen it
+     * (in the worker each is followed by its back-off, 1, 2 ... 64 waits slept through:
+     * from the margin to the whole window takes some 575 waits) */
     int n = 0;
     while (ib_poll_window(&p, win) < win && n < 100) {
         ib_poll_result(&p, 0, ib_poll_window(&p, win));
