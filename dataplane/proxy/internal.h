@@ -342,9 +342,12 @@ typedef struct ib_client {
  *    2, 4 ... up to IB_POLL_MAX_BACKOFF waits slept through without polling (Poisson
  *    arrivals at a moderate rate leave many gaps longer than the window: each costs a
  *    whole window of CPU and then the sleep anyway); a poll that finds work ends it;
- *  - the completions it last handled were not all streamed response chunks: a stream's
+ *  - it has relayed no streamed response chunk for IB_POLL_STREAM_QUIET_NS: a stream's
  *    next chunk comes when its engine's decode step ends (about a millisecond), and polling
- *    for it would burn the window before every sleep.
+ *    for it would burn the window before every sleep. While streams flow, the worker
+ *    sleeps between completions, those of other exchanges too (requests coming in, the
+ *    heads of new streams): before, it polled after each batch that held one, which cost
+ *    some 10 us per 16-token stream.
  * And a poll lasts only about as long as the waits polling has been catching (the way
  * glibc's adaptive mutexes spin): twice their recent average plus IB_POLL_MARGIN_NS, at
  * most --busy-poll-us. One connection's closed loop (waits of 8 to 30 us here) keeps a
@@ -354,18 +357,19 @@ typedef struct ib_client {
  * window, so that waits which grew longer (a slower replica) are caught again.
  */
 #define IB_POLL_MARGIN_NS 5000u
+#define IB_POLL_STREAM_QUIET_NS 2000000u
 #define IB_POLL_MAX_BACKOFF 64u
 typedef struct ib_poll {
     uint64_t avg_ns;  /* recent waits for a completion */
     uint64_t spin_ns; /* recent polls' durations (the window: twice this + the margin) */
     uint32_t skip;    /* waits still to sleep through without polling */
     uint32_t backoff; /* the skip after the next empty poll: 0, 1, 2, 4 ... */
-    int streaming;    /* the last batch of completions was only streamed chunks */
+    uint64_t stream_ns; /* when it last relayed a streamed response's chunk */
 } ib_poll_t;
 
-static inline int ib_poll_wanted(ib_poll_t *p, uint64_t window_ns)
+static inline int ib_poll_wanted(ib_poll_t *p, uint64_t window_ns, uint64_t now_ns)
 {
-    if (p->streaming)
+    if (now_ns - p->stream_ns < IB_POLL_STREAM_QUIET_NS)
         return 0;
     if (p->skip > 0) {
         p->skip--;

@@ -658,7 +658,7 @@ static void wait_completions(ib_worker_t *w)
         return;
     }
     uint64_t start = ib_now_ns(), now = start;
-    if (ib_poll_wanted(&w->poll, poll_ns)) {
+    if (ib_poll_wanted(&w->poll, poll_ns, start)) {
         uint64_t window = ib_poll_window(&w->poll, poll_ns);
         for (;;) {
             io_uring_get_events(&w->ring);
@@ -683,9 +683,8 @@ static void wait_completions(ib_worker_t *w)
     ib_poll_note(&w->poll, ib_now_ns() - start, poll_ns);
 }
 
-/* What a completion says of the next wait (ib_poll_t.streaming): 1 a streamed response's
- * chunk, received or sent on; 0 anything else; -1 neither (the tick, the wake-up). Read
- * before the completion is handled (which may free its connection). */
+/* Whether a completion is a streamed response's chunk, received or sent on (ib_poll_t's
+ * stream_ns). Read before the completion is handled (which may free its connection). */
 static int stream_step(const struct io_uring_cqe *cqe)
 {
     void *obj = cqe_obj(cqe);
@@ -698,9 +697,6 @@ static int stream_step(const struct io_uring_cqe *cqe)
         const ib_client_t *c = obj;
         return c->state == IB_C_UPSTREAM && c->head_sent;
     }
-    case IB_OP_TICK:
-    case IB_OP_WAKE:
-    case IB_OP_UCANCEL: return -1;
     default: return 0;
     }
 }
@@ -727,18 +723,16 @@ void *ib_worker_main(void *arg)
         wait_completions(w);
         struct io_uring_cqe *cqe;
         unsigned head, count = 0;
-        int streams = 0, others = 0;
+        int streams = 0;
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
-            int k = stream_step(cqe);
-            streams += k == 1;
-            others += k == 0;
+            streams |= stream_step(cqe);
             handle_cqe(w, cqe);
             count++;
         }
         io_uring_cq_advance(&w->ring, count);
-        if (streams + others > 0)
-            w->poll.streaming = others == 0;
+        if (streams)
+            w->poll.stream_ns = ib_now_ns();
     }
     /* Past the deadline: close what is left; the process is about to exit. */
     for (ib_client_t *c = w->clients; c != NULL; c = c->next)

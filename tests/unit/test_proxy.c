@@ -270,13 +270,13 @@ static void test_writeback_push(void **state)
 static void test_busy_poll_adapts(void **state)
 {
     (void)state;
-    const uint64_t win = 50000; /* 50 us */
+    const uint64_t win = 50000, now = 1000000000; /* 50 us; a second after boot */
     ib_poll_t p = {0};
-    assert_true(ib_poll_wanted(&p, win)); /* a fresh worker polls */
+    assert_true(ib_poll_wanted(&p, win, now)); /* a fresh worker polls */
     /* one connection, closed loop: waits of 10 to 70 us -> keeps polling */
     for (int i = 0; i < 100; i++)
         ib_poll_note(&p, 10000 + (uint64_t)(i % 3) * 30000, win);
-    assert_true(ib_poll_wanted(&p, win));
+    assert_true(ib_poll_wanted(&p, win, now));
     /* a fixed rate of 400/s: the upstream's answer in 40 us, two sends done in 5 us, the
      * next request 2.5 ms later -> sleeps */
     for (int i = 0; i < 100; i++) {
@@ -285,49 +285,50 @@ static void test_busy_poll_adapts(void **state)
         ib_poll_note(&p, 5000, win);
         ib_poll_note(&p, 2500000, win);
     }
-    assert_false(ib_poll_wanted(&p, win));
+    assert_false(ib_poll_wanted(&p, win, now));
     assert_true(p.avg_ns <= 8 * win); /* a wait counts as at most eight windows */
     /* streams whose chunks come 1 ms apart -> sleeps */
     for (int i = 0; i < 100; i++)
         ib_poll_note(&p, 1000000, win);
-    assert_false(ib_poll_wanted(&p, win));
+    assert_false(ib_poll_wanted(&p, win, now));
     /* saturation (completions always ready) brings polling back within a few dozen waits */
     int n = 0;
-    while (!ib_poll_wanted(&p, win) && n < 100) {
+    while (!ib_poll_wanted(&p, win, now) && n < 100) {
         ib_poll_note(&p, 0, win);
         n++;
     }
-    assert_true(ib_poll_wanted(&p, win));
+    assert_true(ib_poll_wanted(&p, win, now));
     assert_in_range(n, 1, 24);
 }
 
 /* Empty polls back off (1, 2, 4 ... IB_POLL_MAX_BACKOFF waits slept through); a poll that
- * finds work ends the back-off; a batch of only streamed chunks sleeps the next wait. */
+ * finds work ends the back-off; a streamed chunk relayed stops polling for a while. */
 static void test_busy_poll_backs_off(void **state)
 {
     (void)state;
-    const uint64_t win = 50000;
+    const uint64_t win = 50000, now = 1000000000;
     ib_poll_t p = {0};
     uint32_t expect = 1;
     for (int round = 0; round < 10; round++) {
-        assert_true(ib_poll_wanted(&p, win)); /* polls ... */
+        assert_true(ib_poll_wanted(&p, win, now)); /* polls ... */
         ib_poll_result(&p, 0, win);           /* ... and finds nothing */
         for (uint32_t k = 0; k < expect; k++)
-            assert_false(ib_poll_wanted(&p, win));
+            assert_false(ib_poll_wanted(&p, win, now));
         expect = expect < IB_POLL_MAX_BACKOFF ? 2 * expect : IB_POLL_MAX_BACKOFF;
     }
     assert_int_equal(p.backoff, IB_POLL_MAX_BACKOFF);
-    assert_true(ib_poll_wanted(&p, win));
+    assert_true(ib_poll_wanted(&p, win, now));
     ib_poll_result(&p, 1, 1000); /* found work: no more back-off */
     assert_int_equal(p.backoff, 0);
-    assert_true(ib_poll_wanted(&p, win));
+    assert_true(ib_poll_wanted(&p, win, now));
     ib_poll_result(&p, 0, win);
-    assert_false(ib_poll_wanted(&p, win)); /* one wait slept through, then polls again */
-    assert_true(ib_poll_wanted(&p, win));
-    p.streaming = 1;
-    assert_false(ib_poll_wanted(&p, win));
-    p.streaming = 0;
-    assert_true(ib_poll_wanted(&p, win));
+    assert_false(ib_poll_wanted(&p, win, now)); /* one wait slept through, then polls again */
+    assert_true(ib_poll_wanted(&p, win, now));
+    /* a streamed chunk relayed: no polling for IB_POLL_STREAM_QUIET_NS after it */
+    p.stream_ns = now;
+    assert_false(ib_poll_wanted(&p, win, now + 1000));
+    assert_false(ib_poll_wanted(&p, win, now + IB_POLL_STREAM_QUIET_NS - 1));
+    assert_true(ib_poll_wanted(&p, win, now + IB_POLL_STREAM_QUIET_NS));
 }
 
 /* A poll lasts about as long as the waits polling has been catching: twice their recent
