@@ -213,6 +213,7 @@ static int read_head(ib_worker_t *w, ib_client_t *c)
     }
     c->head_started = 0;
     c->t_start = ib_now_ns();
+    ib_poll_request(&w->poll, c);
     ib_exchange_reset(c);
     if (n < 0) {
         c->route = IB_ROUTE_NONE;

@@ -266,12 +266,45 @@ static void test_writeback_push(void **state)
     ib_proxy_destroy(px);
 }
 
+/* A worker whose requests come on one connection (a closed loop), as polling wants. */
+static void closed_loop(ib_poll_t *p)
+{
+    static int conn;
+    for (unsigned i = 0; i <= IB_POLL_CLOSED_LOOP; i++)
+        ib_poll_request(p, &conn);
+}
+
+/* Polling only for a closed loop: requests in a row on one connection. Requests from many
+ * connections (a fixed rate from many clients) sleep at once. */
+static void test_busy_poll_closed_loop(void **state)
+{
+    (void)state;
+    const uint64_t win = 50000, now = 1000000000;
+    ib_poll_t p = {0};
+    int conns[64];
+    assert_false(ib_poll_wanted(&p, win, now)); /* no request yet */
+    for (unsigned i = 0; i < IB_POLL_CLOSED_LOOP; i++) {
+        ib_poll_request(&p, &conns[0]);
+        assert_false(ib_poll_wanted(&p, win, now));
+    }
+    ib_poll_request(&p, &conns[0]);
+    assert_true(ib_poll_wanted(&p, win, now)); /* the first and IB_POLL_CLOSED_LOOP more */
+    for (int i = 0; i < 1000; i++)
+        ib_poll_request(&p, &conns[i % 64]);
+    assert_false(ib_poll_wanted(&p, win, now)); /* 64 connections in turn */
+    ib_poll_request(&p, &conns[5]);
+    assert_false(ib_poll_wanted(&p, win, now)); /* one request in a row is no loop yet */
+    closed_loop(&p);
+    assert_true(ib_poll_wanted(&p, win, now));
+}
+
 /* Adaptive busy polling: the rhythm of waits decides, not a single wait. */
 static void test_busy_poll_adapts(void **state)
 {
     (void)state;
     const uint64_t win = 50000, now = 1000000000; /* 50 us; a second after boot */
     ib_poll_t p = {0};
+    closed_loop(&p);
     assert_true(ib_poll_wanted(&p, win, now)); /* a fresh worker polls */
     /* one connection, closed loop: waits of 10 to 70 us -> keeps polling */
     for (int i = 0; i < 100; i++)
@@ -308,6 +341,7 @@ static void test_busy_poll_backs_off(void **state)
     (void)state;
     const uint64_t win = 50000, now = 1000000000;
     ib_poll_t p = {0};
+    closed_loop(&p);
     uint32_t expect = 1;
     for (int round = 0; round < 10; round++) {
         assert_true(ib_poll_wanted(&p, win, now)); /* polls ... */
@@ -405,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_local_endpoints),       cmocka_unit_test(test_route_of),
         cmocka_unit_test(test_writeback_push),        cmocka_unit_test(test_writeback_round_trip),
         cmocka_unit_test(test_pick_spreads_evenly),   cmocka_unit_test(test_busy_poll_adapts), cmocka_unit_test(test_busy_poll_backs_off),
+        cmocka_unit_test(test_busy_poll_closed_loop),
         cmocka_unit_test(test_busy_poll_window),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
