@@ -652,13 +652,14 @@ static void wait_completions(ib_worker_t *w)
         io_uring_submit_and_wait(&w->ring, 1);
         return;
     }
-    io_uring_submit(&w->ring);
-    if (io_uring_cq_ready(&w->ring) > 0) {
+    if (io_uring_cq_ready(&w->ring) > 0) { /* more to handle: what is queued is submitted, no wait */
+        io_uring_submit(&w->ring);
         ib_poll_note(&w->poll, 0, poll_ns);
         return;
     }
     uint64_t start = ib_now_ns(), now = start;
     if (ib_poll_wanted(&w->poll, poll_ns, start)) {
+        io_uring_submit(&w->ring);
         uint64_t window = ib_poll_window(&w->poll, poll_ns);
         for (;;) {
             io_uring_get_events(&w->ring);
@@ -679,6 +680,9 @@ static void wait_completions(ib_worker_t *w)
             return;
         }
     }
+    /* Not polling: one system call submits and waits, where a submit and then a wait took
+     * two (with the backend on the proxy's core, saturated: 13.5 us per request against
+     * the earlier build's 11.5 with two, 11.2 against 13.0 with one). */
     io_uring_submit_and_wait(&w->ring, 1);
     ib_poll_note(&w->poll, ib_now_ns() - start, poll_ns);
 }
