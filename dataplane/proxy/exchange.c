@@ -86,6 +86,7 @@ void ib_exchange_reset(ib_client_t *c)
     memset(&c->resp_body, 0, sizeof(c->resp_body));
     c->up_keepalive = 1;
     c->upstream_blocked = 0;
+    c->up_single = 0;
     c->t_first = 0;
     c->routed = 0;
     c->route_matched = c->route_blocks = 0;
@@ -379,9 +380,14 @@ static void on_data(ib_worker_t *w, ib_upstream_t *u, char *p, size_t n)
         return;
     }
     ib_client_flush(w, c);
-    if (ib_out_pending(c) > ib_out_high_water(w) && !c->upstream_blocked) {
+    size_t pending = ib_out_pending(c);
+    if (pending > ib_out_high_water(w) && !c->upstream_blocked) {
         c->upstream_blocked = 1;
+        c->up_single = 1;
         ib_counter_add(&w->m.upstream_pauses, 1);
+        ib_upstream_pause_recv(w, u);
+    } else if (pending > IB_MULTISHOT_MAX_PENDING && !c->up_single) {
+        c->up_single = 1; /* its last completion arms a single-shot receive */
         ib_upstream_pause_recv(w, u);
     }
 }

@@ -244,6 +244,7 @@ enum ib_op {
 #define IB_OP_MASK 15u
 #define IB_BGID 1                        /* the provided-buffer group of receives */
 #define IB_OUT_HIGH_WATER (1u << 20)     /* stop reading the upstream above this much unsent */
+#define IB_MULTISHOT_MAX_PENDING (64u << 10) /* above this much unsent, single-shot upstream receives */
 #define IB_IN_MAX_PIPELINED (1u << 20)
 #define IB_RESP_MAX_HEAD 65536u          /* a replica's response head, interim heads included */
 #define IB_MAX_ATTEMPTS 3                /* replicas a request is sent to before the first byte, at most */
@@ -266,6 +267,7 @@ typedef struct ib_upstream {
     int reused;                   /* taken from the pool (not freshly connected) */
     int recv_armed;               /* its multishot receive runs (until a completion without MORE) */
     int recv_cancelling;          /* ... and is being cancelled (back-pressure, ib_upstream_pause_recv) */
+    int recv_multishot;           /* the armed receive is multishot */
     struct ib_client *client;     /* the exchange it carries (IB_U_BUSY, IB_U_CONNECTING) */
     size_t send_off;
     uint64_t deadline_ns;
@@ -311,6 +313,7 @@ typedef struct ib_client {
     int replica, attempts, inflight_counted;
     ib_upstream_t *up;
     int upstream_blocked;         /* upstream receive paused for back-pressure */
+    int up_single;                /* this exchange's upstream receives are single-shot: its client fell behind */
     size_t mem;                   /* its buffers' capacity, as last counted in its worker's buf_bytes */
     int debug;                    /* X-IB-Debug: 1 -> X-IB-Route in the response */
     uint64_t session_key;         /* hash of X-Session-Id, 0 when none */

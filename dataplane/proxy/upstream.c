@@ -19,7 +19,10 @@
  * cost no re-arming each (a receive to prepare, submit and poll-arm per chunk, before).
  * The back-pressure from a slow client to the replica: the receive is cancelled while
  * the client is more than the high water mark behind, and armed again once it has
- * caught up (worker.c, on_client_send). POLL_FIRST: it is mostly armed right after the
+ * caught up (worker.c, on_client_send). A multishot receive takes in up to 32 buffers
+ * (512 KiB) per wake-up before a cancel can land: so once a client is more than
+ * IB_MULTISHOT_MAX_PENDING behind, the exchange's receives are single-shot (16 KiB past
+ * the mark at most, as before), and a stream whose client keeps up stays multishot. POLL_FIRST: it is mostly armed right after the
  * request was sent, when no answer can be there yet, so the kernel waits for readiness
  * instead of trying a receive that would fail first. */
 /* Before Linux 6.8 a multishot receive took in all the socket had in one go (no cap on its
@@ -49,7 +52,8 @@ void ib_upstream_arm_recv(ib_worker_t *w, ib_upstream_t *u)
     if (u->recv_armed)
         return; /* running, or being cancelled: its last completion re-arms it (exchange.c) */
     struct io_uring_sqe *sqe = ib_get_sqe(w);
-    if (w->px->upstream_multishot)
+    u->recv_multishot = w->px->upstream_multishot && (u->client == NULL || !u->client->up_single);
+    if (u->recv_multishot)
         io_uring_prep_recv_multishot(sqe, u->fd, NULL, 0, 0);
     else
         io_uring_prep_recv(sqe, u->fd, NULL, 0, 0);
@@ -63,8 +67,8 @@ void ib_upstream_arm_recv(ib_worker_t *w, ib_upstream_t *u)
 
 void ib_upstream_pause_recv(ib_worker_t *w, ib_upstream_t *u)
 {
-    if (!u->recv_armed || u->recv_cancelling || u->closing)
-        return;
+    if (!u->recv_armed || !u->recv_multishot || u->recv_cancelling || u->closing)
+        return; /* a single-shot receive ends by itself, and is not armed again */
     struct io_uring_sqe *sqe = ib_get_sqe(w);
     io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)u | IB_OP_URECV, 0);
     ib_set_data(sqe, u, IB_OP_UCANCEL);
