@@ -430,6 +430,14 @@ void ib_exchange_on_send(ib_worker_t *w, ib_upstream_t *u, int res)
 
 /* A receive's completion; <more>: its multishot receive goes on. Its last completion
  * (data, out of buffers, cancelled) re-arms it unless the client is behind. */
+/* After a receive's completion: armed again unless the connection closes or its client
+ * is behind (a receive still running makes it a no-op). */
+static void rearm_recv(ib_worker_t *w, ib_upstream_t *u)
+{
+    if (!u->closing && (u->client == NULL || !u->client->upstream_blocked))
+        ib_upstream_arm_recv(w, u);
+}
+
 void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, int more, char *data)
 {
     if (!more)
@@ -439,13 +447,11 @@ void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, int more, ch
             on_data(w, u, data, (size_t)res);
         else
             ib_upstream_close(w, u); /* bytes on an idle connection: not HTTP we can use */
-        if (!more && !u->closing && u->state != IB_U_CONNECTING && (u->client == NULL || !u->client->upstream_blocked))
-            ib_upstream_arm_recv(w, u);
+        rearm_recv(w, u);
         return;
     }
     if (res == -ENOBUFS || res == -ECANCELED) {
-        if (!u->closing && (u->client == NULL || !u->client->upstream_blocked))
-            ib_upstream_arm_recv(w, u);
+        rearm_recv(w, u);
         return;
     }
     ib_client_t *c = u->client;
