@@ -99,7 +99,7 @@ static rview_t view_of(const ib_affinity_t *t, uint32_t rep)
 
 /* Remaining life in blocks of an entry stamped <stamp> of the replica seen as <v>: > 0
  * while believed. */
-static int64_t life_at(const rview_t *v, uint32_t stamp)
+static inline __attribute__((always_inline)) int64_t life_at(const rview_t *v, uint32_t stamp)
 {
     /* A fact (stamp 0) is what the engine said: believed until it says otherwise. A
      * replica routed on its engine's events believes nothing else; any other also
@@ -135,7 +135,7 @@ static int64_t life(const ib_affinity_t *t, uint64_t w)
  * or HELD_FRESH: without a TTL, one younger than capacity / IB_AFF_REFRESH_DIV blocks,
  * or a fact, which a refresh leaves as it is (see ib_affinity_insert). */
 enum { HELD_NOT, HELD, HELD_FRESH };
-static int held_state(const rview_t *v, uint32_t stamp)
+static inline __attribute__((always_inline)) int held_state(const rview_t *v, uint32_t stamp)
 {
     if (life_at(v, stamp) <= 0)
         return HELD_NOT;
@@ -338,6 +338,63 @@ int ib_affinity_each(const ib_affinity_t *t, uint32_t replica, int facts_only,
     return 0;
 }
 
+/* The sets are scattered over the table (megabytes): a walk fetches each block's set
+ * IB_AFF_PREFETCH blocks ahead, so that it does not wait on one miss at a time. */
+enum { IB_AFF_PREFETCH = 8 };
+
+/* The replica left alone in a walk (bitmap <alive>), or -1 when none or several are. */
+static int lone_replica(const uint64_t *alive)
+{
+    int lone = -1;
+    for (int q = 0; q < IB_REPLICA_MASK_WORDS; q++) {
+        if (alive[q] == 0)
+            continue;
+        if (lone >= 0 || (alive[q] & (alive[q] - 1)) != 0)
+            return -1;
+        lone = q * 64 + __builtin_ctzll(alive[q]);
+    }
+    return lone;
+}
+
+/* The rest of a walk, from block <i>, once one replica <r> (seen as <v>) is left in it:
+ * the usual case past a shared system prompt, and all of a returning conversation's
+ * history. Its entry is found by one compare per way of the word's upper half (tag and
+ * replica), and its counts stay in registers. The first such word counts, as in held()
+ * and put(): two racing inserts may leave two, and put() refreshes the first. <in_run>:
+ * r's blocks so far were all held fresh (then walk->fresh[r] == i). Leaves matched[r] and
+ * the walk as the general loop would. */
+static void walk_alone(const ib_affinity_t *t, const uint64_t *h, size_t i, size_t n, uint32_t r, const rview_t *v,
+                       uint32_t *matched, ib_aff_walk_t *walk, uint32_t in_run)
+{
+    assert(r < t->nreplicas);
+    uint32_t m = matched[r], held_n = walk != NULL ? walk->held[r] : 0, fresh_n = walk != NULL ? walk->fresh[r] : 0;
+    assert(walk == NULL || !in_run || fresh_n == i);
+    for (; i < n; i++) {
+        if (i + IB_AFF_PREFETCH < n)
+            __builtin_prefetch(&t->slots[(size_t)(h[i + IB_AFF_PREFETCH] & t->set_mask) * IB_AFF_WAYS]);
+        uint32_t key = tag_of(h[i]) << 8 | r; /* SLOT()'s upper half; never an empty word's */
+        const _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
+        int st = HELD_NOT;
+        for (int k = 0; k < IB_AFF_WAYS; k++) {
+            uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
+            assert_slot_state(t, w);
+            if ((uint32_t)(w >> 32) == key) {
+                st = held_state(v, SLOT_STAMP(w));
+                break;
+            }
+        }
+        if (st != HELD_NOT)
+            held_n++, m = (uint32_t)(i + 1);
+        else if (i + 1 - m > IB_AFF_GAP)
+            break; /* r leaves the walk: its last */
+        in_run &= st == HELD_FRESH;
+        fresh_n += in_run;
+    }
+    matched[r] = m;
+    if (walk != NULL)
+        walk->held[r] = held_n, walk->fresh[r] = fresh_n;
+}
+
 void ib_affinity_match(const ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t *matched)
 {
     ib_affinity_match_walk(t, h, n, matched, NULL);
@@ -373,12 +430,18 @@ void ib_affinity_match_walk(const ib_affinity_t *t, const uint64_t *h, size_t n,
     /* each replica's clock, read once when the walk first meets one of its entries */
     rview_t views[IB_AFF_MAX_REPLICAS];
     uint64_t viewed[IB_REPLICA_MASK_WORDS] = {0};
-    /* The sets are scattered over the table (megabytes): each block's is fetched
-     * IB_AFF_PREFETCH blocks ahead, so that the walk does not wait on one miss at a time. */
-    enum { IB_AFF_PREFETCH = 8 };
     for (size_t i = 0; i < n && i < IB_AFF_PREFETCH; i++)
         __builtin_prefetch(&t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS]);
     for (size_t i = 0; i < n; i++) {
+        int lone = lone_replica(alive);
+        if (lone >= 0) {
+            uint32_t r = (uint32_t)lone;
+            if (!(viewed[r >> 6] & (1ull << (r & 63))))
+                views[r] = view_of(t, r);
+            walk_alone(t, h, i, n, r, &views[r], matched, walk,
+                       walk != NULL ? (uint32_t)(run[r >> 6] >> (r & 63)) & 1u : 0u);
+            break;
+        }
         if (i + IB_AFF_PREFETCH < n)
             __builtin_prefetch(&t->slots[(size_t)(h[i + IB_AFF_PREFETCH] & t->set_mask) * IB_AFF_WAYS]);
         uint32_t tag = tag_of(h[i]);

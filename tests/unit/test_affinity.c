@@ -299,6 +299,87 @@ static void test_insert_walked_as_insert(void **state)
     }
 }
 
+/* A walk over many blocks finds, per replica, what a walk of each block alone says of
+ * it, put together by the rule: a match ends after IB_AFF_GAP blocks in a row not held,
+ * and the leading fresh run ends at the first block not held fresh. Conversations share
+ * a system prompt (several replicas alive at first, then one: the walk's lone-replica
+ * loop), some turns skip blocks (gaps, short and too long), and sets overflow (a small
+ * table). */
+static void walk_reference(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t nr, const int *used,
+                           uint32_t *matched, uint32_t *held_n, uint32_t *fresh_n)
+{
+    for (uint32_t r = 0; r < nr; r++)
+        matched[r] = held_n[r] = fresh_n[r] = 0;
+    int alive[8], run[8];
+    for (uint32_t r = 0; r < nr; r++)
+        alive[r] = run[r] = used[r];
+    for (size_t i = 0; i < n; i++) {
+        uint32_t one[8];
+        ib_aff_walk_t w1;
+        ib_affinity_match_walk(t, &h[i], 1, one, &w1); /* block i alone */
+        for (uint32_t r = 0; r < nr; r++) {
+            if (!alive[r])
+                continue;
+            if (one[r] == 1)
+                held_n[r]++, matched[r] = (uint32_t)(i + 1);
+            run[r] &= w1.fresh[r] == 1;
+            if (run[r])
+                fresh_n[r] = (uint32_t)(i + 1);
+            if (one[r] == 0 && i + 1 - matched[r] > IB_AFF_GAP)
+                alive[r] = 0;
+        }
+    }
+}
+
+static void test_walk_matches_blockwise(void **state)
+{
+    (void)state;
+    enum { NR = 6, NCONV = 24, LEN = 120 };
+    for (int ttl = 0; ttl <= 1; ttl++) {
+        ib_affinity_t t;
+        /* 2^7 sets: 1,024 ways for up to 24 x 120 blocks, so sets overflow and entries are lost */
+        assert_int_equal(ib_affinity_init(&t, 7, NR, 30 * IB_AFF_REFRESH_DIV, ttl ? 60000 : 0), 0);
+        static uint64_t h[NCONV][LEN];
+        for (int c = 0; c < NCONV; c++) {
+            chain(900 + (uint64_t)c, h[c], LEN);
+            for (int i = 0; i < 10; i++) /* a 10-block system prompt shared by all */
+                h[c][i] = H(899, (uint64_t)i);
+        }
+        int used[NR] = {0};
+        uint64_t x = 777;
+        int lone_seen = 0, multi_seen = 0;
+        for (int step = 0; step < 600; step++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            int c = (int)((x >> 33) % NCONV);
+            size_t n = 4 + (size_t)((x >> 20) % (LEN - 4));
+            uint32_t rep = (x >> 55) % 8 == 0 ? (uint32_t)((x >> 12) % NR) : (uint32_t)c % NR;
+            uint32_t m[NR], rm[NR], rh[NR], rf[NR];
+            ib_aff_walk_t walk;
+            ib_affinity_match_walk(&t, h[c], n, m, &walk);
+            walk_reference(&t, h[c], n, NR, used, rm, rh, rf);
+            assert_memory_equal(m, rm, sizeof(m));
+            assert_memory_equal(walk.held, rh, sizeof(rh));
+            assert_memory_equal(walk.fresh, rf, sizeof(rf));
+            int holders = 0;
+            for (int r = 0; r < NR; r++)
+                holders += m[r] > 10;
+            lone_seen += holders == 1;
+            multi_seen += holders > 1;
+            /* insert, now and then with a hole (a lost entry) or a tail past a long gap */
+            int shape = (int)((x >> 40) % 6);
+            if (shape == 0 && n > 30) {
+                ib_affinity_insert(&t, h[c], 12, rep);
+                ib_affinity_insert(&t, h[c] + 12 + 1 + (x >> 44) % (IB_AFF_GAP + 4), n - 25, rep);
+            } else {
+                ib_affinity_insert_walked(&t, h[c], n, rep, &walk);
+            }
+            used[rep] = 1;
+        }
+        assert_true(lone_seen > 50 && multi_seen > 5); /* both of the walk's loops were checked */
+        ib_affinity_destroy(&t);
+    }
+}
+
 /* Without a TTL a replica's clock may pass 2^31 and wrap: its entries stay believed
  * (a floor of 0 read every stamp from 2^31 on as expired). */
 static void test_clock_past_2_31(void **state)
@@ -457,7 +538,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
         cmocka_unit_test(test_facts_and_precise_mode), cmocka_unit_test(test_precise_pending_window),
-        cmocka_unit_test(test_hits_do_not_age_others), cmocka_unit_test(test_fresh_entries_not_rewritten), cmocka_unit_test(test_insert_walked_as_insert), cmocka_unit_test(test_clock_past_2_31),
+        cmocka_unit_test(test_hits_do_not_age_others), cmocka_unit_test(test_fresh_entries_not_rewritten), cmocka_unit_test(test_insert_walked_as_insert),
+        cmocka_unit_test(test_walk_matches_blockwise), cmocka_unit_test(test_clock_past_2_31),
         cmocka_unit_test(test_match_skips_lost_entries),
         cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
         cmocka_unit_test(test_concurrent_insert_and_match),
