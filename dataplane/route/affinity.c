@@ -249,16 +249,15 @@ static void stamp_blocks(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t
         atomic_fetch_or_explicit(&t->used[replica >> 6], 1ull << (replica & 63), memory_order_relaxed);
     /* Before any of its slots is written, match will walk the replica. */
     assert(atomic_load_explicit(&t->used[replica >> 6], memory_order_relaxed) & (1ull << (replica & 63)));
-    for (size_t i = 0; i < n; i++) {
+    /* without a bitmap, the first nfresh blocks (a walk's leading fresh run) are skipped */
+    for (size_t i = fresh == NULL ? nfresh : 0; i < n; i++) {
         /* head blocks newest (age 0), each later one a block older, at most adv - 1 older:
          * stamps stay in (base, base + adv] */
         uint32_t stamp = base + adv - (i < adv - 1 ? (uint32_t)i : adv - 1);
         assert(stamp - base - 1u < adv); /* in (base, base + adv], counters wrapping */
         if (stamp == IB_AFF_FACT) /* a wrapped counter's 0 is the facts' stamp: skip that block */
             continue;
-        /* without a bitmap, the first nfresh blocks (a walk's leading fresh run) */
-        if (i < nfresh ? fresh == NULL || (fresh[i / 64] >> (i % 64)) & 1
-                       : fresh != NULL && held(t, h[i], replica, v) == HELD_FRESH)
+        if (i < nfresh ? (fresh[i / 64] >> (i % 64)) & 1 : fresh != NULL && held(t, h[i], replica, v) == HELD_FRESH)
             continue;
         put(t, h[i], replica, stamp);
     }
