@@ -358,10 +358,10 @@ static int lone_replica(const uint64_t *alive)
 /* The rest of a walk, from block <i>, once one replica <r> (seen as <v>) is left in it:
  * the usual case past a shared system prompt, and all of a returning conversation's
  * history. Its entry is found by one compare per way of the word's upper half (tag and
- * replica), and its counts stay in registers. The first such word counts, as in held()
- * and put(): two racing inserts may leave two, and put() refreshes the first. <in_run>:
- * r's blocks so far were all held fresh (then walk->fresh[r] == i). Leaves matched[r] and
- * the walk as the general loop would. */
+ * replica), and its counts stay in registers. Two racing inserts may leave two words
+ * for one block and replica: as in the general loop, the best of them counts (the scan
+ * ends at a fresh one). <in_run>: r's blocks so far were all held fresh (then
+ * walk->fresh[r] == i). Leaves matched[r] and the walk as the general loop would. */
 static void walk_alone(const ib_affinity_t *t, const uint64_t *h, size_t i, size_t n, uint32_t r, const rview_t *v,
                        uint32_t *matched, ib_aff_walk_t *walk, uint32_t in_run)
 {
@@ -378,8 +378,10 @@ static void walk_alone(const ib_affinity_t *t, const uint64_t *h, size_t i, size
             uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
             assert_slot_state(t, w);
             if ((uint32_t)(w >> 32) == key) {
-                st = held_state(v, SLOT_STAMP(w));
-                break;
+                int sk = held_state(v, SLOT_STAMP(w));
+                st = sk > st ? sk : st;
+                if (st == HELD_FRESH) /* the best a word can say: the usual case ends here */
+                    break;
             }
         }
         if (st != HELD_NOT)

@@ -303,21 +303,26 @@ static void test_insert_walked_as_insert(void **state)
  * it, put together by the rule: a match ends after IB_AFF_GAP blocks in a row not held,
  * and the leading fresh run ends at the first block not held fresh. Conversations share
  * a system prompt (several replicas alive at first, then one: the walk's lone-replica
- * loop), some turns skip blocks (gaps, short and too long), and sets overflow (a small
- * table). */
-static void walk_reference(ib_affinity_t *t, const uint64_t *h, size_t n, uint32_t nr, const int *used,
-                           uint32_t *matched, uint32_t *held_n, uint32_t *fresh_n)
+ * loop), some turns skip blocks (gaps, short and too long), sets overflow (a small
+ * table), entries expire (models forgotten), and replicas sit in both words of the
+ * replica bitmaps. */
+enum { WALK_NR = 70, WALK_USED = 6 };
+static const uint32_t walk_reps[WALK_USED] = {0, 5, 63, 64, 65, 69};
+
+static void walk_reference(ib_affinity_t *t, const uint64_t *h, size_t n, const int *used, uint32_t *matched,
+                           uint32_t *held_n, uint32_t *fresh_n, int *expired_seen)
 {
-    for (uint32_t r = 0; r < nr; r++)
-        matched[r] = held_n[r] = fresh_n[r] = 0;
-    int alive[8], run[8];
-    for (uint32_t r = 0; r < nr; r++)
+    memset(matched, 0, WALK_NR * sizeof(*matched));
+    memset(held_n, 0, WALK_NR * sizeof(*held_n));
+    memset(fresh_n, 0, WALK_NR * sizeof(*fresh_n));
+    int alive[WALK_NR], run[WALK_NR];
+    for (uint32_t r = 0; r < WALK_NR; r++)
         alive[r] = run[r] = used[r];
     for (size_t i = 0; i < n; i++) {
-        uint32_t one[8];
+        uint32_t one[WALK_NR];
         ib_aff_walk_t w1;
         ib_affinity_match_walk(t, &h[i], 1, one, &w1); /* block i alone */
-        for (uint32_t r = 0; r < nr; r++) {
+        for (uint32_t r = 0; r < WALK_NR; r++) {
             if (!alive[r])
                 continue;
             if (one[r] == 1)
@@ -327,6 +332,13 @@ static void walk_reference(ib_affinity_t *t, const uint64_t *h, size_t n, uint32
                 fresh_n[r] = (uint32_t)(i + 1);
             if (one[r] == 0 && i + 1 - matched[r] > IB_AFF_GAP)
                 alive[r] = 0;
+            if (one[r] == 0) { /* a word for this block and replica that is no longer believed */
+                const _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
+                for (int k = 0; k < IB_AFF_WAYS; k++) {
+                    uint64_t w = atomic_load(&set[k]);
+                    *expired_seen += w != 0 && (w >> 40) == ((h[i] >> 40) | 1) && ((w >> 32) & 0xff) == r;
+                }
+            }
         }
     }
 }
@@ -334,35 +346,38 @@ static void walk_reference(ib_affinity_t *t, const uint64_t *h, size_t n, uint32
 static void test_walk_matches_blockwise(void **state)
 {
     (void)state;
-    enum { NR = 6, NCONV = 24, LEN = 120 };
+    enum { NCONV = 24, LEN = 120 };
     for (int ttl = 0; ttl <= 1; ttl++) {
         ib_affinity_t t;
-        /* 2^7 sets: 1,024 ways for up to 24 x 120 blocks, so sets overflow and entries are lost */
-        assert_int_equal(ib_affinity_init(&t, 7, NR, 30 * IB_AFF_REFRESH_DIV, ttl ? 60000 : 0), 0);
+        /* 2^7 sets: 1,024 ways for up to 24 x 120 blocks, so sets overflow and entries are
+         * lost */
+        assert_int_equal(ib_affinity_init(&t, 7, WALK_NR, 4 * IB_AFF_REFRESH_DIV, ttl ? 60000 : 0), 0);
         static uint64_t h[NCONV][LEN];
         for (int c = 0; c < NCONV; c++) {
             chain(900 + (uint64_t)c, h[c], LEN);
             for (int i = 0; i < 10; i++) /* a 10-block system prompt shared by all */
                 h[c][i] = H(899, (uint64_t)i);
         }
-        int used[NR] = {0};
+        int used[WALK_NR] = {0};
         uint64_t x = 777;
-        int lone_seen = 0, multi_seen = 0;
+        int lone_seen = 0, multi_seen = 0, expired_seen = 0, fresh_seen = 0;
         for (int step = 0; step < 600; step++) {
             x = x * 6364136223846793005ull + 1442695040888963407ull;
             int c = (int)((x >> 33) % NCONV);
             size_t n = 4 + (size_t)((x >> 20) % (LEN - 4));
-            uint32_t rep = (x >> 55) % 8 == 0 ? (uint32_t)((x >> 12) % NR) : (uint32_t)c % NR;
-            uint32_t m[NR], rm[NR], rh[NR], rf[NR];
+            uint32_t rep = walk_reps[(x >> 55) % 8 == 0 ? (x >> 12) % WALK_USED : (uint64_t)c % WALK_USED];
+            uint32_t m[WALK_NR], m2[WALK_NR], rm[WALK_NR], rh[WALK_NR], rf[WALK_NR];
             ib_aff_walk_t walk;
             ib_affinity_match_walk(&t, h[c], n, m, &walk);
-            walk_reference(&t, h[c], n, NR, used, rm, rh, rf);
+            ib_affinity_match(&t, h[c], n, m2); /* without a walk to record */
+            walk_reference(&t, h[c], n, used, rm, rh, rf, &expired_seen);
             assert_memory_equal(m, rm, sizeof(m));
+            assert_memory_equal(m2, rm, sizeof(m2));
             assert_memory_equal(walk.held, rh, sizeof(rh));
             assert_memory_equal(walk.fresh, rf, sizeof(rf));
             int holders = 0;
-            for (int r = 0; r < NR; r++)
-                holders += m[r] > 10;
+            for (int r = 0; r < WALK_NR; r++)
+                holders += m[r] > 10, fresh_seen += walk.fresh[r] > 10;
             lone_seen += holders == 1;
             multi_seen += holders > 1;
             /* insert, now and then with a hole (a lost entry) or a tail past a long gap */
@@ -374,10 +389,58 @@ static void test_walk_matches_blockwise(void **state)
                 ib_affinity_insert_walked(&t, h[c], n, rep, &walk);
             }
             used[rep] = 1;
+            if (step % 50 == 49) /* a replica's model forgotten: its words stay, no longer believed */
+                ib_affinity_forget_model(&t, walk_reps[(step / 50) % WALK_USED]);
         }
-        assert_true(lone_seen > 50 && multi_seen > 5); /* both of the walk's loops were checked */
+        /* what the walk's loops were checked on */
+        assert_true(lone_seen > 50 && multi_seen > 5 && expired_seen > 50);
+        if (!ttl)
+            assert_true(fresh_seen > 10);
         ib_affinity_destroy(&t);
     }
+}
+
+/* Rewrites the set of block <h>: its word first aged by <age1> blocks, then aged by
+ * <age2>, then the set's other words. */
+static void set_two_words(ib_affinity_t *t, uint64_t h, uint32_t age1, uint32_t age2)
+{
+    _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
+    uint64_t words[IB_AFF_WAYS], word = 0;
+    int nw = 0;
+    for (int k = 0; k < IB_AFF_WAYS; k++) {
+        uint64_t w = atomic_load(&set[k]);
+        if (w != 0 && (w >> 40) == ((h >> 40) | 1))
+            word = w;
+        else if (w != 0)
+            words[nw++] = w;
+    }
+    assert_true(word != 0 && nw < IB_AFF_WAYS - 1);
+    assert_true((uint32_t)word - age1 != IB_AFF_FACT && (uint32_t)word - age2 != IB_AFF_FACT);
+    atomic_store(&set[0], (word & ~0xffffffffull) | ((uint32_t)word - age1));
+    atomic_store(&set[1], (word & ~0xffffffffull) | ((uint32_t)word - age2));
+    for (int k = 2; k < IB_AFF_WAYS; k++)
+        atomic_store(&set[k], k - 2 < nw ? words[k - 2] : 0);
+}
+
+/* Two words for one block and replica, which racing inserts can leave: the better one
+ * counts, in the walk's lone-replica loop as in its general loop. */
+static void test_walk_duplicate_words(void **state)
+{
+    (void)state;
+    ib_affinity_t t;
+    assert_int_equal(ib_affinity_init(&t, 10, 2, 100 * IB_AFF_REFRESH_DIV, 0), 0); /* fresh: 100 blocks */
+    uint64_t p[16];
+    chain(41, p, 16);
+    ib_affinity_insert(&t, p, 16, 0);
+    set_two_words(&t, p[5], 30000, 0);  /* expired (past the capacity), then fresh */
+    set_two_words(&t, p[9], 1000, 30000); /* held but not fresh, then expired */
+    uint32_t m[2];
+    ib_aff_walk_t walk;
+    ib_affinity_match_walk(&t, p, 16, m, &walk); /* replica 0 alone: the lone loop throughout */
+    assert_int_equal(m[0], 16);
+    assert_int_equal(walk.held[0], 16);
+    assert_int_equal(walk.fresh[0], 9);
+    ib_affinity_destroy(&t);
 }
 
 /* Without a TTL a replica's clock may pass 2^31 and wrap: its entries stay believed
@@ -539,7 +602,7 @@ int main(void)
         cmocka_unit_test(test_insert_and_match),     cmocka_unit_test(test_capacity_model),
         cmocka_unit_test(test_facts_and_precise_mode), cmocka_unit_test(test_precise_pending_window),
         cmocka_unit_test(test_hits_do_not_age_others), cmocka_unit_test(test_fresh_entries_not_rewritten), cmocka_unit_test(test_insert_walked_as_insert),
-        cmocka_unit_test(test_walk_matches_blockwise), cmocka_unit_test(test_clock_past_2_31),
+        cmocka_unit_test(test_walk_matches_blockwise), cmocka_unit_test(test_walk_duplicate_words), cmocka_unit_test(test_clock_past_2_31),
         cmocka_unit_test(test_match_skips_lost_entries),
         cmocka_unit_test(test_ttl),                  cmocka_unit_test(test_set_eviction_keeps_newest),
         cmocka_unit_test(test_concurrent_insert_and_match),
