@@ -426,7 +426,7 @@ void ib_affinity_match_walk(const ib_affinity_t *t, const uint64_t *h, size_t n,
         for (uint32_t r = 0; r < nr; r++)
             walk->held[r] = walk->fresh[r] = 0;
         for (int q = 0; q < IB_REPLICA_MASK_WORDS; q++)
-            run[q] = ~0ull;
+            run[q] = alive[q]; /* a replica not yet inserted when the walk began holds nothing in it */
     }
     /* each replica's clock, read once when the walk first meets one of its entries */
     rview_t views[IB_AFF_MAX_REPLICAS];
