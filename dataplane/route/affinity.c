@@ -10,12 +10,19 @@
 #define SLOT_TAG(w) ((uint32_t)((w) >> 40))
 #define SLOT_REP(w) ((uint32_t)(((w) >> 32) & 0xff))
 #define SLOT_STAMP(w) ((uint32_t)(w))
+#define SLOT_KEY(w) ((uint32_t)((w) >> 32)) /* tag and replica: SLOT_KEY(SLOT(tag, rep, any)) */
 
 _Static_assert(IB_AFF_MAX_REPLICAS <= 256, "a slot's replica field is 8 bits");
 _Static_assert(IB_AFF_MAX_REPLICAS <= 64 * sizeof(((ib_affinity_t *)0)->used) / sizeof(uint64_t),
                "the used bitmap has a bit per replica");
 
 static uint32_t tag_of(uint64_t h) { return (uint32_t)(h >> 40) | 1u; }
+
+/* The set of IB_AFF_WAYS slots block hash <h> lives in. */
+static _Atomic uint64_t *set_of(const ib_affinity_t *t, uint64_t h)
+{
+    return &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
+}
 
 /* Slot states: a word is empty (0) or an entry, whose tag has its lowest bit set (so an
  * entry is never 0) and whose replica is one of the table's. Checked where a slot is
@@ -146,7 +153,7 @@ static inline __attribute__((always_inline)) int held_state(const rview_t *v, ui
 static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep, const rview_t *v)
 {
     uint32_t tag = tag_of(h);
-    const _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
+    const _Atomic uint64_t *set = set_of(t, h);
     for (int k = 0; k < IB_AFF_WAYS; k++) {
         uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
         assert_slot_state(t, w);
@@ -161,7 +168,7 @@ static int held(const ib_affinity_t *t, uint64_t h, uint32_t rep, const rview_t 
 static void put(ib_affinity_t *t, uint64_t h, uint32_t replica, uint32_t stamp)
 {
     uint32_t tag = tag_of(h);
-    _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
+    _Atomic uint64_t *set = set_of(t, h);
     uint64_t want = SLOT(tag, replica, stamp);
     assert(want != 0); /* an entry is never the empty word */
     assert_slot_state(t, want);
@@ -278,7 +285,7 @@ void ib_affinity_fact_stored(ib_affinity_t *t, const uint64_t *h, size_t n, uint
 void ib_affinity_fact_removed(ib_affinity_t *t, uint64_t h, uint32_t replica)
 {
     uint32_t tag = tag_of(h);
-    _Atomic uint64_t *set = &t->slots[(size_t)(h & t->set_mask) * IB_AFF_WAYS];
+    _Atomic uint64_t *set = set_of(t, h);
     for (int k = 0; k < IB_AFF_WAYS; k++) {
         uint64_t w = atomic_load_explicit(&set[k], memory_order_relaxed);
         assert_slot_state(t, w);
@@ -370,14 +377,14 @@ static void walk_alone(const ib_affinity_t *t, const uint64_t *h, size_t i, size
     assert(walk == NULL || !in_run || fresh_n == i);
     for (; i < n; i++) {
         if (i + IB_AFF_PREFETCH < n)
-            __builtin_prefetch(&t->slots[(size_t)(h[i + IB_AFF_PREFETCH] & t->set_mask) * IB_AFF_WAYS]);
-        uint32_t key = tag_of(h[i]) << 8 | r; /* SLOT()'s upper half; never an empty word's */
-        const _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
+            __builtin_prefetch(set_of(t, h[i + IB_AFF_PREFETCH]));
+        uint32_t key = SLOT_KEY(SLOT(tag_of(h[i]), r, 0)); /* never an empty word's: a tag is odd */
+        const _Atomic uint64_t *set = set_of(t, h[i]);
         int st = HELD_NOT;
         for (int k = 0; k < IB_AFF_WAYS; k++) {
             uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
             assert_slot_state(t, w);
-            if ((uint32_t)(w >> 32) == key) {
+            if (SLOT_KEY(w) == key) {
                 int sk = held_state(v, SLOT_STAMP(w));
                 st = sk > st ? sk : st;
                 if (st == HELD_FRESH) /* the best a word can say: the usual case ends here */
@@ -432,7 +439,7 @@ void ib_affinity_match_walk(const ib_affinity_t *t, const uint64_t *h, size_t n,
     rview_t views[IB_AFF_MAX_REPLICAS];
     uint64_t viewed[IB_REPLICA_MASK_WORDS] = {0};
     for (size_t i = 0; i < n && i < IB_AFF_PREFETCH; i++)
-        __builtin_prefetch(&t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS]);
+        __builtin_prefetch(set_of(t, h[i]));
     for (size_t i = 0; i < n; i++) {
         int lone = lone_replica(alive);
         if (lone >= 0) {
@@ -444,9 +451,9 @@ void ib_affinity_match_walk(const ib_affinity_t *t, const uint64_t *h, size_t n,
             break;
         }
         if (i + IB_AFF_PREFETCH < n)
-            __builtin_prefetch(&t->slots[(size_t)(h[i + IB_AFF_PREFETCH] & t->set_mask) * IB_AFF_WAYS]);
+            __builtin_prefetch(set_of(t, h[i + IB_AFF_PREFETCH]));
         uint32_t tag = tag_of(h[i]);
-        const _Atomic uint64_t *set = &t->slots[(size_t)(h[i] & t->set_mask) * IB_AFF_WAYS];
+        const _Atomic uint64_t *set = set_of(t, h[i]);
         uint64_t here[IB_REPLICA_MASK_WORDS] = {0}, fresh[IB_REPLICA_MASK_WORDS] = {0};
         for (int k = 0; k < IB_AFF_WAYS; k++) {
             uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&set[k], memory_order_relaxed);
