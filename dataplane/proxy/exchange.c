@@ -428,8 +428,6 @@ void ib_exchange_on_send(ib_worker_t *w, ib_upstream_t *u, int res)
         ib_upstream_send(w, u);
 }
 
-/* A receive's completion; <more>: its multishot receive goes on. Its last completion
- * (data, out of buffers, cancelled) re-arms it unless the client is behind. */
 /* After a receive's completion: armed again unless the connection closes or its client
  * is behind (a receive still running makes it a no-op). */
 static void rearm_recv(ib_worker_t *w, ib_upstream_t *u)
@@ -438,6 +436,8 @@ static void rearm_recv(ib_worker_t *w, ib_upstream_t *u)
         ib_upstream_arm_recv(w, u);
 }
 
+/* A receive's completion; <more>: its multishot receive goes on. Its last completion
+ * (data, out of buffers, cancelled) re-arms it unless the client is behind. */
 void ib_exchange_on_recv(ib_worker_t *w, ib_upstream_t *u, int res, int more, char *data)
 {
     if (!more)

@@ -335,12 +335,12 @@ typedef struct ib_client {
 
 /* Adaptive busy polling (wait_completions in worker.c). A worker polls its empty ring
  * only while polling pays:
- *  - its last IB_POLL_CLOSED_LOOP requests came on one client connection: a closed loop,
- *    whose next event (the replica's answer, then the client's next request) follows the
- *    last at once. With requests from many connections, arrivals are independent and
- *    sleeping costs less: at a fixed 20,000 requests/s from 64 connections even a 5 us
- *    window cost 2.5 us of CPU per request over sleeping, for no latency gained, and the
- *    adaptive window below 4-6 us (docs/performance.md);
+ *  - its last IB_POLL_CLOSED_LOOP + 1 requests came on one client connection: a closed
+ *    loop, whose next event (the replica's answer, then the client's next request)
+ *    follows the last at once. With requests from many connections, arrivals are
+ *    independent and sleeping costs less: at a fixed 20,000 requests/s from 64
+ *    connections even a 5 us window cost 2.5 us of CPU per request over sleeping, for no
+ *    latency gained (docs/performance.md);
  *  - its recent waits for a completion averaged under one poll window (a closed
  *    request/response rhythm: one connection, or a busy worker). A rhythm with long gaps
  *    (a fixed moderate rate; streams whose chunks come every few ms) puts it to sleep at

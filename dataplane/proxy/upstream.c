@@ -22,9 +22,10 @@
  * caught up (worker.c, on_client_send). A multishot receive takes in up to 32 buffers
  * (512 KiB) per wake-up before a cancel can land: so once a client is more than
  * IB_MULTISHOT_MAX_PENDING behind, the exchange's receives are single-shot (16 KiB past
- * the mark at most, as before), and a stream whose client keeps up stays multishot. POLL_FIRST: it is mostly armed right after the
- * request was sent, when no answer can be there yet, so the kernel waits for readiness
- * instead of trying a receive that would fail first. */
+ * the mark at most, as before), and a stream whose client keeps up stays multishot.
+ * POLL_FIRST: it is mostly armed right after the request was sent, when no answer can be
+ * there yet, so the kernel waits for readiness instead of trying a receive that would
+ * fail first. */
 /* Before Linux 6.8 a multishot receive took in all the socket had in one go (no cap on its
  * retries, "io_uring/net: limit inline multishot retries"): a paused relay could then hold
  * the replica's whole socket buffer, megabytes, past the high-water mark. There, and with
